@@ -8,12 +8,12 @@ import ssd
 import ssd.decoding
 from ssd.decoding import DraftConfig, self_speculative_sample
 from ssd.sampling import Sampling, logits_to_probs
-from helpers import random_skip_set
 
 SAMPLING = Sampling(temperature=1.0, top_k=6)
 DRAFT = DraftConfig(max_step_draft=1, th_stop_draft=0.0, auto_th_stop_draft=False)
-TRIALS = 600
+TRIALS = 400
 ALPHA = 1e-3
+UPPER_HALF = (list(range(15, 29, 2)), list(range(16, 29, 2)))
 
 
 @torch.no_grad()
@@ -35,19 +35,21 @@ def second_token_p_value(model, input_ids, expected: torch.Tensor) -> float:
     for _ in range(TRIALS):
         tokens = self_speculative_sample(model, input_ids, 3, None, DRAFT, SAMPLING, generator).tokens
         counts[tokens[1]] += 1
+    if counts[expected == 0].sum() > 0:
+        return 0.0  # a token the full model gives probability 0: impossible under the null
     # Bins with an expected count of 5 or more, the rest pooled into one.
     big = expected * TRIALS >= 5
-    observed = torch.cat([counts[big], counts[~big].sum()[None]])
-    wanted = torch.cat([expected[big], expected[~big].sum()[None]]) * TRIALS
-    assert counts[expected == 0].sum() == 0, "sampled a token the full model gives probability 0"
-    return float(chisquare(observed.numpy(), wanted.numpy() * observed.sum().item() / wanted.sum().item()).pvalue)
+    observed = torch.cat([counts[big], counts[~big].sum()[None]]).double()
+    wanted = torch.cat([expected[big], expected[~big].sum()[None]]).double()
+    return float(chisquare(observed.numpy(), (wanted / wanted.sum() * TRIALS).numpy()).pvalue)
 
 
 @pytest.fixture(scope="module")
 def setting(embedded):
     model, tokenizer = embedded
-    # A draft that often disagrees with the full model, so acceptance matters.
-    model.set_skip_layers(*random_skip_set(model.num_layers, 0.5, seed=3))
+    # A draft that often disagrees with the full model, but not wildly, so the
+    # broken rule's error is a shifted distribution, not impossible tokens.
+    model.set_skip_layers(*UPPER_HALF)
     input_ids = tokenizer("The three most important inventions of the", return_tensors="pt").input_ids
     yield model, input_ids, exact_second_token_marginal(model, input_ids)
     model.set_skip_layers([], [])
