@@ -77,7 +77,7 @@ def choose(logits: torch.Tensor, sampling: Sampling | None, generator: torch.Gen
 @torch.no_grad()
 def prefill(model: LlamaForCausalLM, input_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
     """Run the full model over the prompt; returns the logits of its last position."""
-    return model(input_ids, cache, 0)[0, -1]
+    return model(input_ids, cache, 0, last_only=True)[0, -1]
 
 
 @torch.no_grad()

@@ -76,6 +76,28 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + rotated * sin
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Causal attention with grouped-query heads: q [B, H, T, D], k and v [B, KV, S, D], mask [T, S]."""
+    if q.device.type == "cpu" and q.dtype != torch.float32 and q.shape[2] <= 64:
+        # PyTorch's CPU flash kernel takes ~7x longer than plain products for a
+        # few bfloat16 queries (measured: 438 vs 65 us, 1 query over 740 keys).
+        return grouped_attention(q, k, v, mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def grouped_attention(q, k, v, mask):
+    """Attention as two products, each KV head shared by its group of query heads; softmax in float32."""
+    batch, n_heads, length, head_dim = q.shape
+    n_kv = k.shape[1]
+    group = n_heads // n_kv
+    # Query heads h = g*group .. g*group+group-1 use KV head g: stack them as rows.
+    scores = (q.reshape(batch, n_kv, group * length, head_dim) @ k.transpose(-1, -2)).float() * head_dim**-0.5
+    if mask is not None:
+        scores = scores.view(batch, n_kv, group, length, -1).masked_fill(~mask, float("-inf")).flatten(2, 3)
+    weights = torch.softmax(scores, dim=-1).to(v.dtype)
+    return (weights @ v).view(batch, n_heads, length, head_dim)
+
+
 class LlamaAttention(nn.Module):
     def __init__(self, config: LlamaConfig):
         super().__init__()
@@ -98,9 +120,7 @@ class LlamaAttention(nn.Module):
         k_cache[:, :, start_pos:end] = k
         v_cache[:, :, start_pos:end] = v
         # Attend to positions < end only: whatever lies beyond is stale and never read.
-        y = F.scaled_dot_product_attention(
-            q, k_cache[:, :, :end], v_cache[:, :, :end], attn_mask=mask, enable_gqa=self.n_heads != self.n_kv_heads
-        )
+        y = attend(q, k_cache[:, :, :end], v_cache[:, :, :end], mask)
         return self.o_proj(y.transpose(1, 2).reshape(batch, length, -1))
 
 
@@ -220,11 +240,13 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
             values.append(torch.zeros(shape, dtype=weight.dtype, device=weight.device))
         return KVCache(keys, values)
 
-    def forward(self, input_ids: torch.Tensor, cache: KVCache, start_pos: int) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, cache: KVCache, start_pos: int, last_only: bool = False) -> torch.Tensor:
         """Logits for `input_ids` ([batch, T]) placed at positions start_pos .. start_pos+T-1.
 
         Writes keys and values at those positions of `cache` (only in the layers
-        that run) and reads positions below start_pos+T only.
+        that run) and reads positions below start_pos+T only. `last_only`: the
+        last position's logits alone (a prefill needs no more; the LM head over
+        a long prompt would cost more than the prompt's layers).
         """
         length = input_ids.shape[1]
         end = start_pos + length
@@ -243,6 +265,8 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
             x = layer(
                 x, cos, sin, cache.keys[i], cache.values[i], start_pos, mask, i in skip_attention, i in skip_mlp
             )
+        if last_only:
+            x = x[:, -1:]
         return self.lm_head(self.model.norm(x)).float()
 
 
