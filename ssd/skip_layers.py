@@ -1,0 +1,62 @@
+"""skip_layers.json: skip sets by model key, each `{"attention": [...], "mlp": [...], ...metadata}`.
+
+Reading validates the whole file and names what is wrong; writing replaces one
+entry atomically and keeps all others.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ssd.files import write_json_atomic
+from ssd.modeling_llama import LlamaForCausalLM
+
+DEFAULT_PATH = Path(__file__).resolve().parents[1] / "skip_layers.json"
+
+
+def read_skip_layers(path: str | Path = DEFAULT_PATH) -> dict[str, dict]:
+    """All entries, validated for shape: every entry has integer lists `attention` and `mlp`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no skip-layer file at {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold an object of entries keyed by model, not {type(data).__name__}")
+    for key, entry in data.items():
+        for field in ("attention", "mlp"):
+            values = entry.get(field) if isinstance(entry, dict) else None
+            if not isinstance(values, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in values):
+                raise ValueError(f"{path}: entry {key!r} needs {field!r} as a list of non-negative layer indices")
+    return data
+
+
+def load_skip_layers(key: str, path: str | Path = DEFAULT_PATH, num_layers: int | None = None) -> tuple[list[int], list[int]]:
+    """The `(attention, mlp)` lists stored under `key`, checked against a model depth when given."""
+    entries = read_skip_layers(path)
+    if key not in entries:
+        raise KeyError(f"no entry {key!r} in {path}; entries: {sorted(entries)}")
+    attention, mlp = entries[key]["attention"], entries[key]["mlp"]
+    if num_layers is not None:
+        beyond = sorted({i for i in attention + mlp if i >= num_layers})
+        if beyond:
+            raise ValueError(f"{path}: entry {key!r} skips layers {beyond}, beyond a {num_layers}-layer model")
+    return attention, mlp
+
+
+def apply_skip_layers(model: LlamaForCausalLM, key: str, path: str | Path = DEFAULT_PATH) -> tuple[list[int], list[int]]:
+    """Set the model's draft to the skip set stored under `key`."""
+    attention, mlp = load_skip_layers(key, path, model.num_layers)
+    model.set_skip_layers(attention, mlp)
+    return attention, mlp
+
+
+def save_skip_layers(key: str, attention, mlp, path: str | Path = DEFAULT_PATH, **metadata) -> None:
+    """Store one entry, keeping every other; an unreadable existing file is an error, never overwritten."""
+    path = Path(path)
+    entries = read_skip_layers(path) if path.exists() else {}
+    entries[key] = {"attention": sorted(int(i) for i in attention), "mlp": sorted(int(i) for i in mlp), **metadata}
+    write_json_atomic(path, entries)

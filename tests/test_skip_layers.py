@@ -1,0 +1,93 @@
+"""skip_layers.json: validation errors, entries kept, atomic writes."""
+
+import json
+import os
+
+import pytest
+
+from ssd.files import append_jsonl, read_jsonl
+from ssd.skip_layers import DEFAULT_PATH, apply_skip_layers, load_skip_layers, read_skip_layers, save_skip_layers
+from test_inputs import tiny_llama
+
+
+def test_repository_file_holds_the_published_sets():
+    entries = read_skip_layers(DEFAULT_PATH)
+    assert {"llama-2-13b", "llama-2-13b-chat", "codellama-13b", "llama-2-70b"} <= set(entries)
+    attention, mlp = load_skip_layers("llama-2-13b", num_layers=40)
+    assert attention[:3] == [3, 5, 6] and mlp[-1] == 35 and len(attention) == 24 and len(mlp) == 10
+    assert max(load_skip_layers("llama-2-70b", num_layers=80)[0]) == 79
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "object of entries"),
+        ('{"m": {"attention": [1], "mlp": "2"}}', "'mlp' as a list"),
+        ('{"m": {"attention": [-1], "mlp": []}}', "'attention' as a list"),
+        ('{"m": [1, 2]}', "'attention' as a list"),
+    ],
+)
+def test_corrupt_file_is_named(tmp_path, content, message):
+    path = tmp_path / "skip_layers.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        read_skip_layers(path)
+
+
+def test_missing_file_unknown_key_and_out_of_range(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no skip-layer file"):
+        read_skip_layers(tmp_path / "absent.json")
+    path = tmp_path / "skip_layers.json"
+    save_skip_layers("tiny", [1], [3], path)
+    with pytest.raises(KeyError, match="no entry 'other'.*'tiny'"):
+        load_skip_layers("other", path)
+    save_skip_layers("deep", [1, 39], [], path)
+    with pytest.raises(ValueError, match=r"skips layers \[39\], beyond a 4-layer model"):
+        apply_skip_layers(tiny_llama(), "deep", path)
+
+
+def test_save_keeps_other_entries_and_apply_sets_the_model(tmp_path):
+    path = tmp_path / "skip_layers.json"
+    save_skip_layers("a", [2, 0], [1], path, objective="predicted", score=1.2)
+    save_skip_layers("b", [3], [], path)
+    entries = read_skip_layers(path)
+    assert entries["a"] == {"attention": [0, 2], "mlp": [1], "objective": "predicted", "score": 1.2}
+    model = tiny_llama()
+    assert apply_skip_layers(model, "a", path) == ([0, 2], [1])
+    assert model.get_skip_layers() == ([0, 2], [1])
+
+
+def test_failed_write_leaves_the_old_file_intact(tmp_path, monkeypatch):
+    path = tmp_path / "skip_layers.json"
+    save_skip_layers("a", [1], [2], path)
+    before = path.read_text()
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)  # fails after part of the new file is written
+    with pytest.raises(OSError, match="No space"):
+        save_skip_layers("b", [3], [4], path)
+    assert path.read_text() == before
+    assert os.listdir(tmp_path) == ["skip_layers.json"], "no temporary file left behind"
+
+
+def test_save_refuses_to_overwrite_a_corrupt_file(tmp_path):
+    path = tmp_path / "skip_layers.json"
+    path.write_text("{broken")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        save_skip_layers("a", [1], [2], path)
+    assert path.read_text() == "{broken"
+
+
+def test_jsonl_log_survives_a_torn_last_line(tmp_path):
+    path = tmp_path / "log.jsonl"
+    append_jsonl(path, {"i": 0})
+    append_jsonl(path, {"i": 1})
+    with open(path, "a") as f:
+        f.write('{"i": 2, "tar')  # a crash mid-write
+    assert read_jsonl(path) == [{"i": 0}, {"i": 1}]
+    path.write_text('{"i": 0}\n{bad\n{"i": 2}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        read_jsonl(path)
