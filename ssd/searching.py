@@ -1,0 +1,281 @@
+"""Bayesian search for the sub-layers the draft skips (Draft & Verify, section 3.2).
+
+One variable in [0, 1] per sub-layer, all L attention sub-layers then all L
+MLP sub-layers; a sub-layer is skipped when its variable is above 0.5. A
+Gaussian-process optimiser (`bayes_opt`) maximises one of two objectives:
+
+- `"predicted"` (default): the speedup over autoregressive decoding that the
+  draft's acceptance predicts. One teacher-forced draft pass over text the
+  full model generated gives, at every position at once, whether the draft's
+  argmax equals the full model's token and how confident it was; replaying
+  the draft/verify loop over those gives tokens per verification, and each
+  sub-layer's measured cost gives the cost of drafting. Deterministic, and
+  it charges an MLP sub-layer its real cost (about 3x an attention one).
+- `"tokens_per_second"`: the paper's, wall-clock tokens per second of exact
+  self-speculative decoding on the prompts. Noisy on a shared machine.
+
+Every evaluation is appended to a JSONL log as it finishes; a search given the
+same log starts from all of them, so an interruption loses nothing finished.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from bayes_opt import BayesianOptimization
+from bayes_opt.acquisition import UpperConfidenceBound
+from tqdm.auto import tqdm
+
+from ssd.decoding import DraftConfig, base_generate, exact_self_speculative_generate
+from ssd.files import append_jsonl, read_jsonl
+from ssd.modeling_llama import LlamaForCausalLM
+
+OBJECTIVES = ("predicted", "tokens_per_second")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How candidate skip sets are evaluated and proposed."""
+
+    max_new_tokens: int = 32  # text generated per prompt (paper: 32)
+    draft: DraftConfig = field(default_factory=lambda: DraftConfig(auto_th_stop_draft=False))
+    alpha: float = 1e-2  # GP noise term (paper: 1e-2)
+    kappa: float = 2.576  # UCB exploration
+    seed: int = 0
+
+
+# --- variables <-> skip sets ---------------------------------------------------
+
+
+def variable_names(num_layers: int) -> list[str]:
+    """`a00..` for attention, `m00..` for MLP; zero-padded so they sort in layer order."""
+    width = len(str(num_layers - 1))
+    return [f"a{i:0{width}d}" for i in range(num_layers)] + [f"m{i:0{width}d}" for i in range(num_layers)]
+
+
+def params_to_skip_layers(params: dict[str, float], num_layers: int) -> tuple[list[int], list[int]]:
+    names = variable_names(num_layers)
+    attention = [i for i in range(num_layers) if params[names[i]] > 0.5]
+    mlp = [i for i in range(num_layers) if params[names[num_layers + i]] > 0.5]
+    return attention, mlp
+
+
+def skip_layers_to_params(attention, mlp, num_layers: int) -> dict[str, float]:
+    names = variable_names(num_layers)
+    skipped = {names[i] for i in attention} | {names[num_layers + i] for i in mlp}
+    return {name: 1.0 if name in skipped else 0.0 for name in names}
+
+
+# --- costs and the predicted speedup ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepCosts:
+    """Forward costs relative to one full decoding step, measured on the model's device."""
+
+    fixed: float  # embeddings, final norm, LM head
+    attention: float  # one attention sub-layer
+    mlp: float  # one MLP sub-layer
+    verify: tuple[float, ...]  # verify[k]: a full forward over k+1 tokens
+
+    def draft(self, num_layers: int, attention: list[int], mlp: list[int]) -> float:
+        return self.fixed + self.attention * (num_layers - len(attention)) + self.mlp * (num_layers - len(mlp))
+
+
+@torch.no_grad()
+def measure_step_costs(model: LlamaForCausalLM, max_tokens: int, context: int = 256, repeats: int = 8) -> StepCosts:
+    """Time a decoding step with nothing, every attention and every MLP skipped, and k-token forwards."""
+    context = min(context, model.max_context - max_tokens - 1)
+    cache = model.new_cache(context + max_tokens + 1)
+    model(torch.zeros((1, context), dtype=torch.long, device=model.device), cache, 0)
+    one = torch.zeros((1, 1), dtype=torch.long, device=model.device)
+    all_layers = range(model.num_layers)
+
+    def seconds(tokens: torch.Tensor, attention=(), mlp=()) -> float:
+        saved = model.get_skip_layers()
+        model.set_skip_layers(attention, mlp)
+        try:
+            with model.self_draft():
+                model(tokens, cache, context)  # warm-up
+                times = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    model(tokens, cache, context)
+                    if tokens.device.type == "cuda":
+                        torch.cuda.synchronize()
+                    times.append(time.perf_counter() - start)
+        finally:
+            model.set_skip_layers(*saved)
+        return sorted(times)[len(times) // 2]
+
+    full = seconds(one)
+    no_attention = seconds(one, attention=all_layers)
+    no_mlp = seconds(one, mlp=all_layers)
+    attention = max(full - no_attention, 0.0) / model.num_layers / full
+    mlp = max(full - no_mlp, 0.0) / model.num_layers / full
+    fixed = max(1.0 - model.num_layers * (attention + mlp), 0.0)
+    verify = tuple(seconds(torch.zeros((1, k + 1), dtype=torch.long, device=model.device)) / full for k in range(max_tokens + 1))
+    return StepCosts(fixed, attention, mlp, verify)
+
+
+def predicted_speedup(matches: list[torch.Tensor], confidences: list[torch.Tensor], draft: DraftConfig,
+                      draft_cost: float, verify_cost: tuple[float, ...]) -> float:
+    """Replay the draft/verify loop over teacher-forced predictions; tokens per unit of full-step time.
+
+    `matches[s][t]`: the draft's argmax at position t of sequence s equals the
+    full model's token; `confidences[s][t]`: the draft's top probability there.
+    After a mismatch the draft goes on until its confidence drops under the
+    threshold (teacher-forced confidences stand in for those of its own
+    continuation); those tokens cost drafting time and are all rejected.
+    """
+    tokens, cost = 0, 0.0
+    for match, confidence in zip(matches, confidences):
+        match, confidence = match.tolist(), confidence.tolist()
+        t = 0
+        while t < len(match):
+            drafted = accepted = 0
+            matching = True
+            while t + drafted < len(match) and drafted < draft.max_step_draft:
+                position = t + drafted
+                drafted += 1
+                matching = matching and bool(match[position])
+                accepted += matching
+                if confidence[position] < draft.th_stop_draft:
+                    break
+            tokens += accepted + 1
+            cost += drafted * draft_cost + verify_cost[drafted]
+            t += accepted + 1
+    return tokens / cost
+
+
+# --- the search ----------------------------------------------------------------
+
+
+class LayerSkippingSearching:
+    """Finds the skip set that maximises an objective over a few prompts.
+
+    `prompts`: token id tensors `[1, T]` or strings. `log_path`: a JSONL file
+    of evaluations; given an existing one, the search resumes from it.
+    """
+
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        tokenizer,
+        prompts,
+        evaluate_config: SearchConfig = SearchConfig(),
+        objective: str = "predicted",
+        log_path: str | Path | None = None,
+    ):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        if not prompts:
+            raise ValueError("the search needs at least one prompt")
+        self.model, self.config, self.objective = model, evaluate_config, objective
+        self.num_layers = model.num_layers
+        self.log_path = Path(log_path) if log_path is not None else None
+        self.prompts = [
+            tokenizer(p, return_tensors="pt").input_ids.to(model.device) if isinstance(p, str) else p.to(model.device)
+            for p in prompts
+        ]
+        self.optimizer = BayesianOptimization(
+            f=None,
+            pbounds={name: (0.0, 1.0) for name in variable_names(self.num_layers)},
+            acquisition_function=UpperConfidenceBound(kappa=evaluate_config.kappa),
+            random_state=evaluate_config.seed,
+            verbose=0,
+            allow_duplicate_points=True,
+        )
+        self.optimizer.set_gp_params(alpha=evaluate_config.alpha)
+        self.history: list[dict] = []
+        if objective == "predicted":
+            self._prepare_predicted()
+        for record in read_jsonl(self.log_path) if self.log_path else []:
+            self._register(record["attention"], record["mlp"], record["score"], log=False)
+
+    # -- objectives --
+
+    def _prepare_predicted(self) -> None:
+        """Full-model text for each prompt (teacher-forcing targets) and the measured step costs."""
+        saved = self.model.get_skip_layers()
+        self.model.set_skip_layers([], [])
+        self.sequences = []
+        for input_ids in self.prompts:
+            generated = base_generate(self.model, input_ids, self.config.max_new_tokens).tokens
+            self.sequences.append((torch.cat([input_ids[0], torch.tensor(generated, device=input_ids.device)])[None], input_ids.shape[1]))
+        self.model.set_skip_layers(*saved)
+        self.costs = measure_step_costs(self.model, self.config.draft.max_step_draft)
+
+    @torch.no_grad()
+    def acceptance(self, attention: list[int], mlp: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per generated position: does the teacher-forced draft's argmax match, and its top probability."""
+        saved = self.model.get_skip_layers()
+        self.model.set_skip_layers(attention, mlp)
+        matches, confidences = [], []
+        try:
+            with self.model.self_draft():
+                for sequence, prompt_length in self.sequences:
+                    logits = self.model(sequence, self.model.new_cache(sequence.shape[1]), 0)[0, prompt_length - 1 : -1]
+                    top_prob, top_token = torch.softmax(logits, dim=-1).max(dim=-1)
+                    matches.append((top_token == sequence[0, prompt_length:]).cpu())
+                    confidences.append(top_prob.cpu())
+        finally:
+            self.model.set_skip_layers(*saved)
+        return matches, confidences
+
+    def evaluate(self, attention: list[int], mlp: list[int]) -> float:
+        """The objective for one skip set (higher is better)."""
+        if self.objective == "predicted":
+            matches, confidences = self.acceptance(attention, mlp)
+            draft_cost = self.costs.draft(self.num_layers, attention, mlp)
+            return predicted_speedup(matches, confidences, self.config.draft, draft_cost, self.costs.verify)
+        saved = self.model.get_skip_layers()
+        self.model.set_skip_layers(attention, mlp)
+        try:
+            tokens, seconds = 0, 0.0
+            for input_ids in self.prompts:
+                start = time.perf_counter()
+                tokens += len(exact_self_speculative_generate(self.model, input_ids, self.config.max_new_tokens, None, self.config.draft).tokens)
+                seconds += time.perf_counter() - start
+        finally:
+            self.model.set_skip_layers(*saved)
+        return tokens / seconds
+
+    # -- search --
+
+    def _register(self, attention, mlp, score: float, log: bool = True) -> None:
+        self.optimizer.register(params=skip_layers_to_params(attention, mlp, self.num_layers), target=score)
+        record = {"attention": list(attention), "mlp": list(mlp), "score": score, "objective": self.objective}
+        self.history.append(record)
+        if log and self.log_path is not None:
+            append_jsonl(self.log_path, record)
+
+    def probe(self, attention, mlp) -> float:
+        """Evaluate a known skip set now and tell the optimiser (the paper seeds good sets this way)."""
+        self.model.set_skip_layers(attention, mlp)  # validates the indices
+        self.model.set_skip_layers([], [])
+        score = self.evaluate(list(attention), list(mlp))
+        self._register(sorted(attention), sorted(mlp), score)
+        return score
+
+    def search(self, n_iter: int) -> tuple[list[int], list[int]]:
+        """`n_iter` more evaluations proposed by the Gaussian process; returns the best set so far."""
+        progress = tqdm(range(n_iter), desc="search")
+        for _ in progress:
+            attention, mlp = params_to_skip_layers(self.optimizer.suggest(), self.num_layers)
+            self._register(attention, mlp, self.evaluate(attention, mlp))
+            progress.set_postfix(best=f"{self.best_score:.4g}", skipped=len(attention) + len(mlp))
+        return self.get_solution()
+
+    @property
+    def best_score(self) -> float:
+        return max(record["score"] for record in self.history)
+
+    def get_solution(self) -> tuple[list[int], list[int]]:
+        if not self.history:
+            raise ValueError("nothing evaluated yet: call probe() or search() first")
+        best = max(self.history, key=lambda record: record["score"])
+        return best["attention"], best["mlp"]

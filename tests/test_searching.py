@@ -1,0 +1,64 @@
+"""The Bayesian skip-layer search: variable mapping, the predicted-speedup replay, resuming from a log."""
+
+import torch
+
+from ssd.decoding import DraftConfig
+from ssd.files import read_jsonl
+from ssd.searching import (
+    LayerSkippingSearching,
+    SearchConfig,
+    params_to_skip_layers,
+    predicted_speedup,
+    skip_layers_to_params,
+    variable_names,
+)
+from test_inputs import tiny_llama
+
+
+def test_variable_mapping_for_any_depth():
+    for num_layers in (4, 12, 30, 80):
+        names = variable_names(num_layers)
+        assert len(names) == 2 * num_layers and names == sorted(names), "bayes_opt orders variables by name"
+        attention, mlp = [0, num_layers - 1], [1]
+        params = skip_layers_to_params(attention, mlp, num_layers)
+        assert params_to_skip_layers(params, num_layers) == (attention, mlp)
+    # Threshold at 0.5, attention variables first.
+    params = dict(zip(variable_names(3), [0.51, 0.5, 0.9, 0.0, 0.7, 0.2]))
+    assert params_to_skip_layers(params, 3) == ([0, 2], [1])
+
+
+def test_predicted_speedup_replays_the_loop():
+    draft = DraftConfig(max_step_draft=4, th_stop_draft=0.5, auto_th_stop_draft=False)
+    verify = (1.0, 1.0, 1.0, 1.0, 1.0)
+    n = 20
+    perfect = [torch.ones(n, dtype=torch.bool)], [torch.ones(n)]
+    # Every draft right and free: 5 tokens per verification of cost 1.
+    assert predicted_speedup(*perfect, draft, 0.0, verify) == 20 / 4
+    useless = [torch.zeros(n, dtype=torch.bool)], [torch.ones(n)]
+    # Every draft wrong: one token per step, 4 wasted drafts at 0.25 each plus the
+    # verification; the last three steps draft only up to the end of the text.
+    assert predicted_speedup(*useless, draft, 0.25, verify) == 20 / (17 * 2.0 + 1.75 + 1.5 + 1.25)
+    # An unconfident draft stops after one token.
+    unsure = [torch.zeros(n, dtype=torch.bool)], [torch.zeros(n)]
+    assert predicted_speedup(*unsure, draft, 0.25, verify) == 20 / (20 * 1.25)
+
+
+def test_search_logs_and_resumes(tmp_path):
+    model = tiny_llama(max_position_embeddings=128)
+    prompts = [torch.tensor([[1, 5, 9, 13, 2, 7]]), torch.tensor([[3, 4, 8]])]
+    config = SearchConfig(max_new_tokens=8, draft=DraftConfig(max_step_draft=3, auto_th_stop_draft=False))
+    log = tmp_path / "search.jsonl"
+
+    first = LayerSkippingSearching(model, None, prompts, config, log_path=log)
+    assert first.probe([], []) > 0
+    first.search(3)
+    records = read_jsonl(log)
+    assert len(records) == 4 and records[0]["attention"] == [] and records[0]["mlp"] == []
+    assert model.get_skip_layers() == ([], []), "the search leaves the model's own skip set alone"
+
+    resumed = LayerSkippingSearching(model, None, prompts, config, log_path=log)
+    assert len(resumed.optimizer.res) == 4 and resumed.best_score == first.best_score
+    resumed.search(2)
+    assert len(read_jsonl(log)) == 6
+    attention, mlp = resumed.get_solution()
+    assert all(0 <= i < model.num_layers for i in attention + mlp)
