@@ -1,5 +1,6 @@
 """The Bayesian skip-layer search: variable mapping, the predicted-speedup replay, resuming from a log."""
 
+import pytest
 import torch
 
 from ssd.decoding import DraftConfig
@@ -62,3 +63,18 @@ def test_search_logs_and_resumes(tmp_path):
     assert len(read_jsonl(log)) == 6
     attention, mlp = resumed.get_solution()
     assert all(0 <= i < model.num_layers for i in attention + mlp)
+
+
+def test_wall_clock_objective_and_bad_arguments(tmp_path):
+    model = tiny_llama(max_position_embeddings=128)
+    prompts = [torch.tensor([[1, 5, 9, 13]])]
+    config = SearchConfig(max_new_tokens=6, draft=DraftConfig(max_step_draft=3, auto_th_stop_draft=False))
+    search = LayerSkippingSearching(model, None, prompts, config, objective="tokens_per_second", log_path=tmp_path / "log.jsonl")
+    assert search.probe([1], [2]) > 0
+    with pytest.raises(ValueError, match=r"\[7\]"):
+        search.probe([7], [])
+    assert len(read_jsonl(tmp_path / "log.jsonl")) == 1, "a rejected probe logs nothing"
+    with pytest.raises(ValueError, match="objective"):
+        LayerSkippingSearching(model, None, prompts, config, objective="accuracy")
+    with pytest.raises(ValueError, match="prompt"):
+        LayerSkippingSearching(model, None, [], config)
