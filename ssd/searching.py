@@ -214,7 +214,13 @@ class LayerSkippingSearching:
         if objective == "predicted":
             self._prepare_predicted()
         for record in read_jsonl(self.log_path) if self.log_path else []:
-            self._register(record["attention"], record["mlp"], record["score"], log=False)
+            if len(record["params"]) != 2 * self.num_layers or record["objective"] != objective:
+                raise ValueError(
+                    f"{self.log_path} logs a {record['objective']!r} search over {len(record['params']) // 2} layers; "
+                    f"this is a {objective!r} search over {self.num_layers}: use another log file"
+                )
+            params = dict(zip(variable_names(self.num_layers), record["params"]))
+            self._register(record["attention"], record["mlp"], record["score"], params, log=False)
 
     # -- objectives --
 
@@ -255,9 +261,12 @@ class LayerSkippingSearching:
 
     # -- search --
 
-    def _register(self, attention, mlp, score: float, log: bool = True) -> None:
-        self.optimizer.register(params=skip_layers_to_params(attention, mlp, self.num_layers), target=score)
-        record = {"attention": list(attention), "mlp": list(mlp), "score": score, "objective": self.objective}
+    def _register(self, attention, mlp, score: float, params: dict | None = None, log: bool = True) -> None:
+        """Tell the optimiser the raw variables it proposed (0/1 for a probed set), and log it."""
+        params = params or skip_layers_to_params(attention, mlp, self.num_layers)
+        self.optimizer.register(params=params, target=score)
+        record = {"attention": list(attention), "mlp": list(mlp), "score": score, "objective": self.objective,
+                  "params": [float(params[name]) for name in variable_names(self.num_layers)]}
         self.history.append(record)
         if log and self.log_path is not None:
             append_jsonl(self.log_path, record)
@@ -272,8 +281,9 @@ class LayerSkippingSearching:
         """`n_iter` more evaluations proposed by the Gaussian process; returns the best set so far."""
         progress = tqdm(range(n_iter), desc="search")
         for _ in progress:
-            attention, mlp = params_to_skip_layers(self.optimizer.suggest(), self.num_layers)
-            self._register(attention, mlp, self.evaluate(attention, mlp))
+            params = self.optimizer.suggest()
+            attention, mlp = params_to_skip_layers(params, self.num_layers)
+            self._register(attention, mlp, self.evaluate(attention, mlp), params)
             progress.set_postfix(best=f"{self.best_score:.4g}", skipped=len(attention) + len(mlp))
         return self.get_solution()
 

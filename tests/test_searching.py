@@ -63,6 +63,8 @@ def test_search_logs_and_resumes(tmp_path):
     assert len(read_jsonl(log)) == 6
     attention, mlp = resumed.get_solution()
     assert all(0 <= i < model.num_layers for i in attention + mlp)
+    with pytest.raises(ValueError, match="over 4 layers; this is a 'predicted' search over 6"):
+        LayerSkippingSearching(tiny_llama(num_hidden_layers=6, max_position_embeddings=128), None, prompts, config, log_path=log)
 
 
 def test_wall_clock_objective_and_bad_arguments(tmp_path):
