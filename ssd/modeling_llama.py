@@ -164,7 +164,8 @@ class LlamaModel(nn.Module):
 class LlamaPreTrainedModel(PreTrainedModel):
     config_class = LlamaConfig
     base_model_prefix = "model"
-    _no_split_modules = ["LlamaDecoderLayer"]
+    _no_split_modules = ["LlamaDecoderLayer"]  # device_map="auto" keeps a layer on one device
+    _supports_sdpa = True  # our attention is SDPA (or plain products); lets a config that asks for it load
 
 
 class LlamaForCausalLM(LlamaPreTrainedModel):

@@ -1,0 +1,56 @@
+"""ssd's LLaMA computes what stock transformers' does, for the checkpoint formats and configs it meets."""
+
+import pytest
+import torch
+from transformers import LlamaConfig
+from transformers import LlamaForCausalLM as StockLlama
+
+import ssd
+from ssd.modeling_llama import LlamaForCausalLM
+
+TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+            max_position_embeddings=256)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"num_key_value_heads": 4},  # multi-head (LLaMA-2 7B/13B)
+        {"num_key_value_heads": 1, "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}},
+        {"num_key_value_heads": 2, "rope_parameters": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 64,
+                                                       "rope_theta": 500000.0}},
+        {"num_key_value_heads": 2, "attention_bias": True, "head_dim": 32, "tie_word_embeddings": False},
+    ],
+)
+@torch.no_grad()
+def test_logits_match_stock_transformers(overrides):
+    config = LlamaConfig(**TINY, **overrides)
+    torch.manual_seed(0)
+    stock = StockLlama(config).eval()
+    ours = LlamaForCausalLM(config).eval()
+    missing, unexpected = ours.load_state_dict(stock.state_dict(), strict=False)
+    assert not unexpected and all("rotary" in key for key in missing)
+    ids = torch.randint(0, config.vocab_size, (1, 40))
+    expected = stock(ids).logits
+    cache = ours.new_cache(64)
+    torch.testing.assert_close(ours(ids, cache, 0), expected, atol=1e-5, rtol=1e-5)
+    # The same logits when the sequence arrives in pieces over the cache (prefill, verify-sized chunk, single steps).
+    cache = ours.new_cache(64)
+    pieces = [ours(ids[:, :20], cache, 0), ours(ids[:, 20:33], cache, 20)] + [ours(ids[:, i : i + 1], cache, i) for i in range(33, 40)]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), expected, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_local_folder_checkpoint_loads(embedded, tmp_path):
+    """A checkpoint saved as a folder (config, safetensors, tokenizer files) loads through load_model."""
+    _, tokenizer = embedded
+    torch.manual_seed(0)
+    stock = StockLlama(LlamaConfig(**TINY, num_key_value_heads=2)).eval()
+    stock.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model, reloaded_tokenizer = ssd.load_model(tmp_path, dtype=torch.float32, device="cpu")
+    assert isinstance(model, LlamaForCausalLM) and model.dtype == torch.float32
+    assert reloaded_tokenizer("def add(a, b):").input_ids == tokenizer("def add(a, b):").input_ids
+    ids = torch.randint(0, TINY["vocab_size"], (1, 12))
+    torch.testing.assert_close(model(ids, model.new_cache(16), 0), stock(ids).logits, atol=1e-5, rtol=1e-5)
