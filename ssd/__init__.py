@@ -12,16 +12,20 @@ from ssd.inference import infer
 from ssd.modeling_llama import KVCache, LlamaForCausalLM
 from ssd.models import load_model
 from ssd.sampling import Sampling
+from ssd.skip_layers import apply_skip_layers, load_skip_layers, save_skip_layers
 
 __all__ = [
     "DraftConfig",
     "GenerationResult",
     "KVCache",
     "LlamaForCausalLM",
+    "apply_skip_layers",
     "Sampling",
     "base_generate",
     "exact_self_speculative_generate",
     "infer",
     "load_model",
+    "load_skip_layers",
+    "save_skip_layers",
     "self_speculative_sample",
 ]
