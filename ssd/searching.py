@@ -10,7 +10,7 @@ Gaussian-process optimiser (`bayes_opt`) maximises one of two objectives:
   argmax equals the full model's token and how confident it was; replaying
   the draft/verify loop over those gives tokens per verification, and each
   sub-layer's measured cost gives the cost of drafting. Deterministic, and
-  it charges an MLP sub-layer its real cost (about 3x an attention one).
+  it charges each kind of sub-layer what it measurably costs on the device.
 - `"tokens_per_second"`: the paper's, wall-clock tokens per second of exact
   self-speculative decoding on the prompts. Noisy on a shared machine.
 
@@ -173,7 +173,6 @@ class _UpperConfidenceBound(UpperConfidenceBound):
         return super().suggest(gp, target_space, n_random=n_random, n_smart=1, fit_gp=fit_gp, random_state=random_state)
 
 
-
 class LayerSkippingSearching:
     """Finds the skip set that maximises an objective over a few prompts.
 
@@ -211,14 +210,16 @@ class LayerSkippingSearching:
         )
         self.optimizer.set_gp_params(alpha=evaluate_config.alpha)
         self.history: list[dict] = []
-        if objective == "predicted":
-            self._prepare_predicted()
-        for record in read_jsonl(self.log_path) if self.log_path else []:
+        logged = read_jsonl(self.log_path) if self.log_path else []
+        for record in logged:  # refuse a foreign log before any costly preparation
             if len(record["params"]) != 2 * self.num_layers or record["objective"] != objective:
                 raise ValueError(
                     f"{self.log_path} logs a {record['objective']!r} search over {len(record['params']) // 2} layers; "
                     f"this is a {objective!r} search over {self.num_layers}: use another log file"
                 )
+        if objective == "predicted":
+            self._prepare_predicted()
+        for record in logged:
             params = dict(zip(variable_names(self.num_layers), record["params"]))
             self._register(record["attention"], record["mlp"], record["score"], params, log=False)
 
