@@ -18,10 +18,8 @@ from transformers import AutoModelForCausalLM, GenerationConfig
 import ssd
 from ssd.data import TASKS, task_prompts
 from ssd.models import embedded_model_path
+from ssd.skip_layers import HAND_PICKED
 
-# A hand-picked draft for the embedded SmolLM2-135M until a searched set exists:
-# every other sub-layer of the upper half (layers 15..28), 14 of 60 sub-layers.
-HAND_PICKED_SKIP_LAYERS = (list(range(15, 29, 2)), list(range(16, 29, 2)))
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -63,7 +61,7 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     model, tokenizer = ssd.load_model(args.model, dtype=DTYPES.get(args.dtype), device=args.device)
     stock = stock_model(args, model.dtype).to(model.device)
-    attention, mlp = HAND_PICKED_SKIP_LAYERS if args.model is None else ([], [])
+    attention, mlp = HAND_PICKED if args.model is None else ([], [])
     model.set_skip_layers(args.attention if args.attention is not None else attention, args.mlp if args.mlp is not None else mlp)
     prompts = [(task, p) for task in args.tasks for p in task_prompts(task, args.num_prompts, args.data_dir, args.max_words)]
     generation_config = GenerationConfig(

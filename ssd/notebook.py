@@ -1,0 +1,45 @@
+"""Notebook parameters that one environment variable can override.
+
+Each notebook's first cell is `P = ssd.notebook.parameters("search", n_iter=200, ...)`:
+the defaults a reader sees and edits in place. `$SSD_NOTEBOOK_PARAMS` (a JSON
+file, or a JSON string) maps notebook names to overrides; CI points it at
+`notebooks/ci_params.json` so every notebook runs top to bottom in minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+ENV = "SSD_NOTEBOOK_PARAMS"
+
+
+def _overrides(notebook: str) -> dict:
+    source = os.environ.get(ENV, "").strip()
+    if not source:
+        return {}
+    text = source if source.startswith("{") else Path(source).read_text()
+    try:
+        table = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"${ENV} is not valid JSON ({error}): {source[:200]}") from None
+    if not isinstance(table, dict) or not isinstance(table.get(notebook, {}), dict):
+        raise ValueError(f"${ENV} must map notebook names to objects of parameters, got {source[:200]}")
+    return table.get(notebook, {})
+
+
+def parameters(notebook: str, **defaults) -> SimpleNamespace:
+    """The notebook's parameters: `defaults`, updated from `$SSD_NOTEBOOK_PARAMS[notebook]`.
+
+    An override of a parameter the notebook does not have is an error, so a
+    typo cannot silently run the full-size notebook.
+    """
+    overrides = _overrides(notebook)
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise ValueError(f"${ENV} sets {unknown} for {notebook!r}, which has parameters {sorted(defaults)}")
+    if overrides:
+        print(f"${ENV} overrides: {overrides}")
+    return SimpleNamespace(**{**defaults, **overrides})
