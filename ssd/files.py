@@ -53,3 +53,26 @@ def read_jsonl(path: str | Path) -> list[dict]:
                 break  # torn final write
             raise ValueError(f"{path}, line {number}: not valid JSON") from None
     return records
+
+
+def write_csv_atomic(path: str | Path, rows: list[dict]) -> None:
+    """Write dicts as CSV (columns in first-seen order) the same all-or-nothing way as `write_json_atomic`."""
+    import csv
+    import io
+
+    path = Path(path)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(buffer.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
