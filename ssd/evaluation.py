@@ -15,7 +15,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -46,6 +46,7 @@ class Method:
     do_sample: bool = False
     samples: int = 1  # generations per example (pass@k needs several)
     baseline: str = "base"  # the method whose speed this one's is divided by
+    draft_options: dict = field(default_factory=dict)  # further `DraftConfig` fields, by name
 
     def __post_init__(self):
         if self.generate_fn not in GENERATE_FNS:
@@ -87,19 +88,21 @@ def standard_methods(
     start_threshold: float = 0.6,
     max_step_draft: int = 12,
     samples: int = 1,
+    draft_options: dict | None = None,
 ) -> list[Method]:
     """The paper's set: greedy base; essg at fixed thresholds and adaptive;
     sampled base and self-speculative sampling (adaptive when `adaptive`)."""
+    options = dict(draft_options or {})
     methods = [Method("base")]
     methods += [
-        Method(f"essg th={t:g}", "essg", float(t), False, max_step_draft) for t in thresholds
+        Method(f"essg th={t:g}", "essg", float(t), False, max_step_draft, draft_options=options) for t in thresholds
     ]
     if adaptive:
-        methods.append(Method("essg adaptive", "essg", start_threshold, True, max_step_draft))
+        methods.append(Method("essg adaptive", "essg", start_threshold, True, max_step_draft, draft_options=options))
     if sampling:
         methods.append(Method("base sample", do_sample=True, samples=samples, baseline="base sample"))
         name = "sss adaptive" if adaptive else f"sss th={start_threshold:g}"
-        methods.append(Method(name, "sss", start_threshold, adaptive, max_step_draft, True, samples, "base sample"))
+        methods.append(Method(name, "sss", start_threshold, adaptive, max_step_draft, True, samples, "base sample", options))
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate method names {names}: are two thresholds equal?")
@@ -176,6 +179,7 @@ def _generate(model, tokenizer, prompt, method: Method, threshold: float, settin
     if method.do_sample:
         kwargs.update(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
     if method.drafts:
+        kwargs.update(method.draft_options)
         kwargs.update(max_step_draft=method.max_step_draft, th_stop_draft=threshold,
                       auto_th_stop_draft=method.adaptive)
     return infer(model, tokenizer, prompt, method.generate_fn, **kwargs)

