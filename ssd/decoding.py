@@ -11,11 +11,12 @@ are never read and get overwritten later.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
 
-from ssd.modeling_llama import KVCache, LlamaForCausalLM
+from ssd.modeling_llama import DraftHead, KVCache, LlamaForCausalLM
 from ssd.sampling import Sampling, logits_to_probs, sample
 
 
@@ -64,6 +65,58 @@ class AdaptiveThreshold:
         return self.b2 * threshold + (1 - self.b2) * target
 
 
+@dataclass
+class DraftGate:
+    """Drafts only while drafting pays, so self-speculative decoding is never much slower than base.
+
+    It compares the measured seconds per committed token of draft-and-verify
+    steps with those of plain steps (a verification with no drafts is one
+    autoregressive step), each smoothed over recent steps. While drafting wins
+    a plain step runs every `refresh_interval` steps to keep its figure
+    current; while plain steps win a draft step is tried after
+    `probe_interval` plain steps, and that interval doubles after each probe
+    that loses. Which kind of step runs never changes the output.
+    """
+
+    probe_interval: int = 8
+    refresh_interval: int = 16
+    smoothing: float = 0.7
+    seconds: dict = field(default_factory=lambda: {True: None, False: None}, init=False)  # per drafted?
+    tokens: dict = field(default_factory=lambda: {True: None, False: None}, init=False)
+    since_other: int = field(default=0, init=False)  # steps since the losing kind last ran
+    interval: int = field(default=0, init=False)
+
+    def __post_init__(self):
+        self.interval = self.probe_interval
+
+    @property
+    def measured(self) -> bool:
+        return None not in self.seconds.values()
+
+    @property
+    def drafting_wins(self) -> bool:
+        return self.tokens[True] / self.seconds[True] > self.tokens[False] / self.seconds[False]
+
+    def draft_next(self) -> bool:
+        """Whether the next step drafts: the winning kind, unless the other is due a run."""
+        if not self.measured:
+            return self.seconds[False] is not None  # one plain step first, then one draft step
+        wins = self.drafting_wins
+        due = self.since_other >= (self.refresh_interval if wins else self.interval)
+        return wins != due
+
+    def record(self, drafted: bool, tokens: int, seconds: float) -> None:
+        """One finished step: whether it drafted, the tokens it committed, its wall time."""
+        loser_ran = self.measured and drafted != self.drafting_wins
+        probe = loser_ran and drafted
+        for table, value in ((self.tokens, tokens), (self.seconds, seconds)):
+            old = table[drafted]
+            table[drafted] = value if old is None else self.smoothing * old + (1 - self.smoothing) * value
+        self.since_other = 0 if loser_ran else self.since_other + 1
+        if probe:  # back off while drafting keeps losing
+            self.interval = self.probe_interval if self.drafting_wins else 2 * self.interval
+
+
 # --- the pieces --------------------------------------------------------------
 
 
@@ -90,10 +143,12 @@ def draft_tokens(
     th_stop_draft: float,
     sampling: Sampling | None,
     generator: torch.Generator | None,
+    head: DraftHead | None = None,
 ) -> tuple[list[int], torch.Tensor | None]:
     """Up to `max_tokens` tokens from the draft model, stopping after the first
     whose top probability is under `th_stop_draft`. Writes the cache only at
-    positions >= `committed`, only in the layers the draft runs.
+    positions >= `committed`, only in the layers the draft runs. `head`: the
+    draft scores only these tokens (the others get probability 0).
 
     Returns the tokens and, when sampling, their distributions `q` ([k, vocab]).
     """
@@ -101,11 +156,13 @@ def draft_tokens(
     token = last_token
     with model.self_draft():
         for step in range(max_tokens):
-            logits = model(torch.tensor([[token]], device=model.device), cache, committed + step)[0, -1]
+            logits = model(torch.tensor([[token]], device=model.device), cache, committed + step, head=head)[0, -1]
             if sampling is None:
                 confidence, token = torch.softmax(logits, dim=-1).max(dim=-1)
-                token = int(token)
+                token = int(token if head is None else head.token_ids[token])
             else:
+                if head is not None:
+                    logits = head.full_logits(logits, model.config.vocab_size)
                 q = logits_to_probs(logits, sampling)
                 confidence, token = q.max(), sample(q, generator)
                 probs.append(q)
@@ -184,18 +241,34 @@ def base_generate(
 
 @dataclass(frozen=True)
 class DraftConfig:
-    """How the draft model runs: its length and its exit threshold."""
+    """How the draft model runs: its length, its exit threshold, its head, and when it runs at all.
+
+    `draft_vocab_size`: the draft scores only token ids below this (BPE ids
+    roughly follow frequency) plus the prompt's tokens; None scores all.
+    `gate`: draft only while drafting measurably pays (`DraftGate`).
+    """
 
     max_step_draft: int = 12
     th_stop_draft: float = 0.6
     auto_th_stop_draft: bool = True
     auto_parameters: tuple = (1, 0.5, 0.9, 0.01, 0.9)  # [every, b1, b2, e, a], as in the reference code
+    draft_vocab_size: int | None = 16384
+    gate: bool = True
 
     def __post_init__(self):
         if self.max_step_draft < 1:
             raise ValueError(f"max_step_draft must be >= 1, got {self.max_step_draft}")
         if not 0 <= self.th_stop_draft <= 1:
             raise ValueError(f"th_stop_draft must be in [0, 1], got {self.th_stop_draft}")
+        if self.draft_vocab_size is not None and self.draft_vocab_size < 1:
+            raise ValueError(f"draft_vocab_size must be >= 1 or None, got {self.draft_vocab_size}")
+
+    def draft_head(self, model: LlamaForCausalLM, input_ids: torch.Tensor) -> DraftHead | None:
+        """The draft's head for this prompt: frequent tokens plus the prompt's own (names, code identifiers)."""
+        if self.draft_vocab_size is None or self.draft_vocab_size >= model.config.vocab_size:
+            return None
+        frequent = torch.arange(self.draft_vocab_size, device=input_ids.device)
+        return model.draft_head(torch.cat([frequent, input_ids.flatten()]))
 
 
 def exact_self_speculative_generate(
@@ -227,22 +300,30 @@ def _self_speculative(model, input_ids, max_new_tokens, eos_token_id, draft, sam
     """Each step drafts with the skip sets on the model, then verifies all drafts in one full forward."""
     max_step_draft, th_stop_draft = draft.max_step_draft, draft.th_stop_draft
     adaptive = AdaptiveThreshold(*draft.auto_parameters) if draft.auto_th_stop_draft else None
+    gate = DraftGate() if draft.gate else None
+    head = draft.draft_head(model, input_ids)
     cache = _start(model, input_ids, max_new_tokens)
     tokens, done = _finish([choose(prefill(model, input_ids, cache), sampling, generator)], eos_token_id, max_new_tokens)
     committed = input_ids.shape[1]
     result = GenerationResult(tokens, th_stop_draft=th_stop_draft)
     while not done:
+        start = time.perf_counter()
         # Never draft past max_new_tokens: verification adds one token of its own.
         room = min(max_step_draft, max_new_tokens - len(tokens) - 1)
+        drafting = room > 0 and (gate is None or gate.draft_next())
         drafts, draft_probs = [], None
-        if room > 0:
-            drafts, draft_probs = draft_tokens(model, cache, tokens[-1], committed, room, th_stop_draft, sampling, generator)
+        if drafting:
+            drafts, draft_probs = draft_tokens(
+                model, cache, tokens[-1], committed, room, th_stop_draft, sampling, generator, head
+            )
         verify_input = torch.tensor([[tokens[-1], *drafts]], device=input_ids.device)
         target_logits = model(verify_input, cache, committed)[0]
         accepted, next_token = verify_drafts(target_logits, drafts, draft_probs, sampling, generator)
         committed += accepted + 1
         tokens, done = _finish(tokens + drafts[:accepted] + [next_token], eos_token_id, max_new_tokens)
         result.num_verifications += 1
+        if gate is not None and room > 0:
+            gate.record(drafting, accepted + 1, time.perf_counter() - start)
         if drafts:
             result.num_drafted_tokens += len(drafts)
             result.num_accepted_tokens += accepted

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
 from pathlib import Path
 
 
-def write_json_atomic(path: str | Path, data) -> None:
-    """Write JSON to a temporary file beside `path`, then rename it over `path`.
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write text to a temporary file beside `path`, then rename it over `path`.
 
     The rename is atomic: readers see the old file or the new one, never a mix,
     and a failure while writing leaves the old file untouched.
     """
     path = Path(path)
-    text = json.dumps(data, indent=2) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -28,8 +30,14 @@ def write_json_atomic(path: str | Path, data) -> None:
         raise
 
 
+def write_json_atomic(path: str | Path, data) -> None:
+    """JSON, all or nothing (`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
 def append_jsonl(path: str | Path, record: dict) -> None:
     """Append one record as a line, flushed to disk, so an interruption loses no finished record."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
         f.flush()
@@ -56,23 +64,10 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def write_csv_atomic(path: str | Path, rows: list[dict]) -> None:
-    """Write dicts as CSV (columns in first-seen order) the same all-or-nothing way as `write_json_atomic`."""
-    import csv
-    import io
-
-    path = Path(path)
+    """Dicts as CSV (columns in first-seen order), all or nothing (`write_text_atomic`)."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(buffer.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, buffer.getvalue())

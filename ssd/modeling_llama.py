@@ -57,6 +57,23 @@ def rope_inverse_frequencies(config: LlamaConfig) -> tuple[torch.Tensor, float]:
     return ROPE_INIT_FUNCTIONS[rope_type](config, None)
 
 
+class Linear(nn.Linear):
+    """`nn.Linear` whose result for a row does not depend on how many rows share the call.
+
+    On CPU in bfloat16 a one-row product runs another kernel than a several-row
+    one and rounds differently (measured on SmolLM2's down projection, K=1536:
+    25 of 160 rows differed; 2 to 16 rows always agreed), so verifying k drafts
+    in one pass would disagree with decoding them one at a time. Two rows take
+    the several-row kernel and cost about what one does: the product is bound
+    by reading the weights.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2] == 1 and x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):
+            return super().forward(torch.cat((x, x), dim=-2))[..., :1, :]
+        return super().forward(x)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -105,10 +122,10 @@ class LlamaAttention(nn.Module):
         self.n_kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.n_heads
         bias = config.attention_bias
-        self.q_proj = nn.Linear(config.hidden_size, self.n_heads * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=bias)
+        self.q_proj = Linear(config.hidden_size, self.n_heads * self.head_dim, bias=bias)
+        self.k_proj = Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = Linear(self.n_heads * self.head_dim, config.hidden_size, bias=bias)
 
     def forward(self, x, cos, sin, k_cache, v_cache, start_pos: int, mask):
         batch, length, _ = x.shape
@@ -128,9 +145,9 @@ class LlamaMLP(nn.Module):
     def __init__(self, config: LlamaConfig):
         super().__init__()
         bias = config.mlp_bias
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        self.gate_proj = Linear(config.hidden_size, config.intermediate_size, bias=bias)
+        self.up_proj = Linear(config.hidden_size, config.intermediate_size, bias=bias)
+        self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=bias)
         self.act_fn = ACT2FN[config.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -168,6 +185,25 @@ class LlamaPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True  # our attention is SDPA (or plain products); lets a config that asks for it load
 
 
+@dataclass(frozen=True)
+class DraftHead:
+    """The LM head over part of the vocabulary, for a cheaper draft.
+
+    The head reads the whole embedding matrix each step (21% of SmolLM2-135M's
+    step); a draft may score fewer tokens because verification scores all of
+    them, so output stays exact. Column j of its logits is token `token_ids[j]`.
+    """
+
+    token_ids: torch.Tensor  # [V'] sorted token ids
+    weight: torch.Tensor  # [V', hidden] their rows of the LM head
+
+    def full_logits(self, logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
+        """Scatter subset logits into the whole vocabulary; tokens outside get -inf (probability 0)."""
+        full = logits.new_full((*logits.shape[:-1], vocab_size), float("-inf"))
+        full[..., self.token_ids] = logits
+        return full
+
+
 class LlamaForCausalLM(LlamaPreTrainedModel):
     """A causal LM whose forward takes a cache and a start position, with a draft mode."""
 
@@ -176,7 +212,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
     def __init__(self, config: LlamaConfig):
         super().__init__(config)
         self.model = LlamaModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         self._rope: tuple[torch.Tensor, torch.Tensor] | None = None  # built on first use, see rope_tables
         self.skip_attention: frozenset[int] = frozenset()
         self.skip_mlp: frozenset[int] = frozenset()
@@ -226,6 +262,14 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         finally:
             self.drafting = previous
 
+    def draft_head(self, token_ids: torch.Tensor) -> DraftHead:
+        """A head scoring only `token_ids` (unique ids, any order)."""
+        device = self.lm_head.weight.device
+        token_ids = torch.unique(torch.as_tensor(token_ids, dtype=torch.long)).to(device)
+        if token_ids.numel() == 0 or token_ids[0] < 0 or token_ids[-1] >= self.config.vocab_size:
+            raise ValueError(f"draft head token ids must be non-empty and within 0..{self.config.vocab_size - 1}")
+        return DraftHead(token_ids, self.lm_head.weight[token_ids].contiguous())
+
     # --- forward ----------------------------------------------------------
 
     def new_cache(self, max_len: int, batch_size: int = 1) -> KVCache:
@@ -241,13 +285,16 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
             values.append(torch.zeros(shape, dtype=weight.dtype, device=weight.device))
         return KVCache(keys, values)
 
-    def forward(self, input_ids: torch.Tensor, cache: KVCache, start_pos: int, last_only: bool = False) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, cache: KVCache, start_pos: int, last_only: bool = False, head: DraftHead | None = None
+    ) -> torch.Tensor:
         """Logits for `input_ids` ([batch, T]) placed at positions start_pos .. start_pos+T-1.
 
         Writes keys and values at those positions of `cache` (only in the layers
         that run) and reads positions below start_pos+T only. `last_only`: the
         last position's logits alone (a prefill needs no more; the LM head over
-        a long prompt would cost more than the prompt's layers).
+        a long prompt would cost more than the prompt's layers). `head`: score
+        only its tokens (logits over `head.token_ids`, not the vocabulary).
         """
         length = input_ids.shape[1]
         end = start_pos + length
@@ -268,7 +315,10 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
             )
         if last_only:
             x = x[:, -1:]
-        return self.lm_head(self.model.norm(x)).float()
+        x = self.model.norm(x)
+        if head is not None:
+            return F.linear(x, head.weight).float()
+        return self.lm_head(x).float()
 
 
 def _validate_layers(indices: Iterable[int], num_layers: int, kind: str) -> frozenset[int]:

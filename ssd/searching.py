@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ssd.decoding import DraftConfig, base_generate, exact_self_speculative_generate
 from ssd.files import append_jsonl, read_jsonl
-from ssd.modeling_llama import LlamaForCausalLM
+from ssd.modeling_llama import DraftHead, LlamaForCausalLM
 
 OBJECTIVES = ("predicted", "tokens_per_second")
 
@@ -43,7 +43,7 @@ class SearchConfig:
     """How candidate skip sets are evaluated and proposed."""
 
     max_new_tokens: int = 32  # text generated per prompt (paper: 32)
-    draft: DraftConfig = field(default_factory=lambda: DraftConfig(auto_th_stop_draft=False))
+    draft: DraftConfig = field(default_factory=lambda: DraftConfig(auto_th_stop_draft=False, gate=False))
     alpha: float = 1e-2  # GP noise term (paper: 1e-2)
     kappa: float = 2.576  # UCB exploration
     seed: int = 0
@@ -89,7 +89,7 @@ def candidate_skip_layers(model: LlamaForCausalLM, attention, mlp) -> Iterator[N
 class StepCosts:
     """Forward costs relative to one full decoding step, measured on the model's device."""
 
-    fixed: float  # embeddings, final norm, LM head
+    fixed: float  # a draft step's embeddings, final norm and (trimmed) LM head
     attention: float  # one attention sub-layer
     mlp: float  # one MLP sub-layer
     verify: tuple[float, ...]  # verify[k]: a full forward over k+1 tokens
@@ -99,32 +99,36 @@ class StepCosts:
 
 
 @torch.no_grad()
-def measure_step_costs(model: LlamaForCausalLM, max_tokens: int, context: int = 256, repeats: int = 8) -> StepCosts:
-    """Time a decoding step with nothing, every attention and every MLP skipped, and k-token forwards."""
+def measure_step_costs(
+    model: LlamaForCausalLM, max_tokens: int, head: DraftHead | None = None, context: int = 256, repeats: int = 8
+) -> StepCosts:
+    """Time a full decoding step, draft steps (with `head`) with nothing, every attention and every
+    MLP sub-layer skipped, and full forwards over 1..max_tokens+1 tokens."""
     context = min(context, model.max_context - max_tokens - 1)
     cache = model.new_cache(context + max_tokens + 1)
     model(torch.zeros((1, context), dtype=torch.long, device=model.device), cache, 0)
     one = torch.zeros((1, 1), dtype=torch.long, device=model.device)
     all_layers = range(model.num_layers)
 
-    def seconds(tokens: torch.Tensor, attention=(), mlp=()) -> float:
+    def seconds(tokens: torch.Tensor, draft_head=None, attention=(), mlp=()) -> float:
         with candidate_skip_layers(model, attention, mlp), model.self_draft():
-            model(tokens, cache, context)  # warm-up
+            model(tokens, cache, context, head=draft_head)  # warm-up
             times = []
             for _ in range(repeats):
                 start = time.perf_counter()
-                model(tokens, cache, context)
+                model(tokens, cache, context, head=draft_head)
                 if tokens.device.type == "cuda":
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - start)
         return sorted(times)[len(times) // 2]
 
     full = seconds(one)
-    no_attention = seconds(one, attention=all_layers)
-    no_mlp = seconds(one, mlp=all_layers)
-    attention = max(full - no_attention, 0.0) / model.num_layers / full
-    mlp = max(full - no_mlp, 0.0) / model.num_layers / full
-    fixed = max(1.0 - model.num_layers * (attention + mlp), 0.0)
+    draft = seconds(one, head)
+    no_attention = seconds(one, head, attention=all_layers)
+    no_mlp = seconds(one, head, mlp=all_layers)
+    attention = max(draft - no_attention, 0.0) / model.num_layers / full
+    mlp = max(draft - no_mlp, 0.0) / model.num_layers / full
+    fixed = max(draft / full - model.num_layers * (attention + mlp), 0.0)
     verify = tuple(seconds(torch.zeros((1, k + 1), dtype=torch.long, device=model.device)) / full for k in range(max_tokens + 1))
     return StepCosts(fixed, attention, mlp, verify)
 
@@ -217,6 +221,7 @@ class LayerSkippingSearching:
                     f"{self.log_path} logs a {record['objective']!r} search over {len(record['params']) // 2} layers; "
                     f"this is a {objective!r} search over {self.num_layers}: use another log file"
                 )
+        self.sequences, self.costs = [], None  # for the predicted speedup: prepared on first use
         if objective == "predicted":
             self._prepare_predicted()
         for record in logged:
@@ -228,29 +233,39 @@ class LayerSkippingSearching:
     def _prepare_predicted(self) -> None:
         """Full-model text for each prompt (teacher-forcing targets) and the measured step costs."""
         self.sequences = []
-        for input_ids in self.prompts:
+        for input_ids in tqdm(self.prompts, desc="full-model text"):
             generated = base_generate(self.model, input_ids, self.config.max_new_tokens).tokens
-            self.sequences.append((torch.cat([input_ids[0], torch.tensor(generated, device=input_ids.device)])[None], input_ids.shape[1]))
-        self.costs = measure_step_costs(self.model, self.config.draft.max_step_draft)
+            sequence = torch.cat([input_ids[0], torch.tensor(generated, device=input_ids.device)])[None]
+            self.sequences.append((sequence, input_ids.shape[1], self.config.draft.draft_head(self.model, input_ids)))
+        self.costs = measure_step_costs(self.model, self.config.draft.max_step_draft, self.sequences[0][2])
 
     @torch.no_grad()
     def acceptance(self, attention: list[int], mlp: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per generated position: does the teacher-forced draft's argmax match, and its top probability."""
         matches, confidences = [], []
         with candidate_skip_layers(self.model, attention, mlp), self.model.self_draft():
-            for sequence, prompt_length in self.sequences:
-                logits = self.model(sequence, self.model.new_cache(sequence.shape[1]), 0)[0, prompt_length - 1 : -1]
+            for sequence, prompt_length, head in self.sequences:
+                cache = self.model.new_cache(sequence.shape[1])
+                logits = self.model(sequence, cache, 0, head=head)[0, prompt_length - 1 : -1]
                 top_prob, top_token = torch.softmax(logits, dim=-1).max(dim=-1)
+                if head is not None:
+                    top_token = head.token_ids[top_token]
                 matches.append((top_token == sequence[0, prompt_length:]).cpu())
                 confidences.append(top_prob.cpu())
         return matches, confidences
 
+    def predict(self, attention: list[int], mlp: list[int]) -> float:
+        """The speedup over base decoding that the set's teacher-forced acceptance and costs predict."""
+        if self.costs is None:
+            self._prepare_predicted()
+        matches, confidences = self.acceptance(attention, mlp)
+        draft_cost = self.costs.draft(self.num_layers, attention, mlp)
+        return predicted_speedup(matches, confidences, self.config.draft, draft_cost, self.costs.verify)
+
     def evaluate(self, attention: list[int], mlp: list[int]) -> float:
         """The objective for one skip set (higher is better)."""
         if self.objective == "predicted":
-            matches, confidences = self.acceptance(attention, mlp)
-            draft_cost = self.costs.draft(self.num_layers, attention, mlp)
-            return predicted_speedup(matches, confidences, self.config.draft, draft_cost, self.costs.verify)
+            return self.predict(attention, mlp)
         tokens, seconds = 0, 0.0
         with candidate_skip_layers(self.model, attention, mlp):
             for input_ids in self.prompts:

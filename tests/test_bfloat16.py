@@ -1,50 +1,53 @@
-"""In bfloat16, essg may leave base's path only where two logits tie at bfloat16 precision.
+"""bfloat16 on CPU: a token's logits do not depend on how many tokens share the forward, so essg equals base.
 
-Verifying k tokens in one product and decoding them one at a time round
-differently; bfloat16 keeps 8 significant bits, so near-ties flip. A flip at a
-gap of more than a few units in the last place would be a bug.
+One-row products take another kernel than several-row ones and round
+differently; `ssd.modeling_llama.Linear` runs one row as two. Without that,
+essg left base's path at bfloat16 near-ties on 3 of 5 prompts.
 """
-
-import math
 
 import pytest
 import torch
 
 import ssd
-from helpers import top2_margin
+from helpers import random_skip_set
 
-NEAR_TIE_ULPS = 4  # bfloat16 units in the last place of the top logit
 MAX_NEW_TOKENS = 64
-
-
-def bfloat16_ulp(value: float) -> float:
-    return 2.0 ** (math.floor(math.log2(abs(value))) - 7)
 
 
 @pytest.fixture(scope="module")
 def bf16_model():
     model, tokenizer = ssd.load_model(dtype=torch.bfloat16, device="cpu")
-    model.set_skip_layers(list(range(15, 29, 2)), list(range(16, 29, 2)))
-    return model, tokenizer
+    yield model, tokenizer
+    model.set_skip_layers([], [])
 
 
 @torch.no_grad()
-def test_bfloat16_divergences_are_near_ties(bf16_model, prompts):
+@pytest.mark.parametrize("index", [0, 4, 8])
+def test_one_pass_equals_token_by_token(bf16_model, prompts, index):
+    """Logits and keys/values of 12 tokens in one pass equal, bit for bit, those of 12 one-token steps."""
     model, tokenizer = bf16_model
-    identical = 0
-    for prompt in prompts[:5]:
+    input_ids = tokenizer(prompts[index], return_tensors="pt").input_ids
+    length = input_ids.shape[1]
+    tokens = torch.tensor([ssd.base_generate(model, input_ids, 12).tokens])
+    step_cache, pass_cache = model.new_cache(length + 12), model.new_cache(length + 12)
+    model(input_ids, step_cache, 0)
+    model(input_ids, pass_cache, 0)
+    steps = torch.cat([model(tokens[:, i : i + 1], step_cache, length + i) for i in range(12)], dim=1)
+    one_pass = model(tokens, pass_cache, length)
+    assert torch.equal(steps, one_pass)
+    for layer in range(model.num_layers):
+        assert torch.equal(step_cache.keys[layer], pass_cache.keys[layer])
+        assert torch.equal(step_cache.values[layer], pass_cache.values[layer])
+
+
+@pytest.mark.parametrize("skip", ["hand-made", "random30"])
+def test_bfloat16_essg_equals_base(bf16_model, prompts, skip):
+    model, tokenizer = bf16_model
+    sets = {"hand-made": ssd.skip_layers.HAND_PICKED, "random30": random_skip_set(model.num_layers, 0.3, seed=2)}
+    model.set_skip_layers(*sets[skip])
+    for prompt in prompts if skip == "hand-made" else prompts[::2]:
         input_ids = tokenizer(prompt, return_tensors="pt").input_ids
         base = ssd.infer(model, tokenizer, input_ids, "base", MAX_NEW_TOKENS)["generate_ids"]
-        essg = ssd.infer(model, tokenizer, input_ids, "essg", MAX_NEW_TOKENS)["generate_ids"]
-        if base == essg:
-            identical += 1
-            continue
-        i = next(i for i, (a, b) in enumerate(zip(base, essg)) if a != b)
-        prefix = torch.cat([input_ids[0], torch.tensor(base[:i])])[None]
-        logits = model(prefix, model.new_cache(prefix.shape[1]), 0)[0, -1]
-        gap = abs(float(logits[base[i]] - logits[essg[i]]))
-        tolerance = NEAR_TIE_ULPS * bfloat16_ulp(float(logits.max()))
-        print(f"bfloat16: diverges at new token {i} ({base[i]} vs {essg[i]}), logit gap {gap:.4g}, "
-              f"top-2 margin {top2_margin(model, input_ids, base[:i]):.4g}, tolerance {tolerance:.4g}")
-        assert gap <= tolerance, f"divergence at token {i} is not a bfloat16 near-tie: gap {gap} > {tolerance}"
-    print(f"bfloat16: {identical} of 5 outputs identical to base")
+        essg = ssd.infer(model, tokenizer, input_ids, "essg", MAX_NEW_TOKENS, gate=False)
+        assert essg["num_drafted_tokens"] > 0
+        assert essg["generate_ids"] == base, f"bfloat16 essg ({skip}) differs from base on {prompt[:60]!r}"

@@ -5,6 +5,7 @@ import torch
 from transformers import GenerationConfig
 
 import ssd
+from ssd.decoding import DraftConfig
 from helpers import NEAR_TIE_FLOAT32, assert_same_tokens, random_skip_set
 
 MAX_NEW_TOKENS = 64
@@ -22,10 +23,12 @@ CONFIGS = [(skip, th) for skip in SKIP_SETS for th in THRESHOLDS]  # 12 combinat
 NUM_PROMPTS = 9  # each prompt runs two combinations, so every combination runs at least once
 
 
-def draft_kwargs(threshold) -> dict:
+def draft_kwargs(threshold, draft_vocab_size) -> dict:
+    """Always draft (no gate): these tests check the draft/verify path itself."""
+    kwargs = {"gate": False, "draft_vocab_size": draft_vocab_size}
     if threshold == "adaptive":
-        return {"th_stop_draft": 0.6, "auto_th_stop_draft": True}
-    return {"th_stop_draft": threshold, "auto_th_stop_draft": False}
+        return kwargs | {"th_stop_draft": 0.6, "auto_th_stop_draft": True}
+    return kwargs | {"th_stop_draft": threshold, "auto_th_stop_draft": False}
 
 
 def stock_greedy(stock, input_ids, max_new_tokens) -> list[int]:
@@ -50,10 +53,13 @@ def test_base_and_essg_equal_stock_generate(embedded, stock, prompts, skip_layer
     base = ssd.infer(model, tokenizer, input_ids, "base", MAX_NEW_TOKENS)["generate_ids"]
     assert len(base) == MAX_NEW_TOKENS
 
-    for early_stop, (skip_name, threshold) in zip((True, False), (CONFIGS[2 * index % 12], CONFIGS[(2 * index + 1) % 12])):
+    # One run with the trimmed-vocabulary draft head (the default), one with the full head.
+    runs = zip((True, False), (CONFIGS[2 * index % 12], CONFIGS[(2 * index + 1) % 12]), (DraftConfig.draft_vocab_size, None))
+    for early_stop, (skip_name, threshold), vocab in runs:
         skip_layers(*SKIP_SETS[skip_name])
-        essg = ssd.infer(model, tokenizer, input_ids, "essg", MAX_NEW_TOKENS, early_stop=early_stop, **draft_kwargs(threshold))
-        label = f"essg[{skip_name}, th={threshold}, early_stop={early_stop}]"
+        kwargs = draft_kwargs(threshold, vocab)
+        essg = ssd.infer(model, tokenizer, input_ids, "essg", MAX_NEW_TOKENS, early_stop=early_stop, **kwargs)
+        label = f"essg[{skip_name}, th={threshold}, vocab={vocab}, early_stop={early_stop}]"
         reference = expected if early_stop else base
         assert_same_tokens(reference, essg["generate_ids"], model, input_ids, NEAR_TIE_FLOAT32, label)
         if skip_name != "none":
@@ -66,7 +72,7 @@ def test_adaptive_threshold_moves(embedded, prompts, skip_layers):
     """With a poor draft the adaptive threshold must rise from its start."""
     model, tokenizer = embedded
     skip_layers(*SKIP_SETS["random40-seed0"])
-    out = ssd.infer(model, tokenizer, prompts[0], "essg", 32, th_stop_draft=0.6, auto_th_stop_draft=True)
+    out = ssd.infer(model, tokenizer, prompts[0], "essg", 32, th_stop_draft=0.6, auto_th_stop_draft=True, gate=False)
     assert out["matchness"] < 0.9
     assert out["th_stop_draft"] > 0.6
 
@@ -75,6 +81,21 @@ def test_full_model_draft_accepts_everything(embedded, prompts):
     """With nothing skipped the draft is the full model: essentially every draft is accepted."""
     model, tokenizer = embedded
     model.set_skip_layers([], [])
-    out = ssd.infer(model, tokenizer, prompts[3], "essg", 32, th_stop_draft=0.0, auto_th_stop_draft=False, max_step_draft=8)
+    out = ssd.infer(
+        model, tokenizer, prompts[3], "essg", 32, th_stop_draft=0.0, auto_th_stop_draft=False, max_step_draft=8,
+        draft_vocab_size=None, gate=False,
+    )
     assert out["matchness"] > 0.95
     assert out["num_verifications"] <= 32 / 8 + 2
+
+
+def test_gated_essg_equals_base(embedded, prompts, skip_layers):
+    """The default configuration (gate on) mixes plain and draft steps; output stays base's."""
+    model, tokenizer = embedded
+    skip_layers(*SKIP_SETS["upper-half"])
+    for prompt in prompts[::3]:
+        input_ids = tokenizer(prompt, return_tensors="pt").input_ids
+        base = ssd.infer(model, tokenizer, input_ids, "base", MAX_NEW_TOKENS)["generate_ids"]
+        essg = ssd.infer(model, tokenizer, input_ids, "essg", MAX_NEW_TOKENS)
+        assert_same_tokens(base, essg["generate_ids"], model, input_ids, NEAR_TIE_FLOAT32, "gated essg")
+        assert essg["num_drafted_tokens"] > 0  # the gate measures a draft step at least once

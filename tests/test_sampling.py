@@ -10,7 +10,7 @@ from ssd.decoding import DraftConfig, self_speculative_sample
 from ssd.sampling import Sampling, logits_to_probs
 
 SAMPLING = Sampling(temperature=1.0, top_k=6)
-DRAFT = DraftConfig(max_step_draft=1, th_stop_draft=0.0, auto_th_stop_draft=False)
+DRAFT = DraftConfig(max_step_draft=1, th_stop_draft=0.0, auto_th_stop_draft=False, gate=False)  # trimmed head
 TRIALS = 400
 ALPHA = 1e-3
 UPPER_HALF = (list(range(15, 29, 2)), list(range(16, 29, 2)))
