@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, GenerationConfig
 import ssd
 from ssd.data import TASKS, task_prompts
 from ssd.models import embedded_model_path
-from ssd.skip_layers import HAND_PICKED
+from ssd.evaluation import apply_draft
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -61,7 +61,9 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     model, tokenizer = ssd.load_model(args.model, dtype=DTYPES.get(args.dtype), device=args.device)
     stock = stock_model(args, model.dtype).to(model.device)
-    attention, mlp = HAND_PICKED if args.model is None else ([], [])
+    if args.model is None:
+        print(apply_draft(model, None))  # the searched set for the embedded model, else the hand-picked one
+    attention, mlp = model.get_skip_layers()
     model.set_skip_layers(args.attention if args.attention is not None else attention, args.mlp if args.mlp is not None else mlp)
     prompts = [(task, p) for task in args.tasks for p in task_prompts(task, args.num_prompts, args.data_dir, args.max_words)]
     generation_config = GenerationConfig(

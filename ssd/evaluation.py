@@ -120,11 +120,14 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
     return DTYPES[name]
 
 
-def apply_draft(model, key: str | None) -> str:
-    """Set the draft from skip_layers.json; for the embedded model without a
-    searched entry, fall back to the hand-picked set. Returns what was used."""
-    if key is None:
-        key = EMBEDDED_KEY
+def apply_draft(model, key: str | None, model_name: str | None = None) -> str:
+    """Set the draft from skip_layers.json. `key=None` means the embedded model's
+    entry, falling back to the hand-picked set until a search has written it;
+    another model (`model_name`) must name its entry. Returns what was used."""
+    if key is None and model_name is not None:
+        raise ValueError(f"name the skip_layers.json entry for {model_name} (e.g. 'llama-2-13b'); "
+                         f"the default entry is the embedded model's")
+    key = key or EMBEDDED_KEY
     try:
         attention, mlp = apply_skip_layers(model, key)
         return f"skip set {key!r} from skip_layers.json: attention {attention}, mlp {mlp}"

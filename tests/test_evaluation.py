@@ -68,6 +68,8 @@ def test_apply_draft_falls_back_to_the_hand_picked_set_only_for_the_embedded_mod
             assert model.get_skip_layers() == (sorted(HAND_PICKED[0]), sorted(HAND_PICKED[1]))
         with pytest.raises(KeyError, match="no entry 'no-such-model'"):
             ev.apply_draft(model, "no-such-model")
+        with pytest.raises(ValueError, match="name the skip_layers.json entry for meta-llama"):
+            ev.apply_draft(model, None, "meta-llama/Llama-2-13b-hf")  # never the embedded model's set
     finally:
         model.set_skip_layers([], [])
 
