@@ -1,25 +1,17 @@
 """Shared fixtures: the embedded model (ours and stock transformers') and real prompts."""
 
 import os
-from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 import ssd
-from ssd.data import DATA_DIR_ENV, task_prompts
+from helpers import data_dir
+from ssd.data import task_prompts
 from ssd.models import embedded_model_path
 
 torch.set_num_threads(min(4, os.cpu_count() or 1))
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def data_dir() -> Path | None:
-    folder = Path(os.environ.get(DATA_DIR_ENV, SHARED_DATA))
-    return folder if folder.is_dir() else None
-
 
 @pytest.fixture(scope="session")
 def embedded():

@@ -1,8 +1,21 @@
 """Comparing token sequences, and explaining a divergence by its logit margin."""
 
+import os
 import random
+from pathlib import Path
 
 import torch
+
+from ssd.data import DATA_DIR_ENV
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def data_dir() -> Path | None:
+    """The offline CNN/DM and XSum folder ($SSD_DATA_DIR, else ../shared/data), or None."""
+    folder = Path(os.environ.get(DATA_DIR_ENV, SHARED_DATA))
+    return folder if folder.is_dir() else None
+
 
 # In float32, batched verification and step-by-step decoding differ only in the
 # last bits; an argmax may flip only where the top two logits are this close.

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import data_dir
+from helpers import data_dir
 from ssd.data import (
     DATA_DIR_ENV,
     clip_summarization_prompt,
