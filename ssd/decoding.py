@@ -12,6 +12,7 @@ are never read and get overwritten later.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -239,6 +240,10 @@ def base_generate(
     return GenerationResult(tokens)
 
 
+# Called before each self-speculative step with (cache, committed length, new tokens so far).
+BeforeStep = Callable[[KVCache, int, list[int]], None]
+
+
 @dataclass(frozen=True)
 class DraftConfig:
     """How the draft model runs: its length, its exit threshold, its head, and when it runs at all.
@@ -277,9 +282,10 @@ def exact_self_speculative_generate(
     max_new_tokens: int,
     eos_token_id: int | None = None,
     draft: DraftConfig = DraftConfig(),
+    before_step: BeforeStep | None = None,
 ) -> GenerationResult:
     """Greedy self-speculative decoding: output equals `base_generate`'s, token for token."""
-    return _self_speculative(model, input_ids, max_new_tokens, eos_token_id, draft, None, None)
+    return _self_speculative(model, input_ids, max_new_tokens, eos_token_id, draft, None, None, before_step)
 
 
 def self_speculative_sample(
@@ -290,14 +296,22 @@ def self_speculative_sample(
     draft: DraftConfig = DraftConfig(),
     sampling: Sampling | None = Sampling(),
     generator: torch.Generator | None = None,
+    before_step: BeforeStep | None = None,
 ) -> GenerationResult:
     """Self-speculative sampling: output distributed exactly as sampling the full model."""
-    return _self_speculative(model, input_ids, max_new_tokens, eos_token_id, draft, sampling, generator)
+    return _self_speculative(model, input_ids, max_new_tokens, eos_token_id, draft, sampling, generator, before_step)
 
 
 @torch.no_grad()
-def _self_speculative(model, input_ids, max_new_tokens, eos_token_id, draft, sampling, generator) -> GenerationResult:
-    """Each step drafts with the skip sets on the model, then verifies all drafts in one full forward."""
+def _self_speculative(
+    model, input_ids, max_new_tokens, eos_token_id, draft, sampling, generator, before_step=None
+) -> GenerationResult:
+    """Each step drafts with the skip sets on the model, then verifies all drafts in one full forward.
+
+    `before_step(cache, committed, tokens)` runs before every step (SWIFT
+    optimises the skip set there); it may change the model's skip sets and
+    write the cache, but must leave positions below `committed` as it found them.
+    """
     max_step_draft, th_stop_draft = draft.max_step_draft, draft.th_stop_draft
     adaptive = AdaptiveThreshold(*draft.auto_parameters) if draft.auto_th_stop_draft else None
     gate = DraftGate() if draft.gate else None
@@ -307,6 +321,8 @@ def _self_speculative(model, input_ids, max_new_tokens, eos_token_id, draft, sam
     committed = input_ids.shape[1]
     result = GenerationResult(tokens, th_stop_draft=th_stop_draft)
     while not done:
+        if before_step is not None:
+            before_step(cache, committed, tokens)
         start = time.perf_counter()
         # Never draft past max_new_tokens: verification adds one token of its own.
         room = min(max_step_draft, max_new_tokens - len(tokens) - 1)
