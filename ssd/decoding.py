@@ -27,6 +27,7 @@ class GenerationResult:
     num_drafted_tokens: int = 0
     num_accepted_tokens: int = 0
     num_verifications: int = 0
+    num_looked_up_tokens: int = 0  # drafts that came from n-gram lookup (included in num_drafted_tokens)
     th_stop_draft: float | None = None  # the final draft-exit threshold
 
     @property
@@ -116,6 +117,38 @@ class DraftGate:
         self.since_other = 0 if loser_ran else self.since_other + 1
         if probe:  # back off while drafting keeps losing
             self.interval = self.probe_interval if self.drafting_wins else 2 * self.interval
+
+
+class NgramIndex:
+    """Prompt-lookup drafting: after the longest recent n-gram that occurred before, propose what followed it then.
+
+    Summaries copy names and phrases from the article, code repeats its
+    identifiers; such drafts cost no forward at all. The index maps every
+    n-gram (n = 1..max_n) of the sequence to where its latest earlier
+    occurrence continued, so a lookup costs max_n dictionary reads.
+    """
+
+    def __init__(self, tokens: list[int], max_n: int, min_n: int = 1):
+        self.max_n, self.min_n = max_n, min_n
+        self.tokens: list[int] = []
+        self.continuations: dict[tuple[int, ...], int] = {}
+        self.extend(tokens)
+
+    def extend(self, tokens: list[int]) -> None:
+        for token in tokens:
+            # The n-grams ending at the current last token now have a continuation: `token`.
+            end = len(self.tokens)
+            for n in range(self.min_n, min(self.max_n, end) + 1):
+                self.continuations[tuple(self.tokens[end - n : end])] = end
+            self.tokens.append(token)
+
+    def propose(self, max_tokens: int) -> list[int]:
+        """Up to `max_tokens` tokens that followed the longest matching suffix, or [] when none matches."""
+        for n in range(min(self.max_n, len(self.tokens)), self.min_n - 1, -1):
+            start = self.continuations.get(tuple(self.tokens[-n:]))
+            if start is not None:
+                return self.tokens[start : start + max_tokens]
+        return []
 
 
 # --- the pieces --------------------------------------------------------------
@@ -251,6 +284,9 @@ class DraftConfig:
     `draft_vocab_size`: the draft scores only token ids below this (BPE ids
     roughly follow frequency) plus the prompt's tokens; None scores all.
     `gate`: draft only while drafting measurably pays (`DraftGate`).
+    `ngram_size`: hybrid drafting. When the last `ngram_min`..`ngram_size`
+    tokens occurred before in prompt or output, the draft is what followed
+    them then (free), else the layer-skipping draft; 0 turns lookup off.
     """
 
     max_step_draft: int = 12
@@ -259,6 +295,8 @@ class DraftConfig:
     auto_parameters: tuple = (1, 0.5, 0.9, 0.01, 0.9)  # [every, b1, b2, e, a], as in the reference code
     draft_vocab_size: int | None = 16384
     gate: bool = True
+    ngram_size: int = 3
+    ngram_min: int = 1
 
     def __post_init__(self):
         if self.max_step_draft < 1:
@@ -267,6 +305,8 @@ class DraftConfig:
             raise ValueError(f"th_stop_draft must be in [0, 1], got {self.th_stop_draft}")
         if self.draft_vocab_size is not None and self.draft_vocab_size < 1:
             raise ValueError(f"draft_vocab_size must be >= 1 or None, got {self.draft_vocab_size}")
+        if self.ngram_size < 0 or not 1 <= self.ngram_min <= max(self.ngram_size, 1):
+            raise ValueError(f"need ngram_size >= 0 and 1 <= ngram_min <= ngram_size, got {self.ngram_size}, {self.ngram_min}")
 
     def draft_head(self, model: LlamaForCausalLM, input_ids: torch.Tensor) -> DraftHead | None:
         """The draft's head for this prompt: frequent tokens plus the prompt's own (names, code identifiers)."""
@@ -318,6 +358,7 @@ def _self_speculative(
     head = draft.draft_head(model, input_ids)
     cache = _start(model, input_ids, max_new_tokens)
     tokens, done = _finish([choose(prefill(model, input_ids, cache), sampling, generator)], eos_token_id, max_new_tokens)
+    lookup = NgramIndex(input_ids[0].tolist() + tokens, draft.ngram_size, draft.ngram_min) if draft.ngram_size else None
     committed = input_ids.shape[1]
     result = GenerationResult(tokens, th_stop_draft=th_stop_draft)
     while not done:
@@ -326,8 +367,10 @@ def _self_speculative(
         start = time.perf_counter()
         # Never draft past max_new_tokens: verification adds one token of its own.
         room = min(max_step_draft, max_new_tokens - len(tokens) - 1)
-        drafting = room > 0 and (gate is None or gate.draft_next())
-        drafts, draft_probs = [], None
+        drafts = lookup.propose(room) if lookup is not None and room > 0 else []
+        looked_up = bool(drafts)
+        drafting = not looked_up and room > 0 and (gate is None or gate.draft_next())
+        draft_probs = _one_hot(drafts, model) if looked_up and sampling is not None else None
         if drafting:
             drafts, draft_probs = draft_tokens(
                 model, cache, tokens[-1], committed, room, th_stop_draft, sampling, generator, head
@@ -336,14 +379,26 @@ def _self_speculative(
         target_logits = model(verify_input, cache, committed)[0]
         accepted, next_token = verify_drafts(target_logits, drafts, draft_probs, sampling, generator)
         committed += accepted + 1
-        tokens, done = _finish(tokens + drafts[:accepted] + [next_token], eos_token_id, max_new_tokens)
+        new_tokens = drafts[:accepted] + [next_token]
+        tokens, done = _finish(tokens + new_tokens, eos_token_id, max_new_tokens)
+        if lookup is not None:
+            lookup.extend(new_tokens)
         result.num_verifications += 1
-        if gate is not None and room > 0:
+        if gate is not None and room > 0 and not looked_up:
             gate.record(drafting, accepted + 1, time.perf_counter() - start)
         if drafts:
             result.num_drafted_tokens += len(drafts)
             result.num_accepted_tokens += accepted
-            if adaptive is not None:
-                th_stop_draft = adaptive.update(th_stop_draft, accepted, len(drafts), max_step_draft)
+        if looked_up:
+            result.num_looked_up_tokens += len(drafts)
+        elif drafts and adaptive is not None:
+            th_stop_draft = adaptive.update(th_stop_draft, accepted, len(drafts), max_step_draft)
     result.tokens, result.th_stop_draft = tokens, th_stop_draft
     return result
+
+
+def _one_hot(tokens: list[int], model: LlamaForCausalLM) -> torch.Tensor:
+    """The draft distribution `q` of looked-up tokens: certain, so acceptance is p(x)."""
+    q = torch.zeros(len(tokens), model.config.vocab_size, device=model.device)
+    q[torch.arange(len(tokens)), torch.tensor(tokens)] = 1.0
+    return q

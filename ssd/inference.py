@@ -61,7 +61,7 @@ def infer(
     self-speculative) or `sss` (self-speculative sampling).
 
     `draft_kwargs` are `DraftConfig`'s: max_step_draft, th_stop_draft,
-    auto_th_stop_draft, auto_parameters. `do_sample` defaults to True for
+    auto_th_stop_draft, auto_parameters, draft_vocab_size, gate, ngram_size, ngram_min. `do_sample` defaults to True for
     `sss` and False otherwise (base samples when asked). `seed=None` leaves the random state
     alone, so repeated sampled calls differ. `early_stop` stops at EOS.
     """
@@ -102,6 +102,7 @@ def _as_dict(result: GenerationResult, tokenizer, elapsed: float) -> dict:
         "time": elapsed,
         "matchness": result.matchness,
         "num_drafted_tokens": result.num_drafted_tokens,
+        "num_looked_up_tokens": result.num_looked_up_tokens,
         "num_verifications": result.num_verifications,
         "th_stop_draft": result.th_stop_draft,
     }

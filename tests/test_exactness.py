@@ -23,9 +23,9 @@ CONFIGS = [(skip, th) for skip in SKIP_SETS for th in THRESHOLDS]  # 12 combinat
 NUM_PROMPTS = 9  # each prompt runs two combinations, so every combination runs at least once
 
 
-def draft_kwargs(threshold, draft_vocab_size) -> dict:
+def draft_kwargs(threshold, draft_vocab_size, ngram_size) -> dict:
     """Always draft (no gate): these tests check the draft/verify path itself."""
-    kwargs = {"gate": False, "draft_vocab_size": draft_vocab_size}
+    kwargs = {"gate": False, "draft_vocab_size": draft_vocab_size, "ngram_size": ngram_size}
     if threshold == "adaptive":
         return kwargs | {"th_stop_draft": 0.6, "auto_th_stop_draft": True}
     return kwargs | {"th_stop_draft": threshold, "auto_th_stop_draft": False}
@@ -53,26 +53,34 @@ def test_base_and_essg_equal_stock_generate(embedded, stock, prompts, skip_layer
     base = ssd.infer(model, tokenizer, input_ids, "base", MAX_NEW_TOKENS)["generate_ids"]
     assert len(base) == MAX_NEW_TOKENS
 
-    # One run with the trimmed-vocabulary draft head (the default), one with the full head.
-    runs = zip((True, False), (CONFIGS[2 * index % 12], CONFIGS[(2 * index + 1) % 12]), (DraftConfig.draft_vocab_size, None))
-    for early_stop, (skip_name, threshold), vocab in runs:
+    # One run as the default drafts (hybrid: n-gram lookup, else the layer-skipping
+    # draft through the trimmed head), one with the layer-skipping draft alone and the full head.
+    runs = zip(
+        (True, False),
+        (CONFIGS[2 * index % 12], CONFIGS[(2 * index + 1) % 12]),
+        ((DraftConfig.draft_vocab_size, DraftConfig.ngram_size), (None, 0)),
+    )
+    for early_stop, (skip_name, threshold), (vocab, ngram_size) in runs:
         skip_layers(*SKIP_SETS[skip_name])
-        kwargs = draft_kwargs(threshold, vocab)
+        kwargs = draft_kwargs(threshold, vocab, ngram_size)
         essg = ssd.infer(model, tokenizer, input_ids, "essg", MAX_NEW_TOKENS, early_stop=early_stop, **kwargs)
-        label = f"essg[{skip_name}, th={threshold}, vocab={vocab}, early_stop={early_stop}]"
+        label = f"essg[{skip_name}, th={threshold}, vocab={vocab}, ngram={ngram_size}, early_stop={early_stop}]"
         reference = expected if early_stop else base
         assert_same_tokens(reference, essg["generate_ids"], model, input_ids, NEAR_TIE_FLOAT32, label)
-        if skip_name != "none":
-            # A skipping draft must really have drafted and been checked, not bypassed.
-            assert essg["num_drafted_tokens"] > 0
-            assert 0.0 <= essg["matchness"] <= 1.0
+        # Drafts must really have been made and checked, not bypassed.
+        assert essg["num_drafted_tokens"] > 0
+        assert 0.0 <= essg["matchness"] <= 1.0
+        if ngram_size == 0:
+            assert essg["num_looked_up_tokens"] == 0
 
 
 def test_adaptive_threshold_moves(embedded, prompts, skip_layers):
     """With a poor draft the adaptive threshold must rise from its start."""
     model, tokenizer = embedded
     skip_layers(*SKIP_SETS["random40-seed0"])
-    out = ssd.infer(model, tokenizer, prompts[0], "essg", 32, th_stop_draft=0.6, auto_th_stop_draft=True, gate=False)
+    out = ssd.infer(
+        model, tokenizer, prompts[0], "essg", 32, th_stop_draft=0.6, auto_th_stop_draft=True, gate=False, ngram_size=0
+    )
     assert out["matchness"] < 0.9
     assert out["th_stop_draft"] > 0.6
 
@@ -83,7 +91,7 @@ def test_full_model_draft_accepts_everything(embedded, prompts):
     model.set_skip_layers([], [])
     out = ssd.infer(
         model, tokenizer, prompts[3], "essg", 32, th_stop_draft=0.0, auto_th_stop_draft=False, max_step_draft=8,
-        draft_vocab_size=None, gate=False,
+        draft_vocab_size=None, gate=False, ngram_size=0,
     )
     assert out["matchness"] > 0.95
     assert out["num_verifications"] <= 32 / 8 + 2
@@ -99,3 +107,16 @@ def test_gated_essg_equals_base(embedded, prompts, skip_layers):
         essg = ssd.infer(model, tokenizer, input_ids, "essg", MAX_NEW_TOKENS)
         assert_same_tokens(base, essg["generate_ids"], model, input_ids, NEAR_TIE_FLOAT32, "gated essg")
         assert essg["num_drafted_tokens"] > 0  # the gate measures a draft step at least once
+
+
+def test_hybrid_drafts_from_repeated_text(embedded, skip_layers):
+    """Where the text repeats, most drafts are looked up, most are accepted, and output stays base's."""
+    model, tokenizer = embedded
+    skip_layers(*SKIP_SETS["upper-half"])
+    prompt = "Repeat the list exactly.\nList: apple, river, candle, mountain, violin, tiger, cloud.\nAgain: apple, river,"
+    input_ids = tokenizer(prompt, return_tensors="pt").input_ids
+    base = ssd.infer(model, tokenizer, input_ids, "base", 24)["generate_ids"]
+    hybrid = ssd.infer(model, tokenizer, input_ids, "essg", 24, gate=False, ngram_size=3)
+    assert_same_tokens(base, hybrid["generate_ids"], model, input_ids, NEAR_TIE_FLOAT32, "hybrid essg")
+    assert hybrid["num_looked_up_tokens"] >= 8
+    assert hybrid["num_verifications"] < 24 / 2  # several tokens per verification

@@ -10,7 +10,17 @@ from ssd.decoding import DraftConfig, self_speculative_sample
 from ssd.sampling import Sampling, logits_to_probs
 
 SAMPLING = Sampling(temperature=1.0, top_k=6)
-DRAFT = DraftConfig(max_step_draft=1, th_stop_draft=0.0, auto_th_stop_draft=False, gate=False)  # trimmed head
+# The 2nd token is drafted: by the layer-skipping draft through the trimmed
+# head, or (hybrid) copied after an n-gram match, with q one-hot.
+DRAFTS = {
+    "layer-skip": DraftConfig(max_step_draft=1, th_stop_draft=0.0, auto_th_stop_draft=False, gate=False, ngram_size=0),
+    "hybrid": DraftConfig(max_step_draft=1, th_stop_draft=0.0, auto_th_stop_draft=False, gate=False),
+}
+PROMPTS = {
+    "layer-skip": "The three most important inventions of the",
+    # The first token is often one the prompt has ("mat", "floor"...), so the 2nd is looked up.
+    "hybrid": "The cat sat on the mat. The dog sat on the",
+}
 TRIALS = 400
 ALPHA = 1e-3
 UPPER_HALF = (list(range(15, 29, 2)), list(range(16, 29, 2)))
@@ -28,13 +38,17 @@ def exact_second_token_marginal(model, input_ids) -> torch.Tensor:
     return marginal
 
 
-def second_token_p_value(model, input_ids, expected: torch.Tensor) -> float:
+def second_token_p_value(model, input_ids, expected: torch.Tensor, draft: DraftConfig) -> float:
     """Chi-square p-value of sampled 2nd tokens (a drafted position) against the exact marginal."""
     generator = torch.Generator().manual_seed(1234)
     counts = torch.zeros_like(expected)
+    looked_up = 0
     for _ in range(TRIALS):
-        tokens = self_speculative_sample(model, input_ids, 3, None, DRAFT, SAMPLING, generator).tokens
-        counts[tokens[1]] += 1
+        result = self_speculative_sample(model, input_ids, 3, None, draft, SAMPLING, generator)
+        counts[result.tokens[1]] += 1
+        looked_up += result.num_looked_up_tokens
+    if draft.ngram_size:
+        assert looked_up > TRIALS / 4, "the hybrid setting must exercise looked-up drafts"
     if counts[expected == 0].sum() > 0:
         return 0.0  # a token the full model gives probability 0: impossible under the null
     # Bins with an expected count of 5 or more, the rest pooled into one.
@@ -44,32 +58,32 @@ def second_token_p_value(model, input_ids, expected: torch.Tensor) -> float:
     return float(chisquare(observed.numpy(), (wanted / wanted.sum() * TRIALS).numpy()).pvalue)
 
 
-@pytest.fixture(scope="module")
-def setting(embedded):
+@pytest.fixture(scope="module", params=sorted(DRAFTS))
+def setting(embedded, request):
     model, tokenizer = embedded
     # A draft that often disagrees with the full model, but not wildly, so the
     # broken rule's error is a shifted distribution, not impossible tokens.
     model.set_skip_layers(*UPPER_HALF)
-    input_ids = tokenizer("The three most important inventions of the", return_tensors="pt").input_ids
-    yield model, input_ids, exact_second_token_marginal(model, input_ids)
+    input_ids = tokenizer(PROMPTS[request.param], return_tensors="pt").input_ids
+    yield model, input_ids, exact_second_token_marginal(model, input_ids), DRAFTS[request.param]
     model.set_skip_layers([], [])
 
 
 def test_sampled_distribution_matches_full_model(setting):
-    model, input_ids, expected = setting
-    assert second_token_p_value(model, input_ids, expected) > ALPHA
+    model, input_ids, expected, draft = setting
+    assert second_token_p_value(model, input_ids, expected, draft) > ALPHA
 
 
 def test_broken_acceptance_rule_is_detected(setting, monkeypatch):
     """Accepting every draft samples the draft's distribution: the same test must fail."""
-    model, input_ids, expected = setting
+    model, input_ids, expected, draft = setting
 
     def accept_everything(target_logits, drafts, draft_probs, sampling, generator):
         p = logits_to_probs(target_logits, sampling)
         return len(drafts), ssd.sampling.sample(p[len(drafts)], generator)
 
     monkeypatch.setattr(ssd.decoding, "verify_drafts", accept_everything)
-    assert second_token_p_value(model, input_ids, expected) < ALPHA
+    assert second_token_p_value(model, input_ids, expected, draft) < ALPHA
 
 
 def test_seed_reproduces_and_none_does_not_reseed(embedded):
