@@ -13,6 +13,7 @@ from ssd.modeling_llama import KVCache, LlamaForCausalLM
 from ssd.models import load_model
 from ssd.sampling import Sampling
 from ssd.skip_layers import apply_skip_layers, load_skip_layers, save_skip_layers
+from ssd.swift import SwiftConfig, SwiftOptimizer, swift_generate
 
 __all__ = [
     "DraftConfig",
@@ -21,6 +22,8 @@ __all__ = [
     "LlamaForCausalLM",
     "apply_skip_layers",
     "Sampling",
+    "SwiftConfig",
+    "SwiftOptimizer",
     "base_generate",
     "exact_self_speculative_generate",
     "infer",
@@ -28,4 +31,5 @@ __all__ = [
     "load_skip_layers",
     "save_skip_layers",
     "self_speculative_sample",
+    "swift_generate",
 ]

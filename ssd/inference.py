@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from pathlib import Path
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -16,8 +18,10 @@ from ssd.decoding import (
 )
 from ssd.modeling_llama import LlamaForCausalLM
 from ssd.sampling import Sampling
+from ssd.skip_layers import DEFAULT_PATH
+from ssd.swift import SwiftConfig, SwiftOptimizer, swift_generate
 
-GENERATE_FNS = ("base", "essg", "sss")
+GENERATE_FNS = ("base", "essg", "sss", "swift")
 
 
 def encode_prompt(model: LlamaForCausalLM, tokenizer, prompt_or_input_ids, max_new_tokens: int) -> torch.Tensor:
@@ -55,18 +59,34 @@ def infer(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
+    swift: SwiftConfig | SwiftOptimizer | None = None,
+    task: str | None = None,
+    cache_hit: bool = False,
+    skip_layers_path: str | Path | None = None,
     **draft_kwargs,
 ) -> dict:
     """Generate from a prompt with `base` (autoregressive), `essg` (exact greedy
-    self-speculative) or `sss` (self-speculative sampling).
+    self-speculative), `sss` (self-speculative sampling) or `swift` (skip set
+    optimised on the fly, `ssd.swift`; greedy, or sampled with `do_sample=True`).
 
     `draft_kwargs` are `DraftConfig`'s: max_step_draft, th_stop_draft,
     auto_th_stop_draft, auto_parameters, draft_vocab_size, gate, ngram_size, ngram_min. `do_sample` defaults to True for
     `sss` and False otherwise (base samples when asked). `seed=None` leaves the random state
     alone, so repeated sampled calls differ. `early_stop` stops at EOS.
+
+    SWIFT: `swift` is a `SwiftConfig` (None: the paper's defaults) for a fresh
+    optimiser, or a `SwiftOptimizer` that carries its state over a stream of
+    prompts. `task` names the cached set in `skip_layers_path` (None: the
+    repository's skip_layers.json), which `cache_hit=True` reuses; `draft_kwargs`
+    override the config's draft. The result gains `"swift"`: optimiser statistics for this call.
     """
     if generate_fn not in GENERATE_FNS:
         raise ValueError(f"generate_fn must be one of {GENERATE_FNS}, got {generate_fn!r}")
+    optimizer = None
+    if generate_fn == "swift":
+        optimizer = _swift_optimizer(model, swift, task, cache_hit, skip_layers_path, draft_kwargs)
+    elif swift is not None or task is not None or cache_hit or skip_layers_path is not None:
+        raise ValueError(f"swift, task, cache_hit and skip_layers_path are for generate_fn='swift', not {generate_fn!r}")
     if generate_fn == "essg" and do_sample:
         raise ValueError("essg is greedy; use generate_fn='sss' to sample")
     if generate_fn == "base" and draft_kwargs:
@@ -84,6 +104,9 @@ def infer(
     start = time.perf_counter()
     if generate_fn == "base":
         result = base_generate(model, input_ids, max_new_tokens, eos_token_id, sampling, generator)
+    elif generate_fn == "swift":
+        since = len(optimizer.history)
+        result = swift_generate(model, input_ids, max_new_tokens, eos_token_id, optimizer, sampling, generator)
     elif generate_fn == "essg":
         result = exact_self_speculative_generate(model, input_ids, max_new_tokens, eos_token_id, DraftConfig(**draft_kwargs))
     else:
@@ -92,7 +115,27 @@ def infer(
         )
     _synchronize(model.device)
     elapsed = time.perf_counter() - start
-    return _as_dict(result, tokenizer, elapsed)
+    out = _as_dict(result, tokenizer, elapsed)
+    if optimizer is not None:
+        out["swift"] = optimizer.stats(since)
+    return out
+
+
+def _swift_optimizer(model, swift, task, cache_hit, skip_layers_path, draft_kwargs) -> SwiftOptimizer:
+    """The optimiser for one swift call: the caller's, or a fresh one from a config."""
+    if isinstance(swift, SwiftOptimizer):
+        given = [name for name, value in (("task", task), ("cache_hit", cache_hit), ("skip_layers_path", skip_layers_path))
+                 if value] + sorted(draft_kwargs)
+        if given:
+            raise ValueError(f"{given} are fixed by the SwiftOptimizer passed as swift; set them when creating it")
+        return swift
+    config = SwiftConfig() if swift is None else swift
+    if not isinstance(config, SwiftConfig):
+        raise ValueError(f"swift must be a SwiftConfig, a SwiftOptimizer or None, got {type(swift).__name__}")
+    if draft_kwargs:
+        config = dataclasses.replace(config, draft=dataclasses.replace(config.draft, **draft_kwargs))
+    path = DEFAULT_PATH if skip_layers_path is None else skip_layers_path
+    return SwiftOptimizer(model, config, task, cache_hit, path)
 
 
 def _as_dict(result: GenerationResult, tokenizer, elapsed: float) -> dict:

@@ -1,0 +1,427 @@
+"""SWIFT (Xia et al., ICLR 2025, arXiv 2410.06916): the draft's skip set chosen on the fly, during generation.
+
+No skip set is needed up front. While an *optimisation phase* lasts, every
+`opt_interval`-th decoding step first proposes one candidate skip set of a
+fixed size, `int((L-2) * 2 * skip_ratio)` sub-layers (layers 0 and L-1 are
+never skipped), drawn at random or, every `bayes_interval`-th iteration, from
+a Gaussian process fitted to all scores so far (its top-scoring variables
+become the set). The candidate is scored in one teacher-forced draft pass over
+the first `context_window` tokens the full model generated, all positions at
+once: the score is the share of positions where the draft's argmax is the next
+generated token. The best set so far is the model's draft. Optimisation stops
+when the best score passes `max_score` (counted only over a full window),
+after `max_tolerance_iter` iterations without improvement, or after
+`max_opt_iter` iterations. The *acceleration phase* then drafts with the best
+set, stopping when the draft's confidence falls under 0.8 (up to 25 tokens).
+
+One `SwiftOptimizer` serves a stream of inputs (the paper's setting): its
+best set and its iteration counts carry over from one prompt to the next.
+It runs as the decoding loop's `before_step` hook, so output stays exact:
+greedy output is `base`'s, sampled output keeps the full model's distribution.
+
+Cache: the best set for a (model, task) is stored in `skip_layers.json` under
+`"<model key>/swift/<task>"` (e.g. `"smollm2-135m-instruct/swift/cnndm"`),
+with its score and iteration count; with `cache_hit=True` a stored set is
+reused and no optimisation runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from bayes_opt import BayesianOptimization
+
+from ssd.decoding import DraftConfig, GenerationResult, exact_self_speculative_generate, self_speculative_sample
+from ssd.modeling_llama import KVCache, LlamaForCausalLM
+from ssd.models import embedded_model_path
+from ssd.sampling import Sampling
+from ssd.searching import _UpperConfidenceBound, candidate_skip_layers, skip_layers_to_params, variable_names
+from ssd.skip_layers import DEFAULT_PATH, EMBEDDED_KEY, read_skip_layers, save_skip_layers
+
+MIN_WINDOW = 1  # scored positions needed (two generated tokens) before a candidate is scored at all
+
+
+def swift_draft_config() -> DraftConfig:
+    """SWIFT's acceleration phase: a fixed confidence threshold of 0.8, up to 25 draft tokens."""
+    return DraftConfig(max_step_draft=25, th_stop_draft=0.8, auto_th_stop_draft=False)
+
+
+@dataclass(frozen=True)
+class SwiftConfig:
+    """SWIFT's parameters, named and defaulted as in the paper's code (DESIGN.md, SWIFT).
+
+    `draft`: how the acceleration phase drafts. `alpha`, `kappa`: the Gaussian
+    process's noise term and UCB exploration. `seed`: random candidates and GP.
+    """
+
+    opt_interval: int = 1
+    bayes_interval: int = 25
+    skip_ratio: float = 0.45
+    context_window: int = 50
+    max_score: float = 0.93
+    max_tolerance_iter: int = 300
+    max_opt_iter: int = 1000
+    draft: DraftConfig = field(default_factory=swift_draft_config)
+    alpha: float = 1e-2
+    kappa: float = 2.5
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("opt_interval", "bayes_interval", "context_window", "max_tolerance_iter", "max_opt_iter"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.context_window < MIN_WINDOW:
+            raise ValueError(f"context_window must be >= {MIN_WINDOW}, got {self.context_window}")
+        if not 0 < self.skip_ratio < 1:
+            raise ValueError(f"skip_ratio must be in (0, 1), got {self.skip_ratio!r}")
+        if not 0 < self.max_score <= 1:
+            raise ValueError(f"max_score must be in (0, 1], got {self.max_score!r}")
+        if not isinstance(self.draft, DraftConfig):
+            raise ValueError(f"draft must be a DraftConfig, got {type(self.draft).__name__}")
+        if self.alpha <= 0 or self.kappa < 0:
+            raise ValueError(f"need alpha > 0 and kappa >= 0, got {self.alpha!r}, {self.kappa!r}")
+
+    def num_skipped(self, num_layers: int) -> int:
+        """Sub-layers every candidate skips: `int((L-2) * 2 * skip_ratio)`, at least one."""
+        if num_layers < 3:
+            raise ValueError(f"SWIFT needs at least 3 layers (the first and last are never skipped), got {num_layers}")
+        return max(1, int((num_layers - 2) * 2 * self.skip_ratio))
+
+
+@dataclass(frozen=True)
+class SwiftStep:
+    """One decoding step as the optimiser saw it (for plots and the share of steps spent optimising)."""
+
+    step: int  # decoding steps over the whole stream
+    input: int  # which input of the stream
+    optimized: bool  # a candidate was scored before this step
+    window: int  # positions scored
+    candidate_score: float | None
+    best_score: float | None  # the best set's score (on this window when optimising)
+    seconds: float  # time spent in the optimiser before this step
+
+
+def default_model_key(model: LlamaForCausalLM) -> str:
+    """The skip_layers.json name of a model: the embedded model's key, else its folder or hub name, lower-cased."""
+    name = str(getattr(model, "name_or_path", "") or "")
+    try:
+        if name and Path(name).resolve() == embedded_model_path()[0].resolve():
+            return EMBEDDED_KEY
+    except FileNotFoundError:
+        pass
+    if not name:
+        raise ValueError("the model has no name_or_path: pass model_key explicitly")
+    return Path(name).name.lower()
+
+
+def cache_key(model_key: str, task: str) -> str:
+    """The skip_layers.json entry of SWIFT's set for a model and task."""
+    if not task or "/" in task:
+        raise ValueError(f"task must be a non-empty name without '/', got {task!r}")
+    return f"{model_key}/swift/{task}"
+
+
+class SwiftOptimizer:
+    """SWIFT's state over a stream of inputs; calling it is the decoding loop's `before_step` hook.
+
+    `task`: names the cache entry (`cache_key`); with `cache_hit` and a stored
+    entry the stored set is used and nothing is optimised, otherwise the best
+    set is saved to `skip_layers_path` after every input that improved it.
+    """
+
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        config: SwiftConfig = SwiftConfig(),
+        task: str | None = None,
+        cache_hit: bool = False,
+        skip_layers_path: str | Path = DEFAULT_PATH,
+        model_key: str | None = None,
+    ):
+        if cache_hit and task is None:
+            raise ValueError("cache_hit needs a task: the cache holds one set per (model, task)")
+        self.model, self.config = model, config
+        self.num_layers = model.num_layers
+        self.num_skipped = config.num_skipped(self.num_layers)
+        # One variable per sub-layer that may be skipped: layers 1..L-2, attention then MLP.
+        middle = {f"{kind}{i:0{len(str(self.num_layers - 1))}d}" for kind in "am" for i in range(1, self.num_layers - 1)}
+        self.names = [name for name in variable_names(self.num_layers) if name in middle]
+        self.rng = np.random.default_rng(config.seed)
+        self.gp = BayesianOptimization(
+            f=None, pbounds={name: (0.0, 1.0) for name in self.names},
+            acquisition_function=_UpperConfidenceBound(kappa=config.kappa),
+            random_state=config.seed, verbose=0, allow_duplicate_points=True,
+        )
+        self.gp.set_gp_params(alpha=config.alpha)
+        self.skip_layers_path = Path(skip_layers_path)
+        self.key = cache_key(model_key or default_model_key(model), task) if task is not None else None
+        self.best: tuple[list[int], list[int]] | None = None
+        self.best_score: float | None = None
+        self.best_window = (-1, 0)  # (input, window) the best score was measured on
+        self.iterations = 0  # candidates scored
+        self.tolerance = 0  # iterations since the best last improved
+        self.stop_reason: str | None = None
+        self.cache_hit = False
+        self.history: list[SwiftStep] = []
+        self.inputs = 0
+        self._input_step = 0
+        self._unsaved = False
+        if cache_hit and self.key is not None and self.skip_layers_path.is_file():
+            entry = read_skip_layers(self.skip_layers_path).get(self.key)
+            if entry is not None:
+                self.best = (list(entry["attention"]), list(entry["mlp"]))
+                self.best_score = entry.get("score")
+                self.stop_reason, self.cache_hit = "cache hit", True
+
+    @property
+    def optimizing(self) -> bool:
+        return self.stop_reason is None
+
+    def initial_skip_layers(self) -> tuple[list[int], list[int]]:
+        """The draft before any candidate is scored (the paper's code): every other middle layer, 1, 3, ..."""
+        odd = list(range(1, self.num_layers - 1, 2))
+        return odd, odd
+
+    # -- one input ----------------------------------------------------------
+
+    def begin_input(self) -> None:
+        """A new input of the stream starts: the best set's score must be measured again on its text."""
+        self.inputs += 1
+        self._input_step = 0
+        self.model.set_skip_layers(*(self.best or self.initial_skip_layers()))
+
+    def end_input(self) -> None:
+        """Store the best set when it improved during this input (and a task names the entry)."""
+        if self.key is not None and self._unsaved and self.best is not None:
+            save_skip_layers(
+                self.key, *self.best, path=self.skip_layers_path, score=round(self.best_score, 4),
+                iterations=self.iterations, skip_ratio=self.config.skip_ratio,
+                context_window=self.config.context_window, source="ssd.swift",
+            )
+            self._unsaved = False
+
+    @torch.no_grad()
+    def __call__(self, cache: KVCache, committed: int, tokens: list[int]) -> None:
+        """Before a decoding step: maybe score one candidate, keep the better set on the model."""
+        start = time.perf_counter()
+        step, self._input_step = self._input_step, self._input_step + 1
+        window = min(self.config.context_window, len(tokens) - 1)
+        candidate_score = None
+        due = step % self.config.opt_interval == 0
+        if self.optimizing and due and window >= MIN_WINDOW:
+            candidate_score = self._iterate(cache, committed, tokens, window)
+        if self.best is not None:
+            self.model.set_skip_layers(*self.best)
+        self.history.append(SwiftStep(
+            len(self.history), self.inputs - 1, candidate_score is not None, window if candidate_score is not None else 0,
+            candidate_score, self.best_score, time.perf_counter() - start,
+        ))
+
+    def _iterate(self, cache: KVCache, committed: int, tokens: list[int], window: int) -> float:
+        """One optimisation iteration: propose, score, keep if better, apply the stopping rules."""
+        prompt_length = committed - (len(tokens) - 1)
+        scored_on = (self.inputs, window)
+        if self.best is not None and self.best_window != scored_on:
+            # The incumbent was scored on other text or a shorter window: compare like with like.
+            self.best_score = self.score(self.best, cache, prompt_length, tokens, window)
+            self.best_window = scored_on
+        params, candidate = self._propose()
+        score = self.score(candidate, cache, prompt_length, tokens, window)
+        self.gp.register(params=params, target=score)
+        self.iterations += 1
+        if self.best_score is None or score > self.best_score:
+            self.best, self.best_score, self.best_window = candidate, score, scored_on
+            self.tolerance, self._unsaved = 0, True
+        else:
+            self.tolerance += 1
+        if self.best_score > self.config.max_score and window == self.config.context_window:
+            self.stop_reason = "max_score"
+        elif self.tolerance >= self.config.max_tolerance_iter:
+            self.stop_reason = "max_tolerance_iter"
+        elif self.iterations >= self.config.max_opt_iter:
+            self.stop_reason = "max_opt_iter"
+        return score
+
+    def _propose(self) -> tuple[dict[str, float], tuple[list[int], list[int]]]:
+        """A candidate of `num_skipped` sub-layers: from the GP every `bayes_interval`-th iteration, else random."""
+        if (self.iterations + 1) % self.config.bayes_interval == 0 and len(self.gp.space) > 0:
+            params = {name: float(value) for name, value in self.gp.suggest().items()}
+            chosen = sorted(self.names, key=lambda name: params[name], reverse=True)[: self.num_skipped]
+        else:
+            chosen = list(self.rng.choice(self.names, self.num_skipped, replace=False))
+            params = {name: 1.0 if name in chosen else 0.0 for name in self.names}
+        attention = sorted(int(name[1:]) for name in chosen if name[0] == "a")
+        mlp = sorted(int(name[1:]) for name in chosen if name[0] == "m")
+        return params, (attention, mlp)
+
+    @torch.no_grad()
+    def score(self, skip_layers, cache: KVCache, prompt_length: int, tokens: list[int], window: int) -> float:
+        """Teacher-forced draft pass over `tokens[:window]` at their real positions, reading the full
+        model's cache below them: the share of positions whose argmax is the next generated token.
+
+        The pass writes draft keys and values over committed positions; they are
+        saved first and put back after, so the cache is left exactly as found.
+        """
+        end = prompt_length + window
+        saved = [(k[:, :, prompt_length:end].clone(), v[:, :, prompt_length:end].clone())
+                 for k, v in zip(cache.keys, cache.values)]
+        device = cache.keys[0].device
+        inputs = torch.tensor([tokens[:window]], device=device)
+        targets = torch.tensor(tokens[1 : window + 1], device=device)
+        try:
+            with candidate_skip_layers(self.model, *skip_layers), self.model.self_draft():
+                logits = self.model(inputs, cache, prompt_length)[0]
+        finally:
+            for (k, v), (saved_k, saved_v) in zip(zip(cache.keys, cache.values), saved):
+                k[:, :, prompt_length:end] = saved_k
+                v[:, :, prompt_length:end] = saved_v
+        return float((logits.argmax(dim=-1) == targets).float().mean())
+
+    # -- reporting ----------------------------------------------------------
+
+    def stats(self, since_step: int = 0) -> dict:
+        """What the optimiser did: over the history from `since_step` on, and its state now."""
+        steps = self.history[since_step:]
+        return {
+            "optimizing": self.optimizing,
+            "stop_reason": self.stop_reason,
+            "cache_hit": self.cache_hit,
+            "opt_steps": sum(s.optimized for s in steps),
+            "steps": len(steps),
+            "opt_seconds": sum(s.seconds for s in steps),
+            "iterations": self.iterations,
+            "best_score": self.best_score,
+            "skip_layers": self.best,
+            "history": [dataclasses.asdict(s) for s in steps],
+        }
+
+
+def swift_generate(
+    model: LlamaForCausalLM,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    eos_token_id: int | None,
+    optimizer: SwiftOptimizer,
+    sampling: Sampling | None = None,
+    generator: torch.Generator | None = None,
+) -> GenerationResult:
+    """One input of a SWIFT stream: greedy when `sampling` is None, else sampled; exact either way.
+
+    The model's own skip set is restored afterwards (SWIFT's lives in `optimizer`).
+    """
+    if optimizer.model is not model:
+        raise ValueError("the SwiftOptimizer belongs to another model")
+    saved = model.get_skip_layers()
+    optimizer.begin_input()
+    draft = optimizer.config.draft
+    try:
+        if sampling is None:
+            result = exact_self_speculative_generate(model, input_ids, max_new_tokens, eos_token_id, draft, optimizer)
+        else:
+            result = self_speculative_sample(
+                model, input_ids, max_new_tokens, eos_token_id, draft, sampling, generator, optimizer
+            )
+    finally:
+        model.set_skip_layers(*saved)
+    optimizer.end_input()
+    return result
+
+
+# --- comparing with base and Draft & Verify ----------------------------------------
+
+SWIFT_METHODS = ("base", "draft & verify", "swift cold", "swift cached")
+
+
+def compare_swift(
+    model: LlamaForCausalLM,
+    tokenizer,
+    prompts: dict[str, list[str]],
+    config: SwiftConfig = SwiftConfig(),
+    max_new_tokens: int = 128,
+    skip_layers_path: str | Path = DEFAULT_PATH,
+    model_key: str | None = None,
+    progress: bool = True,
+    **draft_kwargs,
+) -> tuple[list[dict], dict[str, SwiftOptimizer]]:
+    """Greedy base, Draft & Verify (essg with the model's own skip set), SWIFT cold start and SWIFT
+    cached, alternating per prompt so that drift of a shared machine falls on all alike.
+
+    Per task, the cold start is one optimiser over the task's prompts, starting
+    from nothing and saving its best set under the task's cache key after each
+    prompt; the cached method is a new run with `cache_hit=True` per prompt,
+    reusing the entry as it stands then (the set the cold stream found so far).
+    `draft_kwargs` (`DraftConfig` fields) apply to Draft & Verify and to SWIFT's draft.
+    Returns one record per (prompt, method) and each task's cold optimiser.
+    """
+    from tqdm.auto import tqdm
+
+    from ssd.inference import infer
+
+    config = dataclasses.replace(config, draft=dataclasses.replace(config.draft, **draft_kwargs))
+    infer(model, tokenizer, "Warm up.", "essg", max_new_tokens=4)  # first-call costs out of the timings
+    records, cold = [], {}
+    jobs = [(task, i, prompt) for task, task_prompts in prompts.items() for i, prompt in enumerate(task_prompts)]
+    for task, index, prompt in tqdm(jobs, desc="prompts", disable=not progress):
+        if task not in cold:
+            cold[task] = SwiftOptimizer(model, config, task, False, skip_layers_path, model_key)
+        runs = {
+            "base": lambda: dict(generate_fn="base"),
+            "draft & verify": lambda: dict(generate_fn="essg", **draft_kwargs),
+            "swift cold": lambda: dict(generate_fn="swift", swift=cold[task]),
+            # Created after the cold run, so it reads the entry that run just saved.
+            "swift cached": lambda: dict(
+                generate_fn="swift", swift=SwiftOptimizer(model, config, task, True, skip_layers_path, model_key)
+            ),
+        }
+        base_ids = None
+        for method, arguments in runs.items():
+            out = infer(model, tokenizer, prompt, max_new_tokens=max_new_tokens, **arguments())
+            base_ids = out["generate_ids"] if method == "base" else base_ids
+            stats = out.get("swift", {})
+            records.append(dict(
+                task=task, prompt=index, method=method, new_tokens=len(out["generate_ids"]), time=out["time"],
+                matchness=out["matchness"], drafted=out["num_drafted_tokens"], verifications=out["num_verifications"],
+                identical=out["generate_ids"] == base_ids, steps=stats.get("steps"), opt_steps=stats.get("opt_steps"),
+                opt_seconds=stats.get("opt_seconds"), best_score=stats.get("best_score"),
+                cache_hit=stats.get("cache_hit"),
+            ))
+    return records, cold
+
+
+def summarize_swift(records: list[dict]) -> list[dict]:
+    """One row per (method, task) and per method over all tasks ("all").
+
+    speedup: base's summed time over the method's, on the same prompts;
+    opt_share: share of decoding steps preceded by an optimisation iteration;
+    opt_time_share: share of the method's time spent in the optimiser.
+    """
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        for task in (r["task"], "all"):
+            groups.setdefault((r["method"], task), []).append(r)
+    base_time = {task: sum(r["time"] for r in rows) for (method, task), rows in groups.items() if method == "base"}
+    rows = []
+    for method in SWIFT_METHODS:
+        for (name, task), group in groups.items():
+            if name != method:
+                continue
+            seconds = sum(r["time"] for r in group)
+            drafted = sum(r["drafted"] for r in group)
+            swift = method.startswith("swift")
+            steps = sum(r["steps"] for r in group) if swift else 0
+            rows.append(dict(
+                method=method, task=task, prompts=len(group),
+                tokens_per_s=sum(r["new_tokens"] for r in group) / seconds, speedup=base_time[task] / seconds,
+                matchness=sum(r["matchness"] * r["drafted"] for r in group) / drafted if drafted else (None if method == "base" else 0.0),
+                drafted=drafted if method != "base" else None,
+                opt_share=sum(r["opt_steps"] for r in group) / steps if swift and steps else None,
+                opt_time_share=sum(r["opt_seconds"] for r in group) / seconds if swift else None,
+                identical=sum(r["identical"] for r in group),
+            ))
+    return rows
