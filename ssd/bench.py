@@ -1,130 +1,284 @@
-"""`python -m ssd.bench`: stock generate, base and essg on the same real prompts, in one run.
+"""`python -m ssd.bench`: every decoder, ours and Hugging Face's, on the same prompts in one run.
 
-Methods alternate per prompt so that machine drift is shared; every speed is
-tokens / second of the new tokens, timed around the generation only.
+Methods alternate per prompt, so drift of a shared machine lands on all of
+them alike; speeds are new tokens over summed wall time, speedups ratios of
+summed times on the same prompts. Every method generates exactly
+`--max-new-tokens` tokens (no stop at EOS), greedy except `sss`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import statistics
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, GenerationConfig
 
 import ssd
 from ssd.data import TASKS, task_prompts
+from ssd.evaluation import apply_draft, format_table, parse_dtype
+from ssd.files import write_json_atomic
 from ssd.models import embedded_model_path
-from ssd.evaluation import apply_draft
+
+PROMPTS_FILE = Path(__file__).with_name("bench_prompts.jsonl")  # QA and writing prompts, by task
+EXTRA_TASKS = ("qa", "writing")
+ALL_TASKS = (*TASKS, *EXTRA_TASKS)
+# Stock generate, its two built-in speculative decoders, and ours.
+METHODS = ("hf", "hf-pld", "hf-early-exit", "base", "essg", "sss", "swift")
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+@dataclass
+class Run:
+    """One generation: its new tokens, wall time, and verification counts where the method has them."""
+
+    tokens: list[int]
+    seconds: float
+    verifications: int | None = None
+    drafted: int | None = None
+    accepted: int | None = None
+
+
+Method = Callable[[torch.Tensor], Run]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ssd.bench", description=__doc__)
     parser.add_argument("--model", default=None, help="hub id or folder of a LLaMA checkpoint (default: embedded SmolLM2)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: the fastest on the device")
+    parser.add_argument("--skip-layers-key", default=None, help="draft entry of skip_layers.json (default: the model's)")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the fastest exact one)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=["cnndm", "xsum", "humaneval"])
+    parser.add_argument("--tasks", nargs="+", default=list(ALL_TASKS), help=f"from {', '.join(ALL_TASKS)}")
+    parser.add_argument("--prompts", type=Path, default=None, help='JSONL of {"prompt": ..., "task": ...} (replaces --tasks)')
     parser.add_argument("--num-prompts", type=int, default=2, help="prompts per task")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--max-words", type=int, default=400, help="clip each article to this many words")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--max-words", type=int, default=150, help="clip each article to this many words")
     parser.add_argument("--data-dir", default=None, help="folder of cnndm*.jsonl / xsum*.jsonl (or $SSD_DATA_DIR)")
-    parser.add_argument("--attention", type=int, nargs="*", default=None, help="attention layers the draft skips")
-    parser.add_argument("--mlp", type=int, nargs="*", default=None, help="MLP layers the draft skips")
-    parser.add_argument("--th-stop-draft", type=float, default=0.6)
-    parser.add_argument("--max-step-draft", type=int, default=12)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), help=f"from {', '.join(METHODS)} (default: all)")
+    parser.add_argument("--prompt-lookup-tokens", type=int, default=10, help="hf-pld: prompt_lookup_num_tokens")
+    parser.add_argument("--early-exit-layer", type=int, default=None, help="hf-early-exit: assistant_early_exit (default: half the layers)")
+    parser.add_argument("--output", type=Path, default=Path("results/bench"), help="writes OUTPUT.json and OUTPUT.png")
     args = parser.parse_args(argv)
-    if args.num_prompts < 1 or args.max_new_tokens < 1:
-        parser.error("--num-prompts and --max-new-tokens must be >= 1")
+    for name in ("num_prompts", "max_new_tokens", "max_words", "prompt_lookup_tokens"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.threads is not None and args.threads < 1:
-        parser.error("--threads must be >= 1")
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.early_exit_layer is not None and args.early_exit_layer < 1:
+        parser.error(f"--early-exit-layer must be >= 1, got {args.early_exit_layer}")
+    if unknown := sorted(set(args.tasks) - set(ALL_TASKS)):
+        parser.error(f"unknown tasks {unknown}; choose from {list(ALL_TASKS)}")
+    if unknown := sorted(set(args.methods) - set(METHODS)):
+        parser.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    if "base" not in args.methods:
+        parser.error("--methods must include base: every speedup and identity is measured against it")
+    try:
+        args.dtype = parse_dtype(args.dtype)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.prompts is not None:
+        try:
+            read_prompts_file(args.prompts)
+        except (OSError, ValueError) as error:
+            parser.error(str(error))
     return args
 
 
-def stock_model(args, dtype):
-    """The same checkpoint in stock transformers, for the `generate` reference."""
-    if args.model is None:
+def read_prompts_file(path: Path, tasks: tuple[str, ...] | None = None) -> list[tuple[str, str]]:
+    """(task, prompt) pairs from a JSONL file; a line without a task is task "prompts"."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no prompts file at {path}")
+    pairs = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number} is not valid JSON ({error})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
+            raise ValueError(f'{path}:{number} needs a non-empty string "prompt"')
+        task = str(record.get("task", "prompts"))
+        if tasks is None or task in tasks:
+            pairs.append((task, record["prompt"]))
+    if not pairs:
+        raise ValueError(f"{path} holds no prompts" + (f" for tasks {list(tasks)}" if tasks else ""))
+    return pairs
+
+
+def load_prompts(args) -> list[tuple[str, str]]:
+    """(task, prompt) pairs: the user's file, or `--num-prompts` per task."""
+    if args.prompts is not None:
+        return read_prompts_file(args.prompts)
+    pairs = []
+    for task in args.tasks:
+        if task in EXTRA_TASKS:
+            pairs += read_prompts_file(PROMPTS_FILE, (task,))[: args.num_prompts]
+        else:
+            pairs += [(task, p) for p in task_prompts(task, args.num_prompts, args.data_dir, args.max_words)]
+    return pairs
+
+
+# --- the methods -------------------------------------------------------------
+
+
+def stock_model(name_or_path: str | None, dtype: torch.dtype, device: torch.device):
+    """The same checkpoint in stock transformers."""
+    if name_or_path is None:
         folder, name = embedded_model_path()
-        return AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype).eval()
-    return AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).eval()
+        return AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype).to(device).eval()
+    return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype).to(device).eval()
 
 
-def main(argv=None) -> dict:
+def hf_method(stock, tokenizer, max_new_tokens: int, **assisted) -> Method:
+    """Stock greedy `generate`; with `assisted` arguments, one of its speculative decoders."""
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
+        pad_token_id=tokenizer.eos_token_id, **assisted,
+    )
+
+    def run(input_ids):
+        start = time.perf_counter()
+        output = stock.generate(input_ids, generation_config=config)
+        _synchronize(input_ids.device)
+        return Run(output[0, input_ids.shape[1] :].tolist(), time.perf_counter() - start)
+
+    return run
+
+
+def ssd_method(model, tokenizer, generate_fn: str, max_new_tokens: int, **kwargs) -> Method:
+    def run(input_ids):
+        out = ssd.infer(model, tokenizer, input_ids, generate_fn, max_new_tokens, **kwargs)
+        verifications = out["num_verifications"] if generate_fn != "base" else None
+        accepted = round(out["matchness"] * out["num_drafted_tokens"]) if verifications else None
+        return Run(out["generate_ids"], out["time"], verifications, out.get("num_drafted_tokens"), accepted)
+
+    return run
+
+
+def build_methods(args, model, tokenizer) -> dict[str, Method]:
+    methods = {}
+    hf = {"hf": {}, "hf-pld": {"prompt_lookup_num_tokens": args.prompt_lookup_tokens},
+          "hf-early-exit": {"assistant_early_exit": args.early_exit_layer or model.num_layers // 2}}
+    if any(name in args.methods for name in hf):
+        stock = stock_model(args.model, model.dtype, model.device)
+    for name in args.methods:
+        if name in hf:
+            methods[name] = hf_method(stock, tokenizer, args.max_new_tokens, **hf[name])
+        elif name == "sss":
+            methods[name] = ssd_method(model, tokenizer, "sss", args.max_new_tokens, seed=0)
+        else:
+            methods[name] = ssd_method(model, tokenizer, name, args.max_new_tokens)
+    return methods
+
+
+# --- running and summarising ---------------------------------------------------
+
+
+def run_bench(prompts: list[tuple[str, str]], methods: dict[str, Method], tokenizer, device) -> list[dict]:
+    """One record per (prompt, method); methods alternate within each prompt."""
+    records = []
+    bar = tqdm(prompts, desc="prompts")
+    for index, (task, prompt) in enumerate(bar):
+        input_ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
+        runs = {name: method(input_ids) for name, method in methods.items()}
+        for name, run in runs.items():
+            records.append({"prompt": index, "task": task, "method": name, "identical": run.tokens == runs["base"].tokens,
+                            "new_tokens": len(run.tokens), **asdict(run)})
+        bar.set_postfix({name: f"{len(r.tokens) / r.seconds:.1f} tok/s" for name, r in runs.items()})
+    return records
+
+
+def summarise(records: list[dict]) -> list[dict]:
+    """Per method, per task and over all prompts: tokens/s, speedups, matchness, tokens per verification, identity."""
+    rows = []
+    tasks = [*dict.fromkeys(r["task"] for r in records), "all"]
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    for task in tasks:
+        selected = [r for r in records if task in ("all", r["task"])]
+        seconds = {m: sum(r["seconds"] for r in selected if r["method"] == m) for m in methods}
+        for method in methods:
+            mine = [r for r in selected if r["method"] == method]
+            tokens = sum(r["new_tokens"] for r in mine)
+            verifications = sum(r["verifications"] or 0 for r in mine)
+            drafted = sum(r["drafted"] or 0 for r in mine)
+            accepted = sum(r["accepted"] or 0 for r in mine)
+            rows.append({
+                "task": task, "method": method, "prompts": len(mine),
+                "tokens_per_second": tokens / seconds[method],
+                "speedup_vs_base": seconds["base"] / seconds[method],
+                "speedup_vs_hf": seconds["hf"] / seconds[method] if "hf" in seconds else None,
+                "matchness": accepted / drafted if drafted else None,
+                "tokens_per_verification": tokens / verifications if verifications else None,
+                "identical_to_base": None if method == "sss" else all(r["identical"] for r in mine),
+            })
+    return rows
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    """Speedup over stock generate (or base) per method, one bar group per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = "speedup_vs_hf" if rows[0]["speedup_vs_hf"] is not None else "speedup_vs_base"
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(tasks) * len(methods) * 0.25, 4))
+    for i, method in enumerate(methods):
+        values = [next(r[key] for r in rows if r["task"] == t and r["method"] == method) for t in tasks]
+        ax.bar([t + i * width for t in range(len(tasks))], values, width, label=method)
+    ax.axhline(1.0, color="gray", linewidth=0.8)
+    ax.set_xticks([t + 0.4 - width / 2 for t in range(len(tasks))], tasks)
+    ax.set_ylabel("speedup over " + ("HF generate" if key == "speedup_vs_hf" else "base"))
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp.png")
+    fig.savefig(temporary, dpi=120)
+    plt.close(fig)
+    os.replace(temporary, path)
+
+
+def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer = ssd.load_model(args.model, dtype=DTYPES.get(args.dtype), device=args.device)
-    stock = stock_model(args, model.dtype).to(model.device)
-    if args.model is None:
-        print(apply_draft(model, None))  # the searched set for the embedded model, else the hand-picked one
-    attention, mlp = model.get_skip_layers()
-    model.set_skip_layers(args.attention if args.attention is not None else attention, args.mlp if args.mlp is not None else mlp)
-    prompts = [(task, p) for task in args.tasks for p in task_prompts(task, args.num_prompts, args.data_dir, args.max_words)]
-    generation_config = GenerationConfig(
-        max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens, do_sample=False,
-        pad_token_id=tokenizer.eos_token_id,
-    )
-    draft = dict(th_stop_draft=args.th_stop_draft, max_step_draft=args.max_step_draft)
+    model, tokenizer = ssd.load_model(args.model, dtype=args.dtype, device=args.device)
+    draft = apply_draft(model, args.skip_layers_key, args.model)
+    prompts = load_prompts(args)
+    methods = build_methods(args, model, tokenizer)
+    for method in methods.values():  # first-call costs (allocations, kernel choice) out of the timings
+        method(tokenizer("Warm up.", return_tensors="pt").input_ids.to(model.device))
 
-    ssd.infer(model, tokenizer, "Warm up.", "essg", max_new_tokens=4)  # first-call costs out of the timings
-    rows = []
-    for task, prompt in tqdm(prompts, desc="prompts"):
-        input_ids = tokenizer(prompt, return_tensors="pt").input_ids.to(model.device)
-        hf_time = _time_stock(stock, input_ids, generation_config)
-        base = ssd.infer(model, tokenizer, input_ids, "base", args.max_new_tokens)
-        essg = ssd.infer(model, tokenizer, input_ids, "essg", args.max_new_tokens, **draft)
-        rows.append(
-            dict(task=task, hf=hf_time, base=base["time"], essg=essg["time"], matchness=essg["matchness"],
-                 identical=essg["generate_ids"] == base["generate_ids"],
-                 tokens_per_verification=args.max_new_tokens / max(essg["num_verifications"], 1))
-        )
-    summary = summarise(rows, args.max_new_tokens)
-    print_table(summary, args, model)
-    return summary
+    records = run_bench(prompts, methods, tokenizer, model.device)
+    rows = summarise(records)
+    setting = (f"{args.model or 'embedded SmolLM2-135M-Instruct'}, {str(model.dtype).removeprefix('torch.')}, "
+               f"{model.device}, {torch.get_num_threads()} threads, {args.max_new_tokens} new tokens, draft: {draft}")
+    print(f"\n{setting}\n")
+    print(format_table(rows))
+    write_json_atomic(args.output.with_suffix(".json"), {
+        "setting": setting, "args": {k: str(v) for k, v in vars(args).items()},
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": rows, "records": records,
+    })
+    plot(rows, args.output.with_suffix(".png"), setting)
+    print(f"\nwrote {args.output.with_suffix('.json')} and {args.output.with_suffix('.png')}")
+    return rows
 
 
-def _time_stock(stock, input_ids, generation_config) -> float:
-    if input_ids.device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    stock.generate(input_ids, generation_config=generation_config)
-    if input_ids.device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
-def summarise(rows: list[dict], max_new_tokens: int) -> dict:
-    """Per task and overall: tokens/s of each method (total tokens / total time) and speedups."""
-    out = {}
-    for task in [*dict.fromkeys(r["task"] for r in rows), "all"]:
-        sel = [r for r in rows if task in ("all", r["task"])]
-        tps = {m: max_new_tokens * len(sel) / sum(r[m] for r in sel) for m in ("hf", "base", "essg")}
-        out[task] = dict(
-            prompts=len(sel), **{f"{m}_tok_s": v for m, v in tps.items()},
-            base_vs_hf=tps["base"] / tps["hf"], essg_vs_base=tps["essg"] / tps["base"], essg_vs_hf=tps["essg"] / tps["hf"],
-            matchness=statistics.mean(r["matchness"] for r in sel),
-            tokens_per_verification=statistics.mean(r["tokens_per_verification"] for r in sel),
-            identical=all(r["identical"] for r in sel),
-        )
-    return out
-
-
-def print_table(summary: dict, args, model) -> None:
-    print(f"\nmodel {args.model or 'embedded SmolLM2-135M-Instruct'}, {model.dtype}, {model.device}, "
-          f"{torch.get_num_threads()} threads, {args.max_new_tokens} new tokens, skip {model.get_skip_layers()}")
-    header = f"{'task':<10} {'n':>3} {'HF tok/s':>9} {'base tok/s':>10} {'essg tok/s':>10} {'base/HF':>8} {'essg/base':>9} {'essg/HF':>8} {'matchness':>9} {'tok/verif':>9} {'identical':>9}"
-    print(header)
-    print("-" * len(header))
-    for task, s in summary.items():
-        print(f"{task:<10} {s['prompts']:>3} {s['hf_tok_s']:>9.1f} {s['base_tok_s']:>10.1f} {s['essg_tok_s']:>10.1f} "
-              f"{s['base_vs_hf']:>8.2f} {s['essg_vs_base']:>9.2f} {s['essg_vs_hf']:>8.2f} {s['matchness']:>9.2f} "
-              f"{s['tokens_per_verification']:>9.2f} {str(s['identical']):>9}")
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,77 @@
+"""`python -m ssd.bench`: argument errors are clear, prompts files are read strictly, summaries add up."""
+
+import json
+
+import pytest
+
+from ssd.bench import PROMPTS_FILE, parse_args, read_prompts_file, summarise
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--num-prompts", "0"], "--num-prompts must be >= 1"),
+        (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+        (["--threads", "0"], "--threads must be >= 1"),
+        (["--early-exit-layer", "0"], "--early-exit-layer must be >= 1"),
+        (["--tasks", "cnndm", "poetry"], "unknown tasks ['poetry']"),
+        (["--methods", "base", "medusa"], "unknown methods ['medusa']"),
+        (["--methods", "hf", "essg"], "must include base"),
+        (["--dtype", "float8"], "dtype must be one of"),
+        (["--prompts", "/nonexistent/prompts.jsonl"], "no prompts file at"),
+    ],
+)
+def test_bad_arguments_exit_with_a_clear_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"prompt": "fine"}\n{not json}\n', ":2 is not valid JSON"),
+        ('{"task": "qa"}\n', 'needs a non-empty string "prompt"'),
+        ('{"prompt": "  "}\n', 'needs a non-empty string "prompt"'),
+        ("\n\n", "holds no prompts"),
+    ],
+)
+def test_bad_prompts_file(tmp_path, capsys, content, message):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(content)
+    with pytest.raises(SystemExit):
+        parse_args(["--prompts", str(path)])
+    assert message in capsys.readouterr().err
+
+
+def test_prompts_file_tasks():
+    qa = read_prompts_file(PROMPTS_FILE, ("qa",))
+    writing = read_prompts_file(PROMPTS_FILE, ("writing",))
+    assert qa and writing and {t for t, _ in qa} == {"qa"} and {t for t, _ in writing} == {"writing"}
+    assert len(qa) + len(writing) == len(read_prompts_file(PROMPTS_FILE))
+
+
+def test_user_prompts_default_task(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"prompt": "Hello"}) + "\n" + json.dumps({"prompt": "Hi", "task": "greet"}) + "\n")
+    assert read_prompts_file(path) == [("prompts", "Hello"), ("greet", "Hi")]
+    assert parse_args(["--prompts", str(path)]).prompts == path
+
+
+def test_summary_ratios_are_of_summed_times():
+    def record(prompt, task, method, seconds, identical=True, verifications=None, drafted=None, accepted=None):
+        return dict(prompt=prompt, task=task, method=method, seconds=seconds, new_tokens=10, identical=identical,
+                    verifications=verifications, drafted=drafted, accepted=accepted)
+
+    records = [
+        record(0, "a", "hf", 4.0), record(0, "a", "base", 2.0), record(0, "a", "essg", 1.0, True, 4, 8, 6),
+        record(1, "b", "hf", 6.0), record(1, "b", "base", 3.0), record(1, "b", "essg", 3.0, False, 10, 2, 0),
+    ]
+    rows = {(r["task"], r["method"]): r for r in summarise(records)}
+    assert rows["a", "essg"]["speedup_vs_base"] == 2.0 and rows["a", "essg"]["speedup_vs_hf"] == 4.0
+    assert rows["all", "essg"]["speedup_vs_base"] == 5.0 / 4.0
+    assert rows["all", "essg"]["tokens_per_verification"] == 20 / 14
+    assert rows["all", "essg"]["matchness"] == 6 / 10
+    assert rows["a", "essg"]["identical_to_base"] and not rows["all", "essg"]["identical_to_base"]
+    assert rows["all", "base"]["matchness"] is None and rows["all", "hf"]["speedup_vs_hf"] == 1.0
