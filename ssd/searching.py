@@ -43,7 +43,8 @@ class SearchConfig:
     """How candidate skip sets are evaluated and proposed."""
 
     max_new_tokens: int = 32  # text generated per prompt (paper: 32)
-    draft: DraftConfig = field(default_factory=lambda: DraftConfig(auto_th_stop_draft=False, gate=False))
+    # The layer-skipping draft on its own (no gate, no n-gram lookup): the search scores skip sets.
+    draft: DraftConfig = field(default_factory=lambda: DraftConfig(auto_th_stop_draft=False, gate=False, ngram_size=0))
     alpha: float = 1e-2  # GP noise term (paper: 1e-2)
     kappa: float = 2.576  # UCB exploration
     seed: int = 0

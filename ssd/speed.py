@@ -28,8 +28,10 @@ def compare_skip_sets(
 
     Row fields: set, task, prompts, speedup (base time / essg time),
     tokens_per_second, base_tokens_per_second, matchness, drafted (tokens),
-    identical (prompts whose essg output equals base's).
+    identical (prompts whose essg output equals base's). Skip sets are compared
+    on their own drafts: n-gram lookup is off unless `draft_kwargs` turn it on.
     """
+    draft_kwargs = {"ngram_size": 0, **draft_kwargs}
     infer(model, tokenizer, "Warm up.", "essg", max_new_tokens=4)  # first-call costs out of the timings
     totals = defaultdict(lambda: defaultdict(float))
     jobs = [(task, prompt) for task, task_prompts in prompts.items() for prompt in task_prompts]
