@@ -26,6 +26,7 @@ from ssd.data import TASKS, task_prompts
 from ssd.evaluation import apply_draft, format_table, parse_dtype
 from ssd.files import write_json_atomic
 from ssd.models import embedded_model_path
+from ssd.swift import SwiftConfig, SwiftOptimizer
 
 PROMPTS_FILE = Path(__file__).with_name("bench_prompts.jsonl")  # QA and writing prompts, by task
 EXTRA_TASKS = ("qa", "writing")
@@ -45,7 +46,7 @@ class Run:
     accepted: int | None = None
 
 
-Method = Callable[[torch.Tensor], Run]
+Method = Callable[[torch.Tensor, str], Run]  # (input_ids, task) -> Run
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -144,7 +145,7 @@ def hf_method(stock, tokenizer, max_new_tokens: int, **assisted) -> Method:
         pad_token_id=tokenizer.eos_token_id, **assisted,
     )
 
-    def run(input_ids):
+    def run(input_ids, task):
         start = time.perf_counter()
         output = stock.generate(input_ids, generation_config=config)
         _synchronize(input_ids.device)
@@ -154,11 +155,23 @@ def hf_method(stock, tokenizer, max_new_tokens: int, **assisted) -> Method:
 
 
 def ssd_method(model, tokenizer, generate_fn: str, max_new_tokens: int, **kwargs) -> Method:
-    def run(input_ids):
+    def run(input_ids, task):
         out = ssd.infer(model, tokenizer, input_ids, generate_fn, max_new_tokens, **kwargs)
         verifications = out["num_verifications"] if generate_fn != "base" else None
         accepted = round(out["matchness"] * out["num_drafted_tokens"]) if verifications else None
         return Run(out["generate_ids"], out["time"], verifications, out.get("num_drafted_tokens"), accepted)
+
+    return run
+
+
+def swift_method(model, tokenizer, max_new_tokens: int) -> Method:
+    """SWIFT as the paper runs it: one optimiser per task stream, starting cold (no cache read or written)."""
+    optimizers = {}
+
+    def run(input_ids, task):
+        if task not in optimizers:
+            optimizers[task] = SwiftOptimizer(model, SwiftConfig())
+        return ssd_method(model, tokenizer, "swift", max_new_tokens, swift=optimizers[task])(input_ids, task)
 
     return run
 
@@ -174,6 +187,8 @@ def build_methods(args, model, tokenizer) -> dict[str, Method]:
             methods[name] = hf_method(stock, tokenizer, args.max_new_tokens, **hf[name])
         elif name == "sss":
             methods[name] = ssd_method(model, tokenizer, "sss", args.max_new_tokens, seed=0)
+        elif name == "swift":
+            methods[name] = swift_method(model, tokenizer, args.max_new_tokens)
         else:
             methods[name] = ssd_method(model, tokenizer, name, args.max_new_tokens)
     return methods
@@ -188,7 +203,7 @@ def run_bench(prompts: list[tuple[str, str]], methods: dict[str, Method], tokeni
     bar = tqdm(prompts, desc="prompts")
     for index, (task, prompt) in enumerate(bar):
         input_ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
-        runs = {name: method(input_ids) for name, method in methods.items()}
+        runs = {name: method(input_ids, task) for name, method in methods.items()}
         for name, run in runs.items():
             records.append({"prompt": index, "task": task, "method": name, "identical": run.tokens == runs["base"].tokens,
                             "new_tokens": len(run.tokens), **asdict(run)})
@@ -259,7 +274,7 @@ def main(argv=None) -> list[dict]:
     prompts = load_prompts(args)
     methods = build_methods(args, model, tokenizer)
     for method in methods.values():  # first-call costs (allocations, kernel choice) out of the timings
-        method(tokenizer("Warm up.", return_tensors="pt").input_ids.to(model.device))
+        method(tokenizer("Warm up.", return_tensors="pt").input_ids.to(model.device), "warm-up")
 
     records = run_bench(prompts, methods, tokenizer, model.device)
     rows = summarise(records)
