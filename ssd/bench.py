@@ -60,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--prompts", type=Path, default=None, help='JSONL of {"prompt": ..., "task": ...} (replaces --tasks)')
     parser.add_argument("--num-prompts", type=int, default=2, help="prompts per task")
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--max-words", type=int, default=150, help="clip each article to this many words")
+    parser.add_argument("--max-words", type=int, default=400, help="clip each article to this many words")
     parser.add_argument("--data-dir", default=None, help="folder of cnndm*.jsonl / xsum*.jsonl (or $SSD_DATA_DIR)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), help=f"from {', '.join(METHODS)} (default: all)")
     parser.add_argument("--prompt-lookup-tokens", type=int, default=10, help="hf-pld: prompt_lookup_num_tokens")
