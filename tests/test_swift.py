@@ -1,0 +1,285 @@
+"""SWIFT: on-the-fly skip sets keep output exact, leave the cache as found, stop as told, and cache per task."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+import ssd
+import ssd.decoding
+from helpers import NEAR_TIE_FLOAT32, assert_same_tokens
+from ssd.sampling import Sampling, logits_to_probs
+from ssd.swift import SwiftConfig, SwiftOptimizer, cache_key, swift_generate
+from test_exactness import stock_greedy
+from test_sampling import ALPHA
+
+MAX_NEW_TOKENS = 40
+# Small windows and few iterations keep the tests fast; gate off so every step really drafts.
+# max_score 1.0 never stops early (a score must pass it), so every run optimises.
+FAST = SwiftConfig(skip_ratio=0.2, context_window=12, max_opt_iter=40, bayes_interval=5, max_score=1.0)
+
+
+def fast_config() -> SwiftConfig:
+    return dataclasses.replace(FAST, draft=dataclasses.replace(FAST.draft, gate=False))
+
+
+@pytest.fixture
+def clean_model(embedded):
+    model, tokenizer = embedded
+    model.set_skip_layers([], [])
+    yield model, tokenizer
+    model.set_skip_layers([], [])
+
+
+# --- configuration -----------------------------------------------------------------
+
+
+def test_defaults_are_the_papers():
+    config = SwiftConfig()
+    assert (config.opt_interval, config.bayes_interval, config.skip_ratio, config.context_window) == (1, 25, 0.45, 50)
+    assert (config.max_score, config.max_tolerance_iter, config.max_opt_iter) == (0.93, 300, 1000)
+    assert (config.draft.th_stop_draft, config.draft.max_step_draft, config.draft.auto_th_stop_draft) == (0.8, 25, False)
+    assert config.num_skipped(30) == int(28 * 2 * 0.45)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"skip_ratio": 0.0}, "skip_ratio"), ({"skip_ratio": 1.0}, "skip_ratio"), ({"context_window": 0}, "context_window"),
+    ({"max_score": 1.5}, "max_score"), ({"opt_interval": 0}, "opt_interval"), ({"bayes_interval": 2.5}, "bayes_interval"),
+    ({"max_opt_iter": -1}, "max_opt_iter"), ({"max_tolerance_iter": True}, "max_tolerance_iter"),
+    ({"draft": {"th_stop_draft": 0.8}}, "draft"), ({"alpha": 0.0}, "alpha"),
+])
+def test_bad_config_names_the_value(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        SwiftConfig(**kwargs)
+
+
+def test_bad_arguments(clean_model, tmp_path):
+    model, tokenizer = clean_model
+    with pytest.raises(ValueError, match="cache_hit needs a task"):
+        SwiftOptimizer(model, FAST, cache_hit=True)
+    with pytest.raises(ValueError, match="task"):
+        cache_key("smollm2", "a/b")
+    with pytest.raises(ValueError, match="generate_fn='swift'"):
+        ssd.infer(model, tokenizer, "Hi", "essg", 4, task="cnndm")
+    optimizer = SwiftOptimizer(model, FAST)
+    with pytest.raises(ValueError, match="fixed by the SwiftOptimizer"):
+        ssd.infer(model, tokenizer, "Hi", "swift", 4, swift=optimizer, cache_hit=True)
+    with pytest.raises(ValueError, match="SwiftConfig"):
+        ssd.infer(model, tokenizer, "Hi", "swift", 4, swift={"skip_ratio": 0.2})
+
+
+# --- candidates, cache, stopping ---------------------------------------------------------
+
+
+def test_candidates_have_the_fixed_size_and_keep_first_and_last_layers(clean_model):
+    model, _ = clean_model
+    optimizer = SwiftOptimizer(model, SwiftConfig(bayes_interval=3, skip_ratio=0.3))
+    size, last = optimizer.num_skipped, model.num_layers - 1
+    assert size == int((model.num_layers - 2) * 2 * 0.3)
+    kinds = set()
+    for i in range(9):  # iterations 3, 6 and 9 are Gaussian-process proposals
+        params, (attention, mlp) = optimizer._propose()
+        kinds.add(set(params.values()) <= {0.0, 1.0})
+        assert len(attention) + len(mlp) == size
+        assert not {0, last} & set(attention + mlp)
+        assert len(set(attention)) == len(attention) and len(set(mlp)) == len(mlp)
+        optimizer.gp.register(params=params, target=float(i % 4) / 4)
+        optimizer.iterations += 1
+    assert kinds == {True, False}  # both random (0/1) and Bayesian (real-valued) proposals ran
+
+
+@torch.no_grad()
+def test_scoring_leaves_the_cache_as_found(clean_model, prompts):
+    """An optimisation step writes draft keys/values over committed positions: they must be restored bit for bit."""
+    model, tokenizer = clean_model
+    input_ids = tokenizer(prompts[0], return_tensors="pt").input_ids
+    generated = ssd.base_generate(model, input_ids, 10).tokens
+    sequence = torch.cat([input_ids[0], torch.tensor(generated[:-1])])[None]
+    cache = model.new_cache(sequence.shape[1] + 8)
+    model(sequence, cache, 0)  # the full model's cache for prompt + all but the last token
+    committed = sequence.shape[1]
+    before = [(k.clone(), v.clone()) for k, v in zip(cache.keys, cache.values)]
+    optimizer = SwiftOptimizer(model, FAST)
+    optimizer.begin_input()
+    optimizer(cache, committed, generated)
+    assert optimizer.iterations == 1 and optimizer.history[-1].window == 9
+    for (k, v), (k0, v0) in zip(zip(cache.keys, cache.values), before):
+        assert torch.equal(k[:, :, :committed], k0[:, :, :committed])
+        assert torch.equal(v[:, :, :committed], v0[:, :, :committed])
+    # The score is the teacher-forced draft's agreement with the generated text.
+    assert 0.0 <= optimizer.best_score <= 1.0
+    assert model.get_skip_layers() == optimizer.best
+
+
+def run_scores(model, config, scores, window_tokens=20):
+    """Drive the optimiser's stopping rules with scripted scores (no forward passes)."""
+    optimizer = SwiftOptimizer(model, config)
+    values = iter(scores)
+    optimizer.score = lambda *args: next(values)
+    optimizer.begin_input()
+    tokens = list(range(window_tokens))
+    while optimizer.optimizing:
+        optimizer(None, 100, tokens)
+    return optimizer
+
+
+def test_stopping_rules(clean_model):
+    model, _ = clean_model
+    # max_opt_iter: improving every time, never good enough.
+    improving = (i / 1000 for i in range(1000))
+    optimizer = run_scores(model, SwiftConfig(max_opt_iter=7, context_window=10), improving)
+    assert (optimizer.stop_reason, optimizer.iterations) == ("max_opt_iter", 7)
+    # max_tolerance_iter: one good score, then none better.
+    flat = iter([0.5] + [0.1] * 100)
+    optimizer = run_scores(model, SwiftConfig(max_tolerance_iter=4, context_window=10), flat)
+    assert (optimizer.stop_reason, optimizer.iterations, optimizer.best_score) == ("max_tolerance_iter", 5, 0.5)
+    # max_score: passes it over a full window.
+    optimizer = run_scores(model, SwiftConfig(max_score=0.9, context_window=10), iter([0.5, 0.95, 0.1]))
+    assert (optimizer.stop_reason, optimizer.iterations, optimizer.best_score) == ("max_score", 2, 0.95)
+    # Steps after stopping are not optimisation steps.
+    optimizer(None, 100, list(range(20)))
+    assert not optimizer.history[-1].optimized and optimizer.history[-2].optimized
+
+
+def test_max_score_counts_only_over_a_full_window(clean_model):
+    """A perfect score over 3 tokens says little: optimisation goes on until the window is full."""
+    model, _ = clean_model
+    optimizer = SwiftOptimizer(model, SwiftConfig(context_window=10, max_score=0.9))
+    optimizer.score = lambda *args: 1.0
+    optimizer.begin_input()
+    optimizer(None, 100, list(range(4)))
+    assert optimizer.optimizing and optimizer.best_score == 1.0
+    optimizer(None, 100, list(range(11)))
+    assert optimizer.stop_reason == "max_score"
+
+
+# --- exactness -----------------------------------------------------------------------------
+
+
+# A HumanEval prompt with the trimmed draft head and, with the shared data, a CNN/DM one with the full head.
+@pytest.mark.parametrize("index, vocab", [(0, ssd.DraftConfig.draft_vocab_size), (3, None)])
+def test_swift_greedy_equals_stock_generate(clean_model, stock, prompts, index, vocab):
+    model, tokenizer = clean_model
+    input_ids = tokenizer(prompts[index], return_tensors="pt").input_ids
+    expected = stock_greedy(stock, input_ids, MAX_NEW_TOKENS)
+    out = ssd.infer(model, tokenizer, input_ids, "swift", MAX_NEW_TOKENS, early_stop=True, swift=fast_config(),
+                    draft_vocab_size=vocab)
+    assert_same_tokens(expected, out["generate_ids"], model, input_ids, NEAR_TIE_FLOAT32, f"swift vocab={vocab}")
+    stats = out["swift"]
+    assert out["num_drafted_tokens"] > 0 and stats["opt_steps"] > 0
+    assert stats["steps"] == out["num_verifications"] and len(stats["history"]) == stats["steps"]
+    assert model.get_skip_layers() == ([], [])  # the model's own set is restored
+
+
+def test_swift_stream_with_bayesian_proposals_equals_base(clean_model, prompts):
+    """One optimiser over several prompts (its set carries over), Gaussian-process proposals included."""
+    model, tokenizer = clean_model
+    optimizer = SwiftOptimizer(model, fast_config())
+    for prompt in prompts[:2]:
+        input_ids = tokenizer(prompt, return_tensors="pt").input_ids
+        base = ssd.infer(model, tokenizer, input_ids, "base", 24)["generate_ids"]
+        out = ssd.infer(model, tokenizer, input_ids, "swift", 24, swift=optimizer)
+        assert_same_tokens(base, out["generate_ids"], model, input_ids, NEAR_TIE_FLOAT32, "swift stream")
+    assert optimizer.iterations >= FAST.bayes_interval
+    assert optimizer.history[-1].input == 1
+
+
+# --- sampling ------------------------------------------------------------------------------
+
+SAMPLING = Sampling(temperature=1.0, top_k=6)
+TRIALS = 150
+
+
+@torch.no_grad()
+def exact_third_token_marginal(model, input_ids) -> torch.Tensor:
+    """P(3rd token = y), summing over the full model's first two tokens."""
+    n = input_ids.shape[1]
+    cache = model.new_cache(n + 2)
+    p1 = logits_to_probs(model(input_ids, cache, 0)[0, -1], SAMPLING)
+    marginal = torch.zeros_like(p1)
+    for t1 in torch.nonzero(p1).flatten().tolist():
+        p2 = logits_to_probs(model(torch.tensor([[t1]]), cache, n)[0, -1], SAMPLING)
+        for t2 in torch.nonzero(p2).flatten().tolist():
+            p3 = logits_to_probs(model(torch.tensor([[t2]]), cache, n + 1)[0, -1], SAMPLING)
+            marginal += p1[t1] * p2[t2] * p3
+    return marginal
+
+
+def third_token_p_value(model, input_ids, expected, trials: int) -> float:
+    """Chi-square p-value of the sampled 3rd token. When the first draft is rejected, the second step
+    first scores a candidate (writing and restoring the cache), then drafts the 3rd token with the best set."""
+    from scipy.stats import chisquare
+
+    generator = torch.Generator().manual_seed(1234)
+    optimizer = SwiftOptimizer(model, SwiftConfig(
+        skip_ratio=0.2, context_window=4, bayes_interval=10_000, max_opt_iter=10_000, max_tolerance_iter=10_000,
+        draft=ssd.DraftConfig(max_step_draft=1, th_stop_draft=0.0, auto_th_stop_draft=False, gate=False),
+    ))
+    counts = torch.zeros_like(expected)
+    for _ in range(trials):
+        counts[swift_generate(model, input_ids, 4, None, optimizer, SAMPLING, generator).tokens[2]] += 1
+    assert optimizer.iterations > trials / 10  # the optimiser really ran between steps
+    if counts[expected == 0].sum() > 0:
+        return 0.0
+    big = expected * trials >= 5
+    observed = torch.cat([counts[big], counts[~big].sum()[None]]).double()
+    wanted = torch.cat([expected[big], expected[~big].sum()[None]]).double()
+    return float(chisquare(observed.numpy(), (wanted / wanted.sum() * trials).numpy()).pvalue)
+
+
+@pytest.fixture(scope="module")
+def sampling_setting(embedded):
+    model, tokenizer = embedded
+    model.set_skip_layers([], [])
+    input_ids = tokenizer("The three most important inventions of the", return_tensors="pt").input_ids
+    return model, input_ids, exact_third_token_marginal(model, input_ids)
+
+
+def test_swift_sampling_keeps_the_distribution(sampling_setting):
+    model, input_ids, expected = sampling_setting
+    assert third_token_p_value(model, input_ids, expected, TRIALS) > ALPHA
+
+
+def test_swift_broken_acceptance_rule_is_detected(sampling_setting, monkeypatch):
+    model, input_ids, expected = sampling_setting
+
+    def accept_everything(target_logits, drafts, draft_probs, sampling, generator):
+        p = logits_to_probs(target_logits, sampling)
+        return len(drafts), ssd.sampling.sample(p[len(drafts)], generator)
+
+    monkeypatch.setattr(ssd.decoding, "verify_drafts", accept_everything)
+    assert third_token_p_value(model, input_ids, expected, 50) < ALPHA
+
+
+# --- cache hit -----------------------------------------------------------------------------
+
+
+def test_best_set_is_saved_and_reused(clean_model, prompts, tmp_path):
+    model, tokenizer = clean_model
+    path = tmp_path / "skip_layers.json"
+    path.write_text(json.dumps({"other-model": {"attention": [1], "mlp": [2]}}))
+    input_ids = tokenizer(prompts[0], return_tensors="pt").input_ids
+    base = ssd.infer(model, tokenizer, input_ids, "base", 24)["generate_ids"]
+
+    # A cache miss optimises (cache_hit asked, no entry yet) and saves, keeping the other entry.
+    cold = ssd.infer(model, tokenizer, input_ids, "swift", 24, swift=FAST, task="humaneval", cache_hit=True,
+                     skip_layers_path=path)
+    assert cold["generate_ids"] == base and not cold["swift"]["cache_hit"] and cold["swift"]["opt_steps"] > 0
+    entries = json.loads(path.read_text())
+    key = "smollm2-135m-instruct/swift/humaneval"
+    assert set(entries) == {"other-model", key}
+    assert [entries[key]["attention"], entries[key]["mlp"]] == [sorted(x) for x in cold["swift"]["skip_layers"]]
+    assert entries[key]["score"] == round(cold["swift"]["best_score"], 4) and entries[key]["iterations"] > 0
+
+    # A cache hit decodes with the stored set and optimises nothing.
+    hit = ssd.infer(model, tokenizer, input_ids, "swift", 24, swift=FAST, task="humaneval", cache_hit=True,
+                    skip_layers_path=path)
+    assert hit["generate_ids"] == base
+    assert hit["swift"]["cache_hit"] and hit["swift"]["opt_steps"] == 0 and hit["swift"]["iterations"] == 0
+    assert hit["swift"]["skip_layers"] == (entries[key]["attention"], entries[key]["mlp"])
+    assert json.loads(path.read_text()) == entries  # nothing rewritten
+
+    # Without cache_hit the stored set is not used: optimisation runs again.
+    again = ssd.infer(model, tokenizer, input_ids, "swift", 24, swift=FAST, task="humaneval", skip_layers_path=path)
+    assert not again["swift"]["cache_hit"] and again["swift"]["opt_steps"] > 0
