@@ -139,10 +139,14 @@ def stock_model(name_or_path: str | None, dtype: torch.dtype, device: torch.devi
 
 
 def hf_method(stock, tokenizer, max_new_tokens: int, **assisted) -> Method:
-    """Stock greedy `generate`; with `assisted` arguments, one of its speculative decoders."""
+    """Stock greedy `generate`; with `assisted` arguments, one of its speculative decoders.
+
+    It decodes past EOS as ours do, for a fixed token count: an EOS id no token
+    has (-1), rather than `min_new_tokens`, which masks EOS and so changes the output.
+    """
     config = GenerationConfig(
-        max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
-        pad_token_id=tokenizer.eos_token_id, **assisted,
+        max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=-1, pad_token_id=tokenizer.eos_token_id,
+        **assisted,
     )
 
     def run(input_ids, task):
