@@ -40,17 +40,18 @@ def default_dtype(device: torch.device | str) -> torch.dtype:
 
     GPUs: bfloat16 (float16 where it is missing). CPUs: bfloat16 where the CPU
     has native bfloat16 arithmetic (AVX512-BF16 or AMX), float32 otherwise.
-    On this project's 2-core CPUs (AVX512-BF16) bfloat16 decodes about 1.5x
-    faster than float32; the README has the figures. Token identity with
+    On this project's 2-core CPUs with AVX512-BF16, bfloat16 decodes about
+    1.6x faster than float32; the README has the figures. Token identity with
     step-by-step decoding holds in float32 (DESIGN.md, Exactness).
     """
     if torch.device(device).type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if _cpu_has_native_bfloat16() else torch.float32
+    return torch.bfloat16 if cpu_has_native_bfloat16() else torch.float32
 
 
 @functools.lru_cache(maxsize=1)
-def _cpu_has_native_bfloat16() -> bool:
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX); elsewhere it is emulated."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:  # not Linux: be safe
