@@ -67,56 +67,62 @@ class AdaptiveThreshold:
         return self.b2 * threshold + (1 - self.b2) * target
 
 
+# A step's kind: "plain" (verify no drafts: one autoregressive step), "draft" (the
+# layer-skipping draft) or ("lookup", n) (an n-gram lookup whose matched suffix has n tokens).
+StepKind = str | tuple[str, int]
+
+
 @dataclass
 class DraftGate:
-    """Drafts only while drafting pays, so self-speculative decoding is never much slower than base.
+    """Runs whichever kind of step commits the most tokens per second, so drafting never costs much over base.
 
-    It compares the measured seconds per committed token of draft-and-verify
-    steps with those of plain steps (a verification with no drafts is one
-    autoregressive step), each smoothed over recent steps. While drafting wins
-    a plain step runs every `refresh_interval` steps to keep its figure
-    current; while plain steps win a draft step is tried after
-    `probe_interval` plain steps, and that interval doubles after each probe
-    that loses. Which kind of step runs never changes the output.
+    Which kinds pay depends on the machine as much as on the text: where
+    verifying 13 rows costs two steps (float32 on a CPU), a lookup after a
+    1-token match loses; where extra rows are almost free (bfloat16 on
+    native-bfloat16 CPUs) it wins. So each kind's committed tokens and wall
+    seconds per step are measured, smoothed over its recent steps, and of the
+    kinds available at a step the fastest runs. An unmeasured kind runs the
+    first time it is available; a losing kind runs again after `interval` of
+    the steps where it was available, and that interval doubles (up to
+    `max_interval`) after each such probe that still loses. Which kind runs
+    never changes the output.
     """
 
     probe_interval: int = 8
-    refresh_interval: int = 16
+    max_interval: int = 64
     smoothing: float = 0.7
-    seconds: dict = field(default_factory=lambda: {True: None, False: None}, init=False)  # per drafted?
-    tokens: dict = field(default_factory=lambda: {True: None, False: None}, init=False)
-    since_other: int = field(default=0, init=False)  # steps since the losing kind last ran
-    interval: int = field(default=0, init=False)
+    tokens: dict = field(default_factory=dict, init=False)  # per kind
+    seconds: dict = field(default_factory=dict, init=False)
+    since: dict = field(default_factory=dict, init=False)  # steps the kind was available but did not run
+    interval: dict = field(default_factory=dict, init=False)
 
-    def __post_init__(self):
-        self.interval = self.probe_interval
+    def rate(self, kind: StepKind) -> float:
+        return self.tokens[kind] / self.seconds[kind]
 
-    @property
-    def measured(self) -> bool:
-        return None not in self.seconds.values()
+    def best(self, kinds: list[StepKind]) -> StepKind:
+        """The fastest measured kind among `kinds`."""
+        return max((k for k in kinds if k in self.seconds), key=self.rate)
 
-    @property
-    def drafting_wins(self) -> bool:
-        return self.tokens[True] / self.seconds[True] > self.tokens[False] / self.seconds[False]
+    def choose(self, kinds: list[StepKind]) -> StepKind:
+        """The kind to run among those available now: an unmeasured one, a losing one due a probe, else the fastest."""
+        unmeasured = [k for k in kinds if k not in self.seconds]
+        if unmeasured:
+            return unmeasured[0]
+        best = self.best(kinds)
+        due = [k for k in kinds if k != best and self.since.get(k, 0) >= self.interval.get(k, self.probe_interval)]
+        return max(due, key=lambda k: self.since[k]) if due else best
 
-    def draft_next(self) -> bool:
-        """Whether the next step drafts: the winning kind, unless the other is due a run."""
-        if not self.measured:
-            return self.seconds[False] is not None  # one plain step first, then one draft step
-        wins = self.drafting_wins
-        due = self.since_other >= (self.refresh_interval if wins else self.interval)
-        return wins != due
-
-    def record(self, drafted: bool, tokens: int, seconds: float) -> None:
-        """One finished step: whether it drafted, the tokens it committed, its wall time."""
-        loser_ran = self.measured and drafted != self.drafting_wins
-        probe = loser_ran and drafted
+    def record(self, kind: StepKind, kinds: list[StepKind], tokens: int, seconds: float) -> None:
+        """One finished step of `kind`, chosen among `kinds`: the tokens it committed, its wall time."""
+        probe = kind in self.seconds and kind != self.best(kinds)
         for table, value in ((self.tokens, tokens), (self.seconds, seconds)):
-            old = table[drafted]
-            table[drafted] = value if old is None else self.smoothing * old + (1 - self.smoothing) * value
-        self.since_other = 0 if loser_ran else self.since_other + 1
-        if probe:  # back off while drafting keeps losing
-            self.interval = self.probe_interval if self.drafting_wins else 2 * self.interval
+            old = table.get(kind)
+            table[kind] = value if old is None else self.smoothing * old + (1 - self.smoothing) * value
+        for k in kinds:
+            self.since[k] = 0 if k == kind else self.since.get(k, 0) + 1
+        if probe:  # back off while this kind keeps losing
+            interval = self.interval.get(kind, self.probe_interval)
+            self.interval[kind] = self.probe_interval if self.best(kinds) == kind else min(2 * interval, self.max_interval)
 
 
 class NgramIndex:
@@ -142,13 +148,14 @@ class NgramIndex:
                 self.continuations[tuple(self.tokens[end - n : end])] = end
             self.tokens.append(token)
 
-    def propose(self, max_tokens: int) -> list[int]:
-        """Up to `max_tokens` tokens that followed the longest matching suffix, or [] when none matches."""
+    def propose(self, max_tokens: int) -> tuple[list[int], int]:
+        """Up to `max_tokens` tokens that followed the longest matching suffix, and that suffix's
+        length; ([], 0) when none matches."""
         for n in range(min(self.max_n, len(self.tokens)), self.min_n - 1, -1):
             start = self.continuations.get(tuple(self.tokens[-n:]))
             if start is not None:
-                return self.tokens[start : start + max_tokens]
-        return []
+                return self.tokens[start : start + max_tokens], n
+        return [], 0
 
 
 # --- the pieces --------------------------------------------------------------
@@ -283,7 +290,9 @@ class DraftConfig:
 
     `draft_vocab_size`: the draft scores only token ids below this (BPE ids
     roughly follow frequency) plus the prompt's tokens; None scores all.
-    `gate`: draft only while drafting measurably pays (`DraftGate`).
+    `gate`: each step runs the kind (plain, layer-skipping draft, lookup per
+    match length) that measurably commits tokens fastest (`DraftGate`); off:
+    a lookup when one matches, else the layer-skipping draft.
     `ngram_size`: hybrid drafting. When the last `ngram_min`..`ngram_size`
     tokens occurred before in prompt or output, the draft is what followed
     them then (free), else the layer-skipping draft; 0 turns lookup off.
@@ -367,14 +376,17 @@ def _self_speculative(
         start = time.perf_counter()
         # Never draft past max_new_tokens: verification adds one token of its own.
         room = min(max_step_draft, max_new_tokens - len(tokens) - 1)
-        drafts = lookup.propose(room) if lookup is not None and room > 0 else []
-        looked_up = bool(drafts)
-        drafting = not looked_up and room > 0 and (gate is None or gate.draft_next())
-        draft_probs = _one_hot(drafts, model) if looked_up and sampling is not None else None
-        if drafting:
+        proposal, matched = lookup.propose(room) if lookup is not None and room > 0 else ([], 0)
+        kinds = ["plain"] + (["draft"] if room > 0 else []) + ([("lookup", matched)] if proposal else [])
+        kind = kinds[-1] if gate is None else gate.choose(kinds)
+        drafts, draft_probs = [], None
+        if kind == "draft":
             drafts, draft_probs = draft_tokens(
                 model, cache, tokens[-1], committed, room, th_stop_draft, sampling, generator, head
             )
+        elif kind != "plain":
+            drafts = proposal
+            draft_probs = _one_hot(drafts, model) if sampling is not None else None
         verify_input = torch.tensor([[tokens[-1], *drafts]], device=input_ids.device)
         target_logits = model(verify_input, cache, committed)[0]
         accepted, next_token = verify_drafts(target_logits, drafts, draft_probs, sampling, generator)
@@ -384,14 +396,14 @@ def _self_speculative(
         if lookup is not None:
             lookup.extend(new_tokens)
         result.num_verifications += 1
-        if gate is not None and room > 0 and not looked_up:
-            gate.record(drafting, accepted + 1, time.perf_counter() - start)
+        if gate is not None:
+            gate.record(kind, kinds, accepted + 1, time.perf_counter() - start)
         if drafts:
             result.num_drafted_tokens += len(drafts)
             result.num_accepted_tokens += accepted
-        if looked_up:
+        if kind not in ("plain", "draft"):
             result.num_looked_up_tokens += len(drafts)
-        elif drafts and adaptive is not None:
+        elif kind == "draft" and adaptive is not None:
             th_stop_draft = adaptive.update(th_stop_draft, accepted, len(drafts), max_step_draft)
     result.tokens, result.th_stop_draft = tokens, th_stop_draft
     return result

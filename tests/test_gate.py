@@ -1,50 +1,89 @@
-"""DraftGate: drafts while drafting's measured seconds per token beat plain steps', probes back with backoff."""
+"""DraftGate: runs the kind of step with the most measured tokens per second, probes the others with backoff."""
 
 import pytest
 
-from ssd.decoding import DraftGate
+from ssd.decoding import DraftGate, NgramIndex
+
+PLAIN_DRAFT = ["plain", "draft"]
 
 
-def run(gate: DraftGate, steps: int, draft_cost: float, draft_tokens: float) -> list[bool]:
-    """Feed the gate a machine where a plain step takes 1 s for 1 token and a draft step `draft_cost` s."""
+def run(gate: DraftGate, steps: int, machine: dict, kinds=PLAIN_DRAFT) -> list:
+    """Feed the gate a machine: `machine[kind]` = (tokens committed, seconds) of one step of that kind."""
     choices = []
     for _ in range(steps):
-        drafting = gate.draft_next()
-        choices.append(drafting)
-        gate.record(drafting, draft_tokens if drafting else 1, draft_cost if drafting else 1.0)
+        kind = gate.choose(kinds)
+        choices.append(kind)
+        gate.record(kind, kinds, *machine[kind])
     return choices
 
 
-def test_measures_a_plain_step_then_a_draft_step_first():
-    assert run(DraftGate(), 2, draft_cost=2.0, draft_tokens=3)[:2] == [False, True]
+def test_measures_each_kind_once_first():
+    machine = {"plain": (1, 1.0), "draft": (3, 2.0)}
+    assert run(DraftGate(), 2, machine) == ["plain", "draft"]
 
 
-def test_keeps_drafting_when_it_pays_with_a_plain_refresh_now_and_then():
-    choices = run(DraftGate(refresh_interval=16), 200, draft_cost=1.5, draft_tokens=3)  # 2 tokens/s vs 1
-    assert choices.count(True) > 0.9 * len(choices)
-    assert False in choices[100:]  # plain steps keep being measured
+def test_keeps_drafting_when_it_pays_and_still_measures_plain_steps():
+    choices = run(DraftGate(max_interval=32), 200, {"plain": (1, 1.0), "draft": (3, 1.5)})  # 2 tokens/s vs 1
+    assert choices.count("draft") > 0.9 * len(choices)
+    assert "plain" in choices[100:]  # never more than max_interval steps apart
 
 
 def test_stops_drafting_when_it_does_not_pay_and_backs_off():
-    gate = DraftGate(probe_interval=8)
-    choices = run(gate, 200, draft_cost=2.5, draft_tokens=2)  # 0.8 tokens/s vs 1
-    probes = [i for i, drafted in enumerate(choices) if drafted]
-    assert len(probes) <= 6  # 1 measurement + probes at ~8, 16, 32, 64, 128 steps apart
+    gate = DraftGate(probe_interval=8, max_interval=1000)
+    choices = run(gate, 200, {"plain": (1, 1.0), "draft": (2, 2.5)})  # 0.8 tokens/s vs 1
+    probes = [i for i, kind in enumerate(choices) if kind == "draft"]
+    assert len(probes) <= 6  # 1 measurement + probes ~8, 16, 32, 64, 128 steps apart
     gaps = [b - a for a, b in zip(probes[1:], probes[2:])]
     assert gaps == sorted(gaps) and gaps[-1] > gaps[0]
-    assert gate.interval > 8
+    assert gate.interval["draft"] > 8
+
+
+def test_backoff_is_capped():
+    gate = DraftGate(probe_interval=2, max_interval=8)
+    choices = run(gate, 300, {"plain": (1, 1.0), "draft": (2, 2.5)})
+    probes = [i for i, kind in enumerate(choices) if kind == "draft"]
+    assert max(b - a for a, b in zip(probes, probes[1:])) <= 9
+    assert gate.interval["draft"] == 8
 
 
 def test_switches_when_the_draft_starts_paying():
     gate = DraftGate(probe_interval=4)
-    run(gate, 30, draft_cost=2.5, draft_tokens=2)  # losing: plain steps
-    later = run(gate, 100, draft_cost=1.0, draft_tokens=4)  # now 4 tokens/s
-    assert later[-50:].count(True) > 40
+    run(gate, 30, {"plain": (1, 1.0), "draft": (2, 2.5)})  # losing: plain steps
+    later = run(gate, 100, {"plain": (1, 1.0), "draft": (4, 1.0)})  # now 4 tokens/s
+    assert later[-50:].count("draft") > 40
 
 
-@pytest.mark.parametrize("drafted", [True, False])
-def test_smoothing_weights_recent_steps(drafted):
+def test_a_losing_lookup_falls_back_to_the_best_other_kind():
+    """Where verifying a long lookup costs more than its accepted tokens bring (1-token matches in float32)."""
+    kinds = ["plain", "draft", ("lookup", 1)]
+    machine = {"plain": (1, 1.0), "draft": (3, 2.0), ("lookup", 1): (1.5, 2.0)}
+    choices = run(DraftGate(), 200, machine, kinds)
+    assert choices[100:].count("draft") > 0.9 * 100
+    assert ("lookup", 1) in choices[100:]  # still probed
+
+
+def test_a_paying_lookup_wins_while_another_match_length_loses():
+    gate = DraftGate()
+    machine = {"plain": (1, 1.0), "draft": (1.5, 2.0), ("lookup", 1): (1.2, 1.5), ("lookup", 3): (6, 1.5)}
+    for kinds in (["plain", "draft", ("lookup", 1)], ["plain", "draft", ("lookup", 3)]) * 50:
+        gate.record(kind := gate.choose(kinds), kinds, *machine[kind])
+    assert gate.choose(["plain", "draft", ("lookup", 3)]) == ("lookup", 3)
+    assert gate.best(["plain", "draft", ("lookup", 1)]) == "plain"
+
+
+@pytest.mark.parametrize("kind", ["plain", "draft"])
+def test_smoothing_weights_recent_steps(kind):
     gate = DraftGate(smoothing=0.5)
-    gate.record(drafted, 2, 1.0)
-    gate.record(drafted, 4, 3.0)
-    assert gate.tokens[drafted] == 3 and gate.seconds[drafted] == 2.0
+    gate.record(kind, PLAIN_DRAFT, 2, 1.0)
+    gate.record(kind, PLAIN_DRAFT, 4, 3.0)
+    assert gate.tokens[kind] == 3 and gate.seconds[kind] == 2.0
+
+
+def test_ngram_index_proposes_after_the_longest_match_and_says_its_length():
+    index = NgramIndex([5, 6, 7, 8, 1, 6, 7, 9, 2], max_n=3)
+    assert index.propose(4) == ([], 0)  # 2 never occurred before
+    index.extend([6, 7])  # ... 6, 7 occurred twice: the latest continuation wins
+    assert index.propose(4) == ([9, 2, 6, 7], 2)
+    index.extend([9])
+    assert index.propose(2) == ([2, 6], 3)
+    assert NgramIndex([5, 6, 7, 8, 1, 6], max_n=3, min_n=2).propose(4) == ([], 0)  # only a 1-token match
