@@ -10,7 +10,7 @@ from ssd.decoding import (
 )
 from ssd.inference import infer
 from ssd.modeling_llama import KVCache, LlamaForCausalLM
-from ssd.models import load_model
+from ssd.models import load_model, use_fast_mkl_path
 from ssd.sampling import Sampling
 from ssd.skip_layers import apply_skip_layers, load_skip_layers, save_skip_layers
 from ssd.swift import SwiftConfig, SwiftOptimizer, swift_generate
@@ -33,3 +33,5 @@ __all__ = [
     "self_speculative_sample",
     "swift_generate",
 ]
+
+use_fast_mkl_path()  # before any model runs

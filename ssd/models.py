@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 from pathlib import Path
 
 import torch
@@ -57,6 +58,35 @@ def cpu_has_native_bfloat16() -> bool:
     except OSError:  # not Linux: be safe
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_fast_mkl_path() -> None:
+    """Set `MKL_CBWR` to `mkl_code_path()` unless the user has set it.
+
+    MKL reads it when it first runs (the first matrix product), so this must
+    run before any model is used; `import ssd` does it.
+    """
+    if (code_path := mkl_code_path()) is not None:
+        os.environ.setdefault("MKL_CBWR", code_path)
+
+
+def mkl_code_path(cpuinfo: str | None = None) -> str | None:
+    """The `MKL_CBWR` code path that makes MKL fast on this CPU, or None to leave MKL's own choice.
+
+    MKL picks slow generic kernels on x86 CPUs not made by Intel. On a 2-core
+    AMD EPYC with AVX2 (float32), a product of 2-13 rows by the 49152-row LM
+    head took 23-34 ms instead of 12-18 ms with `MKL_CBWR=AVX2`, while one row
+    took 10 ms either way: verifying drafts in one pass costs far less.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:  # not Linux
+            return None
+    flags = set(next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "").split())
+    if "GenuineIntel" in cpuinfo or "avx2" not in flags or "avx512f" in flags:
+        return None  # Intel: MKL already takes the best path; AVX512 on other vendors is not measured
+    return "AVX2"
 
 
 def load_model(

@@ -1,4 +1,9 @@
-"""ssd's LLaMA computes what stock transformers' does, for the checkpoint formats and configs it meets."""
+"""ssd's LLaMA computes what stock transformers' does, for the checkpoint formats and configs it meets;
+and `import ssd` points MKL at its fast kernels on CPUs where it would not choose them."""
+
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -7,6 +12,7 @@ from transformers import LlamaForCausalLM as StockLlama
 
 import ssd
 from ssd.modeling_llama import LlamaForCausalLM
+from ssd.models import mkl_code_path
 
 TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
             max_position_embeddings=256)
@@ -54,3 +60,27 @@ def test_local_folder_checkpoint_loads(embedded, tmp_path):
     assert reloaded_tokenizer("def add(a, b):").input_ids == tokenizer("def add(a, b):").input_ids
     ids = torch.randint(0, TINY["vocab_size"], (1, 12))
     torch.testing.assert_close(model(ids, model.new_cache(16), 0), stock(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+AMD_AVX2 = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx fma avx2\n"
+
+
+@pytest.mark.parametrize("cpuinfo, code_path", [
+    (AMD_AVX2, "AVX2"),  # MKL's generic kernels otherwise: multi-row products ~2x slower
+    (AMD_AVX2.replace("avx2", "avx2 avx512f"), None),  # not measured: MKL's own choice
+    (AMD_AVX2.replace("AuthenticAMD", "GenuineIntel"), None),  # MKL already picks its best path
+    (AMD_AVX2.replace(" avx2", ""), None),
+    ("", None),
+])
+def test_mkl_code_path(cpuinfo, code_path):
+    assert mkl_code_path(cpuinfo) == code_path
+
+
+def test_import_sets_mkl_code_path_unless_the_user_did():
+    script = "import os, ssd; print(os.environ.get('MKL_CBWR'))"
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    chosen = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert chosen.stdout.strip() == str(mkl_code_path())
+    mine = subprocess.run([sys.executable, "-c", script], env=env | {"MKL_CBWR": "COMPATIBLE"},
+                          capture_output=True, text=True, check=True)
+    assert mine.stdout.strip() == "COMPATIBLE"
