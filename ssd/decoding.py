@@ -291,8 +291,9 @@ class DraftConfig:
     `draft_vocab_size`: the draft scores only token ids below this (BPE ids
     roughly follow frequency) plus the prompt's tokens; None scores all.
     `gate`: each step runs the kind (plain, layer-skipping draft, lookup per
-    match length) that measurably commits tokens fastest (`DraftGate`); off:
-    a lookup when one matches, else the layer-skipping draft.
+    match length) that measurably commits tokens fastest (`DraftGate`), with
+    no layer-skipping draft when the model skips nothing; off: a lookup when
+    one matches, else the layer-skipping draft.
     `ngram_size`: hybrid drafting. When the last `ngram_min`..`ngram_size`
     tokens occurred before in prompt or output, the draft is what followed
     them then (free), else the layer-skipping draft; 0 turns lookup off.
@@ -377,7 +378,10 @@ def _self_speculative(
         # Never draft past max_new_tokens: verification adds one token of its own.
         room = min(max_step_draft, max_new_tokens - len(tokens) - 1)
         proposal, matched = lookup.propose(room) if lookup is not None and room > 0 else ([], 0)
-        kinds = ["plain"] + (["draft"] if room > 0 else []) + ([("lookup", matched)] if proposal else [])
+        # With no sub-layer skipped, the draft is the full model: it saves at most the trimmed head's
+        # share of a step, and its long drafts hold off lookups, which cost nothing. The gate skips it.
+        can_draft = room > 0 and (gate is None or any(model.get_skip_layers()))
+        kinds = ["plain"] + (["draft"] if can_draft else []) + ([("lookup", matched)] if proposal else [])
         kind = kinds[-1] if gate is None else gate.choose(kinds)
         drafts, draft_probs = [], None
         if kind == "draft":

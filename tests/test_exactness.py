@@ -109,6 +109,17 @@ def test_gated_essg_equals_base(embedded, prompts, skip_layers):
         assert essg["num_drafted_tokens"] > 0  # the gate measures a draft step at least once
 
 
+def test_gate_never_drafts_with_the_full_model(embedded, prompts, skip_layers):
+    """With no sub-layer skipped the gate only looks up or steps plainly (the draft would be the full model)."""
+    model, tokenizer = embedded
+    skip_layers([], [])
+    input_ids = tokenizer(prompts[0], return_tensors="pt").input_ids
+    base = ssd.infer(model, tokenizer, input_ids, "base", MAX_NEW_TOKENS)["generate_ids"]
+    essg = ssd.infer(model, tokenizer, input_ids, "essg", MAX_NEW_TOKENS)
+    assert_same_tokens(base, essg["generate_ids"], model, input_ids, NEAR_TIE_FLOAT32, "gated essg, no skip set")
+    assert essg["num_drafted_tokens"] == essg["num_looked_up_tokens"] > 0
+
+
 def test_hybrid_drafts_from_repeated_text(embedded, skip_layers):
     """Where the text repeats, most drafts are looked up, most are accepted, and output stays base's."""
     model, tokenizer = embedded
