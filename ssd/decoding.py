@@ -81,27 +81,37 @@ class DraftGate:
     1-token match loses; where extra rows are almost free (bfloat16 on
     native-bfloat16 CPUs) it wins. So each kind's committed tokens and wall
     seconds per step are measured, smoothed over its recent steps, and of the
-    kinds available at a step the fastest runs. An unmeasured kind runs the
-    first time it is available; a losing kind runs again after `interval` of
-    the steps where it was available, and that interval doubles (up to
-    `max_interval`) after each such probe that still loses. Which kind runs
-    never changes the output.
+    kinds available at a step the fastest runs. Between a plain step and a
+    draft, though, the choice decides how soon the next free lookup comes (a
+    12-token draft holds lookups off), so those two are compared over their
+    episodes: the step and the lookup steps that follow it. An unmeasured
+    kind runs the first time it is available; a losing kind runs again after
+    `interval` of the steps where it was available, and that interval doubles
+    (up to `max_interval`) after each such probe that still loses. Which kind
+    runs never changes the output.
     """
 
     probe_interval: int = 8
     max_interval: int = 64
     smoothing: float = 0.7
-    tokens: dict = field(default_factory=dict, init=False)  # per kind
+    tokens: dict = field(default_factory=dict, init=False)  # per kind, per step
     seconds: dict = field(default_factory=dict, init=False)
+    episode_tokens: dict = field(default_factory=dict, init=False)  # plain and draft, per episode
+    episode_seconds: dict = field(default_factory=dict, init=False)
     since: dict = field(default_factory=dict, init=False)  # steps the kind was available but did not run
     interval: dict = field(default_factory=dict, init=False)
+    episode: list | None = field(default=None, init=False)  # [kind, tokens, seconds, its smoothed figures before]
 
     def rate(self, kind: StepKind) -> float:
         return self.tokens[kind] / self.seconds[kind]
 
     def best(self, kinds: list[StepKind]) -> StepKind:
-        """The fastest measured kind among `kinds`."""
-        return max((k for k in kinds if k in self.seconds), key=self.rate)
+        """The fastest measured kind among `kinds`, plain against draft by their episodes."""
+        measured = [k for k in kinds if k in self.seconds]
+        if "plain" in measured and "draft" in measured:
+            episode_rate = {k: self.episode_tokens[k] / self.episode_seconds[k] for k in ("plain", "draft")}
+            measured.remove(min(episode_rate, key=episode_rate.get))
+        return max(measured, key=self.rate)
 
     def choose(self, kinds: list[StepKind]) -> StepKind:
         """The kind to run among those available now: an unmeasured one, a losing one due a probe, else the fastest."""
@@ -115,14 +125,25 @@ class DraftGate:
     def record(self, kind: StepKind, kinds: list[StepKind], tokens: int, seconds: float) -> None:
         """One finished step of `kind`, chosen among `kinds`: the tokens it committed, its wall time."""
         probe = kind in self.seconds and kind != self.best(kinds)
-        for table, value in ((self.tokens, tokens), (self.seconds, seconds)):
-            old = table.get(kind)
-            table[kind] = value if old is None else self.smoothing * old + (1 - self.smoothing) * value
+        _smooth(self.tokens, self.seconds, kind, tokens, seconds, (self.tokens.get(kind), self.seconds.get(kind)), self.smoothing)
+        if isinstance(kind, tuple):  # a lookup: part of the open episode
+            if self.episode is not None:
+                self.episode[1:3] = self.episode[1] + tokens, self.episode[2] + seconds
+        else:
+            self.episode = [kind, tokens, seconds, (self.episode_tokens.get(kind), self.episode_seconds.get(kind))]
+        if self.episode is not None:
+            _smooth(self.episode_tokens, self.episode_seconds, *self.episode, self.smoothing)
         for k in kinds:
             self.since[k] = 0 if k == kind else self.since.get(k, 0) + 1
         if probe:  # back off while this kind keeps losing
             interval = self.interval.get(kind, self.probe_interval)
             self.interval[kind] = self.probe_interval if self.best(kinds) == kind else min(2 * interval, self.max_interval)
+
+
+def _smooth(tokens: dict, seconds: dict, kind, new_tokens, new_seconds, before: tuple, smoothing: float) -> None:
+    """Exponentially smoothed figures for `kind`: the new run's, weighed against `before` (None: first run)."""
+    for table, value, old in ((tokens, new_tokens, before[0]), (seconds, new_seconds, before[1])):
+        table[kind] = value if old is None else smoothing * old + (1 - smoothing) * value
 
 
 class NgramIndex:

@@ -68,7 +68,23 @@ def test_a_paying_lookup_wins_while_another_match_length_loses():
     for kinds in (["plain", "draft", ("lookup", 1)], ["plain", "draft", ("lookup", 3)]) * 50:
         gate.record(kind := gate.choose(kinds), kinds, *machine[kind])
     assert gate.choose(["plain", "draft", ("lookup", 3)]) == ("lookup", 3)
-    assert gate.best(["plain", "draft", ("lookup", 1)]) == "plain"
+    assert gate.rate(("lookup", 1)) < gate.rate("plain")
+
+
+def test_a_draft_that_holds_off_lookups_loses_to_plain_steps():
+    """A 12-token draft beats a plain step for step (1.2 vs 1 token/s), but the text matches again
+    right after either (two 10-token lookups), so plain steps, which reach the lookups sooner, win."""
+    gate = DraftGate()
+    machine = {"plain": (1, 1.0), "draft": (12, 10.0), ("lookup", 3): (10, 1.0)}
+    choices, lookups_left = [], 0
+    for _ in range(300):
+        kinds = ["plain", "draft"] + ([("lookup", 3)] if lookups_left else [])
+        kind = gate.choose(kinds)
+        gate.record(kind, kinds, *machine[kind])
+        lookups_left = lookups_left - 1 if kind == ("lookup", 3) else 2
+        choices.append(kind)
+    assert choices[100:].count("draft") < 10
+    assert gate.best(["plain", "draft"]) == "plain"
 
 
 @pytest.mark.parametrize("kind", ["plain", "draft"])
