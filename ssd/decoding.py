@@ -73,6 +73,16 @@ StepKind = str | tuple[str, int]
 
 
 @dataclass
+class _Episode:
+    """A plain step or a draft, with the lookup steps after it so far."""
+
+    kind: StepKind
+    tokens: float
+    seconds: float
+    before: tuple  # the kind's smoothed episode figures (tokens, seconds) before this episode
+
+
+@dataclass
 class DraftGate:
     """Runs whichever kind of step commits the most tokens per second, so drafting never costs much over base.
 
@@ -100,7 +110,7 @@ class DraftGate:
     episode_seconds: dict = field(default_factory=dict, init=False)
     since: dict = field(default_factory=dict, init=False)  # steps the kind was available but did not run
     interval: dict = field(default_factory=dict, init=False)
-    episode: list | None = field(default=None, init=False)  # [kind, tokens, seconds, its smoothed figures before]
+    episode: _Episode | None = field(default=None, init=False)
 
     def rate(self, kind: StepKind) -> float:
         return self.tokens[kind] / self.seconds[kind]
@@ -128,11 +138,13 @@ class DraftGate:
         _smooth(self.tokens, self.seconds, kind, tokens, seconds, (self.tokens.get(kind), self.seconds.get(kind)), self.smoothing)
         if isinstance(kind, tuple):  # a lookup: part of the open episode
             if self.episode is not None:
-                self.episode[1:3] = self.episode[1] + tokens, self.episode[2] + seconds
+                self.episode.tokens += tokens
+                self.episode.seconds += seconds
         else:
-            self.episode = [kind, tokens, seconds, (self.episode_tokens.get(kind), self.episode_seconds.get(kind))]
-        if self.episode is not None:
-            _smooth(self.episode_tokens, self.episode_seconds, *self.episode, self.smoothing)
+            self.episode = _Episode(kind, tokens, seconds, (self.episode_tokens.get(kind), self.episode_seconds.get(kind)))
+        if (episode := self.episode) is not None:
+            _smooth(self.episode_tokens, self.episode_seconds, episode.kind, episode.tokens, episode.seconds,
+                    episode.before, self.smoothing)
         for k in kinds:
             self.since[k] = 0 if k == kind else self.since.get(k, 0) + 1
         if probe:  # back off while this kind keeps losing
@@ -426,7 +438,7 @@ def _self_speculative(
         if drafts:
             result.num_drafted_tokens += len(drafts)
             result.num_accepted_tokens += accepted
-        if kind not in ("plain", "draft"):
+        if isinstance(kind, tuple):  # a lookup
             result.num_looked_up_tokens += len(drafts)
         elif kind == "draft" and adaptive is not None:
             th_stop_draft = adaptive.update(th_stop_draft, accepted, len(drafts), max_step_draft)
