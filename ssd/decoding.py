@@ -112,6 +112,15 @@ class DraftGate:
     interval: dict = field(default_factory=dict, init=False)
     episode: _Episode | None = field(default=None, init=False)
 
+    def new_sequence(self) -> None:
+        """A new generation starts: its first lookups belong to no earlier plain step or draft."""
+        self.episode = None
+
+    def forget(self, kind: StepKind) -> None:
+        """Drop what was measured of `kind` (the draft after the skip set changed): it is measured afresh."""
+        for table in (self.tokens, self.seconds, self.episode_tokens, self.episode_seconds, self.since, self.interval):
+            table.pop(kind, None)
+
     def rate(self, kind: StepKind) -> float:
         return self.tokens[kind] / self.seconds[kind]
 
@@ -366,9 +375,10 @@ def exact_self_speculative_generate(
     eos_token_id: int | None = None,
     draft: DraftConfig = DraftConfig(),
     before_step: BeforeStep | None = None,
+    gate: DraftGate | None = None,
 ) -> GenerationResult:
     """Greedy self-speculative decoding: output equals `base_generate`'s, token for token."""
-    return _self_speculative(model, input_ids, max_new_tokens, eos_token_id, draft, None, None, before_step)
+    return _self_speculative(model, input_ids, max_new_tokens, eos_token_id, draft, None, None, before_step, gate)
 
 
 def self_speculative_sample(
@@ -380,24 +390,32 @@ def self_speculative_sample(
     sampling: Sampling | None = Sampling(),
     generator: torch.Generator | None = None,
     before_step: BeforeStep | None = None,
+    gate: DraftGate | None = None,
 ) -> GenerationResult:
     """Self-speculative sampling: output distributed exactly as sampling the full model."""
-    return _self_speculative(model, input_ids, max_new_tokens, eos_token_id, draft, sampling, generator, before_step)
+    return _self_speculative(model, input_ids, max_new_tokens, eos_token_id, draft, sampling, generator, before_step, gate)
 
 
 @torch.no_grad()
 def _self_speculative(
-    model, input_ids, max_new_tokens, eos_token_id, draft, sampling, generator, before_step=None
+    model, input_ids, max_new_tokens, eos_token_id, draft, sampling, generator, before_step=None, gate=None
 ) -> GenerationResult:
     """Each step drafts with the skip sets on the model, then verifies all drafts in one full forward.
 
     `before_step(cache, committed, tokens)` runs before every step (SWIFT
     optimises the skip set there); it may change the model's skip sets and
     write the cache, but must leave positions below `committed` as it found them.
+    `gate`: a `DraftGate` carried over a stream of generations (SWIFT's), so
+    what it measured on earlier inputs holds; None: a fresh one when `draft.gate`.
     """
     max_step_draft, th_stop_draft = draft.max_step_draft, draft.th_stop_draft
     adaptive = AdaptiveThreshold(*draft.auto_parameters) if draft.auto_th_stop_draft else None
-    gate = DraftGate() if draft.gate else None
+    if gate is None:
+        gate = DraftGate() if draft.gate else None
+    elif not draft.gate:
+        raise ValueError("a DraftGate was given but draft.gate is False")
+    else:
+        gate.new_sequence()
     head = draft.draft_head(model, input_ids)
     cache = _start(model, input_ids, max_new_tokens)
     tokens, done = _finish([choose(prefill(model, input_ids, cache), sampling, generator)], eos_token_id, max_new_tokens)

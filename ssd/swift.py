@@ -15,14 +15,17 @@ after `max_tolerance_iter` iterations without improvement, or after
 set, stopping when the draft's confidence falls under 0.8 (up to 25 tokens).
 
 One `SwiftOptimizer` serves a stream of inputs (the paper's setting): its
-best set and its iteration counts carry over from one prompt to the next.
-It runs as the decoding loop's `before_step` hook, so output stays exact:
-greedy output is `base`'s, sampled output keeps the full model's distribution.
+best set, its iteration counts and its `DraftGate` (what each kind of step
+was measured to pay) carry over from one prompt to the next, so a set that
+does not pay on this machine is not tried again at every prompt. It runs as
+the decoding loop's `before_step` hook, so output stays exact: greedy output
+is `base`'s, sampled output keeps the full model's distribution.
 
 Cache: the best set for a (model, task) is stored in `skip_layers.json` under
 `"<model key>/swift/<task>"` (e.g. `"smollm2-135m-instruct/swift/cnndm"`),
 with its score and iteration count; with `cache_hit=True` a stored set is
-reused and no optimisation runs.
+reused and no optimisation runs. The entry is read again at each input, so a
+cached stream follows a cold stream that keeps improving it.
 """
 
 from __future__ import annotations
@@ -36,7 +39,13 @@ import numpy as np
 import torch
 from bayes_opt import BayesianOptimization
 
-from ssd.decoding import DraftConfig, GenerationResult, exact_self_speculative_generate, self_speculative_sample
+from ssd.decoding import (
+    DraftConfig,
+    DraftGate,
+    GenerationResult,
+    exact_self_speculative_generate,
+    self_speculative_sample,
+)
 from ssd.modeling_llama import KVCache, LlamaForCausalLM
 from ssd.models import embedded_model_path
 from ssd.sampling import Sampling
@@ -172,12 +181,21 @@ class SwiftOptimizer:
         self.inputs = 0
         self._input_step = 0
         self._unsaved = False
-        if cache_hit and self.key is not None and self.skip_layers_path.is_file():
-            entry = read_skip_layers(self.skip_layers_path).get(self.key)
-            if entry is not None:
-                self.best = (list(entry["attention"]), list(entry["mlp"]))
-                self.best_score = entry.get("score")
-                self.stop_reason, self.cache_hit = "cache hit", True
+        self.gate = DraftGate() if config.draft.gate else None
+        self._gated_set: tuple[list[int], list[int]] | None = None  # the draft the gate measured
+        if cache_hit and self._read_cache():
+            self.stop_reason, self.cache_hit = "cache hit", True
+
+    def _read_cache(self) -> bool:
+        """Take the stored set as the best, when the entry exists; says whether it did."""
+        if not self.skip_layers_path.is_file():
+            return False
+        entry = read_skip_layers(self.skip_layers_path).get(self.key)
+        if entry is None:
+            return False
+        self.best = (list(entry["attention"]), list(entry["mlp"]))
+        self.best_score = entry.get("score")
+        return True
 
     @property
     def optimizing(self) -> bool:
@@ -191,10 +209,17 @@ class SwiftOptimizer:
     # -- one input ----------------------------------------------------------
 
     def begin_input(self) -> None:
-        """A new input of the stream starts: the best set's score must be measured again on its text."""
+        """A new input of the stream starts: the best set's score must be measured again on its text,
+        a cached set is read again, and a draft with another set than last input's is measured afresh."""
         self.inputs += 1
         self._input_step = 0
-        self.model.set_skip_layers(*(self.best or self.initial_skip_layers()))
+        if self.cache_hit:
+            self._read_cache()
+        skip_layers = self.best or self.initial_skip_layers()
+        if self.gate is not None and skip_layers != self._gated_set:
+            self.gate.forget("draft")
+            self._gated_set = skip_layers
+        self.model.set_skip_layers(*skip_layers)
 
     def end_input(self) -> None:
         """Store the best set when it improved during this input (and a task names the entry)."""
@@ -322,10 +347,12 @@ def swift_generate(
     draft = optimizer.config.draft
     try:
         if sampling is None:
-            result = exact_self_speculative_generate(model, input_ids, max_new_tokens, eos_token_id, draft, optimizer)
+            result = exact_self_speculative_generate(
+                model, input_ids, max_new_tokens, eos_token_id, draft, optimizer, optimizer.gate
+            )
         else:
             result = self_speculative_sample(
-                model, input_ids, max_new_tokens, eos_token_id, draft, sampling, generator, optimizer
+                model, input_ids, max_new_tokens, eos_token_id, draft, sampling, generator, optimizer, optimizer.gate
             )
     finally:
         model.set_skip_layers(*saved)
@@ -354,8 +381,9 @@ def compare_swift(
 
     Per task, the cold start is one optimiser over the task's prompts, starting
     from nothing and saving its best set under the task's cache key after each
-    prompt; the cached method is a new run with `cache_hit=True` per prompt,
-    reusing the entry as it stands then (the set the cold stream found so far).
+    prompt; the cached method is another stream over the same prompts with
+    `cache_hit=True`, started after the first cold prompt and reading the entry
+    as it stands at each prompt (the set the cold stream found so far).
     `draft_kwargs` (`DraftConfig` fields) apply to Draft & Verify and to SWIFT's draft.
     Returns one record per (prompt, method) and each task's cold optimiser.
     """
@@ -365,7 +393,14 @@ def compare_swift(
 
     config = dataclasses.replace(config, draft=dataclasses.replace(config.draft, **draft_kwargs))
     infer(model, tokenizer, "Warm up.", "essg", max_new_tokens=4)  # first-call costs out of the timings
-    records, cold = [], {}
+    records, cold, cached = [], {}, {}
+
+    def cached_stream(task: str) -> SwiftOptimizer:
+        # First created after the task's first cold run, so there is an entry to read.
+        if task not in cached:
+            cached[task] = SwiftOptimizer(model, config, task, True, skip_layers_path, model_key)
+        return cached[task]
+
     jobs = [(task, i, prompt) for task, task_prompts in prompts.items() for i, prompt in enumerate(task_prompts)]
     for task, index, prompt in tqdm(jobs, desc="prompts", disable=not progress):
         if task not in cold:
@@ -374,10 +409,7 @@ def compare_swift(
             "base": lambda: dict(generate_fn="base"),
             "draft & verify": lambda: dict(generate_fn="essg", **draft_kwargs),
             "swift cold": lambda: dict(generate_fn="swift", swift=cold[task]),
-            # Created after the cold run, so it reads the entry that run just saved.
-            "swift cached": lambda: dict(
-                generate_fn="swift", swift=SwiftOptimizer(model, config, task, True, skip_layers_path, model_key)
-            ),
+            "swift cached": lambda: dict(generate_fn="swift", swift=cached_stream(task)),
         }
         base_ids = None
         for method, arguments in runs.items():

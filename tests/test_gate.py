@@ -103,3 +103,21 @@ def test_ngram_index_proposes_after_the_longest_match_and_says_its_length():
     index.extend([9])
     assert index.propose(2) == ([2, 6], 3)
     assert NgramIndex([5, 6, 7, 8, 1, 6], max_n=3, min_n=2).propose(4) == ([], 0)  # only a 1-token match
+
+
+def test_forget_measures_the_kind_afresh():
+    gate = DraftGate(probe_interval=8)
+    run(gate, 40, {"plain": (1, 1.0), "draft": (2, 2.5)})  # the draft loses and backs off
+    assert gate.choose(PLAIN_DRAFT) == "plain"
+    gate.forget("draft")  # e.g. the skip set changed
+    assert "draft" not in gate.seconds and gate.choose(PLAIN_DRAFT) == "draft"
+    gate.forget("lookup-never-seen")  # forgetting what was never measured is harmless
+
+
+def test_new_sequence_closes_the_episode():
+    gate = DraftGate()
+    kinds = ["plain", "draft", ("lookup", 1)]
+    gate.record("draft", kinds, 2, 1.0)
+    gate.new_sequence()
+    gate.record(("lookup", 1), kinds, 5, 1.0)  # the next generation's lookup is no part of that draft's episode
+    assert (gate.episode_tokens["draft"], gate.episode_seconds["draft"]) == (2, 1.0)

@@ -283,3 +283,41 @@ def test_best_set_is_saved_and_reused(clean_model, prompts, tmp_path):
     # Without cache_hit the stored set is not used: optimisation runs again.
     again = ssd.infer(model, tokenizer, input_ids, "swift", 24, swift=FAST, task="humaneval", skip_layers_path=path)
     assert not again["swift"]["cache_hit"] and again["swift"]["opt_steps"] > 0
+
+
+def test_a_cached_stream_reads_the_entry_at_each_input_and_keeps_its_gate(clean_model, prompts, tmp_path):
+    model, tokenizer = clean_model
+    path = tmp_path / "skip_layers.json"
+    key = cache_key("smollm2-135m-instruct", "qa")
+    ssd.save_skip_layers(key, [3], [5], path=path)
+    stream = SwiftOptimizer(model, FAST, "qa", cache_hit=True, skip_layers_path=path)
+    input_ids = tokenizer(prompts[0], return_tensors="pt").input_ids
+    base = ssd.infer(model, tokenizer, input_ids, "base", 24)["generate_ids"]
+
+    first = ssd.infer(model, tokenizer, input_ids, "swift", 24, swift=stream)
+    assert first["generate_ids"] == base and first["swift"]["skip_layers"] == ([3], [5])
+    gate = stream.gate
+    assert "draft" in gate.seconds  # measured during the first input
+    measured = dict(gate.seconds)
+
+    # The same set: the gate keeps what it measured (the next input need not try the draft again).
+    ssd.infer(model, tokenizer, input_ids, "swift", 24, swift=stream)
+    assert stream.gate is gate and set(measured) <= set(gate.seconds)
+
+    # Another process improved the entry: the next input drafts with it, measured afresh.
+    ssd.save_skip_layers(key, [3, 7], [5], path=path)
+    forgotten = []
+    original = gate.forget
+    gate.forget = lambda kind: (forgotten.append(kind), original(kind))
+    third = ssd.infer(model, tokenizer, input_ids, "swift", 24, swift=stream)
+    assert third["generate_ids"] == base and third["swift"]["skip_layers"] == ([3, 7], [5])
+    assert forgotten == ["draft"] and third["swift"]["opt_steps"] == 0
+
+
+def test_a_given_gate_needs_gating_on(clean_model):
+    model, tokenizer = clean_model
+    input_ids = tokenizer("Hello", return_tensors="pt").input_ids
+    with pytest.raises(ValueError, match="draft.gate is False"):
+        ssd.decoding.exact_self_speculative_generate(
+            model, input_ids, 4, None, ssd.DraftConfig(gate=False), gate=ssd.decoding.DraftGate()
+        )
