@@ -57,6 +57,11 @@ def rope_inverse_frequencies(config: LlamaConfig) -> tuple[torch.Tensor, float]:
     return ROPE_INIT_FUNCTIONS[rope_type](config, None)
 
 
+def _needs_row_invariance(x: torch.Tensor) -> bool:
+    """Half precision on a CPU: where `ssd` makes a row's result independent of the rows beside it."""
+    return x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16)
+
+
 class Linear(nn.Linear):
     """`nn.Linear` whose result for a row does not depend on how many rows share the call.
 
@@ -69,7 +74,7 @@ class Linear(nn.Linear):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2] == 1 and x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):
+        if x.shape[-2] == 1 and _needs_row_invariance(x):
             return super().forward(torch.cat((x, x), dim=-2))[..., :1, :]
         return super().forward(x)
 
@@ -135,7 +140,11 @@ class LlamaAttention(nn.Module):
         k_cache[:, :, start_pos:end] = k
         v_cache[:, :, start_pos:end] = v
         # Attend to positions < end only: whatever lies beyond is stale and never read.
-        y = attend(q, k_cache[:, :, :end], v_cache[:, :, :end], mask)
+        if mask is not None:
+            y = attend(q, k_cache[:, :, :end], v_cache[:, :, :end], mask)
+        else:  # each query alone, by the very call a one-token step makes (one query: the same)
+            y = torch.cat([attend(q[:, :, i : i + 1], k_cache[:, :, : start_pos + i + 1], v_cache[:, :, : start_pos + i + 1], None)
+                           for i in range(length)], dim=2)
         return self.o_proj(y.transpose(1, 2).reshape(batch, length, -1))
 
 
@@ -301,9 +310,15 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         x = self.model.embed_tokens(input_ids)
         cos, sin = self.rope_tables()
         cos, sin = cos[start_pos:end].to(x.dtype), sin[start_pos:end].to(x.dtype)
-        # Query i sits at position start_pos+i and sees keys up to it; one query sees all.
+        # Query i sits at position start_pos+i and sees keys up to it. In bfloat16 on a
+        # CPU, where `Linear` makes products batch-invariant, a full-model pass after
+        # the prefill (a verification) also attends one query at a time (mask None):
+        # batched attention rounded differently for 11+ queries over ~1000 keys
+        # (AVX512-BF16 EPYC) and flipped a tied token, and a verified token's logits
+        # must be bit for bit those of a one-token step.
+        one_query_at_a_time = start_pos > 0 and not self.drafting and _needs_row_invariance(x)
         mask = None
-        if length > 1:
+        if length > 1 and not one_query_at_a_time:
             mask = torch.ones(length, end, dtype=torch.bool, device=x.device).tril(diagonal=start_pos)
         skip_attention = self.skip_attention if self.drafting else frozenset()
         skip_mlp = self.skip_mlp if self.drafting else frozenset()
