@@ -139,12 +139,9 @@ class LlamaAttention(nn.Module):
         end = start_pos + length
         k_cache[:, :, start_pos:end] = k
         v_cache[:, :, start_pos:end] = v
-        # Attend to positions < end only: whatever lies beyond is stale and never read.
-        if mask is not None:
-            y = attend(q, k_cache[:, :, :end], v_cache[:, :, :end], mask)
-        else:  # each query alone, by the very call a one-token step makes (one query: the same)
-            y = torch.cat([attend(q[:, :, i : i + 1], k_cache[:, :, : start_pos + i + 1], v_cache[:, :, : start_pos + i + 1], None)
-                           for i in range(length)], dim=2)
+        # Attend to the keys the mask spans (none: positions < end); stale ones get weight 0.
+        keys = end if mask is None else mask.shape[-1]
+        y = attend(q, k_cache[:, :, :keys], v_cache[:, :, :keys], mask)
         return self.o_proj(y.transpose(1, 2).reshape(batch, length, -1))
 
 
@@ -311,15 +308,17 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         cos, sin = self.rope_tables()
         cos, sin = cos[start_pos:end].to(x.dtype), sin[start_pos:end].to(x.dtype)
         # Query i sits at position start_pos+i and sees keys up to it. In bfloat16 on a
-        # CPU, where `Linear` makes products batch-invariant, a full-model pass after
-        # the prefill (a verification) also attends one query at a time (mask None):
-        # batched attention rounded differently for 11+ queries over ~1000 keys
-        # (AVX512-BF16 EPYC) and flipped a tied token, and a verified token's logits
-        # must be bit for bit those of a one-token step.
-        one_query_at_a_time = start_pos > 0 and not self.drafting and _needs_row_invariance(x)
-        mask = None
-        if length > 1 and not one_query_at_a_time:
+        # CPU, where `Linear` makes products batch-invariant, full-model passes after
+        # the prefill (steps and verifications) attend over the whole cache, masked:
+        # the weighted sum of values over 1000 keys rounded differently from the same
+        # sum padded with zero weights, so a verified token's logits parted from a
+        # step's and flipped a tied token. Over one fixed key length they agree.
+        if start_pos > 0 and not self.drafting and _needs_row_invariance(x):
+            mask = torch.ones(length, cache.max_len, dtype=torch.bool, device=x.device).tril(diagonal=start_pos)
+        elif length > 1:
             mask = torch.ones(length, end, dtype=torch.bool, device=x.device).tril(diagonal=start_pos)
+        else:
+            mask = None
         skip_attention = self.skip_attention if self.drafting else frozenset()
         skip_mlp = self.skip_mlp if self.drafting else frozenset()
         for i, layer in enumerate(self.model.layers):

@@ -38,8 +38,9 @@ def bf16_model():
 def test_one_pass_equals_token_by_token(bf16_model, prompts, index):
     """Logits and keys/values of 13 tokens (the default's longest verification) in one pass
     equal, bit for bit, those of 13 one-token steps. "cnndm-long": the bench's first CNN/DM
-    prompt (961 tokens) after 53 generated ones, where batched attention over 11+ queries
-    rounded differently and flipped a tied token (before queries were attended one at a time)."""
+    prompt (961 tokens) after 53 generated ones, where attention's weighted sum over keys
+    padded with zero weights rounded differently and flipped a tied token (before passes
+    after the prefill attended over the whole cache)."""
     model, tokenizer = bf16_model
     if index == "cnndm-long":
         if data_dir() is None:
