@@ -295,7 +295,8 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         """Logits for `input_ids` ([batch, T]) placed at positions start_pos .. start_pos+T-1.
 
         Writes keys and values at those positions of `cache` (only in the layers
-        that run) and reads positions below start_pos+T only. `last_only`: the
+        that run); positions from start_pos+T on get attention weight 0 (in
+        bfloat16 on a CPU they are masked rather than sliced off, see below). `last_only`: the
         last position's logits alone (a prefill needs no more; the LM head over
         a long prompt would cost more than the prompt's layers). `head`: score
         only its tokens (logits over `head.token_ids`, not the vocabulary).
