@@ -55,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--skip-layers-key", default=None, help="draft entry of skip_layers.json (default: the model's)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the fastest exact one)")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile ssd's full-model passes (default: load_model's choice, on in float32 on a CPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--tasks", nargs="+", default=list(ALL_TASKS), help=f"from {', '.join(ALL_TASKS)}")
     parser.add_argument("--prompts", type=Path, default=None, help='JSONL of {"prompt": ..., "task": ...} (replaces --tasks)')
@@ -273,17 +275,19 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer = ssd.load_model(args.model, dtype=args.dtype, device=args.device)
+    model, tokenizer = ssd.load_model(args.model, dtype=args.dtype, device=args.device, compile=args.compile)
     draft = apply_draft(model, args.skip_layers_key, args.model)
     prompts = load_prompts(args)
     methods = build_methods(args, model, tokenizer)
-    for method in methods.values():  # first-call costs (allocations, kernel choice) out of the timings
-        method(tokenizer("Warm up.", return_tensors="pt").input_ids.to(model.device), "warm-up")
+    # First-call costs (allocations, kernel choice, compilation of one-token and longer passes) out of the timings.
+    warm_up = tokenizer("Warm up. Warm up.", return_tensors="pt").input_ids.to(model.device)
+    for method in tqdm(methods.values(), desc="warm-up" + (" (compiling)" if model.compiled else "")):
+        method(warm_up, "warm-up")
 
     records = run_bench(prompts, methods, tokenizer, model.device)
     rows = summarise(records)
-    setting = (f"{args.model or 'embedded SmolLM2-135M-Instruct'}, {str(model.dtype).removeprefix('torch.')}, "
-               f"{model.device}, {torch.get_num_threads()} threads, {args.max_new_tokens} new tokens, draft: {draft}")
+    setting = (f"{args.model or 'embedded SmolLM2-135M-Instruct'}, {str(model.dtype).removeprefix('torch.')}"
+               f"{', compiled' if model.compiled else ''}, {model.device}, {torch.get_num_threads()} threads, {args.max_new_tokens} new tokens, draft: {draft}")
     print(f"\n{setting}\n")
     print(format_table(rows))
     write_json_atomic(args.output.with_suffix(".json"), {

@@ -221,6 +221,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         self.skip_attention: frozenset[int] = frozenset()
         self.skip_mlp: frozenset[int] = frozenset()
         self.drafting = False
+        self._compiled_pass = None  # see compile_full_passes
         self.post_init()
 
     @property
@@ -274,6 +275,26 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
             raise ValueError(f"draft head token ids must be non-empty and within 0..{self.config.vocab_size - 1}")
         return DraftHead(token_ids, self.lm_head.weight[token_ids].contiguous())
 
+    # --- compilation ------------------------------------------------------
+
+    def compile_full_passes(self, enabled: bool = True) -> None:
+        """Run the full model's passes after the prefill (steps, verifications) through `torch.compile`.
+
+        On a 2-core CPU in float32, a one-token step spends a quarter of its time
+        outside the matrix products, in ~600 small ops (norms, rotary, residual
+        adds, attention glue) and the Python around them; compiled, they fuse
+        (measured: 39 vs 51 ms a step, 80 vs 97 ms for 13 rows). Drafts and
+        prefills stay eager: a skip set changes the graph (SWIFT changes it
+        every few steps), and a prefill is bound by its products. Shapes are
+        dynamic, so one graph serves one-token steps and one every longer pass.
+        The first pass of each kind compiles (about a minute on 2 cores).
+        """
+        self._compiled_pass = torch.compile(self._forward, dynamic=True) if enabled else None
+
+    @property
+    def compiled(self) -> bool:
+        return self._compiled_pass is not None
+
     # --- forward ----------------------------------------------------------
 
     def new_cache(self, max_len: int, batch_size: int = 1) -> KVCache:
@@ -301,10 +322,18 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         a long prompt would cost more than the prompt's layers). `head`: score
         only its tokens (logits over `head.token_ids`, not the vocabulary).
         """
-        length = input_ids.shape[1]
-        end = start_pos + length
+        end = start_pos + input_ids.shape[1]
         if end > cache.max_len:
             raise ValueError(f"positions up to {end} do not fit a cache of {cache.max_len}")
+        if self._compiled_pass is not None and start_pos > 0 and not (self.drafting or last_only) and head is None:
+            return self._compiled_pass(input_ids, cache, start_pos)
+        return self._forward(input_ids, cache, start_pos, last_only, head)
+
+    def _forward(
+        self, input_ids: torch.Tensor, cache: KVCache, start_pos: int, last_only: bool = False, head: DraftHead | None = None
+    ) -> torch.Tensor:
+        length = input_ids.shape[1]
+        end = start_pos + length
         x = self.model.embed_tokens(input_ids)
         cos, sin = self.rope_tables()
         cos, sin = cos[start_pos:end].to(x.dtype), sin[start_pos:end].to(x.dtype)

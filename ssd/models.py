@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -48,6 +49,13 @@ def default_dtype(device: torch.device | str) -> torch.dtype:
     if torch.device(device).type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_has_native_bfloat16() else torch.float32
+
+
+def should_compile(model: LlamaForCausalLM) -> bool:
+    """Compile by default only float32 on a CPU: measured there. In bfloat16 on a CPU, `ssd` keeps a
+    row's result independent of its pass (DESIGN.md), which fused kernels have not been shown to keep;
+    GPUs were not measured. Inductor builds CPU kernels with a C++ compiler."""
+    return model.device.type == "cpu" and model.dtype == torch.float32 and shutil.which(os.environ.get("CXX", "g++")) is not None
 
 
 @functools.lru_cache(maxsize=1)
@@ -94,6 +102,7 @@ def load_model(
     name_or_path: str | Path | None = None,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
+    compile: bool | None = None,
     **from_pretrained_kwargs,
 ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase]:
     """A LLaMA-architecture checkpoint in `ssd`'s model class, with its tokenizer.
@@ -101,7 +110,9 @@ def load_model(
     `name_or_path=None` loads the embedded SmolLM2-135M-Instruct (no network).
     Otherwise a hub id or a local folder; pass `gguf_file=` for a GGUF file and
     `device_map="auto"` to spread a large model over several GPUs (then
-    `device` is ignored).
+    `device` is ignored). `compile`: full-model passes through `torch.compile`
+    (`LlamaForCausalLM.compile_full_passes`); None compiles where that was
+    measured faster and exact, float32 on a CPU with a C++ compiler.
     """
     if name_or_path is None:
         name_or_path, from_pretrained_kwargs["gguf_file"] = embedded_model_path()
@@ -119,5 +130,7 @@ def load_model(
     if not placed_by_accelerate:
         model.to(device)
     model.eval()
+    if compile if compile is not None else should_compile(model):
+        model.compile_full_passes()
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, **gguf)
     return model, tokenizer

@@ -12,7 +12,8 @@ from transformers import LlamaForCausalLM as StockLlama
 
 import ssd
 from ssd.modeling_llama import LlamaForCausalLM
-from ssd.models import mkl_code_path
+from ssd.decoding import prefill
+from ssd.models import mkl_code_path, should_compile
 
 TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
             max_position_embeddings=256)
@@ -84,3 +85,27 @@ def test_import_sets_mkl_code_path_unless_the_user_did():
     mine = subprocess.run([sys.executable, "-c", script], env=env | {"MKL_CBWR": "COMPATIBLE"},
                           capture_output=True, text=True, check=True)
     assert mine.stdout.strip() == "COMPATIBLE"
+
+
+@torch.no_grad()
+def test_compiled_passes_agree_with_eager_ones(embedded, prompts):
+    """Where load_model compiles (float32 on a CPU with g++), a compiled step and verification give the
+    eager forward's logits (to rounding: fused ops sum in another order) and write the same cache."""
+    model, tokenizer = embedded
+    assert model.compiled == should_compile(model)
+    if not model.compiled:
+        pytest.skip("load_model left the model eager here (no C++ compiler)")
+    input_ids = tokenizer(prompts[0], return_tensors="pt").input_ids
+    length = input_ids.shape[1]
+    caches = [model.new_cache(length + 16) for _ in range(2)]
+    for cache in caches:
+        prefill(model, input_ids[:, :-8], cache)
+    for rows in (1, 5):
+        start = length - 8 + (0 if rows == 1 else 1)
+        chunk = input_ids[:, start : start + rows]
+        compiled = model(chunk, caches[0], start)
+        eager = model._forward(chunk, caches[1], start)
+        torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+        assert torch.equal(compiled.argmax(-1), eager.argmax(-1))
+        for a, b in zip(caches[0].keys + caches[0].values, caches[1].keys + caches[1].values):
+            torch.testing.assert_close(a[:, :, : start + rows], b[:, :, : start + rows], atol=1e-5, rtol=1e-5)
