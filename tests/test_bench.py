@@ -75,3 +75,9 @@ def test_summary_ratios_are_of_summed_times():
     assert rows["all", "essg"]["matchness"] == 6 / 10
     assert rows["a", "essg"]["identical_to_base"] and not rows["all", "essg"]["identical_to_base"]
     assert rows["all", "base"]["matchness"] is None and rows["all", "hf"]["speedup_vs_hf"] == 1.0
+
+
+def test_compile_flag_defaults_to_load_models_choice():
+    assert parse_args([]).compile is None
+    assert parse_args(["--compile"]).compile is True
+    assert parse_args(["--no-compile"]).compile is False
