@@ -279,10 +279,8 @@ def main(argv=None) -> list[dict]:
     draft = apply_draft(model, args.skip_layers_key, args.model)
     prompts = load_prompts(args)
     methods = build_methods(args, model, tokenizer)
-    # First-call costs (allocations, kernel choice, compilation of one-token and longer passes) out of the timings.
-    warm_up = tokenizer("Warm up. Warm up.", return_tensors="pt").input_ids.to(model.device)
-    for method in tqdm(methods.values(), desc="warm-up" + (" (compiling)" if model.compiled else "")):
-        method(warm_up, "warm-up")
+    for method in methods.values():  # first-call costs (allocations, kernel choice) out of the timings
+        method(tokenizer("Warm up.", return_tensors="pt").input_ids.to(model.device), "warm-up")
 
     records = run_bench(prompts, methods, tokenizer, model.device)
     rows = summarise(records)
