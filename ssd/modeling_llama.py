@@ -293,6 +293,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         if not enabled:
             self._compiled_pass = None
             return
+        self.rope_tables()  # built now: the graphs would otherwise guard on the table not existing yet
         self._compiled_pass = torch.compile(self._forward, dynamic=True)
         cache = self.new_cache(8)
         with torch.no_grad():
