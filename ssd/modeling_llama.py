@@ -334,8 +334,13 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         end = start_pos + input_ids.shape[1]
         if end > cache.max_len:
             raise ValueError(f"positions up to {end} do not fit a cache of {cache.max_len}")
-        if self._compiled_pass is not None and start_pos > 0 and not (self.drafting or last_only) and head is None:
-            return self._compiled_pass(input_ids.contiguous(), cache, start_pos)  # a slice's strides would recompile
+        # The graphs hold for passes after position 1 that end before the cache does: a pass at
+        # position 1 or one filling the cache would recompile (tens of seconds) mid-generation.
+        compiled = self._compiled_pass is not None and 1 < start_pos and end < cache.max_len
+        if compiled and not (self.drafting or last_only) and head is None:
+            # Fresh row-major strides: a slice of one row keeps its parent's stride, which `contiguous`
+            # leaves alone, and a graph guards on strides (the test's slices recompiled both graphs).
+            return self._compiled_pass(input_ids.clone(memory_format=torch.contiguous_format), cache, start_pos)
         return self._forward(input_ids, cache, start_pos, last_only, head)
 
     def _forward(
