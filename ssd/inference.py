@@ -70,7 +70,7 @@ def infer(
     optimised on the fly, `ssd.swift`; greedy, or sampled with `do_sample=True`).
 
     `draft_kwargs` are `DraftConfig`'s: max_step_draft, th_stop_draft,
-    auto_th_stop_draft, auto_parameters, draft_vocab_size, gate, ngram_size, ngram_min. `do_sample` defaults to True for
+    auto_th_stop_draft, auto_parameters, draft_vocab_size, gate, ngram_size, ngram_min, short_lookup. `do_sample` defaults to True for
     `sss` and False otherwise (base samples when asked). `seed=None` leaves the random state
     alone, so repeated sampled calls differ. `early_stop` stops at EOS.
 

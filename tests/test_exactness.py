@@ -131,3 +131,19 @@ def test_hybrid_drafts_from_repeated_text(embedded, skip_layers):
     assert_same_tokens(base, hybrid["generate_ids"], model, input_ids, NEAR_TIE_FLOAT32, "hybrid essg")
     assert hybrid["num_looked_up_tokens"] >= 8
     assert hybrid["num_verifications"] < 24 / 2  # several tokens per verification
+
+
+def test_short_lookups_grow_into_long_copies(embedded, skip_layers):
+    """A lookup proposes `short_lookup` tokens until two in a row are accepted in full, then up to
+    `max_step_draft`: a copy starts with short verifications, then goes many tokens per verification
+    (2-token lookups alone would need at least 23 / 3), and output is base's for any setting."""
+    model, tokenizer = embedded
+    skip_layers(*SKIP_SETS["upper-half"])
+    alphabet = " ".join("abcdefghijklmnopqrstuvwxyz")
+    input_ids = tokenizer(f"{alphabet}\n{alphabet}\na b c d", return_tensors="pt").input_ids
+    base = ssd.infer(model, tokenizer, input_ids, "base", 24)["generate_ids"]
+    runs = {short: ssd.infer(model, tokenizer, input_ids, "essg", 24, gate=False, short_lookup=short)
+            for short in (1, 2, None)}
+    for short, run in runs.items():
+        assert_same_tokens(base, run["generate_ids"], model, input_ids, NEAR_TIE_FLOAT32, f"short_lookup={short}")
+    assert runs[None]["num_verifications"] < runs[2]["num_verifications"] < 23 / 3

@@ -109,3 +109,5 @@ def test_draft_config_validation():
         DraftConfig(max_step_draft=0)
     with pytest.raises(ValueError, match="th_stop_draft"):
         DraftConfig(th_stop_draft=-0.1)
+    with pytest.raises(ValueError, match="short_lookup"):
+        DraftConfig(short_lookup=0)
