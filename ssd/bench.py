@@ -284,8 +284,9 @@ def main(argv=None) -> list[dict]:
 
     records = run_bench(prompts, methods, tokenizer, model.device)
     rows = summarise(records)
-    setting = (f"{args.model or 'embedded SmolLM2-135M-Instruct'}, {str(model.dtype).removeprefix('torch.')}"
-               f"{', compiled' if model.compiled else ''}, {model.device}, {torch.get_num_threads()} threads, {args.max_new_tokens} new tokens, draft: {draft}")
+    dtype = str(model.dtype).removeprefix("torch.") + (", compiled" if model.compiled else "")
+    setting = (f"{args.model or 'embedded SmolLM2-135M-Instruct'}, {dtype}, {model.device}, "
+               f"{torch.get_num_threads()} threads, {args.max_new_tokens} new tokens, draft: {draft}")
     print(f"\n{setting}\n")
     print(format_table(rows))
     write_json_atomic(args.output.with_suffix(".json"), {

@@ -70,8 +70,9 @@ def infer(
     optimised on the fly, `ssd.swift`; greedy, or sampled with `do_sample=True`).
 
     `draft_kwargs` are `DraftConfig`'s: max_step_draft, th_stop_draft,
-    auto_th_stop_draft, auto_parameters, draft_vocab_size, gate, ngram_size, ngram_min, short_lookup. `do_sample` defaults to True for
-    `sss` and False otherwise (base samples when asked). `seed=None` leaves the random state
+    auto_th_stop_draft, auto_parameters, draft_vocab_size, gate, ngram_size,
+    ngram_min, short_lookup. `do_sample` defaults to True for `sss` and False
+    otherwise (base samples when asked). `seed=None` leaves the random state
     alone, so repeated sampled calls differ. `early_stop` stops at EOS.
 
     SWIFT: `swift` is a `SwiftConfig` (None: the paper's defaults) for a fresh
