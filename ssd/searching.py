@@ -167,7 +167,7 @@ def predicted_speedup(matches: list[torch.Tensor], confidences: list[torch.Tenso
 # --- the search ----------------------------------------------------------------
 
 
-class _UpperConfidenceBound(UpperConfidenceBound):
+class OneStartUpperConfidenceBound(UpperConfidenceBound):
     """UCB whose maximum is polished from one L-BFGS start instead of ten.
 
     With 2L = 60 variables bayes_opt's default took 8 s per suggestion on a
@@ -208,7 +208,7 @@ class LayerSkippingSearching:
         self.optimizer = BayesianOptimization(
             f=None,
             pbounds={name: (0.0, 1.0) for name in variable_names(self.num_layers)},
-            acquisition_function=_UpperConfidenceBound(kappa=evaluate_config.kappa),
+            acquisition_function=OneStartUpperConfidenceBound(kappa=evaluate_config.kappa),
             random_state=evaluate_config.seed,
             verbose=0,
             allow_duplicate_points=True,

@@ -49,7 +49,7 @@ from ssd.decoding import (
 from ssd.modeling_llama import KVCache, LlamaForCausalLM
 from ssd.models import embedded_model_path
 from ssd.sampling import Sampling
-from ssd.searching import _UpperConfidenceBound, candidate_skip_layers, skip_layers_to_params, variable_names
+from ssd.searching import OneStartUpperConfidenceBound, candidate_skip_layers, skip_layers_to_params, variable_names
 from ssd.skip_layers import DEFAULT_PATH, EMBEDDED_KEY, read_skip_layers, save_skip_layers
 
 MIN_WINDOW = 1  # scored positions needed (two generated tokens) before a candidate is scored at all
@@ -164,7 +164,7 @@ class SwiftOptimizer:
         self.rng = np.random.default_rng(config.seed)
         self.gp = BayesianOptimization(
             f=None, pbounds={name: (0.0, 1.0) for name in self.names},
-            acquisition_function=_UpperConfidenceBound(kappa=config.kappa),
+            acquisition_function=OneStartUpperConfidenceBound(kappa=config.kappa),
             random_state=config.seed, verbose=0, allow_duplicate_points=True,
         )
         self.gp.set_gp_params(alpha=config.alpha)
