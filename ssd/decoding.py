@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ssd.modeling_llama import DraftHead, KVCache, LlamaForCausalLM
-from ssd.sampling import Sampling, logits_to_probs, sample
+from ssd.sampling import Sampling, logits_to_probs, residual, sample
 
 
 @dataclass
@@ -282,8 +282,7 @@ def verify_drafts(
         r = torch.rand((), device=p.device, generator=generator)
         if r * draft_probs[i, token] < p[i, token]:
             continue
-        residual = (p[i] - draft_probs[i]).clamp_min(0)
-        return i, sample(residual / residual.sum(), generator)
+        return i, sample(residual(p[i], draft_probs[i]), generator)
     return len(drafts), sample(p[len(drafts)], generator)
 
 

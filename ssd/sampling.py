@@ -47,3 +47,14 @@ def logits_to_probs(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
 def sample(probs: torch.Tensor, generator: torch.Generator | None) -> int:
     """One token drawn from a 1-D distribution."""
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Where to sample after a rejected draft: `max(0, p - q)` renormalised, so the result is distributed as `p`.
+
+    When `p` and `q` agree to rounding the residual sums to zero; a rejection
+    is then (almost) impossible, and `p` itself is the right fallback.
+    """
+    rest = (p - q).clamp_min(0)
+    total = rest.sum()
+    return rest / total if total > 0 else p
