@@ -8,6 +8,7 @@ from ssd.decoding import (
     exact_self_speculative_generate,
     self_speculative_sample,
 )
+from ssd.generation import GenerateOutput, generate
 from ssd.inference import infer
 from ssd.modeling_llama import KVCache, LlamaForCausalLM
 from ssd.models import load_model, use_fast_mkl_path
@@ -17,6 +18,7 @@ from ssd.swift import SwiftConfig, SwiftOptimizer, swift_generate
 
 __all__ = [
     "DraftConfig",
+    "GenerateOutput",
     "GenerationResult",
     "KVCache",
     "LlamaForCausalLM",
@@ -26,6 +28,7 @@ __all__ = [
     "SwiftOptimizer",
     "base_generate",
     "exact_self_speculative_generate",
+    "generate",
     "infer",
     "load_model",
     "load_skip_layers",

@@ -12,7 +12,7 @@ are never read and get overwritten later.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -289,16 +289,62 @@ def verify_drafts(
 # --- the loops ---------------------------------------------------------------
 
 
-def _start(model: LlamaForCausalLM, input_ids: torch.Tensor, max_new_tokens: int) -> KVCache:
-    return model.new_cache(input_ids.shape[1] + max_new_tokens)
+# End-of-sequence ids: one id, several (Qwen2 and Llama-3-Instruct have two), or None (never stop early).
+EosTokenIds = int | Collection[int] | None
+# Receives each run of newly committed tokens (a streamer's feed): the first token, then each verified chunk.
+OnTokens = Callable[[list[int]], None]
 
 
-def _finish(tokens: list[int], eos_token_id: int | None, max_new_tokens: int) -> tuple[list[int], bool]:
-    """Cut at max_new_tokens and just after an EOS; says whether to stop."""
-    tokens = tokens[:max_new_tokens]
-    if eos_token_id is not None and eos_token_id in tokens:
-        return tokens[: tokens.index(eos_token_id) + 1], True
-    return tokens, len(tokens) >= max_new_tokens
+def check_input_ids(model: LlamaForCausalLM, input_ids: torch.Tensor, max_new_tokens: int) -> None:
+    """Every decoding entry point's check: one non-empty prompt that fits the context with its new tokens."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise ValueError(f"input_ids must be a [1, T] tensor of token ids, got {shape}")
+    if input_ids.shape[0] != 1:
+        raise ValueError(f"ssd decodes one sequence at a time (batch size 1), got a batch of {input_ids.shape[0]}")
+    if input_ids.shape[1] == 0:
+        raise ValueError("the prompt is empty")
+    if input_ids.dtype not in (torch.long, torch.int32):
+        raise ValueError(f"input_ids must hold integer token ids, got {input_ids.dtype}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    total = input_ids.shape[1] + max_new_tokens
+    if total > model.max_context:
+        raise ValueError(
+            f"prompt ({input_ids.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) = {total} "
+            f"exceeds the model's context of {model.max_context} tokens"
+        )
+
+
+def eos_set(eos_token_id: EosTokenIds) -> frozenset[int]:
+    """The ids that end a generation, as a set (empty: run to max_new_tokens)."""
+    if eos_token_id is None:
+        return frozenset()
+    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise ValueError(f"eos_token_id must be a non-negative id or a list of them, got {eos_token_id!r}")
+    return frozenset(ids)
+
+
+class _Output:
+    """The new tokens of one generation: cut at max_new_tokens and just after the first EOS, fed to `on_tokens`."""
+
+    def __init__(self, max_new_tokens: int, eos_token_id: EosTokenIds, on_tokens: OnTokens | None):
+        self.tokens: list[int] = []
+        self.max_new_tokens, self.eos, self.on_tokens = max_new_tokens, eos_set(eos_token_id), on_tokens
+        self.done = False
+
+    def commit(self, new: list[int]) -> list[int]:
+        """Appends what fits of `new`; returns it."""
+        new = new[: self.max_new_tokens - len(self.tokens)]
+        end = next((i + 1 for i, token in enumerate(new) if token in self.eos), None)
+        if end is not None:
+            new, self.done = new[:end], True
+        self.tokens += new
+        self.done = self.done or len(self.tokens) >= self.max_new_tokens
+        if self.on_tokens is not None and new:
+            self.on_tokens(new)
+        return new
 
 
 @torch.no_grad()
@@ -306,19 +352,22 @@ def base_generate(
     model: LlamaForCausalLM,
     input_ids: torch.Tensor,
     max_new_tokens: int,
-    eos_token_id: int | None = None,
+    eos_token_id: EosTokenIds = None,
     sampling: Sampling | None = None,
     generator: torch.Generator | None = None,
+    on_tokens: OnTokens | None = None,
 ) -> GenerationResult:
     """Plain autoregressive decoding with the full model, one token per forward."""
-    cache = _start(model, input_ids, max_new_tokens)
-    tokens, done = _finish([choose(prefill(model, input_ids, cache), sampling, generator)], eos_token_id, max_new_tokens)
+    check_input_ids(model, input_ids, max_new_tokens)
+    cache = model.new_cache(input_ids.shape[1] + max_new_tokens)
+    output = _Output(max_new_tokens, eos_token_id, on_tokens)
+    output.commit([choose(prefill(model, input_ids, cache), sampling, generator)])
     committed = input_ids.shape[1]
-    while not done:
-        logits = model(torch.tensor([[tokens[-1]]], device=input_ids.device), cache, committed)[0, -1]
+    while not output.done:
+        logits = model(torch.tensor([[output.tokens[-1]]], device=input_ids.device), cache, committed)[0, -1]
         committed += 1
-        tokens, done = _finish(tokens + [choose(logits, sampling, generator)], eos_token_id, max_new_tokens)
-    return GenerationResult(tokens)
+        output.commit([choose(logits, sampling, generator)])
+    return GenerationResult(output.tokens)
 
 
 # Called before each self-speculative step with (cache, committed length, new tokens so far).
@@ -381,33 +430,40 @@ def exact_self_speculative_generate(
     model: LlamaForCausalLM,
     input_ids: torch.Tensor,
     max_new_tokens: int,
-    eos_token_id: int | None = None,
+    eos_token_id: EosTokenIds = None,
     draft: DraftConfig = DraftConfig(),
     before_step: BeforeStep | None = None,
     gate: DraftGate | None = None,
+    on_tokens: OnTokens | None = None,
 ) -> GenerationResult:
-    """Greedy self-speculative decoding: output equals `base_generate`'s, token for token."""
-    return _self_speculative(model, input_ids, max_new_tokens, eos_token_id, draft, None, None, before_step, gate)
+    """Greedy self-speculative decoding: output equals `base_generate`'s token for token wherever a
+    verification's logits rank tokens as a one-token step's do (docs/numerics.md says where that holds)."""
+    return _self_speculative(model, input_ids, max_new_tokens, eos_token_id, draft, None, None, before_step, gate, on_tokens)
 
 
 def self_speculative_sample(
     model: LlamaForCausalLM,
     input_ids: torch.Tensor,
     max_new_tokens: int,
-    eos_token_id: int | None = None,
+    eos_token_id: EosTokenIds = None,
     draft: DraftConfig = DraftConfig(),
     sampling: Sampling | None = Sampling(),
     generator: torch.Generator | None = None,
     before_step: BeforeStep | None = None,
     gate: DraftGate | None = None,
+    on_tokens: OnTokens | None = None,
 ) -> GenerationResult:
-    """Self-speculative sampling: output distributed exactly as sampling the full model."""
-    return _self_speculative(model, input_ids, max_new_tokens, eos_token_id, draft, sampling, generator, before_step, gate)
+    """Self-speculative sampling: output distributed exactly as sampling the full model. The same
+    `generator` state gives the same tokens: the gate decides from counted passes, not wall time."""
+    return _self_speculative(
+        model, input_ids, max_new_tokens, eos_token_id, draft, sampling, generator, before_step, gate, on_tokens
+    )
 
 
 @torch.no_grad()
 def _self_speculative(
-    model, input_ids, max_new_tokens, eos_token_id, draft, sampling, generator, before_step=None, gate=None
+    model, input_ids, max_new_tokens, eos_token_id, draft, sampling, generator, before_step=None, gate=None,
+    on_tokens=None,
 ) -> GenerationResult:
     """Each step drafts with the skip sets on the model, then verifies all drafts in one full forward.
 
@@ -416,7 +472,12 @@ def _self_speculative(
     write the cache, but must leave positions below `committed` as it found them.
     `gate`: a `DraftGate` carried over a stream of generations (SWIFT's), so
     what it measured on earlier inputs holds; None: a fresh one when `draft.gate`.
+    When sampling, the gate is charged model passes (a draft token at the share
+    of sub-layers it runs) instead of wall seconds: which kind runs then never
+    depends on timing, so neither do the random numbers drawn, and a seed
+    reproduces its sample.
     """
+    check_input_ids(model, input_ids, max_new_tokens)
     max_step_draft, th_stop_draft = draft.max_step_draft, draft.th_stop_draft
     adaptive = AdaptiveThreshold(*draft.auto_parameters) if draft.auto_th_stop_draft else None
     if gate is None:
@@ -426,13 +487,15 @@ def _self_speculative(
     else:
         gate.new_sequence()
     head = draft.draft_head(model, input_ids)
-    cache = _start(model, input_ids, max_new_tokens)
-    tokens, done = _finish([choose(prefill(model, input_ids, cache), sampling, generator)], eos_token_id, max_new_tokens)
+    cache = model.new_cache(input_ids.shape[1] + max_new_tokens)
+    output = _Output(max_new_tokens, eos_token_id, on_tokens)
+    tokens = output.tokens  # grows as tokens are committed
+    output.commit([choose(prefill(model, input_ids, cache), sampling, generator)])
     lookup = NgramIndex(input_ids[0].tolist() + tokens, draft.ngram_size, draft.ngram_min) if draft.ngram_size else None
     committed = input_ids.shape[1]
     copied = 0  # lookups accepted in full in a row, just before this step: a copy running on, see short_lookup
     result = GenerationResult(tokens, th_stop_draft=th_stop_draft)
-    while not done:
+    while not output.done:
         if before_step is not None:
             before_step(cache, committed, tokens)
         start = time.perf_counter()
@@ -457,12 +520,13 @@ def _self_speculative(
         accepted, next_token = verify_drafts(target_logits, drafts, draft_probs, sampling, generator)
         committed += accepted + 1
         new_tokens = drafts[:accepted] + [next_token]
-        tokens, done = _finish(tokens + new_tokens, eos_token_id, max_new_tokens)
+        output.commit(new_tokens)
         if lookup is not None:
             lookup.extend(new_tokens)
         result.num_verifications += 1
         if gate is not None:
-            gate.record(kind, kinds, accepted + 1, time.perf_counter() - start)
+            cost = time.perf_counter() - start if sampling is None else _passes(kind, len(drafts), model)
+            gate.record(kind, kinds, accepted + 1, cost)
         if drafts:
             result.num_drafted_tokens += len(drafts)
             result.num_accepted_tokens += accepted
@@ -471,8 +535,17 @@ def _self_speculative(
             result.num_looked_up_tokens += len(drafts)
         elif kind == "draft" and adaptive is not None:
             th_stop_draft = adaptive.update(th_stop_draft, accepted, len(drafts), max_step_draft)
-    result.tokens, result.th_stop_draft = tokens, th_stop_draft
+    result.th_stop_draft = th_stop_draft
     return result
+
+
+def _passes(kind: StepKind, num_drafts: int, model: LlamaForCausalLM) -> float:
+    """A step's cost in full-model passes: the verification, plus a layer-skipping draft's tokens
+    at the share of sub-layers the draft runs. Deterministic, unlike wall time."""
+    if kind != "draft":
+        return 1.0
+    attention, mlp = model.get_skip_layers()
+    return 1.0 + num_drafts * (1 - (len(attention) + len(mlp)) / (2 * model.num_layers))
 
 
 def _one_hot(tokens: list[int], model: LlamaForCausalLM) -> torch.Tensor:

@@ -42,7 +42,9 @@ from bayes_opt import BayesianOptimization
 from ssd.decoding import (
     DraftConfig,
     DraftGate,
+    EosTokenIds,
     GenerationResult,
+    OnTokens,
     exact_self_speculative_generate,
     self_speculative_sample,
 )
@@ -331,10 +333,11 @@ def swift_generate(
     model: LlamaForCausalLM,
     input_ids: torch.Tensor,
     max_new_tokens: int,
-    eos_token_id: int | None,
+    eos_token_id: EosTokenIds,
     optimizer: SwiftOptimizer,
     sampling: Sampling | None = None,
     generator: torch.Generator | None = None,
+    on_tokens: OnTokens | None = None,
 ) -> GenerationResult:
     """One input of a SWIFT stream: greedy when `sampling` is None, else sampled; exact either way.
 
@@ -348,11 +351,12 @@ def swift_generate(
     try:
         if sampling is None:
             result = exact_self_speculative_generate(
-                model, input_ids, max_new_tokens, eos_token_id, draft, optimizer, optimizer.gate
+                model, input_ids, max_new_tokens, eos_token_id, draft, optimizer, optimizer.gate, on_tokens
             )
         else:
             result = self_speculative_sample(
-                model, input_ids, max_new_tokens, eos_token_id, draft, sampling, generator, optimizer, optimizer.gate
+                model, input_ids, max_new_tokens, eos_token_id, draft, sampling, generator, optimizer, optimizer.gate,
+                on_tokens,
             )
     finally:
         model.set_skip_layers(*saved)
