@@ -1,8 +1,7 @@
 """`python -m ssd.bench`: every decoder, ours and Hugging Face's, on the same prompts in one run.
 
-Methods alternate per prompt, so drift of a shared machine lands on all of
-them alike; speeds are new tokens over summed wall time, speedups ratios of
-summed times on the same prompts. Every method generates exactly
+Methods alternate per prompt (`ssd.timing`, the harness every comparison
+uses), so drift of a shared machine lands on all of them alike. Every method generates exactly
 `--max-new-tokens` tokens (no stop at EOS), greedy except `sss`.
 """
 
@@ -11,42 +10,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, GenerationConfig
 
-import ssd
 from ssd.data import TASKS, task_prompts
 from ssd.evaluation import apply_draft, format_table, parse_dtype
 from ssd.files import write_json_atomic
-from ssd.models import embedded_model_path
+from ssd.generation import generate
+from ssd.models import embedded_model_path, load_model
 from ssd.swift import SwiftConfig, SwiftOptimizer
+from ssd.timing import Method, Run, run_side_by_side, summarise
 
 PROMPTS_FILE = Path(__file__).with_name("bench_prompts.jsonl")  # QA and writing prompts, by task
 EXTRA_TASKS = ("qa", "writing")
 ALL_TASKS = (*TASKS, *EXTRA_TASKS)
 # Stock generate, its two built-in speculative decoders, and ours.
 METHODS = ("hf", "hf-pld", "hf-early-exit", "base", "essg", "sss", "swift")
-
-
-@dataclass
-class Run:
-    """One generation: its new tokens, wall time, and verification counts where the method has them."""
-
-    tokens: list[int]
-    seconds: float
-    verifications: int | None = None
-    drafted: int | None = None
-    accepted: int | None = None
-
-
-Method = Callable[[torch.Tensor, str], Run]  # (input_ids, task) -> Run
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -140,49 +122,46 @@ def stock_model(name_or_path: str | None, dtype: torch.dtype, device: torch.devi
     return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype).to(device).eval()
 
 
-def hf_method(stock, tokenizer, max_new_tokens: int, **assisted) -> Method:
+def hf_method(stock, max_new_tokens: int, **assisted) -> Method:
     """Stock greedy `generate`; with `assisted` arguments, one of its speculative decoders.
 
-    It decodes past EOS as ours do, for a fixed token count: an EOS id no token
-    has (-1), rather than `min_new_tokens`, which masks EOS and so changes the output.
+    It decodes past EOS as ours do, for a fixed token count: an empty list of
+    EOS ids (None would take the model's; an id of -1 warns at every call;
+    `min_new_tokens` masks EOS, which changes the output).
     """
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=-1, pad_token_id=tokenizer.eos_token_id,
-        **assisted,
-    )
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=[],
+                              pad_token_id=stock.generation_config.pad_token_id or 0, **assisted)
 
     def run(input_ids, task):
-        start = time.perf_counter()
         output = stock.generate(input_ids, generation_config=config)
-        _synchronize(input_ids.device)
-        return Run(output[0, input_ids.shape[1] :].tolist(), time.perf_counter() - start)
+        return Run(output[0, input_ids.shape[1] :].tolist())
 
     return run
 
 
-def ssd_method(model, tokenizer, generate_fn: str, max_new_tokens: int, **kwargs) -> Method:
+def ssd_method(model, method: str, max_new_tokens: int, **kwargs) -> Method:
+    """`ssd.generate` with a fixed token count (no stop at EOS)."""
     def run(input_ids, task):
-        out = ssd.infer(model, tokenizer, input_ids, generate_fn, max_new_tokens, **kwargs)
-        verifications = out["num_verifications"] if generate_fn != "base" else None
-        accepted = round(out["matchness"] * out["num_drafted_tokens"]) if verifications else None
-        return Run(out["generate_ids"], out["time"], verifications, out.get("num_drafted_tokens"), accepted)
+        out = generate(model, input_ids, method=method, max_new_tokens=max_new_tokens, eos_token_id=[],
+                           return_dict_in_generate=True, **kwargs)
+        return Run.of(out, drafts=method != "base")
 
     return run
 
 
-def swift_method(model, tokenizer, max_new_tokens: int) -> Method:
+def swift_method(model, max_new_tokens: int) -> Method:
     """SWIFT as the paper runs it: one optimiser per task stream, starting cold (no cache read or written)."""
     optimizers = {}
 
     def run(input_ids, task):
         if task not in optimizers:
             optimizers[task] = SwiftOptimizer(model, SwiftConfig())
-        return ssd_method(model, tokenizer, "swift", max_new_tokens, swift=optimizers[task])(input_ids, task)
+        return ssd_method(model, "swift", max_new_tokens, swift=optimizers[task])(input_ids, task)
 
     return run
 
 
-def build_methods(args, model, tokenizer) -> dict[str, Method]:
+def build_methods(args, model) -> dict[str, Method]:
     methods = {}
     hf = {"hf": {}, "hf-pld": {"prompt_lookup_num_tokens": args.prompt_lookup_tokens},
           "hf-early-exit": {"assistant_early_exit": args.early_exit_layer or model.num_layers // 2}}
@@ -190,57 +169,15 @@ def build_methods(args, model, tokenizer) -> dict[str, Method]:
         stock = stock_model(args.model, model.dtype, model.device)
     for name in args.methods:
         if name in hf:
-            methods[name] = hf_method(stock, tokenizer, args.max_new_tokens, **hf[name])
+            methods[name] = hf_method(stock, args.max_new_tokens, **hf[name])
         elif name == "sss":
-            methods[name] = ssd_method(model, tokenizer, "sss", args.max_new_tokens, seed=0)
+            methods[name] = ssd_method(model, "sss", args.max_new_tokens, do_sample=True, top_k=0,
+                                       generator=torch.Generator(model.device).manual_seed(0))
         elif name == "swift":
-            methods[name] = swift_method(model, tokenizer, args.max_new_tokens)
+            methods[name] = swift_method(model, args.max_new_tokens)
         else:
-            methods[name] = ssd_method(model, tokenizer, name, args.max_new_tokens)
+            methods[name] = ssd_method(model, name, args.max_new_tokens)
     return methods
-
-
-# --- running and summarising ---------------------------------------------------
-
-
-def run_bench(prompts: list[tuple[str, str]], methods: dict[str, Method], tokenizer, device) -> list[dict]:
-    """One record per (prompt, method); methods alternate within each prompt."""
-    records = []
-    bar = tqdm(prompts, desc="prompts")
-    for index, (task, prompt) in enumerate(bar):
-        input_ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
-        runs = {name: method(input_ids, task) for name, method in methods.items()}
-        for name, run in runs.items():
-            records.append({"prompt": index, "task": task, "method": name, "identical": run.tokens == runs["base"].tokens,
-                            "new_tokens": len(run.tokens), **asdict(run)})
-        bar.set_postfix({name: f"{len(r.tokens) / r.seconds:.1f} tok/s" for name, r in runs.items()})
-    return records
-
-
-def summarise(records: list[dict]) -> list[dict]:
-    """Per method, per task and over all prompts: tokens/s, speedups, matchness, tokens per verification, identity."""
-    rows = []
-    tasks = [*dict.fromkeys(r["task"] for r in records), "all"]
-    methods = list(dict.fromkeys(r["method"] for r in records))
-    for task in tasks:
-        selected = [r for r in records if task in ("all", r["task"])]
-        seconds = {m: sum(r["seconds"] for r in selected if r["method"] == m) for m in methods}
-        for method in methods:
-            mine = [r for r in selected if r["method"] == method]
-            tokens = sum(r["new_tokens"] for r in mine)
-            verifications = sum(r["verifications"] or 0 for r in mine)
-            drafted = sum(r["drafted"] or 0 for r in mine)
-            accepted = sum(r["accepted"] or 0 for r in mine)
-            rows.append({
-                "task": task, "method": method, "prompts": len(mine),
-                "tokens_per_second": tokens / seconds[method],
-                "speedup_vs_base": seconds["base"] / seconds[method],
-                "speedup_vs_hf": seconds["hf"] / seconds[method] if "hf" in seconds else None,
-                "matchness": accepted / drafted if drafted else None,
-                "tokens_per_verification": tokens / verifications if verifications else None,
-                "identical_to_base": None if method == "sss" else all(r["identical"] for r in mine),
-            })
-    return rows
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
@@ -250,7 +187,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    key = "speedup_vs_hf" if rows[0]["speedup_vs_hf"] is not None else "speedup_vs_base"
+    key = "speedup_vs_hf" if rows[0].get("speedup_vs_hf") is not None else "speedup"
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     width = 0.8 / len(methods)
@@ -275,15 +212,13 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer = ssd.load_model(args.model, dtype=args.dtype, device=args.device, compile=args.compile)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, compile=args.compile)
     draft = apply_draft(model, args.skip_layers_key, args.model)
-    prompts = load_prompts(args)
-    methods = build_methods(args, model, tokenizer)
-    for method in methods.values():  # first-call costs (allocations, kernel choice) out of the timings
-        method(tokenizer("Warm up.", return_tensors="pt").input_ids.to(model.device), "warm-up")
-
-    records = run_bench(prompts, methods, tokenizer, model.device)
-    rows = summarise(records)
+    prompts = [(task, tokenizer(p, return_tensors="pt").input_ids.to(model.device)) for task, p in load_prompts(args)]
+    methods = build_methods(args, model)
+    warm_up = tokenizer("Warm up.", return_tensors="pt").input_ids.to(model.device)
+    records = run_side_by_side(prompts, methods, warm_up, compared=[m for m in methods if m != "sss"])
+    rows = summarise(records, also_over="hf" if "hf" in methods else None)
     dtype = str(model.dtype).removeprefix("torch.") + (", compiled" if model.compiled else "")
     setting = (f"{args.model or 'embedded SmolLM2-135M-Instruct'}, {dtype}, {model.device}, "
                f"{torch.get_num_threads()} threads, {args.max_new_tokens} new tokens, draft: {draft}")
@@ -296,11 +231,6 @@ def main(argv=None) -> list[dict]:
     plot(rows, args.output.with_suffix(".png"), setting)
     print(f"\nwrote {args.output.with_suffix('.json')} and {args.output.with_suffix('.png')}")
     return rows
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 if __name__ == "__main__":

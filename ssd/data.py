@@ -33,7 +33,6 @@ TASKS = {
     "xsum": Task("xsum", "document", "summary", "xsum*.jsonl", ("EdinburghNLP/xsum",), "test"),
     "humaneval": Task("humaneval", "prompt", "canonical_solution", "", (), "test"),
 }
-SUMMARIZATION_TASKS = ("cnndm", "xsum")
 
 
 def get_task(name: str) -> Task:

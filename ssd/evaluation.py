@@ -10,7 +10,6 @@ methods alike. Speedup is a method's tokens per second over its baseline's
 from __future__ import annotations
 
 import inspect
-import math
 import statistics
 import subprocess
 import sys
@@ -19,11 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import GenerationConfig
 
 from ssd.data import Example
 from ssd.files import write_csv_atomic, write_json_atomic
-from ssd.inference import GENERATE_FNS, infer
+from ssd.generation import METHODS, generate
 from ssd.skip_layers import EMBEDDED_KEY, HAND_PICKED, apply_skip_layers
+from ssd.timing import WARM_UP_TASK, Run, matchness, run_side_by_side, tokens_per_second, tokens_per_verification
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"  # gitignored
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -49,8 +50,8 @@ class Method:
     draft_options: dict = field(default_factory=dict)  # further `DraftConfig` fields, by name
 
     def __post_init__(self):
-        if self.generate_fn not in GENERATE_FNS:
-            raise ValueError(f"method {self.name!r}: generate_fn must be one of {GENERATE_FNS}, got {self.generate_fn!r}")
+        if self.generate_fn not in METHODS:
+            raise ValueError(f"method {self.name!r}: generate_fn must be one of {METHODS}, got {self.generate_fn!r}")
         if self.generate_fn == "essg" and self.do_sample:
             raise ValueError(f"method {self.name!r}: essg is greedy; sample with sss")
         if self.generate_fn == "sss" and not self.do_sample:
@@ -148,9 +149,8 @@ def model_label(name_or_path: str | None) -> str:
 
 def generate_all(model, tokenizer, examples: list[Example], methods: list[Method], settings: GenerationSettings,
                  progress: bool = True) -> list[dict]:
-    """Every method on every example (methods alternate per example); one record per generation."""
-    from tqdm.auto import tqdm
-
+    """Every method on every example, on the timing harness (`ssd.timing`: methods alternate per example,
+    one untimed warm-up each); one record per generation, with the example's id and the decoded completion."""
     if not examples:
         raise ValueError("no examples to evaluate")
     if not methods:
@@ -159,46 +159,47 @@ def generate_all(model, tokenizer, examples: list[Example], methods: list[Method
     missing = sorted({m.baseline for m in methods} - names)
     if missing:
         raise ValueError(f"baseline method(s) {missing} are not among the methods {sorted(names)}")
-    thresholds = {m.name: m.th_stop_draft for m in methods}
-    infer(model, tokenizer, "Warm up.", "essg", max_new_tokens=4)  # first-call costs out of the timings
-    records = []
-    total = len(examples) * sum(m.samples for m in methods)
-    with tqdm(total=total, desc="generations", disable=not progress) as bar:
-        for example in examples:
-            for method in methods:
-                for sample in range(method.samples):
-                    bar.set_postfix_str(f"{example.id} {method.name}", refresh=False)
-                    out = _generate(model, tokenizer, example.prompt, method, thresholds[method.name], settings, sample)
-                    if method.adaptive:
-                        thresholds[method.name] = out["th_stop_draft"]
-                    records.append(_record(example, method, sample, out))
-                    bar.update()
+    # An adaptive threshold carries over from one example to the next (the warm-up keeps its own).
+    thresholds = {(m.name, task): m.th_stop_draft for m in methods for task in ({e.task for e in examples} | {WARM_UP_TASK})}
+    samples = {m.name: 0 for m in methods}  # calls so far, for each call's seed (settings.seed + sample)
+    eos = tokenizer.eos_token_id if settings.early_stop else []
+
+    def harness_method(method: Method):
+        def run(input_ids, task):
+            sample = 0
+            if task != WARM_UP_TASK:
+                sample = samples[method.name] % method.samples
+                samples[method.name] += 1
+            out = _generate(model, input_ids, method, thresholds[method.name, task], settings, sample, eos)
+            if method.adaptive:
+                thresholds[method.name, task] = out.th_stop_draft
+            return Run.of(out, drafts=method.drafts, th_stop_draft=out.th_stop_draft if method.drafts else None,
+                          matchness=out.matchness if method.drafts else None,
+                          completion=tokenizer.decode(out.tokens, skip_special_tokens=True))
+        return run
+
+    prompts = [(e.task, tokenizer(e.prompt, return_tensors="pt").input_ids.to(model.device)) for e in examples]
+    warm_up = tokenizer("Warm up.", return_tensors="pt").input_ids.to(model.device)
+    greedy = [m.name for m in methods if not m.do_sample]
+    records = run_side_by_side(prompts, {m.name: harness_method(m) for m in methods}, warm_up,
+                               reference="base" if "base" in names else None, compared=greedy,
+                               repeats={m.name: m.samples for m in methods}, progress=progress)
+    for r in records:
+        r["example_id"] = examples[r.pop("prompt")].id
     return records
 
 
-def _generate(model, tokenizer, prompt, method: Method, threshold: float, settings: GenerationSettings, sample: int) -> dict:
-    kwargs = dict(max_new_tokens=settings.max_new_tokens, early_stop=settings.early_stop, seed=settings.seed + sample,
-                  do_sample=method.do_sample)
+def _generate(model, input_ids, method: Method, threshold: float, settings: GenerationSettings, sample: int, eos):
+    config = GenerationConfig(max_new_tokens=settings.max_new_tokens, do_sample=method.do_sample, eos_token_id=eos,
+                              return_dict_in_generate=True)
     if method.do_sample:
-        kwargs.update(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
+        config.update(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
+    draft = {}
     if method.drafts:
-        kwargs.update(method.draft_options)
-        kwargs.update(max_step_draft=method.max_step_draft, th_stop_draft=threshold,
-                      auto_th_stop_draft=method.adaptive)
-    return infer(model, tokenizer, prompt, method.generate_fn, **kwargs)
-
-
-def _record(example: Example, method: Method, sample: int, out: dict) -> dict:
-    tokens = len(out["generate_ids"])
-    return dict(
-        task=example.task, example_id=example.id, method=method.name, sample=sample,
-        new_tokens=tokens, time=out["time"], tokens_per_s=tokens / out["time"] if out["time"] > 0 else math.nan,
-        matchness=out["matchness"] if method.drafts else None,
-        num_drafted_tokens=out["num_drafted_tokens"] if method.drafts else None,
-        num_verifications=out["num_verifications"] if method.drafts else None,
-        th_stop_draft=out["th_stop_draft"] if method.drafts else None,
-        completion=out["completion"], generate_ids=list(out["generate_ids"]),
-    )
+        draft = dict(method.draft_options, max_step_draft=method.max_step_draft, th_stop_draft=threshold,
+                     auto_th_stop_draft=method.adaptive)
+    generator = torch.Generator(device=model.device).manual_seed(settings.seed + sample)
+    return generate(model, input_ids, config, method=method.generate_fn, generator=generator, **draft)
 
 
 # --- scoring ------------------------------------------------------------------------
@@ -316,24 +317,23 @@ def summarize(records: list[dict], methods: list[Method], model: str, metrics: d
 
     `metrics` maps a column name to a function of the method's records (for
     example mean ROUGE-2, or pass@k). tokens/s is total new tokens over total
-    time; speedup divides it by the method's baseline's.
+    time; speedup divides it by the method's baseline's; matchness is pooled
+    (accepted over drafted tokens); all as `ssd.timing` defines them.
     """
     by_method = {m.name: [r for r in records if r["method"] == m.name] for m in methods}
     empty = [name for name, rows in by_method.items() if not rows]
     if empty:
         raise ValueError(f"no records for method(s) {empty}")
-    speed = {name: sum(r["new_tokens"] for r in rows) / sum(r["time"] for r in rows) for name, rows in by_method.items()}
+    speed = {name: tokens_per_second(rows) for name, rows in by_method.items()}
     table = []
     for m in methods:
         rows = by_method[m.name]
-        drafted = sum(r["num_drafted_tokens"] or 0 for r in rows)
-        verifications = sum(r["num_verifications"] or 0 for r in rows)
         table.append(dict(
             model=model, task=rows[0]["task"], method=m.name, n=len({r["example_id"] for r in rows}),
             **{name: fn(rows) for name, fn in metrics.items()},
-            matchness=statistics.mean(r["matchness"] for r in rows) if m.drafts else None,
-            drafted_per_sample=drafted / len(rows) if m.drafts else None,
-            tokens_per_verification=sum(r["new_tokens"] for r in rows) / verifications if verifications else None,
+            matchness=matchness(rows),
+            drafted_per_sample=sum(r["drafted"] for r in rows) / len(rows) if m.drafts else None,
+            tokens_per_verification=tokens_per_verification(rows),
             tokens_per_s=speed[m.name],
             speedup=speed[m.name] / speed[m.baseline],
         ))
@@ -366,12 +366,12 @@ def format_table(rows: list[dict], columns: list[str] | None = None, digits: int
 
 def greedy_divergences(records: list[dict], methods: list[Method]) -> list[dict]:
     """Greedy drafting methods whose tokens differ from greedy `base` on an example, with the first differing position."""
-    base = {r["example_id"]: r["generate_ids"] for r in records if r["method"] == "base"}
+    base = {r["example_id"]: r["tokens"] for r in records if r["method"] == "base"}
     greedy = {m.name for m in methods if m.generate_fn == "essg"}
     found = []
     for r in records:
-        if r["method"] in greedy and r["generate_ids"] != base[r["example_id"]]:
-            expected, got = base[r["example_id"]], r["generate_ids"]
+        if r["method"] in greedy and r["tokens"] != base[r["example_id"]]:
+            expected, got = base[r["example_id"]], r["tokens"]
             position = next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b), min(len(expected), len(got)))
             found.append(dict(method=r["method"], example_id=r["example_id"], position=position))
     return found
@@ -395,7 +395,7 @@ def assert_greedy_identical(records: list[dict], methods: list[Method], table: l
         return f"identical: {len(greedy)} essg methods x {len({r['example_id'] for r in records})} examples, {metric} = {scores['base']}"
     per_record = {(r["method"], r["example_id"]): r for r in records}
     for r in records:
-        if r["method"] in greedy and r["generate_ids"] == per_record[("base", r["example_id"])]["generate_ids"] and metric in r:
+        if r["method"] in greedy and r["tokens"] == per_record[("base", r["example_id"])]["tokens"] and metric in r:
             assert r[metric] == per_record[("base", r["example_id"])][metric]
     return (f"{len(divergences)} of {len(greedy) * len({r['example_id'] for r in records})} essg generations left base's "
             f"path in reduced precision (near-ties; use float32 for token identity): {divergences}")

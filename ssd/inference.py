@@ -60,7 +60,7 @@ def infer(
         do_sample = generate_fn == "sss"
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p) if do_sample else {}
     config = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=tokenizer.eos_token_id if early_stop else None,
+        max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=tokenizer.eos_token_id if early_stop else [],
         return_dict_in_generate=True, **sampling,
     )
     generator = torch.Generator(device=model.device).manual_seed(seed) if seed is not None else None

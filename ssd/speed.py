@@ -1,19 +1,36 @@
-"""Base and self-speculative decoding side by side, for several skip sets, per task.
-
-Each prompt runs base once and then essg with every skip set, so drift of a
-shared machine lands on all of them alike; speedups are ratios of summed
-times within one run.
-"""
+"""Side-by-side comparisons for the notebooks: skip sets against base (the search's held-out check), and
+SWIFT against base and Draft & Verify. Both run on the one harness, `ssd.timing`."""
 
 from __future__ import annotations
 
-from collections import defaultdict
+import dataclasses
+from pathlib import Path
 
-from tqdm.auto import tqdm
+import torch
 
-from ssd.inference import infer
+from ssd.generation import generate
 from ssd.modeling_llama import LlamaForCausalLM
 from ssd.searching import candidate_skip_layers
+from ssd.skip_layers import DEFAULT_PATH
+from ssd.swift import SwiftConfig, SwiftOptimizer
+from ssd.timing import Method, Run, run_side_by_side, summarise
+
+WARM_UP = "Warm up."
+
+
+def _prompts(tokenizer, prompts: dict[str, list[str]], device) -> list[tuple[str, torch.Tensor]]:
+    return [(task, tokenizer(p, return_tensors="pt").input_ids.to(device)) for task, texts in prompts.items() for p in texts]
+
+
+def _method(model, method: str, max_new_tokens: int, **kwargs) -> Method:
+    """`ssd.generate` for a fixed token count (no stop at EOS), as a harness method."""
+    def run(input_ids, task):
+        out = generate(model, input_ids, method=method, max_new_tokens=max_new_tokens, eos_token_id=[],
+                           return_dict_in_generate=True, **kwargs)
+        extra = {"swift": out.swift} if out.swift is not None else {}
+        return Run.of(out, drafts=method != "base", **extra)
+
+    return run
 
 
 def compare_skip_sets(
@@ -22,45 +39,95 @@ def compare_skip_sets(
     prompts: dict[str, list[str]],
     skip_sets: dict[str, tuple[list[int], list[int]]],
     max_new_tokens: int = 128,
+    progress: bool = True,
     **draft_kwargs,
 ) -> list[dict]:
-    """One row per (skip set, task) and per skip set over all tasks ("all").
+    """essg with each skip set against base, alternating per prompt; one row per (skip set, task) and per
+    skip set over all tasks ("all").
 
-    Row fields: set, task, prompts, speedup (base time / essg time),
-    tokens_per_second, base_tokens_per_second, matchness, drafted (tokens),
-    identical (prompts whose essg output equals base's). Skip sets are compared
-    on their own drafts: n-gram lookup is off unless `draft_kwargs` turn it on.
+    Row fields: set, task, prompts, speedup (over base), tokens_per_second,
+    matchness, drafted (tokens), tokens_per_verification, identical (prompts
+    whose output equals base's). Skip sets are compared on their own drafts:
+    n-gram lookup is off unless `draft_kwargs` turn it on.
     """
     draft_kwargs = {"ngram_size": 0, **draft_kwargs}
-    infer(model, tokenizer, "Warm up.", "essg", max_new_tokens=4)  # first-call costs out of the timings
-    totals = defaultdict(lambda: defaultdict(float))
-    jobs = [(task, prompt) for task, task_prompts in prompts.items() for prompt in task_prompts]
-    for task, prompt in tqdm(jobs, desc="prompts"):
-        base = infer(model, tokenizer, prompt, "base", max_new_tokens)
-        for name, (attention, mlp) in skip_sets.items():
-            with candidate_skip_layers(model, attention, mlp):
-                essg = infer(model, tokenizer, prompt, "essg", max_new_tokens, **draft_kwargs)
-            for key in ((name, task), (name, "all")):
-                total = totals[key]
-                total["prompts"] += 1
-                total["tokens"] += len(essg["generate_ids"])
-                total["time"] += essg["time"]
-                total["base_time"] += base["time"]
-                total["drafted"] += essg["num_drafted_tokens"]
-                total["accepted"] += essg["matchness"] * essg["num_drafted_tokens"]
-                total["identical"] += essg["generate_ids"] == base["generate_ids"]
-    rows = []
-    for (name, task), total in totals.items():
-        rows.append({
-            "set": name,
-            "task": task,
-            "prompts": int(total["prompts"]),
-            "speedup": total["base_time"] / total["time"],
-            "tokens_per_second": total["tokens"] / total["time"],
-            "base_tokens_per_second": total["tokens"] / total["base_time"],
-            "matchness": total["accepted"] / total["drafted"] if total["drafted"] else 0.0,
-            "drafted": int(total["drafted"]),
-            "identical": int(total["identical"]),
-        })
-    return rows
+    essg = _method(model, "essg", max_new_tokens, **draft_kwargs)
 
+    def with_set(attention, mlp) -> Method:
+        def run(input_ids, task):
+            with candidate_skip_layers(model, attention, mlp):
+                return essg(input_ids, task)
+        return run
+
+    methods = {"base": _method(model, "base", max_new_tokens)}
+    methods.update({name: with_set(*skip_set) for name, skip_set in skip_sets.items()})
+    warm_up = tokenizer(WARM_UP, return_tensors="pt").input_ids.to(model.device)
+    records = run_side_by_side(_prompts(tokenizer, prompts, model.device), methods, warm_up, progress=progress)
+    return [{"set": row.pop("method"), **row} for row in summarise(records) if row["method"] != "base"]
+
+
+SWIFT_METHODS = ("base", "draft & verify", "swift cold", "swift cached")
+
+
+def compare_swift(
+    model: LlamaForCausalLM,
+    tokenizer,
+    prompts: dict[str, list[str]],
+    config: SwiftConfig = SwiftConfig(),
+    max_new_tokens: int = 128,
+    skip_layers_path: str | Path = DEFAULT_PATH,
+    model_key: str | None = None,
+    progress: bool = True,
+    **draft_kwargs,
+) -> tuple[list[dict], dict[str, SwiftOptimizer]]:
+    """Greedy base, Draft & Verify (essg with the model's own skip set), SWIFT cold start and SWIFT
+    cached, alternating per prompt.
+
+    Per task, the cold start is one optimiser over the task's prompts, starting
+    from nothing and saving its best set under the task's cache key after each
+    prompt; the cached method is another stream over the same prompts with
+    `cache_hit=True`, started after the first cold prompt and reading the entry
+    as it stands at each prompt (the set the cold stream found so far).
+    `draft_kwargs` (`DraftConfig` fields) apply to Draft & Verify and to SWIFT's draft.
+    Returns one record per (prompt, method), with SWIFT's statistics, and each task's cold optimiser.
+    """
+    config = dataclasses.replace(config, draft=dataclasses.replace(config.draft, **draft_kwargs))
+    cold, cached = {}, {}
+
+    def swift(streams: dict, cache_hit: bool) -> Method:
+        def run(input_ids, task):
+            if task not in streams:
+                streams[task] = SwiftOptimizer(model, config, task, cache_hit, skip_layers_path, model_key)
+            return _method(model, "swift", max_new_tokens, swift=streams[task])(input_ids, task)
+        return run
+
+    methods = {
+        "base": _method(model, "base", max_new_tokens),
+        "draft & verify": _method(model, "essg", max_new_tokens, **draft_kwargs),
+        "swift cold": swift(cold, False),
+        "swift cached": swift(cached, True),  # its stream starts after the cold one saved an entry
+    }
+    # The warm-up must not touch SWIFT's cache: only the plain methods warm up.
+    warm_up = tokenizer(WARM_UP, return_tensors="pt").input_ids.to(model.device)
+    for name in ("base", "draft & verify"):
+        methods[name](warm_up, "warm-up")
+    records = run_side_by_side(_prompts(tokenizer, prompts, model.device), methods, None, progress=progress)
+    for r in records:
+        stats = r.pop("swift", None) or {}
+        r.update(steps=stats.get("steps"), opt_steps=stats.get("opt_steps"), opt_seconds=stats.get("opt_seconds"),
+                 best_score=stats.get("best_score"), cache_hit=stats.get("cache_hit"))
+    return records, cold
+
+
+def summarize_swift(records: list[dict]) -> list[dict]:
+    """`ssd.timing.summarise`'s rows per (method, task) and over all tasks, plus SWIFT's optimisation shares:
+    opt_share, the share of decoding steps preceded by an optimisation iteration, and opt_time_share, the
+    share of the method's time spent in the optimiser."""
+    rows = summarise(records)
+    for row in rows:
+        mine = [r for r in records if r["method"] == row["method"] and row["task"] in ("all", r["task"])]
+        swift = row["method"].startswith("swift")
+        steps = sum(r["steps"] or 0 for r in mine)
+        row["opt_share"] = sum(r["opt_steps"] for r in mine) / steps if swift and steps else None
+        row["opt_time_share"] = sum(r["opt_seconds"] for r in mine) / row["seconds"] if swift else None
+    return sorted(rows, key=lambda row: SWIFT_METHODS.index(row["method"]))

@@ -51,7 +51,7 @@ from ssd.decoding import (
 from ssd.modeling_llama import KVCache, LlamaForCausalLM
 from ssd.models import embedded_model_path
 from ssd.sampling import Sampling
-from ssd.searching import OneStartUpperConfidenceBound, candidate_skip_layers, skip_layers_to_params, variable_names
+from ssd.searching import OneStartUpperConfidenceBound, candidate_skip_layers, variable_names
 from ssd.skip_layers import DEFAULT_PATH, EMBEDDED_KEY, read_skip_layers, save_skip_layers
 
 MIN_WINDOW = 1  # scored positions needed (two generated tokens) before a candidate is scored at all
@@ -362,102 +362,3 @@ def swift_generate(
         model.set_skip_layers(*saved)
     optimizer.end_input()
     return result
-
-
-# --- comparing with base and Draft & Verify ----------------------------------------
-
-SWIFT_METHODS = ("base", "draft & verify", "swift cold", "swift cached")
-
-
-def compare_swift(
-    model: LlamaForCausalLM,
-    tokenizer,
-    prompts: dict[str, list[str]],
-    config: SwiftConfig = SwiftConfig(),
-    max_new_tokens: int = 128,
-    skip_layers_path: str | Path = DEFAULT_PATH,
-    model_key: str | None = None,
-    progress: bool = True,
-    **draft_kwargs,
-) -> tuple[list[dict], dict[str, SwiftOptimizer]]:
-    """Greedy base, Draft & Verify (essg with the model's own skip set), SWIFT cold start and SWIFT
-    cached, alternating per prompt so that drift of a shared machine falls on all alike.
-
-    Per task, the cold start is one optimiser over the task's prompts, starting
-    from nothing and saving its best set under the task's cache key after each
-    prompt; the cached method is another stream over the same prompts with
-    `cache_hit=True`, started after the first cold prompt and reading the entry
-    as it stands at each prompt (the set the cold stream found so far).
-    `draft_kwargs` (`DraftConfig` fields) apply to Draft & Verify and to SWIFT's draft.
-    Returns one record per (prompt, method) and each task's cold optimiser.
-    """
-    from tqdm.auto import tqdm
-
-    from ssd.inference import infer
-
-    config = dataclasses.replace(config, draft=dataclasses.replace(config.draft, **draft_kwargs))
-    infer(model, tokenizer, "Warm up.", "essg", max_new_tokens=4)  # first-call costs out of the timings
-    records, cold, cached = [], {}, {}
-
-    def cached_stream(task: str) -> SwiftOptimizer:
-        # First created after the task's first cold run, so there is an entry to read.
-        if task not in cached:
-            cached[task] = SwiftOptimizer(model, config, task, True, skip_layers_path, model_key)
-        return cached[task]
-
-    jobs = [(task, i, prompt) for task, task_prompts in prompts.items() for i, prompt in enumerate(task_prompts)]
-    for task, index, prompt in tqdm(jobs, desc="prompts", disable=not progress):
-        if task not in cold:
-            cold[task] = SwiftOptimizer(model, config, task, False, skip_layers_path, model_key)
-        runs = {
-            "base": lambda: dict(generate_fn="base"),
-            "draft & verify": lambda: dict(generate_fn="essg", **draft_kwargs),
-            "swift cold": lambda: dict(generate_fn="swift", swift=cold[task]),
-            "swift cached": lambda: dict(generate_fn="swift", swift=cached_stream(task)),
-        }
-        base_ids = None
-        for method, arguments in runs.items():
-            out = infer(model, tokenizer, prompt, max_new_tokens=max_new_tokens, **arguments())
-            base_ids = out["generate_ids"] if method == "base" else base_ids
-            stats = out.get("swift", {})
-            records.append(dict(
-                task=task, prompt=index, method=method, new_tokens=len(out["generate_ids"]), time=out["time"],
-                matchness=out["matchness"], drafted=out["num_drafted_tokens"], verifications=out["num_verifications"],
-                identical=out["generate_ids"] == base_ids, steps=stats.get("steps"), opt_steps=stats.get("opt_steps"),
-                opt_seconds=stats.get("opt_seconds"), best_score=stats.get("best_score"),
-                cache_hit=stats.get("cache_hit"),
-            ))
-    return records, cold
-
-
-def summarize_swift(records: list[dict]) -> list[dict]:
-    """One row per (method, task) and per method over all tasks ("all").
-
-    speedup: base's summed time over the method's, on the same prompts;
-    opt_share: share of decoding steps preceded by an optimisation iteration;
-    opt_time_share: share of the method's time spent in the optimiser.
-    """
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in records:
-        for task in (r["task"], "all"):
-            groups.setdefault((r["method"], task), []).append(r)
-    base_time = {task: sum(r["time"] for r in rows) for (method, task), rows in groups.items() if method == "base"}
-    rows = []
-    for method in SWIFT_METHODS:
-        for (name, task), group in groups.items():
-            if name != method:
-                continue
-            seconds = sum(r["time"] for r in group)
-            drafted = sum(r["drafted"] for r in group)
-            swift = method.startswith("swift")
-            steps = sum(r["steps"] for r in group) if swift else 0
-            rows.append(dict(
-                method=method, task=task, prompts=len(group),
-                tokens_per_s=sum(r["new_tokens"] for r in group) / seconds, speedup=base_time[task] / seconds,
-                matchness=sum(r["matchness"] * r["drafted"] for r in group) / drafted if drafted else (None if method == "base" else 0.0),
-                drafted=drafted if method != "base" else None,
-                opt_share=sum(r["opt_steps"] for r in group) / steps if swift and steps else None,
-                opt_time_share=sum(r["opt_seconds"] for r in group) / seconds if swift else None,
-                identical=sum(r["identical"] for r in group),
-            ))
-    return rows

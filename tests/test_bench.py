@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ssd.bench import PROMPTS_FILE, parse_args, read_prompts_file, summarise
+from ssd.bench import PROMPTS_FILE, parse_args, read_prompts_file
 
 
 @pytest.mark.parametrize(
@@ -57,24 +57,6 @@ def test_user_prompts_default_task(tmp_path):
     path.write_text(json.dumps({"prompt": "Hello"}) + "\n" + json.dumps({"prompt": "Hi", "task": "greet"}) + "\n")
     assert read_prompts_file(path) == [("prompts", "Hello"), ("greet", "Hi")]
     assert parse_args(["--prompts", str(path)]).prompts == path
-
-
-def test_summary_ratios_are_of_summed_times():
-    def record(prompt, task, method, seconds, identical=True, verifications=None, drafted=None, accepted=None):
-        return dict(prompt=prompt, task=task, method=method, seconds=seconds, new_tokens=10, identical=identical,
-                    verifications=verifications, drafted=drafted, accepted=accepted)
-
-    records = [
-        record(0, "a", "hf", 4.0), record(0, "a", "base", 2.0), record(0, "a", "essg", 1.0, True, 4, 8, 6),
-        record(1, "b", "hf", 6.0), record(1, "b", "base", 3.0), record(1, "b", "essg", 3.0, False, 10, 2, 0),
-    ]
-    rows = {(r["task"], r["method"]): r for r in summarise(records)}
-    assert rows["a", "essg"]["speedup_vs_base"] == 2.0 and rows["a", "essg"]["speedup_vs_hf"] == 4.0
-    assert rows["all", "essg"]["speedup_vs_base"] == 5.0 / 4.0
-    assert rows["all", "essg"]["tokens_per_verification"] == 20 / 14
-    assert rows["all", "essg"]["matchness"] == 6 / 10
-    assert rows["a", "essg"]["identical_to_base"] and not rows["all", "essg"]["identical_to_base"]
-    assert rows["all", "base"]["matchness"] is None and rows["all", "hf"]["speedup_vs_hf"] == 1.0
 
 
 def test_compile_flag_defaults_to_load_models_choice():

@@ -104,7 +104,7 @@ def test_every_method_runs_on_every_example(summaries):
         drafts = r["method"] not in ("base", "base sample")
         assert (r["matchness"] is not None) == drafts
         if drafts:
-            assert 0 <= r["matchness"] <= 1 and r["num_drafted_tokens"] >= 0 and r["num_verifications"] >= 1
+            assert 0 <= r["matchness"] <= 1 and r["drafted"] >= 0 and r["verifications"] >= 1
 
 
 def test_greedy_self_speculative_scores_equal_base(summaries):
@@ -119,7 +119,7 @@ def test_a_divergence_fails_the_exact_check_and_is_reported_otherwise(summaries)
     _, methods, records, table = summaries
     altered = [dict(r) for r in records]
     victim = next(r for r in altered if r["method"] == "essg adaptive")
-    victim["generate_ids"] = victim["generate_ids"][:3] + [-1] + victim["generate_ids"][4:]
+    victim["tokens"] = victim["tokens"][:3] + [-1] + victim["tokens"][4:]
     with pytest.raises(AssertionError, match="differs from base"):
         ev.assert_greedy_identical(altered, methods, table, "rouge2", exact=True)
     assert "position': 3" in ev.assert_greedy_identical(altered, methods, table, "rouge2", exact=False)
@@ -148,10 +148,37 @@ def test_results_files_are_written(summaries, tmp_path):
 
 
 def test_plots(summaries):
+    """Each plot draws the table's (or the records') own numbers, not just its labels."""
     _, _, records, table = summaries
-    assert ev.plot_speedup_vs_threshold(table).get_xlabel() == "draft-exit threshold"
-    assert ev.plot_acceptance(records).get_ylabel() == "matchness per generation"
-    assert ev.plot_speedup(table, "rouge2").get_ylabel() == "speedup over baseline"
+    by_name = {row["method"]: row for row in table}
+
+    ax = ev.plot_speedup_vs_threshold(table)
+    assert ax.get_xlabel() == "draft-exit threshold"
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines["essg speedup"].get_xdata()) == [0.4]
+    assert list(lines["essg speedup"].get_ydata()) == [by_name["essg th=0.4"]["speedup"]]
+    assert list(lines["essg matchness"].get_ydata()) == [by_name["essg th=0.4"]["matchness"]]
+    assert list(lines["adaptive speedup"].get_ydata()) == [by_name["essg adaptive"]["speedup"]] * 2
+
+    ax = ev.plot_acceptance(records)
+    assert ax.get_ylabel() == "matchness per generation"
+    drafting = [row["method"] for row in table if row["matchness"] is not None]
+    assert [label.get_text() for label in ax.get_xticklabels()] == drafting
+    # Box i (at x = i + 1) shows that method's per-generation matchness: its mean marker and median line.
+    points = [(tuple(line.get_xdata()), tuple(line.get_ydata())) for line in ax.get_lines()]
+    for i, name in enumerate(drafting, start=1):
+        values = [r["matchness"] for r in records if r["method"] == name]
+        mean, median = statistics.mean(values), statistics.median(values)
+        assert any(x == (i,) and y == pytest.approx((mean,)) for x, y in points), name
+        assert any(x == pytest.approx((i - 0.25, i + 0.25)) and y == pytest.approx((median, median)) for x, y in points), name
+
+    ax = ev.plot_speedup(table, "rouge2")
+    assert ax.get_ylabel() == "speedup over baseline"
+    assert [label.get_text() for label in ax.get_xticklabels()] == list(by_name)
+    assert [bar.get_height() for bar in ax.patches] == [row["speedup"] for row in table]
+    annotations = [text.get_text() for text in ax.texts]
+    assert annotations[0] == f"rouge2 {by_name['base']['rouge2']:.2f}"
+    assert annotations[1] == f"rouge2 {by_name['essg th=0.4']['rouge2']:.2f}\nmatch {by_name['essg th=0.4']['matchness']:.2f}"
 
 
 def test_bad_evaluation_input(embedded):

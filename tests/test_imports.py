@@ -1,0 +1,44 @@
+"""The package's modules import one another in one direction: model, then decoding, then search and SWIFT,
+then the API and the experiments. A cycle would fail here."""
+
+import ast
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "ssd"
+
+
+def imports_of(path: Path) -> set[str]:
+    """The ssd modules a file imports, at any depth of the file (lazy imports included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ssd."):
+            found.add(node.module.removeprefix("ssd."))
+        elif isinstance(node, ast.ImportFrom) and node.module == "ssd":
+            found.update(alias.name for alias in node.names if (PACKAGE / f"{alias.name}.py").exists())
+        elif isinstance(node, ast.Import):
+            found.update(a.name.removeprefix("ssd.") for a in node.names if a.name.startswith("ssd."))
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = {p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    return {m: imports_of(PACKAGE / f"{m}.py") & modules for m in modules}
+
+
+def test_no_import_cycle():
+    graph = import_graph()
+    try:
+        order = list(TopologicalSorter(graph).static_order())
+    except CycleError as error:
+        raise AssertionError(f"import cycle among ssd modules: {error.args[1]}") from None
+    # Data flows one way: the model knows nothing of decoding, decoding nothing of the experiments.
+    assert order.index("modeling_llama") < order.index("decoding") < order.index("generation") < order.index("timing")
+    assert not graph["modeling_llama"] & {"decoding", "generation", "swift", "searching", "timing"}
+    assert not graph["decoding"] & {"generation", "swift", "searching", "timing", "evaluation", "bench", "speed"}
+
+
+def test_the_graph_sees_lazy_imports(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("def f():\n    from ssd.swift import SwiftConfig\n")
+    assert imports_of(module) == {"swift"}
