@@ -5,7 +5,7 @@ loads every LLaMA checkpoint (hub id, local folder, GGUF file) into these
 classes unchanged. The forward is lean: no mask factories, no cache classes,
 no output wrappers. A forward call writes keys and values at explicit
 positions of a pre-allocated `KVCache` and attends only to positions up to
-its own, so nothing ever has to be copied or rolled back (DESIGN.md).
+its own, so nothing ever has to be copied or rolled back (docs/design.md).
 
 Draft mode skips whole sub-layers: `h = h` instead of `h = h + attn(norm(h))`
 for a layer in `skip_attention`, likewise for the MLP. The skip sets live on

@@ -56,7 +56,7 @@ def default_dtype(device: torch.device | str) -> torch.dtype:
     has native bfloat16 arithmetic (AVX512-BF16 or AMX), float32 otherwise.
     On this project's 2-core CPUs with AVX512-BF16, bfloat16 decodes about
     1.6x faster than float32; the README has the figures. Token identity with
-    step-by-step decoding holds in float32 (DESIGN.md, Exactness).
+    step-by-step decoding holds in float32 (docs/numerics.md).
     """
     if torch.device(device).type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -65,7 +65,7 @@ def default_dtype(device: torch.device | str) -> torch.dtype:
 
 def should_compile(model: LlamaForCausalLM) -> bool:
     """Compile by default only float32 on a CPU: measured there. In bfloat16 on a CPU, `ssd` keeps a
-    row's result independent of its pass (DESIGN.md), which fused kernels have not been shown to keep;
+    row's result independent of its pass (docs/numerics.md), which fused kernels have not been shown to keep;
     GPUs were not measured. Inductor builds CPU kernels with a C++ compiler."""
     return model.device.type == "cpu" and model.dtype == torch.float32 and shutil.which(os.environ.get("CXX", "g++")) is not None
 

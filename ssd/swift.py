@@ -64,7 +64,7 @@ def swift_draft_config() -> DraftConfig:
 
 @dataclass(frozen=True)
 class SwiftConfig:
-    """SWIFT's parameters, named and defaulted as in the paper's code (DESIGN.md, SWIFT).
+    """SWIFT's parameters, named and defaulted as in the paper's code (docs/design.md, SWIFT).
 
     `draft`: how the acceleration phase drafts. `alpha`, `kappa`: the Gaussian
     process's noise term and UCB exploration. `seed`: random candidates and GP.
