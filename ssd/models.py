@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
 from ssd.modeling_llama import LlamaForCausalLM
 
@@ -143,6 +143,17 @@ def quiet_packed_gguf_advice():
         logger.removeFilter(_not_packed_gguf_advice)
 
 
+def checkpoint_generation_config(name_or_path, hub: dict, config) -> GenerationConfig:
+    """The checkpoint's `generation_config.json` (EOS ids, sampling defaults), else one derived from its config,
+    as transformers' own models get: `ssd.generate` starts from it."""
+    if "gguf_file" not in hub:
+        try:
+            return GenerationConfig.from_pretrained(name_or_path, **hub)
+        except OSError:
+            pass  # no generation_config.json in the checkpoint
+    return GenerationConfig.from_model_config(config)
+
+
 def load_model(
     name_or_path: str | Path | None = None,
     dtype: torch.dtype | None = None,
@@ -164,7 +175,8 @@ def load_model(
     compiles before returning (about a minute on 2 cores).
 
     The tokenizer is also kept as `model.tokenizer`, so that `ssd.generate`
-    can take strings and chats with the model alone.
+    can take strings and chats with the model alone, and the checkpoint's
+    generation settings as `model.generation_config`, which it starts from.
     """
     if name_or_path is None:
         name_or_path, from_pretrained_kwargs["gguf_file"] = embedded_model_path()
@@ -186,6 +198,7 @@ def load_model(
         model.to(device)
     model.eval()
     model.tokenizer = tokenizer
+    model.generation_config = checkpoint_generation_config(name_or_path, hub, config)
     if compile if compile is not None else should_compile(model):
         model.compile_full_passes()
     return model, tokenizer
