@@ -382,7 +382,7 @@ def assert_greedy_identical(records: list[dict], methods: list[Method], table: l
 
     `exact` (float32) asserts token identity on every example and equal
     scores. In bfloat16/float16 a batched verification rounds differently
-    from step-by-step decoding, so a near-tie may flip (README, dtype); then
+    from step-by-step decoding, so a near-tie may flip (docs/numerics.md); then
     divergences are reported and scores are compared only where tokens agree.
     """
     divergences = greedy_divergences(records, methods)

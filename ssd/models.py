@@ -55,7 +55,7 @@ def default_dtype(device: torch.device | str) -> torch.dtype:
     GPUs: bfloat16 (float16 where it is missing). CPUs: bfloat16 where the CPU
     has native bfloat16 arithmetic (AVX512-BF16 or AMX), float32 otherwise.
     On this project's 2-core CPUs with AVX512-BF16, bfloat16 decodes about
-    1.6x faster than float32; the README has the figures. Token identity with
+    1.6x faster than float32 (docs/numerics.md has the figures). Token identity with
     step-by-step decoding holds in float32 (docs/numerics.md).
     """
     if torch.device(device).type == "cuda":
