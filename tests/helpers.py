@@ -1,12 +1,19 @@
-"""Comparing token sequences, and explaining a divergence by its logit margin."""
+"""Shared test helpers (test modules import from here, never from each other): the offline data folder,
+tiny and stock reference models, comparing token sequences (a divergence explained by its logit margin),
+and the chi-square test of sampled tokens with its broken-rule negative controls."""
 
 import os
 import random
 from pathlib import Path
 
 import torch
+from scipy.stats import chisquare
+from transformers import GenerationConfig, LlamaConfig
 
+import ssd.sampling
 from ssd.data import DATA_DIR_ENV
+from ssd.modeling_llama import LlamaForCausalLM
+from ssd.sampling import logits_to_probs
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -49,3 +56,48 @@ def assert_same_tokens(expected: list[int], got: list[int], model, input_ids, ne
     report = f"{label}: diverges at new token {position} ({expected[position]} vs {got[position]}), top-2 logit margin {margin:.3g}"
     print(report)
     assert margin < near_tie, report + f" is not a near-tie (< {near_tie})"
+
+
+# --- reference models ----------------------------------------------------------------
+
+
+def tiny_llama(**overrides) -> LlamaForCausalLM:
+    """A 4-layer random LLaMA in ssd's class (seeded): fast model-level tests that need no real weights."""
+    config = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config.update(overrides)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(**config)).eval()
+
+
+def stock_greedy(stock, input_ids, max_new_tokens) -> list[int]:
+    """Stock transformers greedy generate (stops at EOS, as ours does with early_stop=True)."""
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=stock.config.eos_token_id)
+    return stock.generate(input_ids, generation_config=config)[0, input_ids.shape[1] :].tolist()
+
+
+# --- sampled distributions ---------------------------------------------------------------
+
+# Significance of the chi-square tests: a correct sampler fails one with probability 1e-3,
+# a broken rule must give a p-value below it.
+ALPHA = 1e-3
+
+
+def chi_square_p_value(counts: torch.Tensor, expected: torch.Tensor, trials: int) -> float:
+    """Chi-square p-value of token `counts` (over the vocabulary) against the exact distribution `expected`.
+
+    Bins with an expected count of 5 or more, the rest pooled into one; a sampled
+    token the exact distribution gives probability 0 is impossible under the null: 0.
+    """
+    if counts[expected == 0].sum() > 0:
+        return 0.0
+    big = expected * trials >= 5
+    observed = torch.cat([counts[big], counts[~big].sum()[None]]).double()
+    wanted = torch.cat([expected[big], expected[~big].sum()[None]]).double()
+    return float(chisquare(observed.numpy(), (wanted / wanted.sum() * trials).numpy()).pvalue)
+
+
+def accept_everything(target_logits, drafts, draft_probs, sampling, generator):
+    """A broken `verify_drafts`: every draft accepted, so tokens follow the draft's distribution."""
+    p = logits_to_probs(target_logits, sampling)
+    return len(drafts), ssd.sampling.sample(p[len(drafts)], generator)

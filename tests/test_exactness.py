@@ -1,12 +1,10 @@
 """Greedy output of base and essg equals stock transformers' greedy generate, token for token (float32)."""
 
 import pytest
-import torch
-from transformers import GenerationConfig
 
 import ssd
+from helpers import NEAR_TIE_FLOAT32, assert_same_tokens, random_skip_set, stock_greedy
 from ssd.decoding import DraftConfig
-from helpers import NEAR_TIE_FLOAT32, assert_same_tokens, random_skip_set
 
 MAX_NEW_TOKENS = 64
 NUM_LAYERS = 30  # SmolLM2-135M; checked against the model below
@@ -29,12 +27,6 @@ def draft_kwargs(threshold, draft_vocab_size, ngram_size) -> dict:
     if threshold == "adaptive":
         return kwargs | {"th_stop_draft": 0.6, "auto_th_stop_draft": True}
     return kwargs | {"th_stop_draft": threshold, "auto_th_stop_draft": False}
-
-
-def stock_greedy(stock, input_ids, max_new_tokens) -> list[int]:
-    """Stock transformers greedy generate (stops at EOS, as ours does with early_stop=True)."""
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=stock.config.eos_token_id)
-    return stock.generate(input_ids, generation_config=config)[0, input_ids.shape[1] :].tolist()
 
 
 def test_model_depth(embedded):

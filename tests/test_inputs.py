@@ -4,20 +4,11 @@ import json
 
 import pytest
 import torch
-from transformers import LlamaConfig
 
 import ssd
+from helpers import tiny_llama
 from ssd.data import load_examples, get_task
 from ssd.decoding import DraftConfig
-from ssd.modeling_llama import LlamaForCausalLM
-
-
-def tiny_llama(**overrides) -> LlamaForCausalLM:
-    config = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    config.update(overrides)
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(**config)).eval()
 
 
 @pytest.mark.parametrize(

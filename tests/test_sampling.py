@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from scipy.stats import chisquare
 
 import ssd
 import ssd.decoding
+from helpers import ALPHA, accept_everything, chi_square_p_value
 from ssd.decoding import DraftConfig, self_speculative_sample
 from ssd.sampling import Sampling, logits_to_probs
 
@@ -22,7 +22,6 @@ PROMPTS = {
     "hybrid": "The cat sat on the mat. The dog sat on the",
 }
 TRIALS = 400
-ALPHA = 1e-3
 UPPER_HALF = (list(range(15, 29, 2)), list(range(16, 29, 2)))
 
 
@@ -49,13 +48,7 @@ def second_token_p_value(model, input_ids, expected: torch.Tensor, draft: DraftC
         looked_up += result.num_looked_up_tokens
     if draft.ngram_size:
         assert looked_up > TRIALS / 4, "the hybrid setting must exercise looked-up drafts"
-    if counts[expected == 0].sum() > 0:
-        return 0.0  # a token the full model gives probability 0: impossible under the null
-    # Bins with an expected count of 5 or more, the rest pooled into one.
-    big = expected * TRIALS >= 5
-    observed = torch.cat([counts[big], counts[~big].sum()[None]]).double()
-    wanted = torch.cat([expected[big], expected[~big].sum()[None]]).double()
-    return float(chisquare(observed.numpy(), (wanted / wanted.sum() * TRIALS).numpy()).pvalue)
+    return chi_square_p_value(counts, expected, TRIALS)
 
 
 @pytest.fixture(scope="module", params=sorted(DRAFTS))
@@ -77,11 +70,6 @@ def test_sampled_distribution_matches_full_model(setting):
 def test_broken_acceptance_rule_is_detected(setting, monkeypatch):
     """Accepting every draft samples the draft's distribution: the same test must fail."""
     model, input_ids, expected, draft = setting
-
-    def accept_everything(target_logits, drafts, draft_probs, sampling, generator):
-        p = logits_to_probs(target_logits, sampling)
-        return len(drafts), ssd.sampling.sample(p[len(drafts)], generator)
-
     monkeypatch.setattr(ssd.decoding, "verify_drafts", accept_everything)
     assert second_token_p_value(model, input_ids, expected, draft) < ALPHA
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from helpers import tiny_llama
 from ssd.decoding import DraftConfig
 from ssd.files import read_jsonl
 from ssd.searching import (
@@ -13,7 +14,6 @@ from ssd.searching import (
     skip_layers_to_params,
     variable_names,
 )
-from test_inputs import tiny_llama
 
 
 def test_variable_mapping_for_any_depth():

@@ -1,13 +1,12 @@
 """skip_layers.json: validation errors, entries kept, atomic writes."""
 
-import json
 import os
 
 import pytest
 
+from helpers import tiny_llama
 from ssd.files import append_jsonl, read_jsonl
 from ssd.skip_layers import DEFAULT_PATH, apply_skip_layers, load_skip_layers, read_skip_layers, save_skip_layers
-from test_inputs import tiny_llama
 
 
 def test_repository_file_holds_the_published_sets():

@@ -8,11 +8,9 @@ import torch
 
 import ssd
 import ssd.decoding
-from helpers import NEAR_TIE_FLOAT32, assert_same_tokens
+from helpers import ALPHA, NEAR_TIE_FLOAT32, accept_everything, assert_same_tokens, chi_square_p_value, stock_greedy
 from ssd.sampling import Sampling, logits_to_probs
 from ssd.swift import SwiftConfig, SwiftOptimizer, cache_key, swift_generate
-from test_exactness import stock_greedy
-from test_sampling import ALPHA
 
 MAX_NEW_TOKENS = 40
 # Small windows and few iterations keep the tests fast; gate off so every step really drafts.
@@ -209,8 +207,6 @@ def exact_third_token_marginal(model, input_ids) -> torch.Tensor:
 def third_token_p_value(model, input_ids, expected, trials: int) -> float:
     """Chi-square p-value of the sampled 3rd token. When the first draft is rejected, the second step
     first scores a candidate (writing and restoring the cache), then drafts the 3rd token with the best set."""
-    from scipy.stats import chisquare
-
     generator = torch.Generator().manual_seed(1234)
     optimizer = SwiftOptimizer(model, SwiftConfig(
         skip_ratio=0.2, context_window=4, bayes_interval=10_000, max_opt_iter=10_000, max_tolerance_iter=10_000,
@@ -220,12 +216,7 @@ def third_token_p_value(model, input_ids, expected, trials: int) -> float:
     for _ in range(trials):
         counts[swift_generate(model, input_ids, 4, None, optimizer, SAMPLING, generator).tokens[2]] += 1
     assert optimizer.iterations > trials / 10  # the optimiser really ran between steps
-    if counts[expected == 0].sum() > 0:
-        return 0.0
-    big = expected * trials >= 5
-    observed = torch.cat([counts[big], counts[~big].sum()[None]]).double()
-    wanted = torch.cat([expected[big], expected[~big].sum()[None]]).double()
-    return float(chisquare(observed.numpy(), (wanted / wanted.sum() * trials).numpy()).pvalue)
+    return chi_square_p_value(counts, expected, trials)
 
 
 @pytest.fixture(scope="module")
@@ -243,11 +234,6 @@ def test_swift_sampling_keeps_the_distribution(sampling_setting):
 
 def test_swift_broken_acceptance_rule_is_detected(sampling_setting, monkeypatch):
     model, input_ids, expected = sampling_setting
-
-    def accept_everything(target_logits, drafts, draft_probs, sampling, generator):
-        p = logits_to_probs(target_logits, sampling)
-        return len(drafts), ssd.sampling.sample(p[len(drafts)], generator)
-
     monkeypatch.setattr(ssd.decoding, "verify_drafts", accept_everything)
     assert third_token_p_value(model, input_ids, expected, 50) < ALPHA
 
