@@ -8,7 +8,9 @@ uses), so drift of a shared machine lands on all of them alike. Every method gen
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -133,10 +135,30 @@ def hf_method(stock, max_new_tokens: int, **assisted) -> Method:
                               pad_token_id=stock.generation_config.pad_token_id or 0, **assisted)
 
     def run(input_ids, task):
-        output = stock.generate(input_ids, generation_config=config)
+        with quiet_assistant_kwargs_notice():
+            output = stock.generate(input_ids, generation_config=config)
         return Run(output[0, input_ids.shape[1] :].tolist())
 
     return run
+
+
+# transformers' assisted decoders call `generate` with a config and keyword arguments together, and
+# transformers then tells the caller that this is deprecated: a notice about its own code, not the bench's.
+ASSISTANT_KWARGS_NOTICE = "Passing `generation_config` together with generation-related arguments"
+
+
+@contextlib.contextmanager
+def quiet_assistant_kwargs_notice():
+    """Drop that one notice while stock `generate` runs; every other transformers message still shows."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(ASSISTANT_KWARGS_NOTICE)
+
+    logger = logging.getLogger("transformers.generation.utils")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 def ssd_method(model, method: str, max_new_tokens: int, **kwargs) -> Method:

@@ -1,8 +1,11 @@
 """`python -m ssd.bench`: argument errors are clear, prompts files are read strictly, summaries add up."""
 
 import json
+import logging
 
 import pytest
+import torch
+from transformers import GenerationConfig
 
 from ssd.bench import PROMPTS_FILE, parse_args, read_prompts_file
 
@@ -63,3 +66,36 @@ def test_compile_flag_defaults_to_load_models_choice():
     assert parse_args([]).compile is None
     assert parse_args(["--compile"]).compile is True
     assert parse_args(["--no-compile"]).compile is False
+
+
+def test_stock_generate_runs_quietly_for_a_fixed_length(stock):
+    """A fixed token count without transformers' notices: no EOS id of -1 (warned at every call), and
+    the assisted decoder's own config-plus-kwargs notice dropped; the same call unfiltered does warn."""
+    from transformers.utils import logging as hf_logging
+
+    from ssd.bench import ASSISTANT_KWARGS_NOTICE, hf_method
+
+    class Recorder(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    recorder = Recorder()
+    logger = logging.getLogger("transformers.generation.utils")
+    logger.addHandler(recorder)
+    try:
+        input_ids = torch.tensor([[1, 504, 3575, 282]])
+        hf_logging.warning_once.cache_clear()
+        run = hf_method(stock, 6, assistant_early_exit=15)(input_ids, "t")
+        plain = hf_method(stock, 6)(input_ids, "t")
+        quiet = list(recorder.messages)
+        hf_logging.warning_once.cache_clear()
+        config = GenerationConfig(max_new_tokens=6, do_sample=False, eos_token_id=[], assistant_early_exit=15)
+        stock.generate(input_ids, generation_config=config)
+    finally:
+        logger.removeHandler(recorder)
+    assert len(run.tokens) == len(plain.tokens) == 6 and run.tokens == plain.tokens
+    assert quiet == [] and any(m.startswith(ASSISTANT_KWARGS_NOTICE) for m in recorder.messages)
