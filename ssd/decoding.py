@@ -391,7 +391,7 @@ class DraftConfig:
     last two steps were lookups accepted in full (a copy running on): then
     up to `max_step_draft`. Where verifying 4 rows costs twice as much as 3
     (float32 MKL on a CPU: 70 vs 38 ms, 1 row 35 ms), a 2-token lookup costs
-    about a step, so a short match no longer pays for 13 rows, while long
+    about a step, so a short match does not pay for 13 rows, while long
     copies (QA, summaries) still go 12 at a time. None: always up to
     `max_step_draft`.
     """

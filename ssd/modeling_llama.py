@@ -339,7 +339,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         compiled = self._compiled_pass is not None and 1 < start_pos and end < cache.max_len
         if compiled and not (self.drafting or last_only) and head is None:
             # Fresh row-major strides: a slice of one row keeps its parent's stride, which `contiguous`
-            # leaves alone, and a graph guards on strides (the test's slices recompiled both graphs).
+            # leaves alone, and a graph guards on strides: a sliced input would recompile it.
             return self._compiled_pass(input_ids.clone(memory_format=torch.contiguous_format), cache, start_pos)
         return self._forward(input_ids, cache, start_pos, last_only, head)
 
