@@ -150,7 +150,10 @@ def generate(
     if unknown := sorted(set(extra) - set(draft_options)):
         raise ValueError(f"ssd.generate does not take {unknown} (logits processors, stopping criteria, assistant "
                          f"models and other arguments of model.generate are not supported)")
-    sampling = Sampling(config.temperature, config.top_k, config.top_p) if config.do_sample else None
+    sampling = None
+    if config.do_sample:  # None means off for a filter, as in transformers
+        sampling = Sampling(1.0 if config.temperature is None else config.temperature, config.top_k or 0,
+                            1.0 if config.top_p is None else config.top_p)
     method = method or ("sss" if sampling else "essg")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
