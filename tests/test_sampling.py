@@ -7,7 +7,7 @@ import ssd
 import ssd.decoding
 from helpers import ALPHA, accept_everything, chi_square_p_value
 from ssd.decoding import DraftConfig, self_speculative_sample
-from ssd.sampling import Sampling, logits_to_probs
+from ssd.sampling import Sampling, logits_to_probs, residual
 
 SAMPLING = Sampling(temperature=1.0, top_k=6)
 # The 2nd token is drafted: by the layer-skipping draft through the trimmed
@@ -21,7 +21,14 @@ PROMPTS = {
     # The first token is often one the prompt has ("mat", "floor"...), so the 2nd is looked up.
     "hybrid": "The cat sat on the mat. The dog sat on the",
 }
-TRIALS = 400
+# Samples per chi-square test (each a 3-token generation, ~0.3 s). The broken rules below must fail
+# it: from the exact distributions (noncentral chi-square over the test's pooled bins) they are
+# caught at 100 trials with probability over 0.999 in both settings on the chi-square alone
+# (noncentrality ~60-70 for the |p - q| residual, 230+ for accepting every draft), and they also
+# sample tokens the full model forbids. Measured with seed 1234 at 100 trials: chi-square alone
+# p = 1e-11 (layer-skip) and 4e-17 (hybrid) for the residual, 4e-36 and 1e-27 for accepting
+# everything, 22-37 forbidden tokens each; the correct sampler p = 0.06 and 1.0.
+TRIALS = 100
 UPPER_HALF = (list(range(15, 29, 2)), list(range(16, 29, 2)))
 
 
@@ -48,7 +55,9 @@ def second_token_p_value(model, input_ids, expected: torch.Tensor, draft: DraftC
         looked_up += result.num_looked_up_tokens
     if draft.ngram_size:
         assert looked_up > TRIALS / 4, "the hybrid setting must exercise looked-up drafts"
-    return chi_square_p_value(counts, expected, TRIALS)
+    p_value = chi_square_p_value(counts, expected, TRIALS)
+    print(f"p-value {p_value:.3g} over {TRIALS} trials ({int(counts[expected == 0].sum())} tokens the full model forbids)")
+    return p_value
 
 
 @pytest.fixture(scope="module", params=sorted(DRAFTS))
@@ -72,6 +81,37 @@ def test_broken_acceptance_rule_is_detected(setting, monkeypatch):
     model, input_ids, expected, draft = setting
     monkeypatch.setattr(ssd.decoding, "verify_drafts", accept_everything)
     assert second_token_p_value(model, input_ids, expected, draft) < ALPHA
+
+
+def abs_residual(p, q):
+    """A broken residual: |p - q| renormalised (the clamp forgotten). After a rejection it samples
+    where the draft over-proposed too, and the 2nd token follows (p + q) / 2, not p."""
+    rest = (p - q).abs()
+    return rest / rest.sum()
+
+
+def test_wrong_residual_is_detected(setting, monkeypatch):
+    """A rejected draft resampled from the wrong distribution: the same test must fail.
+
+    (Resampling from p itself, without subtracting q, is biased too, but only by min(p, q) - beta p:
+    noncentrality ~0.04 per trial (layer-skip) and ~0.015 (hybrid), caught at 400 trials with
+    probability 0.43 and 0.11; measured p = 0.19 and 0.91 at 100 trials, 0.45 (hybrid) at 400.
+    The unit test below pins residual down exactly instead.)"""
+    model, input_ids, expected, draft = setting
+    monkeypatch.setattr(ssd.decoding, "residual", abs_residual)
+    assert second_token_p_value(model, input_ids, expected, draft) < ALPHA
+
+
+def test_residual_is_the_normalised_positive_part():
+    p = torch.tensor([0.5, 0.3, 0.2, 0.0])
+    q = torch.tensor([0.2, 0.5, 0.1, 0.2])
+    torch.testing.assert_close(residual(p, q), torch.tensor([0.3, 0.0, 0.1, 0.0]) / 0.4)
+    # A looked-up draft (q one-hot): p without the drafted token.
+    torch.testing.assert_close(residual(p, torch.tensor([1.0, 0, 0, 0])), torch.tensor([0.0, 0.6, 0.4, 0.0]))
+    # p == q (a rejection is then impossible, but rounding may still reject): p itself, not 0/0.
+    same = torch.softmax(torch.tensor([2.0, 1.0, -1.0, 0.5]), -1)
+    assert torch.equal(residual(same, same.clone()), same)
+    assert torch.isfinite(residual(same, same)).all()
 
 
 def test_seed_reproduces_and_none_does_not_reseed(embedded):
