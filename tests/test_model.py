@@ -50,13 +50,14 @@ def test_logits_match_stock_transformers(overrides):
 
 @torch.no_grad()
 def test_local_folder_checkpoint_loads(embedded, tmp_path):
-    """A checkpoint saved as a folder (config, safetensors, tokenizer files) loads through load_model."""
+    """A checkpoint saved as a folder (config, safetensors, tokenizer files) loads through load_model.
+    Eager (compile=False): compiling is tested on the embedded model, and a second compile costs ~1 min."""
     _, tokenizer = embedded
     torch.manual_seed(0)
     stock = StockLlama(LlamaConfig(**TINY, num_key_value_heads=2)).eval()
     stock.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    model, reloaded_tokenizer = ssd.load_model(tmp_path, dtype=torch.float32, device="cpu")
+    model, reloaded_tokenizer = ssd.load_model(tmp_path, dtype=torch.float32, device="cpu", compile=False)
     assert isinstance(model, LlamaForCausalLM) and model.dtype == torch.float32
     assert reloaded_tokenizer("def add(a, b):").input_ids == tokenizer("def add(a, b):").input_ids
     ids = torch.randint(0, TINY["vocab_size"], (1, 12))
@@ -110,7 +111,9 @@ def test_compiled_passes_agree_with_eager_ones(embedded, prompts):
             torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
             assert torch.equal(compiled.argmax(-1), eager.argmax(-1))
             for a, b in zip(caches[0].keys + caches[0].values, caches[1].keys + caches[1].values):
-                torch.testing.assert_close(a[:, :, : start + rows], b[:, :, : start + rows], atol=1e-5, rtol=1e-5)
+                # Keys and values to the logits' tolerance: fused ops sum in another order, and on an
+                # AVX2-only AMD EPYC (MKL_CBWR=AVX2) one value of 23,616 differed by 2e-5 from eager.
+                torch.testing.assert_close(a[:, :, : start + rows], b[:, :, : start + rows], atol=1e-4, rtol=1e-4)
         for prompt in ("def", prompts[1]):  # a one-token prompt's first step is at position 1
             ids = tokenizer(prompt, return_tensors="pt").input_ids
             assert ssd.exact_self_speculative_generate(model, ids, 24).tokens == ssd.base_generate(model, ids, 24).tokens
