@@ -22,15 +22,16 @@ from ssd.data import TASKS, task_prompts
 from ssd.evaluation import apply_draft, format_table, parse_dtype
 from ssd.files import write_json_atomic
 from ssd.generation import generate
-from ssd.models import embedded_model_path, load_model
+from ssd.models import embedded_checkpoint, load_model
 from ssd.swift import SwiftConfig, SwiftOptimizer
 from ssd.timing import Method, Run, run_side_by_side, summarise
 
-PROMPTS_FILE = Path(__file__).with_name("bench_prompts.jsonl")  # QA and writing prompts, by task
-EXTRA_TASKS = ("qa", "writing")
+PROMPTS_FILE = Path(__file__).with_name("bench_prompts.jsonl")  # QA, writing and chat prompts, by task
+EXTRA_TASKS = ("qa", "writing", "chat")
+CHAT_TASKS = ("chat",)  # sent through the tokenizer's chat template, as a user of a chat model does
 ALL_TASKS = (*TASKS, *EXTRA_TASKS)
-# Stock generate, its two built-in speculative decoders, and ours.
-METHODS = ("hf", "hf-pld", "hf-early-exit", "base", "essg", "sss", "swift")
+# Stock generate, its two built-in speculative decoders, and ours ("self-draft": essg with lookups off).
+METHODS = ("hf", "hf-pld", "hf-early-exit", "base", "essg", "self-draft", "sss", "swift")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,6 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--skip-layers-key", default=None, help="draft entry of skip_layers.json (default: the model's)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the fastest exact one)")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--draft-precision", default="default", choices=["default", "none", "int8", "int4"],
+                        help="precision of the weights the self-draft runs (default: load_model's choice, or the draft entry's)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile ssd's full-model passes (default: load_model's choice, on in float32 on a CPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -113,15 +116,20 @@ def load_prompts(args) -> list[tuple[str, str]]:
     return pairs
 
 
+def encode(tokenizer, task: str, prompt: str) -> torch.Tensor:
+    """Token ids `[1, T]`; a chat task's prompt is a user message in the chat template."""
+    if task in CHAT_TASKS:
+        messages = [{"role": "user", "content": prompt}]
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True).input_ids
+    return tokenizer(prompt, return_tensors="pt").input_ids
+
+
 # --- the methods -------------------------------------------------------------
 
 
 def stock_model(name_or_path: str | None, dtype: torch.dtype, device: torch.device):
     """The same checkpoint in stock transformers."""
-    if name_or_path is None:
-        folder, name = embedded_model_path()
-        return AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype).to(device).eval()
-    return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype).to(device).eval()
+    return AutoModelForCausalLM.from_pretrained(name_or_path or embedded_checkpoint(), dtype=dtype).to(device).eval()
 
 
 def hf_method(stock, max_new_tokens: int, **assisted) -> Method:
@@ -197,6 +205,8 @@ def build_methods(args, model) -> dict[str, Method]:
                                        generator=torch.Generator(model.device).manual_seed(0))
         elif name == "swift":
             methods[name] = swift_method(model, args.max_new_tokens)
+        elif name == "self-draft":
+            methods[name] = ssd_method(model, "essg", args.max_new_tokens, ngram_size=0)
         else:
             methods[name] = ssd_method(model, name, args.max_new_tokens)
     return methods
@@ -236,7 +246,10 @@ def main(argv=None) -> list[dict]:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, compile=args.compile)
     draft = apply_draft(model, args.skip_layers_key, args.model)
-    prompts = [(task, tokenizer(p, return_tensors="pt").input_ids.to(model.device)) for task, p in load_prompts(args)]
+    if args.draft_precision != "default":
+        model.set_draft_precision(None if args.draft_precision == "none" else args.draft_precision)
+    draft += f", precision {model.get_draft_precision() or model.dtype}"
+    prompts = [(task, encode(tokenizer, task, p).to(model.device)) for task, p in load_prompts(args)]
     methods = build_methods(args, model)
     warm_up = tokenizer("Warm up.", return_tensors="pt").input_ids.to(model.device)
     records = run_side_by_side(prompts, methods, warm_up, compared=[m for m in methods if m != "sss"])

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ssd.low_bit import precision_bytes_share
 from ssd.modeling_llama import DraftHead, KVCache, LlamaForCausalLM
 from ssd.sampling import Sampling, logits_to_probs, residual, sample
 
@@ -502,9 +503,10 @@ def _self_speculative(
         # Never draft past max_new_tokens: verification adds one token of its own.
         room = min(max_step_draft, max_new_tokens - len(tokens) - 1)
         proposal, matched = lookup.propose(room) if lookup is not None and room > 0 else ([], 0)
-        # With no sub-layer skipped, the draft is the full model: it saves at most the trimmed head's
-        # share of a step, and its long drafts hold off lookups, which cost nothing. The gate skips it.
-        can_draft = room > 0 and (gate is None or any(model.get_skip_layers()))
+        # With no sub-layer skipped and full precision, the draft is the full model: it saves at most the
+        # trimmed head's share of a step, and its long drafts hold off lookups, which cost nothing.
+        # The gate skips it.
+        can_draft = room > 0 and (gate is None or any(model.get_skip_layers()) or model.get_draft_precision() is not None)
         kinds = ["plain"] + (["draft"] if can_draft else []) + ([("lookup", matched)] if proposal else [])
         kind = kinds[-1] if gate is None else gate.choose(kinds)
         drafts, draft_probs = [], None
@@ -540,12 +542,14 @@ def _self_speculative(
 
 
 def _passes(kind: StepKind, num_drafts: int, model: LlamaForCausalLM) -> float:
-    """A step's cost in full-model passes: the verification, plus a layer-skipping draft's tokens
-    at the share of sub-layers the draft runs. Deterministic, unlike wall time."""
+    """A step's cost in full-model passes: the verification, plus a self-draft's tokens at the share of
+    sub-layers the draft runs, times the share of weight bytes its precision reads. Deterministic,
+    unlike wall time."""
     if kind != "draft":
         return 1.0
     attention, mlp = model.get_skip_layers()
-    return 1.0 + num_drafts * (1 - (len(attention) + len(mlp)) / (2 * model.num_layers))
+    depth = 1 - (len(attention) + len(mlp)) / (2 * model.num_layers)
+    return 1.0 + num_drafts * depth * precision_bytes_share(model.get_draft_precision(), model.dtype)
 
 
 def _one_hot(tokens: list[int], model: LlamaForCausalLM) -> torch.Tensor:

@@ -26,6 +26,8 @@ from transformers import LlamaConfig, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
+from ssd.low_bit import PRECISIONS, Int8Weight, LowBitWeight, check_kernel, quantise
+
 
 @dataclass
 class KVCache:
@@ -71,9 +73,20 @@ class Linear(nn.Linear):
     in one pass would disagree with decoding them one at a time. Two rows take
     the several-row kernel and cost about what one does: the product is bound
     by reading the weights.
+
+    It also keeps the draft's low-bit copies of its weight, by precision
+    (`LlamaForCausalLM.set_draft_precision`); `forward(x, precision)` runs one.
+    The draft need not be row-invariant: verification decides every token.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.low_bit: dict[str, LowBitWeight] = {}
+
+    def forward(self, x: torch.Tensor, precision: str | None = None) -> torch.Tensor:
+        if precision is not None:
+            out = self.low_bit[precision](x)
+            return out if self.bias is None else out + self.bias
         if x.shape[-2] == 1 and _needs_row_invariance(x):
             return super().forward(torch.cat((x, x), dim=-2))[..., :1, :]
         return super().forward(x)
@@ -130,11 +143,11 @@ class LlamaAttention(nn.Module):
         self.v_proj = Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=bias)
         self.o_proj = Linear(self.n_heads * self.head_dim, config.hidden_size, bias=bias)
 
-    def forward(self, x, cos, sin, k_cache, v_cache, start_pos: int, mask):
+    def forward(self, x, cos, sin, k_cache, v_cache, start_pos: int, mask, precision: str | None = None):
         batch, length, _ = x.shape
-        q = self.q_proj(x).view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x, precision).view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x, precision).view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x, precision).view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         end = start_pos + length
         k_cache[:, :, start_pos:end] = k
@@ -142,7 +155,7 @@ class LlamaAttention(nn.Module):
         # Attend to the keys the mask spans (none: positions < end); stale ones get weight 0.
         keys = end if mask is None else mask.shape[-1]
         y = attend(q, k_cache[:, :, :keys], v_cache[:, :, :keys], mask)
-        return self.o_proj(y.transpose(1, 2).reshape(batch, length, -1))
+        return self.o_proj(y.transpose(1, 2).reshape(batch, length, -1), precision)
 
 
 class LlamaMLP(nn.Module):
@@ -154,8 +167,8 @@ class LlamaMLP(nn.Module):
         self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=bias)
         self.act_fn = ACT2FN[config.hidden_act]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+    def forward(self, x: torch.Tensor, precision: str | None = None) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x, precision)) * self.up_proj(x, precision), precision)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -166,11 +179,14 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, k_cache, v_cache, start_pos: int, mask, skip_attention: bool, skip_mlp: bool):
+    def forward(
+        self, x, cos, sin, k_cache, v_cache, start_pos: int, mask, skip_attention: bool, skip_mlp: bool,
+        precision: str | None = None,
+    ):
         if not skip_attention:
-            x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, start_pos, mask)
+            x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, start_pos, mask, precision)
         if not skip_mlp:
-            x = x + self.mlp(self.post_attention_layernorm(x))
+            x = x + self.mlp(self.post_attention_layernorm(x), precision)
         return x
 
 
@@ -200,6 +216,13 @@ class DraftHead:
 
     token_ids: torch.Tensor  # [V'] sorted token ids
     weight: torch.Tensor  # [V', hidden] their rows of the LM head
+    low_bit: Int8Weight | None = None  # their rows of the head's int8 copy, when the model has one
+
+    def __call__(self, x: torch.Tensor, precision: str | None) -> torch.Tensor:
+        """Logits over `token_ids`; from the int8 rows when the draft runs at a low precision."""
+        if precision is not None and self.low_bit is not None:
+            return self.low_bit(x)
+        return F.linear(x, self.weight)
 
     def full_logits(self, logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
         """Scatter subset logits into the whole vocabulary; tokens outside get -inf (probability 0)."""
@@ -221,6 +244,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         self.skip_attention: frozenset[int] = frozenset()
         self.skip_mlp: frozenset[int] = frozenset()
         self.drafting = False
+        self.draft_precision: str | None = None
         self._compiled_pass = None  # see compile_full_passes
         self.post_init()
 
@@ -267,13 +291,47 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         finally:
             self.drafting = previous
 
+    def set_draft_precision(self, precision: str | None) -> None:
+        """The draft runs low-bit copies of the weights: `"int8"`, `"int4"` (`ssd.low_bit`), or None (the
+        model's own). It still skips its skip set's sub-layers.
+
+        Copies of every layer's linear weights (SWIFT changes the skip set while it generates) and an
+        int8 copy of the LM head (per-row scales let the trimmed draft head gather its rows; int4's
+        packed tiles do not) are built on first use, on the device of the weight they copy, and kept.
+        The model's own weights are untouched. A precision without a kernel on the model's device is
+        an error naming both, and the previous setting stays.
+        """
+        if precision is not None:
+            if precision not in PRECISIONS:
+                raise ValueError(f"unknown draft precision {precision!r}; choose from {PRECISIONS} or None")
+            for device in {p.device for p in self.parameters()}:
+                check_kernel(precision, device, self.dtype)
+            # Every copy first, then stored: a weight the kernel cannot take leaves the model as it was.
+            copies = [(linear, precision, quantise(linear.weight, precision)) for linear in self.model.layers.modules()
+                      if isinstance(linear, Linear) and precision not in linear.low_bit]
+            if "int8" not in self.lm_head.low_bit:
+                copies.append((self.lm_head, "int8", quantise(self.lm_head.weight, "int8")))
+            for linear, name, copy in copies:
+                linear.low_bit[name] = copy
+        self.draft_precision = precision
+
+    def get_draft_precision(self) -> str | None:
+        return self.draft_precision
+
+    def low_bit_nbytes(self, precision: str) -> int:
+        """Memory the copies for `precision` take (the int8 LM head counted once, under either)."""
+        nbytes = sum(m.low_bit[precision].nbytes for m in self.model.modules() if isinstance(m, Linear) and precision in m.low_bit)
+        head = self.lm_head.low_bit.get("int8")
+        return nbytes + (head.nbytes if head is not None else 0)
+
     def draft_head(self, token_ids: torch.Tensor) -> DraftHead:
         """A head scoring only `token_ids` (unique ids, any order)."""
         device = self.lm_head.weight.device
         token_ids = torch.unique(torch.as_tensor(token_ids, dtype=torch.long)).to(device)
         if token_ids.numel() == 0 or token_ids[0] < 0 or token_ids[-1] >= self.config.vocab_size:
             raise ValueError(f"draft head token ids must be non-empty and within 0..{self.config.vocab_size - 1}")
-        return DraftHead(token_ids, self.lm_head.weight[token_ids].contiguous())
+        low_bit = self.lm_head.low_bit.get("int8")
+        return DraftHead(token_ids, self.lm_head.weight[token_ids].contiguous(), low_bit and low_bit.rows(token_ids))
 
     # --- compilation ------------------------------------------------------
 
@@ -365,16 +423,18 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
             mask = None
         skip_attention = self.skip_attention if self.drafting else frozenset()
         skip_mlp = self.skip_mlp if self.drafting else frozenset()
+        precision = self.draft_precision if self.drafting else None
         for i, layer in enumerate(self.model.layers):
             x = layer(
-                x, cos, sin, cache.keys[i], cache.values[i], start_pos, mask, i in skip_attention, i in skip_mlp
+                x, cos, sin, cache.keys[i], cache.values[i], start_pos, mask, i in skip_attention, i in skip_mlp,
+                precision,
             )
         if last_only:
             x = x[:, -1:]
         x = self.model.norm(x)
         if head is not None:
-            return F.linear(x, head.weight).float()
-        return self.lm_head(x).float()
+            return head(x, precision).float()
+        return self.lm_head(x, precision and "int8").float()
 
 
 def _validate_layers(indices: Iterable[int], num_layers: int, kind: str) -> frozenset[int]:

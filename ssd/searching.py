@@ -1,16 +1,20 @@
-"""Bayesian search for the sub-layers the draft skips (Draft & Verify, section 3.2).
+"""Bayesian search for the draft: the sub-layers it skips (Draft & Verify, section 3.2) and the
+precision of the weights it runs (`ssd.low_bit`).
 
 One variable in [0, 1] per sub-layer, all L attention sub-layers then all L
-MLP sub-layers; a sub-layer is skipped when its variable is above 0.5. A
-Gaussian-process optimiser (`bayes_opt`) maximises one of two objectives:
+MLP sub-layers; a sub-layer is skipped when its variable is above 0.5. When
+more than one precision is searched, one more variable picks it: [0, 1] cut
+into equal parts, one per precision. A Gaussian-process optimiser
+(`bayes_opt`) maximises one of two objectives:
 
 - `"predicted"` (default): the speedup over autoregressive decoding that the
   draft's acceptance predicts. One teacher-forced draft pass over text the
   full model generated gives, at every position at once, whether the draft's
   argmax equals the full model's token and how confident it was; replaying
   the draft/verify loop over those gives tokens per verification, and each
-  sub-layer's measured cost gives the cost of drafting. Deterministic, and
-  it charges each kind of sub-layer what it measurably costs on the device.
+  sub-layer's measured cost, at the draft's precision, gives the cost of
+  drafting. Deterministic, and it charges each kind of sub-layer what it
+  measurably costs on the device.
 - `"tokens_per_second"`: the paper's, wall-clock tokens per second of exact
   self-speculative decoding on the prompts. Noisy on a shared machine.
 
@@ -33,6 +37,7 @@ from tqdm.auto import tqdm
 
 from ssd.decoding import DraftConfig, base_generate, exact_self_speculative_generate
 from ssd.files import append_jsonl, read_jsonl
+from ssd.low_bit import PRECISIONS
 from ssd.modeling_llama import DraftHead, LlamaForCausalLM
 
 OBJECTIVES = ("predicted", "tokens_per_second")
@@ -48,15 +53,26 @@ class SearchConfig:
     alpha: float = 1e-2  # GP noise term (paper: 1e-2)
     kappa: float = 2.576  # UCB exploration
     seed: int = 0
+    # Draft precisions searched beside the skip set (None: the model's own weights); one: no variable for it.
+    precisions: tuple[str | None, ...] = (None, *PRECISIONS)
+
+    def __post_init__(self):
+        if not self.precisions or any(p not in (None, *PRECISIONS) for p in self.precisions):
+            raise ValueError(f"precisions must be a non-empty tuple from {(None, *PRECISIONS)}, got {self.precisions}")
 
 
 # --- variables <-> skip sets ---------------------------------------------------
 
 
-def variable_names(num_layers: int) -> list[str]:
-    """`a00..` for attention, `m00..` for MLP; zero-padded so they sort in layer order."""
+PRECISION_VARIABLE = "precision"
+
+
+def variable_names(num_layers: int, precisions: tuple = (None,)) -> list[str]:
+    """`a00..` for attention, `m00..` for MLP, zero-padded so they sort in layer order; then `precision`
+    when there is a choice of precisions."""
     width = len(str(num_layers - 1))
-    return [f"a{i:0{width}d}" for i in range(num_layers)] + [f"m{i:0{width}d}" for i in range(num_layers)]
+    names = [f"a{i:0{width}d}" for i in range(num_layers)] + [f"m{i:0{width}d}" for i in range(num_layers)]
+    return names + ([PRECISION_VARIABLE] if len(precisions) > 1 else [])
 
 
 def params_to_skip_layers(params: dict[str, float], num_layers: int) -> tuple[list[int], list[int]]:
@@ -66,21 +82,33 @@ def params_to_skip_layers(params: dict[str, float], num_layers: int) -> tuple[li
     return attention, mlp
 
 
-def skip_layers_to_params(attention, mlp, num_layers: int) -> dict[str, float]:
+def params_to_precision(params: dict[str, float], precisions: tuple) -> str | None:
+    if len(precisions) == 1:
+        return precisions[0]
+    return precisions[min(int(params[PRECISION_VARIABLE] * len(precisions)), len(precisions) - 1)]
+
+
+def skip_layers_to_params(attention, mlp, num_layers: int, precision=None, precisions: tuple = (None,)) -> dict[str, float]:
+    """The variables of a draft: 0 or 1 per sub-layer, and the middle of the precision's part."""
     names = variable_names(num_layers)
     skipped = {names[i] for i in attention} | {names[num_layers + i] for i in mlp}
-    return {name: 1.0 if name in skipped else 0.0 for name in names}
+    params = {name: 1.0 if name in skipped else 0.0 for name in names}
+    if len(precisions) > 1:
+        params[PRECISION_VARIABLE] = (precisions.index(precision) + 0.5) / len(precisions)
+    return params
 
 
 @contextlib.contextmanager
-def candidate_skip_layers(model: LlamaForCausalLM, attention, mlp) -> Iterator[None]:
-    """A candidate skip set on the model for a while; the model's own set is restored after."""
-    saved = model.get_skip_layers()
+def candidate_draft(model: LlamaForCausalLM, attention, mlp, precision: str | None) -> Iterator[None]:
+    """A candidate draft (skip set and precision) on the model for a while; the model's own is restored after."""
+    saved, saved_precision = model.get_skip_layers(), model.get_draft_precision()
+    model.set_draft_precision(precision)
     model.set_skip_layers(attention, mlp)
     try:
         yield
     finally:
         model.set_skip_layers(*saved)
+        model.set_draft_precision(saved_precision)
 
 
 # --- costs and the predicted speedup ---------------------------------------------
@@ -101,18 +129,19 @@ class StepCosts:
 
 @torch.no_grad()
 def measure_step_costs(
-    model: LlamaForCausalLM, max_tokens: int, head: DraftHead | None = None, context: int = 256, repeats: int = 8
+    model: LlamaForCausalLM, max_tokens: int, head: DraftHead | None = None, precision: str | None = None,
+    context: int = 256, repeats: int = 8,
 ) -> StepCosts:
-    """Time a full decoding step, draft steps (with `head`) with nothing, every attention and every
-    MLP sub-layer skipped, and full forwards over 1..max_tokens+1 tokens."""
+    """Time a full decoding step, draft steps (with `head`, at `precision`) with nothing, every attention
+    and every MLP sub-layer skipped, and full forwards over 1..max_tokens+1 tokens."""
     context = min(context, model.max_context - max_tokens - 1)
     cache = model.new_cache(context + max_tokens + 1)
     model(torch.zeros((1, context), dtype=torch.long, device=model.device), cache, 0)
     one = torch.zeros((1, 1), dtype=torch.long, device=model.device)
     all_layers = range(model.num_layers)
 
-    def seconds(tokens: torch.Tensor, draft_head=None, attention=(), mlp=()) -> float:
-        with candidate_skip_layers(model, attention, mlp), model.self_draft():
+    def seconds(tokens: torch.Tensor, draft_head=None, attention=(), mlp=(), at=None) -> float:
+        with candidate_draft(model, attention, mlp, at), model.self_draft():
             model(tokens, cache, context, head=draft_head)  # warm-up
             times = []
             for _ in range(repeats):
@@ -124,9 +153,9 @@ def measure_step_costs(
         return sorted(times)[len(times) // 2]
 
     full = seconds(one)
-    draft = seconds(one, head)
-    no_attention = seconds(one, head, attention=all_layers)
-    no_mlp = seconds(one, head, mlp=all_layers)
+    draft = seconds(one, head, at=precision)
+    no_attention = seconds(one, head, attention=all_layers, at=precision)
+    no_mlp = seconds(one, head, mlp=all_layers, at=precision)
     attention = max(draft - no_attention, 0.0) / model.num_layers / full
     mlp = max(draft - no_mlp, 0.0) / model.num_layers / full
     fixed = max(draft / full - model.num_layers * (attention + mlp), 0.0)
@@ -179,7 +208,7 @@ class OneStartUpperConfidenceBound(UpperConfidenceBound):
 
 
 class LayerSkippingSearching:
-    """Finds the skip set that maximises an objective over a few prompts.
+    """Finds the draft (skip set and precision) that maximises an objective over a few prompts.
 
     `prompts`: token id tensors `[1, T]` or strings. `log_path`: a JSONL file
     of evaluations; given an existing one, the search resumes from it.
@@ -200,6 +229,8 @@ class LayerSkippingSearching:
             raise ValueError("the search needs at least one prompt")
         self.model, self.config, self.objective = model, evaluate_config, objective
         self.num_layers = model.num_layers
+        self.precisions = evaluate_config.precisions
+        self.names = variable_names(self.num_layers, self.precisions)
         self.log_path = Path(log_path) if log_path is not None else None
         self.prompts = [
             tokenizer(p, return_tensors="pt").input_ids.to(model.device) if isinstance(p, str) else p.to(model.device)
@@ -207,7 +238,7 @@ class LayerSkippingSearching:
         ]
         self.optimizer = BayesianOptimization(
             f=None,
-            pbounds={name: (0.0, 1.0) for name in variable_names(self.num_layers)},
+            pbounds={name: (0.0, 1.0) for name in self.names},
             acquisition_function=OneStartUpperConfidenceBound(kappa=evaluate_config.kappa),
             random_state=evaluate_config.seed,
             verbose=0,
@@ -217,34 +248,42 @@ class LayerSkippingSearching:
         self.history: list[dict] = []
         logged = read_jsonl(self.log_path) if self.log_path else []
         for record in logged:  # refuse a foreign log before any costly preparation
-            if len(record["params"]) != 2 * self.num_layers or record["objective"] != objective:
+            if record["objective"] != objective or record.get("variables") != self.names:
                 raise ValueError(
-                    f"{self.log_path} logs a {record['objective']!r} search over {len(record['params']) // 2} layers; "
-                    f"this is a {objective!r} search over {self.num_layers}: use another log file"
+                    f"{self.log_path} logs a {record['objective']!r} search over other variables; this is a "
+                    f"{objective!r} search over {self.num_layers} layers and precisions {self.precisions}: "
+                    f"use another log file"
                 )
-        self.sequences, self.costs = [], None  # for the predicted speedup: prepared on first use
+        # Copies for every searched precision, before the draft heads are built: a head gathers its
+        # low-bit rows from the model's copy of the LM head. The model's own precision is kept.
+        own = model.get_draft_precision()
+        for precision in self.precisions:
+            model.set_draft_precision(precision)
+        model.set_draft_precision(own)
+        self.sequences, self.costs = [], {}  # for the predicted speedup: prepared on first use
         if objective == "predicted":
             self._prepare_predicted()
         for record in logged:
-            params = dict(zip(variable_names(self.num_layers), record["params"]))
-            self._register(record["attention"], record["mlp"], record["score"], params, log=False)
+            params = dict(zip(self.names, record["params"]))
+            self._register(record["attention"], record["mlp"], record["draft_precision"], record["score"], params, log=False)
 
     # -- objectives --
 
     def _prepare_predicted(self) -> None:
-        """Full-model text for each prompt (teacher-forcing targets) and the measured step costs."""
+        """Full-model text for each prompt (teacher-forcing targets) and the measured step costs at each precision."""
         self.sequences = []
         for input_ids in tqdm(self.prompts, desc="full-model text"):
             generated = base_generate(self.model, input_ids, self.config.max_new_tokens).tokens
             sequence = torch.cat([input_ids[0], torch.tensor(generated, device=input_ids.device)])[None]
             self.sequences.append((sequence, input_ids.shape[1], self.config.draft.draft_head(self.model, input_ids)))
-        self.costs = measure_step_costs(self.model, self.config.draft.max_step_draft, self.sequences[0][2])
+        head = self.sequences[0][2]
+        self.costs = {p: measure_step_costs(self.model, self.config.draft.max_step_draft, head, p) for p in self.precisions}
 
     @torch.no_grad()
-    def acceptance(self, attention: list[int], mlp: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def acceptance(self, attention: list[int], mlp: list[int], precision: str | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per generated position: does the teacher-forced draft's argmax match, and its top probability."""
         matches, confidences = [], []
-        with candidate_skip_layers(self.model, attention, mlp), self.model.self_draft():
+        with candidate_draft(self.model, attention, mlp, precision), self.model.self_draft():
             for sequence, prompt_length, head in self.sequences:
                 cache = self.model.new_cache(sequence.shape[1])
                 logits = self.model(sequence, cache, 0, head=head)[0, prompt_length - 1 : -1]
@@ -255,20 +294,23 @@ class LayerSkippingSearching:
                 confidences.append(top_prob.cpu())
         return matches, confidences
 
-    def predict(self, attention: list[int], mlp: list[int]) -> float:
-        """The speedup over base decoding that the set's teacher-forced acceptance and costs predict."""
-        if self.costs is None:
+    def predict(self, attention: list[int], mlp: list[int], precision: str | None = None) -> float:
+        """The speedup over base decoding that the draft's teacher-forced acceptance and costs predict."""
+        if precision not in self.precisions:
+            raise ValueError(f"precision {precision!r} is not searched here; searched: {self.precisions}")
+        if not self.costs:
             self._prepare_predicted()
-        matches, confidences = self.acceptance(attention, mlp)
-        draft_cost = self.costs.draft(self.num_layers, attention, mlp)
-        return predicted_speedup(matches, confidences, self.config.draft, draft_cost, self.costs.verify)
+        matches, confidences = self.acceptance(attention, mlp, precision)
+        costs = self.costs[precision]
+        draft_cost = costs.draft(self.num_layers, attention, mlp)
+        return predicted_speedup(matches, confidences, self.config.draft, draft_cost, costs.verify)
 
-    def evaluate(self, attention: list[int], mlp: list[int]) -> float:
-        """The objective for one skip set (higher is better)."""
+    def evaluate(self, attention: list[int], mlp: list[int], precision: str | None = None) -> float:
+        """The objective for one draft (higher is better)."""
         if self.objective == "predicted":
-            return self.predict(attention, mlp)
+            return self.predict(attention, mlp, precision)
         tokens, seconds = 0, 0.0
-        with candidate_skip_layers(self.model, attention, mlp):
+        with candidate_draft(self.model, attention, mlp, precision):
             for input_ids in self.prompts:
                 start = time.perf_counter()
                 result = exact_self_speculative_generate(self.model, input_ids, self.config.max_new_tokens, None, self.config.draft)
@@ -278,38 +320,48 @@ class LayerSkippingSearching:
 
     # -- search --
 
-    def _register(self, attention, mlp, score: float, params: dict | None = None, log: bool = True) -> None:
+    def _register(self, attention, mlp, precision, score: float, params: dict | None = None, log: bool = True) -> None:
         """Tell the optimiser the raw variables it proposed (0/1 for a probed set), and log it."""
-        params = params or skip_layers_to_params(attention, mlp, self.num_layers)
+        params = params or skip_layers_to_params(attention, mlp, self.num_layers, precision, self.precisions)
         self.optimizer.register(params=params, target=score)
-        record = {"attention": list(attention), "mlp": list(mlp), "score": score, "objective": self.objective,
-                  "params": [float(params[name]) for name in variable_names(self.num_layers)]}
+        record = {"attention": list(attention), "mlp": list(mlp), "draft_precision": precision, "score": score,
+                  "objective": self.objective, "variables": self.names,
+                  "params": [float(params[name]) for name in self.names]}
         self.history.append(record)
         if log and self.log_path is not None:
             append_jsonl(self.log_path, record)
 
-    def probe(self, attention, mlp) -> float:
-        """Evaluate a known skip set now and tell the optimiser (the paper seeds good sets this way)."""
-        score = self.evaluate(list(attention), list(mlp))  # bad indices raise before anything is logged
-        self._register(sorted(attention), sorted(mlp), score)
+    def probe(self, attention, mlp, precision: str | None = None) -> float:
+        """Evaluate a known draft now and tell the optimiser (the paper seeds good sets this way)."""
+        score = self.evaluate(list(attention), list(mlp), precision)  # bad input raises before anything is logged
+        self._register(sorted(attention), sorted(mlp), precision, score)
         return score
 
     def search(self, n_iter: int) -> tuple[list[int], list[int]]:
-        """`n_iter` more evaluations proposed by the Gaussian process; returns the best set so far."""
+        """`n_iter` more evaluations proposed by the Gaussian process; returns the best skip set so far
+        (its precision: `best_draft_precision`)."""
         progress = tqdm(range(n_iter), desc="search")
         for _ in progress:
             params = self.optimizer.suggest()
             attention, mlp = params_to_skip_layers(params, self.num_layers)
-            self._register(attention, mlp, self.evaluate(attention, mlp), params)
-            progress.set_postfix(best=f"{self.best_score:.4g}", skipped=len(attention) + len(mlp))
+            precision = params_to_precision(params, self.precisions)
+            self._register(attention, mlp, precision, self.evaluate(attention, mlp, precision), params)
+            progress.set_postfix(best=f"{self.best_score:.4g}", skipped=len(attention) + len(mlp), precision=precision)
         return self.get_solution()
 
     @property
     def best_score(self) -> float:
         return max(record["score"] for record in self.history)
 
-    def get_solution(self) -> tuple[list[int], list[int]]:
+    def _best(self) -> dict:
         if not self.history:
             raise ValueError("nothing evaluated yet: call probe() or search() first")
-        best = max(self.history, key=lambda record: record["score"])
+        return max(self.history, key=lambda record: record["score"])
+
+    def get_solution(self) -> tuple[list[int], list[int]]:
+        best = self._best()
         return best["attention"], best["mlp"]
+
+    @property
+    def best_draft_precision(self) -> str | None:
+        return self._best()["draft_precision"]

@@ -1,4 +1,7 @@
-"""skip_layers.json: skip sets by model key, each `{"attention": [...], "mlp": [...], ...metadata}`.
+"""skip_layers.json: drafts by model key, each `{"attention": [...], "mlp": [...], ...metadata}`.
+
+An entry may carry `"draft_precision"` (`"int8"`, `"int4"` or null): the draft
+then also runs low-bit copies of the weights (`ssd.low_bit`).
 
 Reading validates the whole file and names what is wrong; writing replaces one
 entry atomically and keeps all others.
@@ -10,6 +13,7 @@ import json
 from pathlib import Path
 
 from ssd.files import write_json_atomic
+from ssd.low_bit import PRECISIONS
 from ssd.modeling_llama import LlamaForCausalLM
 
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "skip_layers.json"
@@ -35,6 +39,9 @@ def read_skip_layers(path: str | Path = DEFAULT_PATH) -> dict[str, dict]:
             values = entry.get(field) if isinstance(entry, dict) else None
             if not isinstance(values, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in values):
                 raise ValueError(f"{path}: entry {key!r} needs {field!r} as a list of non-negative layer indices")
+        if entry.get("draft_precision") not in (None, *PRECISIONS):
+            raise ValueError(f"{path}: entry {key!r} has draft_precision {entry['draft_precision']!r}; "
+                             f"choose from {PRECISIONS} or null")
     return data
 
 
@@ -52,8 +59,12 @@ def load_skip_layers(key: str, path: str | Path = DEFAULT_PATH, num_layers: int 
 
 
 def apply_skip_layers(model: LlamaForCausalLM, key: str, path: str | Path = DEFAULT_PATH) -> tuple[list[int], list[int]]:
-    """Set the model's draft to the skip set stored under `key`."""
+    """Set the model's draft to the skip set stored under `key`, and to its draft precision when the
+    entry carries one (an entry without keeps the model's)."""
     attention, mlp = load_skip_layers(key, path, model.num_layers)
+    entry = read_skip_layers(path)[key]
+    if "draft_precision" in entry:
+        model.set_draft_precision(entry["draft_precision"])  # first: a precision without a kernel changes nothing
     model.set_skip_layers(attention, mlp)
     return attention, mlp
 

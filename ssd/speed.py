@@ -10,7 +10,7 @@ import torch
 
 from ssd.generation import generate
 from ssd.modeling_llama import LlamaForCausalLM
-from ssd.searching import candidate_skip_layers
+from ssd.searching import candidate_draft
 from ssd.skip_layers import DEFAULT_PATH
 from ssd.swift import SwiftConfig, SwiftOptimizer
 from ssd.timing import Method, Run, run_side_by_side, summarise
@@ -37,13 +37,14 @@ def compare_skip_sets(
     model: LlamaForCausalLM,
     tokenizer,
     prompts: dict[str, list[str]],
-    skip_sets: dict[str, tuple[list[int], list[int]]],
+    skip_sets: dict[str, tuple],
     max_new_tokens: int = 128,
     progress: bool = True,
     **draft_kwargs,
 ) -> list[dict]:
-    """essg with each skip set against base, alternating per prompt; one row per (skip set, task) and per
-    skip set over all tasks ("all").
+    """essg with each draft against base, alternating per prompt; one row per (draft, task) and per
+    draft over all tasks ("all"). A draft is `(attention, mlp)`, at the model's draft precision, or
+    `(attention, mlp, precision)`.
 
     Row fields: set, task, prompts, speedup (over base), tokens_per_second,
     matchness, drafted (tokens), tokens_per_verification, identical (prompts
@@ -53,9 +54,9 @@ def compare_skip_sets(
     draft_kwargs = {"ngram_size": 0, **draft_kwargs}
     essg = _method(model, "essg", max_new_tokens, **draft_kwargs)
 
-    def with_set(attention, mlp) -> Method:
+    def with_set(attention, mlp, precision=model.get_draft_precision()) -> Method:
         def run(input_ids, task):
-            with candidate_skip_layers(model, attention, mlp):
+            with candidate_draft(model, attention, mlp, precision):
                 return essg(input_ids, task)
         return run
 

@@ -49,9 +49,9 @@ from ssd.decoding import (
     self_speculative_sample,
 )
 from ssd.modeling_llama import KVCache, LlamaForCausalLM
-from ssd.models import embedded_model_path
+from ssd.models import is_embedded
 from ssd.sampling import Sampling
-from ssd.searching import OneStartUpperConfidenceBound, candidate_skip_layers, variable_names
+from ssd.searching import OneStartUpperConfidenceBound, candidate_draft, variable_names
 from ssd.skip_layers import DEFAULT_PATH, EMBEDDED_KEY, read_skip_layers, save_skip_layers
 
 MIN_WINDOW = 1  # scored positions needed (two generated tokens) before a candidate is scored at all
@@ -121,11 +121,8 @@ class SwiftStep:
 def default_model_key(model: LlamaForCausalLM) -> str:
     """The skip_layers.json name of a model: the embedded model's key, else its folder or hub name, lower-cased."""
     name = str(getattr(model, "name_or_path", "") or "")
-    try:
-        if name and Path(name).resolve() == embedded_model_path()[0].resolve():
-            return EMBEDDED_KEY
-    except FileNotFoundError:
-        pass
+    if is_embedded(name):
+        return EMBEDDED_KEY
     if not name:
         raise ValueError("the model has no name_or_path: pass model_key explicitly")
     return Path(name).name.lower()
@@ -302,7 +299,7 @@ class SwiftOptimizer:
         inputs = torch.tensor([tokens[:window]], device=device)
         targets = torch.tensor(tokens[1 : window + 1], device=device)
         try:
-            with candidate_skip_layers(self.model, *skip_layers), self.model.self_draft():
+            with candidate_draft(self.model, *skip_layers, self.model.get_draft_precision()), self.model.self_draft():
                 logits = self.model(inputs, cache, prompt_length)[0]
         finally:
             for (k, v), (saved_k, saved_v) in zip(zip(cache.keys, cache.values), saved):

@@ -73,14 +73,21 @@ def test_one_pass_equals_token_by_token(bf16_model, prompts, index):
 
 
 @native_bfloat16_only
-@pytest.mark.parametrize("skip", ["hand-made", "random30"])
-def test_bfloat16_essg_equals_base(bf16_model, prompts, skip):
+@pytest.mark.parametrize("skip, precision", [("hand-made", None), ("random30", None), ("none", "int8"), ("hand-made", "int4")])
+def test_bfloat16_essg_equals_base(bf16_model, prompts, skip, precision):
+    """Drafts with skipped sub-layers, low-bit copies of the weights, or both."""
     model, tokenizer = bf16_model
-    sets = {"hand-made": ssd.skip_layers.HAND_PICKED, "random30": random_skip_set(model.num_layers, 0.3, seed=2)}
+    sets = {"none": ([], []), "hand-made": ssd.skip_layers.HAND_PICKED, "random30": random_skip_set(model.num_layers, 0.3, seed=2)}
     model.set_skip_layers(*sets[skip])
-    for prompt in prompts if skip == "hand-made" else prompts[::2]:
-        input_ids = tokenizer(prompt, return_tensors="pt").input_ids
-        base = ssd.infer(model, tokenizer, input_ids, "base", MAX_NEW_TOKENS)["generate_ids"]
-        essg = ssd.infer(model, tokenizer, input_ids, "essg", MAX_NEW_TOKENS, gate=False)
-        assert essg["num_drafted_tokens"] > 0
-        assert essg["generate_ids"] == base, f"bfloat16 essg ({skip}) differs from base on {prompt[:60]!r}"
+    model.set_draft_precision(precision)
+    try:
+        for prompt in prompts if (skip, precision) == ("hand-made", None) else prompts[::2]:
+            input_ids = tokenizer(prompt, return_tensors="pt").input_ids
+            base = ssd.infer(model, tokenizer, input_ids, "base", MAX_NEW_TOKENS)["generate_ids"]
+            # A low-bit draft runs alone (no lookups), so that every draft is its own.
+            lookups = {"ngram_size": 0} if precision else {}
+            essg = ssd.infer(model, tokenizer, input_ids, "essg", MAX_NEW_TOKENS, gate=False, **lookups)
+            assert essg["num_drafted_tokens"] > 0
+            assert essg["generate_ids"] == base, f"bfloat16 essg ({skip}, {precision}) differs from base on {prompt[:60]!r}"
+    finally:
+        model.set_draft_precision(None)

@@ -1,14 +1,15 @@
-"""The Bayesian skip-layer search: variable mapping, the predicted-speedup replay, resuming from a log."""
+"""The Bayesian draft search: variable mapping, the predicted-speedup replay, resuming from a log."""
 
 import pytest
 import torch
-
 from helpers import tiny_llama
+
 from ssd.decoding import DraftConfig
 from ssd.files import read_jsonl
 from ssd.searching import (
     LayerSkippingSearching,
     SearchConfig,
+    params_to_precision,
     params_to_skip_layers,
     predicted_speedup,
     skip_layers_to_params,
@@ -26,6 +27,21 @@ def test_variable_mapping_for_any_depth():
     # Threshold at 0.5, attention variables first.
     params = dict(zip(variable_names(3), [0.51, 0.5, 0.9, 0.0, 0.7, 0.2]))
     assert params_to_skip_layers(params, 3) == ([0, 2], [1])
+
+
+def test_precision_variable():
+    precisions = (None, "int8", "int4")
+    names = variable_names(12, precisions)
+    assert names[-1] == "precision" and names == sorted(names) and len(names) == 25
+    assert variable_names(12, ("int8",)) == variable_names(12)  # one precision: no variable
+    for precision in precisions:
+        params = skip_layers_to_params([1], [2], 12, precision, precisions)
+        assert params_to_precision(params, precisions) == precision and params_to_skip_layers(params, 12) == ([1], [2])
+    # [0, 1] in equal thirds, 1.0 included in the last.
+    assert [params_to_precision({"precision": v}, precisions) for v in (0.0, 0.33, 0.34, 0.66, 0.67, 1.0)] == [
+        None, None, "int8", "int8", "int4", "int4"]
+    with pytest.raises(ValueError, match="precisions"):
+        SearchConfig(precisions=("int2",))
 
 
 def test_predicted_speedup_replays_the_loop():
@@ -55,7 +71,9 @@ def test_search_logs_and_resumes(tmp_path):
     first.search(3)
     records = read_jsonl(log)
     assert len(records) == 4 and records[0]["attention"] == [] and records[0]["mlp"] == []
-    assert model.get_skip_layers() == ([], []), "the search leaves the model's own skip set alone"
+    assert all(r["draft_precision"] in config.precisions for r in records)
+    assert set(first.costs) == set(config.precisions), "sub-layer costs measured at every precision"
+    assert model.get_skip_layers() == ([], []) and model.get_draft_precision() is None, "the model's own draft is kept"
 
     resumed = LayerSkippingSearching(model, None, prompts, config, log_path=log)
     assert len(resumed.optimizer.res) == 4 and resumed.best_score == first.best_score
@@ -63,8 +81,11 @@ def test_search_logs_and_resumes(tmp_path):
     assert len(read_jsonl(log)) == 6
     attention, mlp = resumed.get_solution()
     assert all(0 <= i < model.num_layers for i in attention + mlp)
-    with pytest.raises(ValueError, match="over 4 layers; this is a 'predicted' search over 6"):
+    assert resumed.best_draft_precision in config.precisions
+    with pytest.raises(ValueError, match="other variables; this is a 'predicted' search over 6 layers"):
         LayerSkippingSearching(tiny_llama(num_hidden_layers=6, max_position_embeddings=128), None, prompts, config, log_path=log)
+    with pytest.raises(ValueError, match="other variables"):  # the same model, other precisions
+        LayerSkippingSearching(model, None, prompts, SearchConfig(max_new_tokens=8, precisions=(None,)), log_path=log)
 
 
 def test_wall_clock_objective_and_bad_arguments(tmp_path):
