@@ -37,20 +37,23 @@ class Int8Weight:
 
     values: torch.Tensor  # [N, K] int8
     scales: torch.Tensor  # [N], in ACTIVATIONS
+    bias: torch.Tensor | None = None  # [N], the linear's own, in its dtype
 
     @classmethod
-    def quantise(cls, weight: torch.Tensor) -> Int8Weight:
+    def quantise(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Int8Weight:
         w = weight.detach().float()
         scales = w.abs().amax(dim=1).clamp(min=1e-12) / 127
         values = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
-        return cls(values, scales.to(ACTIVATIONS))
+        return cls(values, scales.to(ACTIVATIONS), bias)
 
     def rows(self, ids: torch.Tensor) -> Int8Weight:
-        return Int8Weight(self.values[ids].contiguous(), self.scales[ids].contiguous())
+        bias = None if self.bias is None else self.bias[ids].contiguous()
+        return Int8Weight(self.values[ids].contiguous(), self.scales[ids].contiguous(), bias)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, x.shape[-1]).to(ACTIVATIONS), self.values, self.scales)
-        return out.view(*x.shape[:-1], -1).to(x.dtype)
+        out = out.view(*x.shape[:-1], -1).to(x.dtype)
+        return out if self.bias is None else out + self.bias
 
     @property
     def nbytes(self) -> int:
@@ -65,9 +68,10 @@ class Int4Weight:
     packed: torch.Tensor  # the kernel's layout, two values a byte
     scales_and_zeros: torch.Tensor  # [K / group, N, 2], in ACTIVATIONS
     out_features: int
+    bias: torch.Tensor | None = None  # [N], the linear's own, in its dtype
 
     @classmethod
-    def quantise(cls, weight: torch.Tensor) -> Int4Weight:
+    def quantise(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Int4Weight:
         n, k = weight.shape
         if k % INT4_GROUP_SIZE or n % INT4_ROW_MULTIPLE:
             raise ValueError(f"int4 needs input sizes divisible by {INT4_GROUP_SIZE} and output sizes by "
@@ -78,13 +82,14 @@ class Int4Weight:
         q = torch.round((groups - low[..., None]) / scales[..., None]).clamp(0, 15).to(torch.int32).view(n, k)
         zeros = low + 8 * scales  # so that (q - 8) * scale + zero = q * scale + low
         scales_and_zeros = torch.stack([scales, zeros], dim=-1).transpose(0, 1).contiguous().to(ACTIVATIONS)
-        return cls(torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1), scales_and_zeros, n)
+        return cls(torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1), scales_and_zeros, n, bias)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.ops.aten._weight_int4pack_mm_for_cpu(
             x.reshape(-1, x.shape[-1]).to(ACTIVATIONS), self.packed, INT4_GROUP_SIZE, self.scales_and_zeros
         )
-        return out.view(*x.shape[:-1], self.out_features).to(x.dtype)
+        out = out.view(*x.shape[:-1], self.out_features).to(x.dtype)
+        return out if self.bias is None else out + self.bias
 
     @property
     def nbytes(self) -> int:
@@ -92,6 +97,21 @@ class Int4Weight:
 
 
 LowBitWeight = Int8Weight | Int4Weight
+
+
+@dataclass(frozen=True)
+class LowBitLayer:
+    """A decoder layer's linear weights for the draft. q, k and v are one product, gate and up another:
+    4 kernel calls a layer instead of 7, each with its casts (the draft is bound by such small ops)."""
+
+    qkv: LowBitWeight
+    o: LowBitWeight
+    gate_up: LowBitWeight
+    down: LowBitWeight
+
+    @property
+    def nbytes(self) -> int:
+        return self.qkv.nbytes + self.o.nbytes + self.gate_up.nbytes + self.down.nbytes
 BITS = {"int8": 8, "int4": 4}
 
 
@@ -101,14 +121,14 @@ def precision_bytes_share(precision: str | None, dtype: torch.dtype) -> float:
     return 1.0 if precision is None else BITS[precision] / (8 * dtype.itemsize)
 
 
-def quantise(weight: torch.Tensor, precision: str) -> LowBitWeight:
-    """A low-bit copy of `weight` ([out, in]) on its device."""
+def quantise(weight: torch.Tensor, precision: str, bias: torch.Tensor | None = None) -> LowBitWeight:
+    """A low-bit copy of `weight` ([out, in]) on its device; `bias` is added to its products as it is."""
     if precision == "int8":
-        return Int8Weight.quantise(weight)
+        return Int8Weight.quantise(weight, bias)
     if precision == "int4":
         if weight.device.type != "cpu":
             raise ValueError(f"draft precision 'int4' has no kernel on {weight.device.type} (it has on cpu)")
-        return Int4Weight.quantise(weight)
+        return Int4Weight.quantise(weight, bias)
     raise ValueError(f"unknown draft precision {precision!r}; choose from {PRECISIONS} or None")
 
 

@@ -26,7 +26,7 @@ from transformers import LlamaConfig, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from ssd.low_bit import PRECISIONS, Int8Weight, LowBitWeight, check_kernel, quantise
+from ssd.low_bit import PRECISIONS, Int8Weight, LowBitLayer, check_kernel, quantise
 
 
 @dataclass
@@ -73,20 +73,9 @@ class Linear(nn.Linear):
     in one pass would disagree with decoding them one at a time. Two rows take
     the several-row kernel and cost about what one does: the product is bound
     by reading the weights.
-
-    It also keeps the draft's low-bit copies of its weight, by precision
-    (`LlamaForCausalLM.set_draft_precision`); `forward(x, precision)` runs one.
-    The draft need not be row-invariant: verification decides every token.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.low_bit: dict[str, LowBitWeight] = {}
-
-    def forward(self, x: torch.Tensor, precision: str | None = None) -> torch.Tensor:
-        if precision is not None:
-            out = self.low_bit[precision](x)
-            return out if self.bias is None else out + self.bias
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2] == 1 and _needs_row_invariance(x):
             return super().forward(torch.cat((x, x), dim=-2))[..., :1, :]
         return super().forward(x)
@@ -143,11 +132,22 @@ class LlamaAttention(nn.Module):
         self.v_proj = Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=bias)
         self.o_proj = Linear(self.n_heads * self.head_dim, config.hidden_size, bias=bias)
 
-    def forward(self, x, cos, sin, k_cache, v_cache, start_pos: int, mask, precision: str | None = None):
+    def low_bit_qkv(self, precision: str):
+        """q, k and v projections as one low-bit product (the draft's)."""
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        bias = None if self.q_proj.bias is None else torch.cat([p.bias for p in projections])
+        return quantise(torch.cat([p.weight for p in projections]), precision, bias)
+
+    def forward(self, x, cos, sin, k_cache, v_cache, start_pos: int, mask, low_bit: LowBitLayer | None = None):
         batch, length, _ = x.shape
-        q = self.q_proj(x, precision).view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x, precision).view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x, precision).view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if low_bit is None:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        else:
+            kv_size = self.n_kv_heads * self.head_dim
+            q, k, v = low_bit.qkv(x).split([self.n_heads * self.head_dim, kv_size, kv_size], dim=-1)
+        q = q.view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         end = start_pos + length
         k_cache[:, :, start_pos:end] = k
@@ -155,7 +155,8 @@ class LlamaAttention(nn.Module):
         # Attend to the keys the mask spans (none: positions < end); stale ones get weight 0.
         keys = end if mask is None else mask.shape[-1]
         y = attend(q, k_cache[:, :, :keys], v_cache[:, :, :keys], mask)
-        return self.o_proj(y.transpose(1, 2).reshape(batch, length, -1), precision)
+        y = y.transpose(1, 2).reshape(batch, length, -1)
+        return self.o_proj(y) if low_bit is None else low_bit.o(y)
 
 
 class LlamaMLP(nn.Module):
@@ -167,8 +168,16 @@ class LlamaMLP(nn.Module):
         self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=bias)
         self.act_fn = ACT2FN[config.hidden_act]
 
-    def forward(self, x: torch.Tensor, precision: str | None = None) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_proj(x, precision)) * self.up_proj(x, precision), precision)
+    def low_bit_gate_up(self, precision: str):
+        """gate and up projections as one low-bit product (the draft's)."""
+        bias = None if self.gate_proj.bias is None else torch.cat([self.gate_proj.bias, self.up_proj.bias])
+        return quantise(torch.cat([self.gate_proj.weight, self.up_proj.weight]), precision, bias)
+
+    def forward(self, x: torch.Tensor, low_bit: LowBitLayer | None = None) -> torch.Tensor:
+        if low_bit is None:
+            return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = low_bit.gate_up(x).chunk(2, dim=-1)
+        return low_bit.down(self.act_fn(gate) * up)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -178,15 +187,26 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(config)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.low_bit: dict[str, LowBitLayer] = {}  # the draft's copies by precision, see set_draft_precision
+
+    def low_bit_copy(self, precision: str) -> LowBitLayer:
+        attn, mlp = self.self_attn, self.mlp
+        return LowBitLayer(
+            qkv=attn.low_bit_qkv(precision),
+            o=quantise(attn.o_proj.weight, precision, attn.o_proj.bias),
+            gate_up=mlp.low_bit_gate_up(precision),
+            down=quantise(mlp.down_proj.weight, precision, mlp.down_proj.bias),
+        )
 
     def forward(
         self, x, cos, sin, k_cache, v_cache, start_pos: int, mask, skip_attention: bool, skip_mlp: bool,
         precision: str | None = None,
     ):
+        low_bit = None if precision is None else self.low_bit[precision]
         if not skip_attention:
-            x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, start_pos, mask, precision)
+            x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, start_pos, mask, low_bit)
         if not skip_mlp:
-            x = x + self.mlp(self.post_attention_layernorm(x), precision)
+            x = x + self.mlp(self.post_attention_layernorm(x), low_bit)
         return x
 
 
@@ -245,6 +265,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         self.skip_mlp: frozenset[int] = frozenset()
         self.drafting = False
         self.draft_precision: str | None = None
+        self.lm_head_int8: Int8Weight | None = None  # the draft's LM head at any low precision
         self._compiled_pass = None  # see compile_full_passes
         self.post_init()
 
@@ -298,8 +319,9 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         Copies of every layer's linear weights (SWIFT changes the skip set while it generates) and an
         int8 copy of the LM head (per-row scales let the trimmed draft head gather its rows; int4's
         packed tiles do not) are built on first use, on the device of the weight they copy, and kept.
-        The model's own weights are untouched. A precision without a kernel on the model's device is
-        an error naming both, and the previous setting stays.
+        The model's own weights are untouched. A precision without a kernel on the model's device, or
+        one whose kernel cannot take the weights' shapes, is an error naming both, and the previous
+        setting stays.
         """
         if precision is not None:
             if precision not in PRECISIONS:
@@ -307,12 +329,12 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
             for device in {p.device for p in self.parameters()}:
                 check_kernel(precision, device, self.dtype)
             # Every copy first, then stored: a weight the kernel cannot take leaves the model as it was.
-            copies = [(linear, precision, quantise(linear.weight, precision)) for linear in self.model.layers.modules()
-                      if isinstance(linear, Linear) and precision not in linear.low_bit]
-            if "int8" not in self.lm_head.low_bit:
-                copies.append((self.lm_head, "int8", quantise(self.lm_head.weight, "int8")))
-            for linear, name, copy in copies:
-                linear.low_bit[name] = copy
+            layers = self.model.layers
+            copies = {i: layer.low_bit_copy(precision) for i, layer in enumerate(layers) if precision not in layer.low_bit}
+            head = self.lm_head_int8 or quantise(self.lm_head.weight, "int8")
+            for i, copy in copies.items():
+                layers[i].low_bit[precision] = copy
+            self.lm_head_int8 = head
         self.draft_precision = precision
 
     def get_draft_precision(self) -> str | None:
@@ -320,9 +342,8 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
 
     def low_bit_nbytes(self, precision: str) -> int:
         """Memory the copies for `precision` take (the int8 LM head counted once, under either)."""
-        nbytes = sum(m.low_bit[precision].nbytes for m in self.model.modules() if isinstance(m, Linear) and precision in m.low_bit)
-        head = self.lm_head.low_bit.get("int8")
-        return nbytes + (head.nbytes if head is not None else 0)
+        nbytes = sum(layer.low_bit[precision].nbytes for layer in self.model.layers if precision in layer.low_bit)
+        return nbytes + (self.lm_head_int8.nbytes if self.lm_head_int8 is not None else 0)
 
     def draft_head(self, token_ids: torch.Tensor) -> DraftHead:
         """A head scoring only `token_ids` (unique ids, any order)."""
@@ -330,8 +351,8 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         token_ids = torch.unique(torch.as_tensor(token_ids, dtype=torch.long)).to(device)
         if token_ids.numel() == 0 or token_ids[0] < 0 or token_ids[-1] >= self.config.vocab_size:
             raise ValueError(f"draft head token ids must be non-empty and within 0..{self.config.vocab_size - 1}")
-        low_bit = self.lm_head.low_bit.get("int8")
-        return DraftHead(token_ids, self.lm_head.weight[token_ids].contiguous(), low_bit and low_bit.rows(token_ids))
+        low_bit = self.lm_head_int8 and self.lm_head_int8.rows(token_ids)
+        return DraftHead(token_ids, self.lm_head.weight[token_ids].contiguous(), low_bit)
 
     # --- compilation ------------------------------------------------------
 
@@ -434,7 +455,9 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         x = self.model.norm(x)
         if head is not None:
             return head(x, precision).float()
-        return self.lm_head(x, precision and "int8").float()
+        if precision is not None:
+            return self.lm_head_int8(x).float()
+        return self.lm_head(x).float()
 
 
 def _validate_layers(indices: Iterable[int], num_layers: int, kind: str) -> frozenset[int]:

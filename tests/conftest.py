@@ -9,14 +9,16 @@ from transformers import AutoModelForCausalLM
 import ssd
 from helpers import data_dir
 from ssd.data import task_prompts
-from ssd.models import embedded_model_path
+from ssd.models import embedded_checkpoint
 
 torch.set_num_threads(min(4, os.cpu_count() or 1))
 
+
 @pytest.fixture(scope="session")
 def embedded():
-    """(model, tokenizer): the embedded SmolLM2 in ssd's class, float32."""
-    model, tokenizer = ssd.load_model(dtype=torch.float32, device="cpu")
+    """(model, tokenizer): the embedded SmolLM2 in ssd's class, float32, drafting at full precision
+    (tests of the low-bit draft set its precision themselves)."""
+    model, tokenizer = ssd.load_model(dtype=torch.float32, device="cpu", draft_precision=None)
     yield model, tokenizer
     model.set_skip_layers([], [])
 
@@ -24,8 +26,7 @@ def embedded():
 @pytest.fixture(scope="session")
 def stock():
     """The same weights in stock transformers' LlamaForCausalLM, float32."""
-    folder, name = embedded_model_path()
-    return AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(embedded_checkpoint(), dtype=torch.float32).eval()
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +40,23 @@ def prompts() -> list[str]:
         + task_prompts("cnndm", 3, folder, max_words=200)
         + task_prompts("xsum", 3, folder, max_words=200)
     )
+
+
+@pytest.fixture(scope="session")
+def base_tokens(embedded):
+    """`base_tokens(input_ids, max_new_tokens)`: base (greedy, full-model) decoding's new tokens, no stop at EOS.
+    Generated once per session for each prompt and length, however many tests compare against them
+    (base decoding never reads the model's skip sets)."""
+    model, tokenizer = embedded
+    generated = {}
+
+    def run(input_ids, max_new_tokens: int) -> list[int]:
+        key = (tuple(input_ids[0].tolist()), max_new_tokens)
+        if key not in generated:
+            generated[key] = ssd.infer(model, tokenizer, input_ids, "base", max_new_tokens)["generate_ids"]
+        return list(generated[key])
+
+    return run
 
 
 @pytest.fixture

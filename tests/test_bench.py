@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-from ssd.bench import PROMPTS_FILE, parse_args, read_prompts_file
+from ssd.bench import PROMPTS_FILE, encode, parse_args, read_prompts_file
 
 
 @pytest.mark.parametrize(
@@ -49,10 +49,21 @@ def test_bad_prompts_file(tmp_path, capsys, content, message):
 
 
 def test_prompts_file_tasks():
-    qa = read_prompts_file(PROMPTS_FILE, ("qa",))
-    writing = read_prompts_file(PROMPTS_FILE, ("writing",))
-    assert qa and writing and {t for t, _ in qa} == {"qa"} and {t for t, _ in writing} == {"writing"}
-    assert len(qa) + len(writing) == len(read_prompts_file(PROMPTS_FILE))
+    by_task = {task: read_prompts_file(PROMPTS_FILE, (task,)) for task in ("qa", "writing", "chat")}
+    assert all(pairs and {t for t, _ in pairs} == {task} for task, pairs in by_task.items())
+    assert sum(map(len, by_task.values())) == len(read_prompts_file(PROMPTS_FILE))
+    assert len(by_task["chat"]) >= 8  # writing, coding, QA, maths, translation, reasoning, summary, passage
+
+
+def test_chat_prompts_go_through_the_chat_template(embedded):
+    _, tokenizer = embedded
+    prompt = read_prompts_file(PROMPTS_FILE, ("chat",))[0][1]
+    messages = [{"role": "user", "content": prompt}]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert text.endswith("assistant\n") and prompt in text
+    expected = tokenizer(text, add_special_tokens=False).input_ids
+    assert encode(tokenizer, "chat", prompt)[0].tolist() == expected
+    assert encode(tokenizer, "qa", prompt)[0].tolist() == tokenizer(prompt).input_ids
 
 
 def test_user_prompts_default_task(tmp_path):

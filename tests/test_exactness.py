@@ -29,21 +29,32 @@ def draft_kwargs(threshold, draft_vocab_size, ngram_size) -> dict:
     return kwargs | {"th_stop_draft": threshold, "auto_th_stop_draft": False}
 
 
+def assert_counts_add_up(out: dict, stopped_at_eos: bool) -> None:
+    """The prefill commits one token and each verification its accepted drafts plus one of its own
+    (verification never runs past max_new_tokens); only a stop at EOS cuts what was committed."""
+    accepted = round(out["matchness"] * out["num_drafted_tokens"])
+    committed = 1 + out["num_verifications"] + accepted
+    new_tokens = len(out["generate_ids"])
+    assert new_tokens <= committed if stopped_at_eos else new_tokens == committed, (new_tokens, committed)
+
+
 def test_model_depth(embedded):
     assert embedded[0].num_layers == NUM_LAYERS
 
 
 @pytest.mark.parametrize("index", range(NUM_PROMPTS))
-def test_base_and_essg_equal_stock_generate(embedded, stock, prompts, skip_layers, index):
+def test_base_and_essg_equal_stock_generate(embedded, stock, prompts, skip_layers, base_tokens, index):
     model, tokenizer = embedded
     input_ids = tokenizer(prompts[index], return_tensors="pt").input_ids
     expected = stock_greedy(stock, input_ids, MAX_NEW_TOKENS)
 
-    base_early = ssd.infer(model, tokenizer, input_ids, "base", MAX_NEW_TOKENS, early_stop=True)
-    assert_same_tokens(expected, base_early["generate_ids"], model, input_ids, NEAR_TIE_FLOAT32, "base vs stock")
     # Past EOS there is no stock reference: the full-length base output is the reference.
-    base = ssd.infer(model, tokenizer, input_ids, "base", MAX_NEW_TOKENS)["generate_ids"]
+    base = base_tokens(input_ids, MAX_NEW_TOKENS)
     assert len(base) == MAX_NEW_TOKENS
+    # Stopping at EOS is a run of its own; where base meets no EOS it is the run above, token for token.
+    base_early = (ssd.infer(model, tokenizer, input_ids, "base", MAX_NEW_TOKENS, early_stop=True)["generate_ids"]
+                  if tokenizer.eos_token_id in base else base)
+    assert_same_tokens(expected, base_early, model, input_ids, NEAR_TIE_FLOAT32, "base vs stock")
 
     # One run as the default drafts (hybrid: n-gram lookup, else the layer-skipping
     # draft through the trimmed head), one with the layer-skipping draft alone and the full head.
@@ -59,9 +70,11 @@ def test_base_and_essg_equal_stock_generate(embedded, stock, prompts, skip_layer
         label = f"essg[{skip_name}, th={threshold}, vocab={vocab}, ngram={ngram_size}, early_stop={early_stop}]"
         reference = expected if early_stop else base
         assert_same_tokens(reference, essg["generate_ids"], model, input_ids, NEAR_TIE_FLOAT32, label)
-        # Drafts must really have been made and checked, not bypassed.
-        assert essg["num_drafted_tokens"] > 0
-        assert 0.0 <= essg["matchness"] <= 1.0
+        assert_counts_add_up(essg, early_stop and essg["generate_ids"][-1:] == [tokenizer.eos_token_id])
+        # Drafts must really have been made and checked, not bypassed: with the gate off every step
+        # drafts at least one token (looked up, else from the layer-skipping draft), bar a last step
+        # with room for none. With lookups off, all of them are the layer-skipping draft's.
+        assert essg["num_drafted_tokens"] >= essg["num_verifications"] - 1
         if ngram_size == 0:
             assert essg["num_looked_up_tokens"] == 0
 
@@ -89,24 +102,27 @@ def test_full_model_draft_accepts_everything(embedded, prompts):
     assert out["num_verifications"] <= 32 / 8 + 2
 
 
-def test_gated_essg_equals_base(embedded, prompts, skip_layers):
+def test_gated_essg_equals_base(embedded, prompts, skip_layers, base_tokens):
     """The default configuration (gate on) mixes plain and draft steps; output stays base's."""
     model, tokenizer = embedded
     skip_layers(*SKIP_SETS["upper-half"])
     for prompt in prompts[::3]:
         input_ids = tokenizer(prompt, return_tensors="pt").input_ids
-        base = ssd.infer(model, tokenizer, input_ids, "base", MAX_NEW_TOKENS)["generate_ids"]
+        base = base_tokens(input_ids, MAX_NEW_TOKENS)
         essg = ssd.infer(model, tokenizer, input_ids, "essg", MAX_NEW_TOKENS)
         assert_same_tokens(base, essg["generate_ids"], model, input_ids, NEAR_TIE_FLOAT32, "gated essg")
-        assert essg["num_drafted_tokens"] > 0  # the gate measures a draft step at least once
+        assert_counts_add_up(essg, stopped_at_eos=False)
+        # The gate runs each kind of step the first time it is offered (no timing involved), so the
+        # layer-skipping draft ran at least once, not only lookups.
+        assert essg["num_drafted_tokens"] > essg["num_looked_up_tokens"]
 
 
-def test_gate_never_drafts_with_the_full_model(embedded, prompts, skip_layers):
+def test_gate_never_drafts_with_the_full_model(embedded, prompts, skip_layers, base_tokens):
     """With no sub-layer skipped the gate only looks up or steps plainly (the draft would be the full model)."""
     model, tokenizer = embedded
     skip_layers([], [])
     input_ids = tokenizer(prompts[0], return_tensors="pt").input_ids
-    base = ssd.infer(model, tokenizer, input_ids, "base", MAX_NEW_TOKENS)["generate_ids"]
+    base = base_tokens(input_ids, MAX_NEW_TOKENS)
     essg = ssd.infer(model, tokenizer, input_ids, "essg", MAX_NEW_TOKENS)
     assert_same_tokens(base, essg["generate_ids"], model, input_ids, NEAR_TIE_FLOAT32, "gated essg, no skip set")
     assert essg["num_drafted_tokens"] == essg["num_looked_up_tokens"] > 0

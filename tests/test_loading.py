@@ -16,7 +16,14 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 import ssd
 import ssd.models
-from ssd.models import HUB_KWARGS, PACKED_GGUF_ADVICE, PACKED_GGUF_ADVICE_LOGGER, LlamaForCausalLM
+from ssd.models import (
+    HUB_KWARGS,
+    PACKED_GGUF_ADVICE,
+    PACKED_GGUF_ADVICE_LOGGER,
+    LlamaForCausalLM,
+    embedded_checkpoint,
+    embedded_model_path,
+)
 
 SUBFOLDER = "sub"
 GGUF_NAME = "tiny.gguf"
@@ -193,3 +200,19 @@ def test_packed_gguf_advice_is_silenced_and_other_warnings_are_not(gguf_root, tr
     transformers_log.clear()
     logging.getLogger(PACKED_GGUF_ADVICE_LOGGER).warning(PACKED_GGUF_ADVICE)  # outside a load: not filtered
     assert messages(transformers_log) == [PACKED_GGUF_ADVICE]
+
+
+def test_embedded_checkpoint_is_the_gguf():
+    """The converted folder `load_model()` reads holds the GGUF's weights and tokenizer, bit for bit."""
+    folder, name = embedded_model_path()
+    from_gguf = LlamaForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).state_dict()
+    converted = LlamaForCausalLM.from_pretrained(embedded_checkpoint(), dtype=torch.float32).state_dict()
+    assert from_gguf.keys() == converted.keys()
+    for key, tensor in from_gguf.items():
+        assert torch.equal(tensor, converted[key]), key
+    gguf_tokenizer, tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name), AutoTokenizer.from_pretrained(embedded_checkpoint())
+    chat = [{"role": "user", "content": "Héllo wörld!\n\tdef f(x): return x**2  # 😀"}]
+    assert gguf_tokenizer.apply_chat_template(chat, add_generation_prompt=True) == tokenizer.apply_chat_template(
+        chat, add_generation_prompt=True)
+    assert (gguf_tokenizer.bos_token_id, gguf_tokenizer.eos_token_id, len(gguf_tokenizer)) == (
+        tokenizer.bos_token_id, tokenizer.eos_token_id, len(tokenizer))

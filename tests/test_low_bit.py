@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from helpers import NEAR_TIE_FLOAT32, assert_same_tokens
+from helpers import NEAR_TIE_FLOAT32, assert_same_tokens, tiny_llama
 
 import ssd
 from ssd.low_bit import INT4_GROUP_SIZE, Int8Weight, precision_bytes_share, quantise
@@ -42,6 +42,23 @@ def test_int8_rows_are_the_rows_of_the_copy():
     assert torch.equal(gathered.values, direct.values) and torch.equal(gathered.scales, direct.scales)
 
 
+@pytest.mark.parametrize("name, tolerance", [("int8", 0.02), ("int4", 0.2)])
+@torch.no_grad()
+def test_draft_forward_with_biases_approximates_the_full_model(name, tolerance):
+    """Fused q/k/v and gate/up copies keep each linear's bias (Qwen2-style attention biases)."""
+    model = tiny_llama(attention_bias=True, mlp_bias=True)
+    for module in model.modules():
+        if isinstance(module, Linear) and module.bias is not None:
+            torch.nn.init.normal_(module.bias, std=0.5)
+    input_ids = torch.tensor([[1, 5, 9, 13, 2, 7]])
+    full = model(input_ids, model.new_cache(16), 0)
+    model.set_draft_precision(name)
+    with model.self_draft():
+        draft = model(input_ids, model.new_cache(16), 0)
+    error = (draft - full).abs().max() / full.abs().max()
+    assert 0 < error < tolerance, error
+
+
 def test_bad_precisions_are_refused_and_change_nothing(embedded, precision):
     model, _ = embedded
     precision("int8")
@@ -56,13 +73,18 @@ def test_bad_precisions_are_refused_and_change_nothing(embedded, precision):
 
 def test_copies_cover_every_layer_and_leave_the_weights_alone(embedded, precision):
     model, _ = embedded
-    before = {name: p.clone() for name, p in model.named_parameters() if name.endswith("layers.3.mlp.down_proj.weight")}
+    before = {name: p.clone() for name, p in model.named_parameters() if name.startswith("model.layers.3.")}
     precision("int4")
-    linears = [m for m in model.model.layers.modules() if isinstance(m, Linear)]
-    assert len(linears) == 7 * model.num_layers and all("int4" in m.low_bit for m in linears)
-    assert "int8" in model.lm_head.low_bit  # the head is int8 under either precision
+    assert all("int4" in layer.low_bit for layer in model.model.layers)
+    assert model.lm_head_int8 is not None  # the head is int8 under either precision
     for name, value in before.items():
         assert torch.equal(model.get_parameter(name), value)
+    # One layer's fused copies compute what its own linears do, to int4's precision.
+    layer, x = model.model.layers[3], torch.randn(2, model.config.hidden_size)
+    attn, copy = layer.self_attn, layer.low_bit["int4"]
+    expected = torch.cat([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], dim=-1)
+    assert (copy.qkv(x) - expected).abs().max() < 0.1 * expected.abs().max()
+    linears = [m for m in model.model.layers.modules() if isinstance(m, Linear)]
     weight_bytes = sum(m.weight.nbytes for m in linears) + model.lm_head.weight.nbytes
     share = model.low_bit_nbytes("int4") / weight_bytes
     assert 0.1 < share < 0.3, share  # float32 weights: int4 plus its group scales, and the int8 head

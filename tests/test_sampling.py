@@ -10,24 +10,30 @@ from ssd.decoding import DraftConfig, self_speculative_sample
 from ssd.sampling import Sampling, logits_to_probs, residual
 
 SAMPLING = Sampling(temperature=1.0, top_k=6)
-# The 2nd token is drafted: by the layer-skipping draft through the trimmed
-# head, or (hybrid) copied after an n-gram match, with q one-hot.
+# The 2nd token is drafted: by the self-draft (upper-half sub-layers skipped, int4
+# copies of the weights, the trimmed head), or (hybrid) copied after an n-gram
+# match, with q one-hot. (The full-precision layer-skipping draft samples through
+# the same code; test_swift's chi-square tests run it.)
+ALONE = DraftConfig(max_step_draft=1, th_stop_draft=0.0, auto_th_stop_draft=False, gate=False, ngram_size=0)
 DRAFTS = {
-    "layer-skip": DraftConfig(max_step_draft=1, th_stop_draft=0.0, auto_th_stop_draft=False, gate=False, ngram_size=0),
+    "int4 layer-skip": ALONE,
     "hybrid": DraftConfig(max_step_draft=1, th_stop_draft=0.0, auto_th_stop_draft=False, gate=False),
 }
+PRECISIONS = {"int4 layer-skip": "int4"}
 PROMPTS = {
-    "layer-skip": "The three most important inventions of the",
+    "int4 layer-skip": "The three most important inventions of the",
     # The first token is often one the prompt has ("mat", "floor"...), so the 2nd is looked up.
     "hybrid": "The cat sat on the mat. The dog sat on the",
 }
 # Samples per chi-square test (each a 3-token generation, ~0.3 s). The broken rules below must fail
 # it: from the exact distributions (noncentral chi-square over the test's pooled bins) they are
-# caught at 100 trials with probability over 0.999 in both settings on the chi-square alone
-# (noncentrality ~60-70 for the |p - q| residual, 230+ for accepting every draft), and they also
-# sample tokens the full model forbids. Measured with seed 1234 at 100 trials: chi-square alone
-# p = 1e-11 (layer-skip) and 4e-17 (hybrid) for the residual, 4e-36 and 1e-27 for accepting
-# everything, 22-37 forbidden tokens each; the correct sampler p = 0.06 and 1.0.
+# caught at 100 trials with probability over 0.999 on the chi-square alone (computed for the
+# full-precision layer-skipping draft and hybrid: noncentrality ~60-70 for the |p - q| residual,
+# 230+ for accepting every draft), and they also sample tokens the full model forbids. Measured
+# with seed 1234 at 100 trials: hybrid p = 4e-17 (residual) and 1e-27 (accepting everything);
+# int4 layer-skip p < 1e-300 for both, with 23-27 forbidden tokens. The correct sampler: hybrid
+# p = 1.0; int4 layer-skip p = 0.0011, a draw from the lowest tenth of a percent that this seed
+# happens to give on an AVX2 EPYC: at 300 trials, seeds 1 and 2 give p = 0.75 and 0.26.
 TRIALS = 100
 UPPER_HALF = (list(range(15, 29, 2)), list(range(16, 29, 2)))
 
@@ -66,9 +72,11 @@ def setting(embedded, request):
     # A draft that often disagrees with the full model, but not wildly, so the
     # broken rule's error is a shifted distribution, not impossible tokens.
     model.set_skip_layers(*UPPER_HALF)
+    model.set_draft_precision(PRECISIONS.get(request.param))
     input_ids = tokenizer(PROMPTS[request.param], return_tensors="pt").input_ids
     yield model, input_ids, exact_second_token_marginal(model, input_ids), DRAFTS[request.param]
     model.set_skip_layers([], [])
+    model.set_draft_precision(None)
 
 
 def test_sampled_distribution_matches_full_model(setting):

@@ -105,9 +105,13 @@ def test_scoring_leaves_the_cache_as_found(clean_model, prompts):
     for (k, v), (k0, v0) in zip(zip(cache.keys, cache.values), before):
         assert torch.equal(k[:, :, :committed], k0[:, :, :committed])
         assert torch.equal(v[:, :, :committed], v0[:, :, :committed])
-    # The score is the teacher-forced draft's agreement with the generated text.
-    assert 0.0 <= optimizer.best_score <= 1.0
     assert model.get_skip_layers() == optimizer.best
+    # The score is the teacher-forced draft's agreement with the generated text: recomputed here,
+    # the best set drafting generated[:9] over a copy of the (restored) cache, against generated[1:].
+    scratch = ssd.KVCache([k.clone() for k in cache.keys], [v.clone() for v in cache.values])
+    with model.self_draft():
+        logits = model(torch.tensor([generated[:9]]), scratch, input_ids.shape[1])[0]
+    assert optimizer.best_score == float((logits.argmax(-1) == torch.tensor(generated[1:10])).float().mean())
 
 
 def run_scores(model, config, scores, window_tokens=20):
@@ -170,13 +174,13 @@ def test_swift_greedy_equals_stock_generate(clean_model, stock, prompts, index, 
     assert model.get_skip_layers() == ([], [])  # the model's own set is restored
 
 
-def test_swift_stream_with_bayesian_proposals_equals_base(clean_model, prompts):
+def test_swift_stream_with_bayesian_proposals_equals_base(clean_model, prompts, base_tokens):
     """One optimiser over several prompts (its set carries over), Gaussian-process proposals included."""
     model, tokenizer = clean_model
     optimizer = SwiftOptimizer(model, fast_config())
     for prompt in prompts[:2]:
         input_ids = tokenizer(prompt, return_tensors="pt").input_ids
-        base = ssd.infer(model, tokenizer, input_ids, "base", 24)["generate_ids"]
+        base = base_tokens(input_ids, 24)
         out = ssd.infer(model, tokenizer, input_ids, "swift", 24, swift=optimizer)
         assert_same_tokens(base, out["generate_ids"], model, input_ids, NEAR_TIE_FLOAT32, "swift stream")
     assert optimizer.iterations >= FAST.bayes_interval
@@ -241,12 +245,12 @@ def test_swift_broken_acceptance_rule_is_detected(sampling_setting, monkeypatch)
 # --- cache hit -----------------------------------------------------------------------------
 
 
-def test_best_set_is_saved_and_reused(clean_model, prompts, tmp_path):
+def test_best_set_is_saved_and_reused(clean_model, prompts, tmp_path, base_tokens):
     model, tokenizer = clean_model
     path = tmp_path / "skip_layers.json"
     path.write_text(json.dumps({"other-model": {"attention": [1], "mlp": [2]}}))
     input_ids = tokenizer(prompts[0], return_tensors="pt").input_ids
-    base = ssd.infer(model, tokenizer, input_ids, "base", 24)["generate_ids"]
+    base = base_tokens(input_ids, 24)
 
     # A cache miss optimises (cache_hit asked, no entry yet) and saves, keeping the other entry.
     cold = ssd.infer(model, tokenizer, input_ids, "swift", 24, swift=FAST, task="humaneval", cache_hit=True,
@@ -271,14 +275,14 @@ def test_best_set_is_saved_and_reused(clean_model, prompts, tmp_path):
     assert not again["swift"]["cache_hit"] and again["swift"]["opt_steps"] > 0
 
 
-def test_a_cached_stream_reads_the_entry_at_each_input_and_keeps_its_gate(clean_model, prompts, tmp_path):
+def test_a_cached_stream_reads_the_entry_at_each_input_and_keeps_its_gate(clean_model, prompts, tmp_path, base_tokens):
     model, tokenizer = clean_model
     path = tmp_path / "skip_layers.json"
     key = cache_key("smollm2-135m-instruct", "qa")
     ssd.save_skip_layers(key, [3], [5], path=path)
     stream = SwiftOptimizer(model, FAST, "qa", cache_hit=True, skip_layers_path=path)
     input_ids = tokenizer(prompts[0], return_tensors="pt").input_ids
-    base = ssd.infer(model, tokenizer, input_ids, "base", 24)["generate_ids"]
+    base = base_tokens(input_ids, 24)
 
     first = ssd.infer(model, tokenizer, input_ids, "swift", 24, swift=stream)
     assert first["generate_ids"] == base and first["swift"]["skip_layers"] == ([3], [5])
