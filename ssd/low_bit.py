@@ -112,6 +112,8 @@ class LowBitLayer:
     @property
     def nbytes(self) -> int:
         return self.qkv.nbytes + self.o.nbytes + self.gate_up.nbytes + self.down.nbytes
+
+
 BITS = {"int8": 8, "int4": 4}
 
 

