@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -138,7 +138,10 @@ class LlamaAttention(nn.Module):
         bias = None if self.q_proj.bias is None else torch.cat([p.bias for p in projections])
         return quantise(torch.cat([p.weight for p in projections]), precision, bias)
 
-    def forward(self, x, cos, sin, k_cache, v_cache, start_pos: int, mask, low_bit: LowBitLayer | None = None):
+    def forward(self, x, cos, sin, k_cache, v_cache, start_pos: int, key_len: int, low_bit: LowBitLayer | None = None):
+        """Writes this pass's keys and values at start_pos.., then attends over the cache's first
+        `key_len` positions; query i sees those up to position start_pos+i (a causal mask, built here
+        so that a compiled graph keeps its lengths symbolic)."""
         batch, length, _ = x.shape
         if low_bit is None:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
@@ -152,9 +155,10 @@ class LlamaAttention(nn.Module):
         end = start_pos + length
         k_cache[:, :, start_pos:end] = k
         v_cache[:, :, start_pos:end] = v
-        # Attend to the keys the mask spans (none: positions < end); stale ones get weight 0.
-        keys = end if mask is None else mask.shape[-1]
-        y = attend(q, k_cache[:, :, :keys], v_cache[:, :, :keys], mask)
+        mask = None
+        if length > 1 or key_len != end:
+            mask = torch.ones(length, key_len, dtype=torch.bool, device=x.device).tril(diagonal=start_pos)
+        y = attend(q, k_cache[:, :, :key_len], v_cache[:, :, :key_len], mask)
         y = y.transpose(1, 2).reshape(batch, length, -1)
         return self.o_proj(y) if low_bit is None else low_bit.o(y)
 
@@ -198,16 +202,30 @@ class LlamaDecoderLayer(nn.Module):
             down=quantise(mlp.down_proj.weight, precision, mlp.down_proj.bias),
         )
 
+    def attention_block(self, x, cos, sin, k_cache, v_cache, start_pos: int, key_len: int, low_bit: LowBitLayer | None):
+        """`x + attention(norm(x))`: one of the two blocks that `torch.compile` turns into a graph."""
+        return x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, start_pos, key_len, low_bit)
+
+    def mlp_block(self, x, low_bit: LowBitLayer | None):
+        """`x + mlp(norm(x))`: the other compiled block."""
+        return x + self.mlp(self.post_attention_layernorm(x), low_bit)
+
     def forward(
-        self, x, cos, sin, k_cache, v_cache, start_pos: int, mask, skip_attention: bool, skip_mlp: bool,
-        precision: str | None = None,
+        self, x, cos, sin, k_cache, v_cache, start_pos: int, key_len: int, skip_attention: bool, skip_mlp: bool,
+        precision: str | None = None, blocks: Blocks | None = None,
     ):
+        """The layer's two blocks, bar the skipped ones; `blocks` are their compiled graphs, if any."""
+        attention_block, mlp_block = blocks or EAGER_BLOCKS
         low_bit = None if precision is None else self.low_bit[precision]
         if not skip_attention:
-            x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, start_pos, mask, low_bit)
+            x = attention_block(self, x, cos, sin, k_cache, v_cache, start_pos, key_len, low_bit)
         if not skip_mlp:
-            x = x + self.mlp(self.post_attention_layernorm(x), low_bit)
+            x = mlp_block(self, x, low_bit)
         return x
+
+
+Blocks = tuple[Callable, Callable]
+EAGER_BLOCKS: Blocks = (LlamaDecoderLayer.attention_block, LlamaDecoderLayer.mlp_block)
 
 
 class LlamaModel(nn.Module):
@@ -266,7 +284,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         self.drafting = False
         self.draft_precision: str | None = None
         self.lm_head_int8: Int8Weight | None = None  # the draft's LM head at any low precision
-        self._compiled_pass = None  # see compile_full_passes
+        self._compiled_blocks: Blocks | None = None  # see compile_blocks
         self.post_init()
 
     @property
@@ -336,6 +354,8 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
             for i, copy in copies.items():
                 layers[i].low_bit[precision] = copy
             self.lm_head_int8 = head
+            if self.compiled:
+                self._warm_up(precision)
         self.draft_precision = precision
 
     def get_draft_precision(self) -> str | None:
@@ -357,32 +377,49 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
 
     # --- compilation ------------------------------------------------------
 
-    def compile_full_passes(self, enabled: bool = True) -> None:
-        """Run the full model's passes after the prefill (steps, verifications) through `torch.compile`.
+    def compile_blocks(self, enabled: bool = True) -> None:
+        """Run every pass after the prefill (steps, verifications, drafts) through two `torch.compile`
+        graphs, one per block kind (attention, MLP), that every layer shares.
 
         On a 2-core CPU in float32, a one-token step spends a quarter of its time
         outside the matrix products, in ~600 small ops (norms, rotary, residual
-        adds, attention glue) and the Python around them; compiled, they fuse
-        (measured: 39 vs 51 ms a step, 80 vs 97 ms for 13 rows). Drafts and
-        prefills stay eager: a skip set changes the graph (SWIFT changes it
-        every few steps), and a prefill is bound by its products. Shapes are
-        dynamic, so one graph serves one-token steps and one every longer pass;
-        both compile here, on a scratch cache (about a minute on 2 cores), so
-        that no timed generation pays for it.
+        adds, attention glue) and the Python around them; compiled, they fuse.
+        A graph per block rather than per model: the weights are its inputs, so
+        one graph serves all layers (PyTorch's "regional compilation"), compiles
+        in seconds rather than minutes, and serves drafts as well, whatever
+        their skip set (SWIFT changes it every few steps) and precision (a
+        low-bit copy's kernels are a graph of their own). Shapes are dynamic:
+        one graph for one-token passes, one for longer ones. The full
+        precision's compile here, on a scratch cache, and a draft precision's
+        when it is set, so that no timed generation pays for them. A prefill
+        stays eager: it is bound by its products.
         """
+        self._compiled_blocks = None
         if not enabled:
-            self._compiled_pass = None
             return
         self.rope_tables()  # built now: the graphs would otherwise guard on the table not existing yet
-        self._compiled_pass = torch.compile(self._forward, dynamic=True)
-        cache = self.new_cache(8)
-        with torch.no_grad():
-            for length in (1, 3):  # sizes 0 and 1 are specialised; 3 stands for every longer pass, 2 for any position
-                self._compiled_pass(torch.zeros(1, length, dtype=torch.long, device=self.device), cache, 2)
+        self._compiled_blocks = (
+            torch.compile(LlamaDecoderLayer.attention_block, dynamic=True),
+            torch.compile(LlamaDecoderLayer.mlp_block, dynamic=True),
+        )
+        for precision in {None, self.draft_precision}:
+            self._warm_up(precision)
 
     @property
     def compiled(self) -> bool:
-        return self._compiled_pass is not None
+        return self._compiled_blocks is not None
+
+    @torch.no_grad()
+    def _warm_up(self, precision: str | None) -> None:
+        """Compile the blocks' graphs for `precision` (None: the full model's) on a scratch cache."""
+        previous, self.draft_precision = self.draft_precision, precision
+        try:
+            with self.self_draft():
+                cache = self.new_cache(8)
+                for length in (1, 3):  # sizes 0 and 1 are specialised; 3 stands for every longer pass, 2 for any position
+                    self(torch.zeros(1, length, dtype=torch.long, device=self.device), cache, 2)
+        finally:
+            self.draft_precision = previous
 
     # --- forward ----------------------------------------------------------
 
@@ -411,23 +448,10 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         a long prompt would cost more than the prompt's layers). `head`: score
         only its tokens (logits over `head.token_ids`, not the vocabulary).
         """
-        end = start_pos + input_ids.shape[1]
-        if end > cache.max_len:
-            raise ValueError(f"positions up to {end} do not fit a cache of {cache.max_len}")
-        # The graphs hold for passes after position 1 that end before the cache does: a pass at
-        # position 1 or one filling the cache would recompile (tens of seconds) mid-generation.
-        compiled = self._compiled_pass is not None and 1 < start_pos and end < cache.max_len
-        if compiled and not (self.drafting or last_only) and head is None:
-            # Fresh row-major strides: a slice of one row keeps its parent's stride, which `contiguous`
-            # leaves alone, and a graph guards on strides: a sliced input would recompile it.
-            return self._compiled_pass(input_ids.clone(memory_format=torch.contiguous_format), cache, start_pos)
-        return self._forward(input_ids, cache, start_pos, last_only, head)
-
-    def _forward(
-        self, input_ids: torch.Tensor, cache: KVCache, start_pos: int, last_only: bool = False, head: DraftHead | None = None
-    ) -> torch.Tensor:
         length = input_ids.shape[1]
         end = start_pos + length
+        if end > cache.max_len:
+            raise ValueError(f"positions up to {end} do not fit a cache of {cache.max_len}")
         x = self.model.embed_tokens(input_ids)
         cos, sin = self.rope_tables()
         cos, sin = cos[start_pos:end].to(x.dtype), sin[start_pos:end].to(x.dtype)
@@ -437,19 +461,18 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         # the weighted sum of values over 1000 keys rounded differently from the same
         # sum padded with zero weights, so a verified token's logits parted from a
         # step's and flipped a tied token. Over one fixed key length they agree.
-        if start_pos > 0 and not self.drafting and _needs_row_invariance(x):
-            mask = torch.ones(length, cache.max_len, dtype=torch.bool, device=x.device).tril(diagonal=start_pos)
-        elif length > 1:
-            mask = torch.ones(length, end, dtype=torch.bool, device=x.device).tril(diagonal=start_pos)
-        else:
-            mask = None
+        whole_cache = start_pos > 0 and not self.drafting and _needs_row_invariance(x)
+        key_len = cache.max_len if whole_cache else end
         skip_attention = self.skip_attention if self.drafting else frozenset()
         skip_mlp = self.skip_mlp if self.drafting else frozenset()
         precision = self.draft_precision if self.drafting else None
+        # The graphs hold for passes after position 1 that end before the cache does: a pass at
+        # position 1 or one filling the cache would recompile (seconds) mid-generation.
+        blocks = self._compiled_blocks if 1 < start_pos and end < cache.max_len else None
         for i, layer in enumerate(self.model.layers):
             x = layer(
-                x, cos, sin, cache.keys[i], cache.values[i], start_pos, mask, i in skip_attention, i in skip_mlp,
-                precision,
+                x, cos, sin, cache.keys[i], cache.values[i], start_pos, key_len, i in skip_attention, i in skip_mlp,
+                precision, blocks,
             )
         if last_only:
             x = x[:, -1:]

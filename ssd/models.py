@@ -257,7 +257,7 @@ def load_model(
     `subfolder`, `cache_dir`, `local_files_only`, ...) go to the config, the
     weights and the tokenizer alike; other keyword arguments go to the weights'
     `from_pretrained` only. `compile`: full-model passes through `torch.compile`
-    (`LlamaForCausalLM.compile_full_passes`); None compiles where that was
+    (`LlamaForCausalLM.compile_blocks`); None compiles where that was
     measured faster and exact, float32 on a CPU with a C++ compiler; it
     compiles before returning (about a minute on 2 cores). `draft_precision`:
     the weights the self-draft runs (`set_draft_precision`); `"default"` is
@@ -293,5 +293,5 @@ def load_model(
     else:
         model.set_draft_precision(draft_precision)
     if compile if compile is not None else should_compile(model):
-        model.compile_full_passes()
+        model.compile_blocks()
     return model, tokenizer
