@@ -43,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--draft-precision", default="default", choices=["default", "none", "int8", "int4"],
                         help="precision of the weights the self-draft runs (default: load_model's choice, or the draft entry's)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="torch.compile ssd's full-model passes (default: load_model's choice, on in float32 on a CPU)")
+                        help="torch.compile ssd's layer blocks, for every pass after the prefill (default: load_model's choice, on in float32 on a CPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--tasks", nargs="+", default=list(ALL_TASKS), help=f"from {', '.join(ALL_TASKS)}")
     parser.add_argument("--prompts", type=Path, default=None, help='JSONL of {"prompt": ..., "task": ...} (replaces --tasks)')
@@ -137,14 +137,16 @@ def hf_method(stock, max_new_tokens: int, **assisted) -> Method:
 
     It decodes past EOS as ours do, for a fixed token count: an empty list of
     EOS ids (None would take the model's; an id of -1 warns at every call;
-    `min_new_tokens` masks EOS, which changes the output).
+    `min_new_tokens` masks EOS, which changes the output). The attention mask
+    is given: without one, `generate` masks every prompt token equal to the pad
+    id, and the embedded model's pad id is `<|im_end|>`, which a chat prompt holds.
     """
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=[],
                               pad_token_id=stock.generation_config.pad_token_id or 0, **assisted)
 
     def run(input_ids, task):
         with quiet_assistant_kwargs_notice():
-            output = stock.generate(input_ids, generation_config=config)
+            output = stock.generate(input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config)
         return Run(output[0, input_ids.shape[1] :].tolist())
 
     return run

@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
+from helpers import NEAR_TIE_FLOAT32, assert_same_tokens
 from ssd.bench import PROMPTS_FILE, encode, parse_args, read_prompts_file
 
 
@@ -64,6 +65,18 @@ def test_chat_prompts_go_through_the_chat_template(embedded):
     expected = tokenizer(text, add_special_tokens=False).input_ids
     assert encode(tokenizer, "chat", prompt)[0].tolist() == expected
     assert encode(tokenizer, "qa", prompt)[0].tolist() == tokenizer(prompt).input_ids
+
+
+def test_stock_generate_on_a_chat_prompt_equals_base(embedded, stock, base_tokens):
+    """A chat prompt holds `<|im_end|>`, the embedded model's pad id: the stock method must not mask it
+    as padding (it did, and parted from base at the 17th token of this prompt)."""
+    from ssd.bench import hf_method
+
+    model, tokenizer = embedded
+    input_ids = encode(tokenizer, "chat", read_prompts_file(PROMPTS_FILE, ("chat",))[1][1])
+    assert (input_ids == stock.generation_config.pad_token_id).any()
+    expected = base_tokens(input_ids, 20)
+    assert_same_tokens(expected, hf_method(stock, 20)(input_ids, "chat").tokens, model, input_ids, NEAR_TIE_FLOAT32, "hf")
 
 
 def test_user_prompts_default_task(tmp_path):
