@@ -129,11 +129,11 @@ class StepCosts:
 
 @torch.no_grad()
 def measure_step_costs(
-    model: LlamaForCausalLM, max_tokens: int, head: DraftHead | None = None, precision: str | None = None,
+    model: LlamaForCausalLM, max_tokens: int, head: DraftHead | None = None, precisions: tuple[str | None, ...] = (None,),
     context: int = 256, repeats: int = 8,
-) -> StepCosts:
-    """Time a full decoding step, draft steps (with `head`, at `precision`) with nothing, every attention
-    and every MLP sub-layer skipped, and full forwards over 1..max_tokens+1 tokens."""
+) -> dict[str | None, StepCosts]:
+    """Time a full decoding step and full forwards over 1..max_tokens+1 tokens once, then, at each of
+    `precisions`, draft steps (with `head`) with nothing, every attention and every MLP sub-layer skipped."""
     context = min(context, model.max_context - max_tokens - 1)
     cache = model.new_cache(context + max_tokens + 1)
     model(torch.zeros((1, context), dtype=torch.long, device=model.device), cache, 0)
@@ -153,14 +153,17 @@ def measure_step_costs(
         return sorted(times)[len(times) // 2]
 
     full = seconds(one)
-    draft = seconds(one, head, at=precision)
-    no_attention = seconds(one, head, attention=all_layers, at=precision)
-    no_mlp = seconds(one, head, mlp=all_layers, at=precision)
-    attention = max(draft - no_attention, 0.0) / model.num_layers / full
-    mlp = max(draft - no_mlp, 0.0) / model.num_layers / full
-    fixed = max(draft / full - model.num_layers * (attention + mlp), 0.0)
     verify = tuple(seconds(torch.zeros((1, k + 1), dtype=torch.long, device=model.device)) / full for k in range(max_tokens + 1))
-    return StepCosts(fixed, attention, mlp, verify)
+    costs = {}
+    for precision in precisions:
+        draft = seconds(one, head, at=precision)
+        no_attention = seconds(one, head, attention=all_layers, at=precision)
+        no_mlp = seconds(one, head, mlp=all_layers, at=precision)
+        attention = max(draft - no_attention, 0.0) / model.num_layers / full
+        mlp = max(draft - no_mlp, 0.0) / model.num_layers / full
+        fixed = max(draft / full - model.num_layers * (attention + mlp), 0.0)
+        costs[precision] = StepCosts(fixed, attention, mlp, verify)
+    return costs
 
 
 def predicted_speedup(matches: list[torch.Tensor], confidences: list[torch.Tensor], draft: DraftConfig,
@@ -277,7 +280,7 @@ class LayerSkippingSearching:
             sequence = torch.cat([input_ids[0], torch.tensor(generated, device=input_ids.device)])[None]
             self.sequences.append((sequence, input_ids.shape[1], self.config.draft.draft_head(self.model, input_ids)))
         head = self.sequences[0][2]
-        self.costs = {p: measure_step_costs(self.model, self.config.draft.max_step_draft, head, p) for p in self.precisions}
+        self.costs = measure_step_costs(self.model, self.config.draft.max_step_draft, head, self.precisions)
 
     @torch.no_grad()
     def acceptance(self, attention: list[int], mlp: list[int], precision: str | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
