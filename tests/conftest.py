@@ -11,7 +11,9 @@ from helpers import data_dir
 from ssd.data import task_prompts
 from ssd.models import embedded_checkpoint
 
-torch.set_num_threads(min(4, os.cpu_count() or 1))
+# Under pytest-xdist (scripts/test.sh) the cores are shared among the workers.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(4, (os.cpu_count() or 1) // WORKERS)))
 
 
 @pytest.fixture(scope="session")
