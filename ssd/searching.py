@@ -57,8 +57,10 @@ class SearchConfig:
     precisions: tuple[str | None, ...] = (None, *PRECISIONS)
 
     def __post_init__(self):
-        if not self.precisions or any(p not in (None, *PRECISIONS) for p in self.precisions):
-            raise ValueError(f"precisions must be a non-empty tuple from {(None, *PRECISIONS)}, got {self.precisions}")
+        if (not self.precisions or any(p not in (None, *PRECISIONS) for p in self.precisions)
+                or len(set(self.precisions)) < len(self.precisions)):
+            raise ValueError(f"precisions must be a non-empty tuple of distinct ones from {(None, *PRECISIONS)}, "
+                             f"got {self.precisions}")
 
 
 # --- variables <-> skip sets ---------------------------------------------------
@@ -251,7 +253,9 @@ class LayerSkippingSearching:
         self.history: list[dict] = []
         logged = read_jsonl(self.log_path) if self.log_path else []
         for record in logged:  # refuse a foreign log before any costly preparation
-            if record["objective"] != objective or record.get("variables") != self.names:
+            # The precision variable's ranges depend on which precisions are searched.
+            if (record["objective"] != objective or record.get("variables") != self.names
+                    or record.get("precisions") != list(self.precisions)):
                 raise ValueError(
                     f"{self.log_path} logs a {record['objective']!r} search over other variables; this is a "
                     f"{objective!r} search over {self.num_layers} layers and precisions {self.precisions}: "
@@ -328,7 +332,7 @@ class LayerSkippingSearching:
         params = params or skip_layers_to_params(attention, mlp, self.num_layers, precision, self.precisions)
         self.optimizer.register(params=params, target=score)
         record = {"attention": list(attention), "mlp": list(mlp), "draft_precision": precision, "score": score,
-                  "objective": self.objective, "variables": self.names,
+                  "objective": self.objective, "variables": self.names, "precisions": list(self.precisions),
                   "params": [float(params[name]) for name in self.names]}
         self.history.append(record)
         if log and self.log_path is not None:

@@ -86,6 +86,9 @@ def test_search_logs_and_resumes(tmp_path):
         LayerSkippingSearching(tiny_llama(num_hidden_layers=6, max_position_embeddings=128), None, prompts, config, log_path=log)
     with pytest.raises(ValueError, match="other variables"):  # the same model, other precisions
         LayerSkippingSearching(model, None, prompts, SearchConfig(max_new_tokens=8, precisions=(None,)), log_path=log)
+    with pytest.raises(ValueError, match="other variables"):  # as many precisions, in another order
+        LayerSkippingSearching(model, None, prompts, SearchConfig(max_new_tokens=8, precisions=(None, "int4", "int8")),
+                               log_path=log)
 
 
 def test_wall_clock_objective_and_bad_arguments(tmp_path):
