@@ -29,11 +29,12 @@ PROMPTS = {
 # it: from the exact distributions (noncentral chi-square over the test's pooled bins) they are
 # caught at 100 trials with probability over 0.999 on the chi-square alone (computed for the
 # full-precision layer-skipping draft and hybrid: noncentrality ~60-70 for the |p - q| residual,
-# 230+ for accepting every draft), and they also sample tokens the full model forbids. Measured
-# with seed 1234 at 100 trials: hybrid p = 4e-17 (residual) and 1e-27 (accepting everything);
-# int4 layer-skip p < 1e-300 for both, with 23-27 forbidden tokens. The correct sampler: hybrid
-# p = 1.0; int4 layer-skip p = 0.0011, a draw from the lowest tenth of a percent that this seed
-# happens to give on an AVX2 EPYC: at 300 trials, seeds 1 and 2 give p = 0.75 and 0.26.
+# 230+ for accepting every draft), and they also sample tokens the full model forbids. The negative
+# controls run half as many trials and still fail outright. Measured with seed 1234 on an AVX2 EPYC:
+# at 50 trials the broken rules sample 5-23 tokens the full model forbids (p = 0) in both settings.
+# The correct sampler at 100 trials: hybrid p = 1.0; int4 layer-skip p = 0.0011, a draw from the
+# lowest tenth of a percent that this seed happens to give there: at 300 trials, seeds 1 and 2 give
+# p = 0.75 and 0.26.
 TRIALS = 100
 CONTROL_TRIALS = 50  # the broken rules fail with half the trials too
 UPPER_HALF = (list(range(15, 29, 2)), list(range(16, 29, 2)))
