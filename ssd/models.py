@@ -256,7 +256,7 @@ def load_model(
     `device` is ignored). The hub arguments (`HUB_KWARGS`: `token`, `revision`,
     `subfolder`, `cache_dir`, `local_files_only`, ...) go to the config, the
     weights and the tokenizer alike; other keyword arguments go to the weights'
-    `from_pretrained` only. `compile`: full-model passes through `torch.compile`
+    `from_pretrained` only. `compile`: the layer blocks through `torch.compile`
     (`LlamaForCausalLM.compile_blocks`); None compiles where that was
     measured faster and exact, float32 on a CPU with a C++ compiler; it
     compiles before returning (about a minute on 2 cores). `draft_precision`:
