@@ -1,19 +1,16 @@
 """Shared fixtures: the embedded model (ours and stock transformers') and real prompts."""
 
-import os
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 import ssd
-from helpers import data_dir
+from helpers import data_dir, threads_per_worker
 from ssd.data import task_prompts
 from ssd.models import embedded_checkpoint
 
-# Under pytest-xdist (scripts/test.sh) the cores are shared among the workers.
-WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-torch.set_num_threads(max(1, min(4, (os.cpu_count() or 1) // WORKERS)))
+torch.set_num_threads(threads_per_worker())  # under pytest-xdist (scripts/test.sh) workers share the cores
 
 
 @pytest.fixture(scope="session")

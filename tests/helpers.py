@@ -18,6 +18,12 @@ from ssd.sampling import logits_to_probs
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def threads_per_worker() -> int:
+    """Torch threads for one test process: the cores shared among pytest-xdist's workers (at most 4)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, min(4, (os.cpu_count() or 1) // workers))
+
+
 def data_dir() -> Path | None:
     """The offline CNN/DM and XSum folder ($SSD_DATA_DIR, else ../shared/data), or None."""
     folder = Path(os.environ.get(DATA_DIR_ENV, SHARED_DATA))
