@@ -22,7 +22,8 @@ from ssd.data import TASKS, task_prompts
 from ssd.evaluation import apply_draft, format_table, parse_dtype
 from ssd.files import write_json_atomic
 from ssd.generation import generate
-from ssd.models import embedded_checkpoint, load_model
+from ssd.checkpoints import resolve_checkpoint
+from ssd.models import load_model
 from ssd.swift import SwiftConfig, SwiftOptimizer
 from ssd.timing import Method, Run, run_side_by_side, summarise
 
@@ -36,7 +37,7 @@ METHODS = ("hf", "hf-pld", "hf-early-exit", "base", "essg", "self-draft", "sss",
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ssd.bench", description=__doc__)
-    parser.add_argument("--model", default=None, help="hub id or folder of a LLaMA checkpoint (default: embedded SmolLM2)")
+    parser.add_argument("--model", default=None, help="hub id or folder of a LLaMA or Qwen2 checkpoint, or qwen2.5-coder-1.5b-instruct (default: the embedded SmolLM2)")
     parser.add_argument("--skip-layers-key", default=None, help="draft entry of skip_layers.json (default: the model's)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the fastest exact one)")
     parser.add_argument("--device", default=None)
@@ -129,7 +130,7 @@ def encode(tokenizer, task: str, prompt: str) -> torch.Tensor:
 
 def stock_model(name_or_path: str | None, dtype: torch.dtype, device: torch.device):
     """The same checkpoint in stock transformers."""
-    return AutoModelForCausalLM.from_pretrained(name_or_path or embedded_checkpoint(), dtype=dtype).to(device).eval()
+    return AutoModelForCausalLM.from_pretrained(resolve_checkpoint(name_or_path), dtype=dtype).to(device).eval()
 
 
 def hf_method(stock, max_new_tokens: int, **assisted) -> Method:

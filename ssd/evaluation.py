@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig
 
+from ssd.checkpoints import EMBEDDED_KEY, NAMED_CHECKPOINTS
 from ssd.data import Example
 from ssd.files import write_csv_atomic, write_json_atomic
 from ssd.generation import METHODS, generate
-from ssd.skip_layers import EMBEDDED_KEY, HAND_PICKED, apply_skip_layers
+from ssd.skip_layers import HAND_PICKED, apply_skip_layers
 from ssd.timing import WARM_UP_TASK, Run, matchness, run_side_by_side, tokens_per_second, tokens_per_verification
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"  # gitignored
@@ -122,22 +123,25 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
 
 
 def apply_draft(model, key: str | None, model_name: str | None = None) -> str:
-    """Set the draft from skip_layers.json. `key=None` means the embedded model's
-    entry, falling back to the hand-picked set until a search has written it;
-    another model (`model_name`) must name its entry. Returns what was used."""
-    if key is None and model_name is not None:
+    """Set the draft from skip_layers.json. `key=None` means the model's own entry: the embedded model's
+    falls back to the hand-picked set, and a named model's (`ssd.checkpoints.NAMED_CHECKPOINTS`) to
+    skipping nothing (its draft is then its low-bit copy and lookups), until a search has written it;
+    another model must name its entry. Returns what was used."""
+    if key is None and model_name is not None and model_name not in NAMED_CHECKPOINTS:
         raise ValueError(f"name the skip_layers.json entry for {model_name} (e.g. 'llama-2-13b'); "
                          f"the default entry is the embedded model's")
-    key = key or EMBEDDED_KEY
+    own = model_name or EMBEDDED_KEY
+    key = key or own
     try:
         attention, mlp = apply_skip_layers(model, key)
         return f"skip set {key!r} from skip_layers.json: attention {attention}, mlp {mlp}"
     except KeyError:
-        if key != EMBEDDED_KEY:
+        if key != own:
             raise
-    model.set_skip_layers(*HAND_PICKED)
-    return (f"no {key!r} entry in skip_layers.json yet: using the hand-picked draft "
-            f"(attention {HAND_PICKED[0]}, mlp {HAND_PICKED[1]})")
+    fallback = HAND_PICKED if key == EMBEDDED_KEY else ([], [])
+    model.set_skip_layers(*fallback)
+    return (f"no {key!r} entry in skip_layers.json yet: drafting with attention {fallback[0]} and mlp "
+            f"{fallback[1]} skipped" + (" (hand-picked)" if key == EMBEDDED_KEY else ""))
 
 
 def model_label(name_or_path: str | None) -> str:

@@ -1,8 +1,8 @@
-"""LLaMA with a draft mode, over a KV cache the decoding loops own.
+"""LLaMA (and Qwen2, LLaMA with q/k/v biases) with a draft mode, over a KV cache the decoding loops own.
 
-Weight names match Hugging Face's `LlamaForCausalLM`, so `from_pretrained`
-loads every LLaMA checkpoint (hub id, local folder, GGUF file) into these
-classes unchanged. The forward is lean: no mask factories, no cache classes,
+Weight names match Hugging Face's `LlamaForCausalLM` and `Qwen2ForCausalLM`,
+so `from_pretrained` loads their checkpoints (hub id, local folder, GGUF file)
+into these classes unchanged. The forward is lean: no mask factories, no cache classes,
 no output wrappers. A forward call writes keys and values at explicit
 positions of a pre-allocated `KVCache` and attends only to positions up to
 its own, so nothing ever has to be copied or rolled back (docs/design.md).
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import LlamaConfig, PreTrainedModel
+from transformers import LlamaConfig, PretrainedConfig, PreTrainedModel, Qwen2Config
 from transformers.activations import ACT2FN
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
@@ -120,17 +120,25 @@ def grouped_attention(q, k, v, mask):
     return (weights @ v).view(batch, n_heads, length, head_dim)
 
 
+def projection_biases(config: PretrainedConfig) -> tuple[bool, bool]:
+    """Whether the q/k/v projections and the output projection have biases: LLaMA's
+    `attention_bias` sets both; Qwen2 has them on q, k and v and none on o."""
+    if config.model_type == "qwen2":
+        return True, False
+    return config.attention_bias, config.attention_bias
+
+
 class LlamaAttention(nn.Module):
-    def __init__(self, config: LlamaConfig):
+    def __init__(self, config: LlamaConfig | Qwen2Config):
         super().__init__()
         self.n_heads = config.num_attention_heads
         self.n_kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.n_heads
-        bias = config.attention_bias
-        self.q_proj = Linear(config.hidden_size, self.n_heads * self.head_dim, bias=bias)
-        self.k_proj = Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=bias)
-        self.v_proj = Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=bias)
-        self.o_proj = Linear(self.n_heads * self.head_dim, config.hidden_size, bias=bias)
+        qkv_bias, o_bias = projection_biases(config)
+        self.q_proj = Linear(config.hidden_size, self.n_heads * self.head_dim, bias=qkv_bias)
+        self.k_proj = Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=qkv_bias)
+        self.v_proj = Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=qkv_bias)
+        self.o_proj = Linear(self.n_heads * self.head_dim, config.hidden_size, bias=o_bias)
 
     def low_bit_qkv(self, precision: str):
         """q, k and v projections as one low-bit product (the draft's)."""
@@ -164,9 +172,9 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, config: LlamaConfig):
+    def __init__(self, config: LlamaConfig | Qwen2Config):
         super().__init__()
-        bias = config.mlp_bias
+        bias = getattr(config, "mlp_bias", False)  # Qwen2's config has no such option: no biases
         self.gate_proj = Linear(config.hidden_size, config.intermediate_size, bias=bias)
         self.up_proj = Linear(config.hidden_size, config.intermediate_size, bias=bias)
         self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=bias)
@@ -482,6 +490,34 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         if precision is not None:
             return self.lm_head_int8(x).float()
         return self.lm_head(x).float()
+
+
+class Qwen2ForCausalLM(LlamaForCausalLM):
+    """Qwen2 and Qwen2.5: LLaMA with biases on the q, k and v projections (`projection_biases`)."""
+
+    config_class = Qwen2Config
+
+
+MODEL_CLASSES: dict[str, type[LlamaForCausalLM]] = {"llama": LlamaForCausalLM, "qwen2": Qwen2ForCausalLM}
+
+
+def model_class(config: PretrainedConfig) -> type[LlamaForCausalLM]:
+    """`ssd`'s class for a checkpoint's config. An architecture, or an option, that the model cannot
+    honour is an error: sliding-window attention (Qwen2.5's configs name a window even with it off,
+    so only `use_sliding_window` or sliding `layer_types` count)."""
+    if config.model_type not in MODEL_CLASSES:
+        raise ValueError(
+            f"a {config.model_type!r} checkpoint: ssd drafts with LLaMA-family models, model_type "
+            f"{' or '.join(map(repr, MODEL_CLASSES))} (LLaMA-2, CodeLlama, Llama-3, SmolLM, Qwen2, Qwen2.5...)"
+        )
+    sliding = sorted({kind for kind in getattr(config, "layer_types", None) or () if kind != "full_attention"})
+    if getattr(config, "use_sliding_window", False) or sliding:
+        raise ValueError(
+            f"this {config.model_type!r} checkpoint uses sliding-window attention "
+            f"(use_sliding_window={getattr(config, 'use_sliding_window', False)}, layer types {sliding}); "
+            f"ssd's attention is full attention only"
+        )
+    return MODEL_CLASSES[config.model_type]
 
 
 def _validate_layers(indices: Iterable[int], num_layers: int, kind: str) -> frozenset[int]:

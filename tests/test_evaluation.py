@@ -11,8 +11,9 @@ import matplotlib
 import pytest
 
 from ssd import evaluation as ev
+from ssd.checkpoints import QWEN_CODER_KEY
 from ssd.data import Example, load_examples, task_examples
-from ssd.skip_layers import HAND_PICKED
+from ssd.skip_layers import HAND_PICKED, read_skip_layers
 
 matplotlib.use("Agg")
 
@@ -71,8 +72,16 @@ def test_apply_draft_falls_back_to_the_hand_picked_set_only_for_the_embedded_mod
             ev.apply_draft(model, "no-such-model")
         with pytest.raises(ValueError, match="name the skip_layers.json entry for meta-llama"):
             ev.apply_draft(model, None, "meta-llama/Llama-2-13b-hf")  # never the embedded model's set
+        # A named model's own entry, or until a search writes it, no skipped sub-layer (never the embedded model's set).
+        entries = read_skip_layers()
+        message = ev.apply_draft(model, None, QWEN_CODER_KEY)
+        if QWEN_CODER_KEY in entries:
+            assert model.get_skip_layers() == (entries[QWEN_CODER_KEY]["attention"], entries[QWEN_CODER_KEY]["mlp"])
+        else:
+            assert model.get_skip_layers() == ([], []) and f"no {QWEN_CODER_KEY!r} entry" in message
     finally:
         model.set_skip_layers([], [])
+        model.set_draft_precision(None)
 
 
 # --- generating and scoring with the real model -----------------------------------

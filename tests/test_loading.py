@@ -16,14 +16,9 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 import ssd
 import ssd.models
-from ssd.models import (
-    HUB_KWARGS,
-    PACKED_GGUF_ADVICE,
-    PACKED_GGUF_ADVICE_LOGGER,
-    LlamaForCausalLM,
-    embedded_checkpoint,
-    embedded_model_path,
-)
+from ssd.checkpoints import PACKED_GGUF_ADVICE, PACKED_GGUF_ADVICE_LOGGER, embedded_checkpoint, embedded_model_path
+from ssd.modeling_llama import LlamaForCausalLM
+from ssd.models import HUB_KWARGS
 
 SUBFOLDER = "sub"
 GGUF_NAME = "tiny.gguf"
@@ -103,8 +98,18 @@ def messages(records):
 def spy(monkeypatch, name, calls):
     """Record the keyword arguments `ssd.models` passes to `name.from_pretrained`, and still load for real.
 
-    Only `ssd.models`' own calls: transformers' inner ones (`AutoTokenizer` reads a config too) are not recorded.
+    Only `ssd.models`' own calls: transformers' inner ones (`AutoTokenizer` reads a config too) are not
+    recorded. The weights' call goes to ssd's model class (`model_class`), spied on the class itself.
     """
+    if name == "LlamaForCausalLM":
+        original = LlamaForCausalLM.from_pretrained.__func__
+
+        def load_weights(cls, *args, **kwargs):
+            calls[name] = kwargs
+            return original(cls, *args, **kwargs)
+
+        monkeypatch.setattr(LlamaForCausalLM, "from_pretrained", classmethod(load_weights))
+        return
     original = getattr(ssd.models, name).from_pretrained
 
     def from_pretrained(*args, **kwargs):

