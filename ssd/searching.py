@@ -31,8 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from bayes_opt import BayesianOptimization
-from bayes_opt.acquisition import UpperConfidenceBound
 from tqdm.auto import tqdm
 
 from ssd.decoding import DraftConfig, base_generate, exact_self_speculative_generate
@@ -201,15 +199,27 @@ def predicted_speedup(matches: list[torch.Tensor], confidences: list[torch.Tenso
 # --- the search ----------------------------------------------------------------
 
 
-class OneStartUpperConfidenceBound(UpperConfidenceBound):
-    """UCB whose maximum is polished from one L-BFGS start instead of ten.
+def bayesian_optimizer(names: list[str], kappa: float, seed: int):
+    """A `bayes_opt.BayesianOptimization` over [0, 1] for each name, suggesting by an upper confidence
+    bound whose maximum is polished from one L-BFGS start instead of ten: with 2L = 60 variables,
+    bayes_opt's default took 8 s per suggestion on a 2-core CPU, three times an evaluation; one start
+    takes 0.3 s. bayes_opt is imported here, so that `import ssd` does not pay for it (about 2 s)."""
+    from bayes_opt import BayesianOptimization
+    from bayes_opt.acquisition import UpperConfidenceBound
 
-    With 2L = 60 variables bayes_opt's default took 8 s per suggestion on a
-    2-core CPU, three times an evaluation; one start takes 0.3 s.
-    """
+    class OneStartUpperConfidenceBound(UpperConfidenceBound):
+        def suggest(self, gp, target_space, n_random=10_000, n_smart=10, fit_gp=True, random_state=None):
+            return super().suggest(gp, target_space, n_random=n_random, n_smart=1, fit_gp=fit_gp,
+                                   random_state=random_state)
 
-    def suggest(self, gp, target_space, n_random=10_000, n_smart=10, fit_gp=True, random_state=None):
-        return super().suggest(gp, target_space, n_random=n_random, n_smart=1, fit_gp=fit_gp, random_state=random_state)
+    return BayesianOptimization(
+        f=None,
+        pbounds={name: (0.0, 1.0) for name in names},
+        acquisition_function=OneStartUpperConfidenceBound(kappa=kappa),
+        random_state=seed,
+        verbose=0,
+        allow_duplicate_points=True,
+    )
 
 
 class LayerSkippingSearching:
@@ -241,14 +251,7 @@ class LayerSkippingSearching:
             tokenizer(p, return_tensors="pt").input_ids.to(model.device) if isinstance(p, str) else p.to(model.device)
             for p in prompts
         ]
-        self.optimizer = BayesianOptimization(
-            f=None,
-            pbounds={name: (0.0, 1.0) for name in self.names},
-            acquisition_function=OneStartUpperConfidenceBound(kappa=evaluate_config.kappa),
-            random_state=evaluate_config.seed,
-            verbose=0,
-            allow_duplicate_points=True,
-        )
+        self.optimizer = bayesian_optimizer(self.names, evaluate_config.kappa, evaluate_config.seed)
         self.optimizer.set_gp_params(alpha=evaluate_config.alpha)
         self.history: list[dict] = []
         logged = read_jsonl(self.log_path) if self.log_path else []

