@@ -98,13 +98,51 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + rotated * sin
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Causal attention with grouped-query heads: q [B, H, T, D], k and v [B, KV, S, D], mask [T, S]."""
-    if q.device.type == "cpu" and q.dtype != torch.float32 and q.shape[2] <= 64:
-        # PyTorch's CPU flash kernel takes ~7x longer than plain products for a
-        # few bfloat16 queries (measured: 438 vs 65 us, 1 query over 740 keys).
+def attention_path(device_type: str, dtype: torch.dtype, n_queries: int, prefill: bool, masked: bool,
+                   grouped: bool) -> str:
+    """Which attention computes a pass, by device, dtype and kind of pass (prefill, one-token step,
+    verification):
+
+    - `"grouped"`: two plain products (`grouped_attention`), on a CPU in half precision for up to 64
+      queries: PyTorch's CPU flash kernel took ~7x longer for a few bfloat16 queries (measured: 438 vs
+      65 us, 1 query over 740 keys).
+    - `"causal"`: `scaled_dot_product_attention(is_causal=True)`, a CUDA prefill: no mask tensor, so the
+      flash kernel can run, grouped-query heads included.
+    - `"expanded"`: on CUDA, a masked pass (a verification) of a grouped-query model, over its KV heads
+      repeated for each query head: given a mask and `enable_gqa`, only the math kernel runs, and it
+      builds the whole score matrix; without `enable_gqa` the memory-efficient kernel takes the mask.
+    - `"sdpa"`: `scaled_dot_product_attention` with the mask (if any) and `enable_gqa` as they come:
+      every other pass (a CUDA one-token step; CPU float32, measured there).
+
+    The CUDA rules follow PyTorch's kernel constraints, not a measurement: no GPU was at hand
+    (`scripts/gpu_check.py` times the passes on one).
+    """
+    if device_type == "cpu":
+        return "grouped" if dtype != torch.float32 and n_queries <= 64 else "sdpa"
+    if device_type != "cuda" or not masked:
+        return "sdpa"
+    if prefill:
+        return "causal"
+    return "expanded" if grouped else "sdpa"
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int) -> torch.Tensor:
+    """Causal attention with grouped-query heads: q [B, H, T, D] at positions start_pos.., k and v
+    [B, KV, S, D] at positions 0..S-1; query i sees keys up to position start_pos+i."""
+    n_queries, key_len = q.shape[2], k.shape[2]
+    grouped = q.shape[1] != k.shape[1]
+    masked = n_queries > 1 or key_len != start_pos + 1  # a one-token step over exactly its keys needs no mask
+    prefill = start_pos == 0 and key_len == n_queries
+    path = attention_path(q.device.type, q.dtype, n_queries, prefill, masked, grouped)
+    if path == "causal":
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=grouped)
+    mask = torch.ones(n_queries, key_len, dtype=torch.bool, device=q.device).tril(start_pos) if masked else None
+    if path == "grouped":
         return grouped_attention(q, k, v, mask)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+    if path == "expanded":
+        k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
+        grouped = False
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=grouped)
 
 
 def grouped_attention(q, k, v, mask):
@@ -148,8 +186,8 @@ class LlamaAttention(nn.Module):
 
     def forward(self, x, cos, sin, k_cache, v_cache, start_pos: int, key_len: int, low_bit: LowBitLayer | None = None):
         """Writes this pass's keys and values at start_pos.., then attends over the cache's first
-        `key_len` positions; query i sees those up to position start_pos+i (a causal mask, built here
-        so that a compiled graph keeps its lengths symbolic)."""
+        `key_len` positions; query i sees those up to position start_pos+i (a causal mask, built inside
+        the pass so that a compiled graph keeps its lengths symbolic)."""
         batch, length, _ = x.shape
         if low_bit is None:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
@@ -163,10 +201,7 @@ class LlamaAttention(nn.Module):
         end = start_pos + length
         k_cache[:, :, start_pos:end] = k
         v_cache[:, :, start_pos:end] = v
-        mask = None
-        if length > 1 or key_len != end:
-            mask = torch.ones(length, key_len, dtype=torch.bool, device=x.device).tril(diagonal=start_pos)
-        y = attend(q, k_cache[:, :, :key_len], v_cache[:, :, :key_len], mask)
+        y = attend(q, k_cache[:, :, :key_len], v_cache[:, :, :key_len], start_pos)
         y = y.transpose(1, 2).reshape(batch, length, -1)
         return self.o_proj(y) if low_bit is None else low_bit.o(y)
 
@@ -485,11 +520,12 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         if last_only:
             x = x[:, -1:]
         x = self.model.norm(x)
-        if head is not None:
-            return head(x, precision).float()
-        if precision is not None:
-            return self.lm_head_int8(x).float()
-        return self.lm_head(x).float()
+        if head is None and precision is None:
+            return self.lm_head(x).float()  # through accelerate's hook when the model is dispatched
+        # The draft heads' weights are rows of the LM head or its int8 copy, on its device, not modules
+        # that accelerate's hooks move inputs for (a split model may put the norm on another device).
+        x = x.to(self.lm_head.weight.device)
+        return (head(x, precision) if head is not None else self.lm_head_int8(x)).float()
 
 
 class Qwen2ForCausalLM(LlamaForCausalLM):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -17,6 +18,8 @@ from transformers import (
 
 from ssd.checkpoints import quiet_packed_gguf_advice, resolve_checkpoint
 from ssd.modeling_llama import LlamaForCausalLM, model_class
+
+logger = logging.getLogger(__name__)
 
 # `from_pretrained` arguments that say where the files are: the config, the weights and the tokenizer
 # must all be read from the same place (one revision, one subfolder, a gated repo's token).
@@ -103,6 +106,33 @@ def tokenizer_hub_kwargs(hub: dict) -> dict:
     }
 
 
+def refuse_offload(device_map: dict) -> None:
+    """A clear error for a model accelerate offloaded: modules on `"disk"`, or on `"cpu"` while others are
+    on a GPU. Their weights wait on the meta device until a hook loads them, and the KV cache, allocated
+    on each layer's weight device, cannot live there."""
+    places = {str(place) for place in device_map.values()}
+    offloaded = sorted(name for name, place in device_map.items()
+                       if str(place) == "disk" or str(place) == "cpu" and places - {"cpu"})
+    if offloaded:
+        raise ValueError(f"{len(offloaded)} modules are offloaded (to disk, or to the CPU beside GPUs), e.g. "
+                         f"{offloaded[:3]}: ssd needs every layer's weights and KV cache on one device for that "
+                         f"layer. Use more GPUs, a smaller dtype, or max_memory that fits the model.")
+
+
+def exactness_caveat(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why greedy self-speculative output may part from step-by-step decoding on this device, or None.
+
+    On a CPU `ssd` makes a token's logits independent of the other rows of its pass in half precision
+    (docs/numerics.md), and float32 leaves differences in the last bits (a flip needs a near-tie).
+    On a GPU neither holds by construction: kernels are chosen by row count in every dtype.
+    """
+    if device.type == "cpu":
+        return None
+    return (f"on {device.type} in {str(dtype).removeprefix('torch.')}, a verification pass and a one-token "
+            f"step run different kernels, so greedy self-speculative output can part from step-by-step "
+            f"decoding where two tokens are near-tied (more often in half precision); docs/numerics.md")
+
+
 def checkpoint_generation_config(name_or_path, hub: dict, config) -> GenerationConfig:
     """The checkpoint's `generation_config.json` (EOS ids, sampling defaults), else one derived from its config,
     as transformers' own models get: `ssd.generate` starts from it."""
@@ -179,9 +209,14 @@ def load_model(
     dtype = dtype or default_dtype(device)
     with quiet_packed_gguf_advice():
         model = model_cls.from_pretrained(name_or_path, config=config, dtype=dtype, **from_pretrained_kwargs)
-    if not placed_by_accelerate:
+    if placed_by_accelerate:
+        refuse_offload(getattr(model, "hf_device_map", None) or {})
+    else:
         model.to(device)
     model.eval()
+    caveat = exactness_caveat(model.device, model.dtype)
+    if caveat:
+        logger.warning(caveat)
     model.tokenizer = tokenizer
     model.generation_config = checkpoint_generation_config(name_or_path, hub, config)
     if draft_precision == "default":

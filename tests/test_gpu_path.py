@@ -1,0 +1,122 @@
+"""What the GPU path decides, checked on a CPU: the attention each pass runs and that every path computes
+causal attention, a model split by accelerate (caches beside their layers, the LM head through its hook),
+offload refused, the exactness caveat, and `scripts/gpu_check.py` in its tiny setting."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import accelerate
+import pytest
+import torch
+from transformers import LlamaConfig
+
+import ssd.modeling_llama
+from ssd.modeling_llama import LlamaForCausalLM, attend, attention_path
+from ssd.models import exactness_caveat, refuse_offload
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256)
+
+
+@pytest.mark.parametrize(
+    "device_type, dtype, n_queries, prefill, masked, grouped, path",
+    [
+        ("cpu", torch.bfloat16, 4, False, True, True, "grouped"),  # a few half-precision queries: plain products
+        ("cpu", torch.bfloat16, 100, True, True, True, "sdpa"),  # a long prefill: the flash kernel
+        ("cpu", torch.float32, 4, False, True, True, "sdpa"),
+        ("cuda", torch.bfloat16, 100, True, True, True, "causal"),  # prefill: is_causal, no mask tensor
+        ("cuda", torch.bfloat16, 1, False, False, True, "sdpa"),  # a one-token step over exactly its keys
+        ("cuda", torch.bfloat16, 5, False, True, True, "expanded"),  # verification, grouped-query heads
+        ("cuda", torch.float32, 5, False, True, False, "sdpa"),  # verification, one KV head per query head
+        ("cuda", torch.float32, 1, False, True, True, "expanded"),  # a step over a longer, masked cache
+    ],
+)
+def test_attention_path_by_device_dtype_and_pass(device_type, dtype, n_queries, prefill, masked, grouped, path):
+    assert attention_path(device_type, dtype, n_queries, prefill, masked, grouped) == path
+
+
+def reference_attention(q, k, v, start_pos):
+    """Causal grouped-query attention in float64, written out."""
+    group = q.shape[1] // k.shape[1]
+    k, v = k.double().repeat_interleave(group, dim=1), v.double().repeat_interleave(group, dim=1)
+    scores = q.double() @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    positions = torch.arange(q.shape[2])[:, None] + start_pos
+    scores = scores.masked_fill(torch.arange(k.shape[2])[None, :] > positions, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
+@pytest.mark.parametrize("path", ["grouped", "causal", "expanded", "sdpa"])
+@pytest.mark.parametrize("start_pos, n_queries, key_len", [(0, 7, 7), (9, 4, 13), (9, 1, 10), (9, 3, 20)])
+def test_every_attention_path_computes_causal_attention(monkeypatch, path, start_pos, n_queries, key_len):
+    """Each path, forced, on a CPU: prefill, verification, one-token step, and a pass over a longer cache."""
+    if path == "causal" and start_pos != 0:
+        pytest.skip("is_causal serves prefills only")
+    monkeypatch.setattr(ssd.modeling_llama, "attention_path", lambda *args: path)
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 4, n_queries, 16), torch.randn(1, 2, key_len, 16), torch.randn(1, 2, key_len, 16)
+    got = attend(q, k, v, start_pos)
+    torch.testing.assert_close(got.double(), reference_attention(q, k, v, start_pos), atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_a_dispatched_model_keeps_caches_beside_layers_and_the_head_behind_its_hook():
+    """accelerate's hooks on every module (as `device_map` gives on several GPUs): each layer's cache sits on
+    its weights' device, the full LM head runs through its hook, the draft heads on its device."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**TINY)).eval()
+    ids = torch.randint(0, TINY["vocab_size"], (1, 12))
+    expected = model(ids, model.new_cache(16), 0)
+    device_map = {"model.embed_tokens": "cpu", **{f"model.layers.{i}": "cpu" for i in range(3)}, "model.norm": "cpu",
+                  "lm_head": "cpu"}
+    model = accelerate.dispatch_model(model, device_map, force_hooks=True)
+    hook = model.lm_head._hf_hook
+    calls = []
+    original = hook.pre_forward
+    hook.pre_forward = lambda module, *args, **kwargs: (calls.append(1), original(module, *args, **kwargs))[1]
+
+    cache = model.new_cache(16)
+    assert [k.device for k in cache.keys] == [layer.self_attn.k_proj.weight.device for layer in model.model.layers]
+    torch.testing.assert_close(model(ids, cache, 0), expected)
+    assert len(calls) == 1
+    model.set_draft_precision("int8")
+    with model.self_draft():
+        drafted = model(ids[:, -1:], cache, 11, head=model.draft_head(torch.arange(32)))
+        model(ids[:, -1:], cache, 11)  # the int8 copy of the whole head
+    assert drafted.shape == (1, 1, 32) and len(calls) == 1  # the draft heads are not modules: no hook
+
+
+@pytest.mark.parametrize("device_map, refused", [
+    ({"model": 0, "lm_head": 1}, False),
+    ({"model": "cpu", "lm_head": "cpu"}, False),
+    ({"model.layers.0": 0, "model.layers.1": "cpu", "lm_head": 0}, True),  # CPU beside a GPU
+    ({"model.layers.0": "cpu", "model.layers.1": "disk"}, True),
+])
+def test_offload_is_refused(device_map, refused):
+    if refused:
+        with pytest.raises(ValueError, match="offloaded"):
+            refuse_offload(device_map)
+    else:
+        refuse_offload(device_map)
+
+
+def test_exactness_caveat_names_the_device_and_dtype():
+    assert exactness_caveat(torch.device("cpu"), torch.float32) is None
+    assert exactness_caveat(torch.device("cpu"), torch.bfloat16) is None
+    caveat = exactness_caveat(torch.device("cuda", 0), torch.bfloat16)
+    assert "cuda" in caveat and "bfloat16" in caveat and "near-tied" in caveat
+
+
+def test_gpu_check_runs_on_a_cpu(tmp_path):
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    report = gpu_check.main(["--device", "cpu", "--tiny", "--output", str(tmp_path / "check.json")])
+    assert json.loads((tmp_path / "check.json").read_text())["device"] == "cpu"
+    float32 = next(r for r in report["exactness"] if r["dtype"] == "float32")
+    assert float32["runs"] > 0 and float32["identical"] == float32["runs"], float32["divergences"]
+    (costs,) = report["costs"]
+    assert set(costs["verify ms"]) == set(range(1, 17)) and costs["step ms"] > 0
+    assert set(costs["predicted speedup"]) == {"int8", "int4"}  # the CPU has both kernels
