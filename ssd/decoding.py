@@ -22,6 +22,12 @@ from ssd.modeling_llama import DraftHead, KVCache, LlamaForCausalLM
 from ssd.sampling import Sampling, logits_to_probs, residual, sample
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that wall-clock time measures it (a no-op on a CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 @dataclass
 class GenerationResult:
     tokens: list[int]  # the new tokens only

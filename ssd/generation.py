@@ -25,6 +25,7 @@ from ssd.decoding import (
     eos_set,
     exact_self_speculative_generate,
     self_speculative_sample,
+    synchronize,
 )
 from ssd.modeling_llama import LlamaForCausalLM
 from ssd.sampling import Sampling
@@ -184,7 +185,7 @@ def generate(
         def on_tokens(new: list[int]) -> None:
             streamer.put(torch.tensor(new))
 
-    _synchronize(model.device)
+    synchronize(model.device)
     start = time.perf_counter()
     if method == "base":
         result = base_generate(model, input_ids, max_new_tokens, eos, sampling, generator, on_tokens)
@@ -198,7 +199,7 @@ def generate(
         result = self_speculative_sample(
             model, input_ids, max_new_tokens, eos, DraftConfig(**draft_options), sampling, generator, on_tokens=on_tokens
         )
-    _synchronize(model.device)
+    synchronize(model.device)
     elapsed = time.perf_counter() - start
     if streamer is not None:
         streamer.end()
@@ -232,7 +233,3 @@ def swift_optimizer(model: LlamaForCausalLM, swift: SwiftConfig | SwiftOptimizer
     path = DEFAULT_PATH if skip_layers_path is None else skip_layers_path
     return SwiftOptimizer(model, config, task, cache_hit, path)
 
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

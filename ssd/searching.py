@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ssd.decoding import DraftConfig, base_generate, exact_self_speculative_generate
+from ssd.decoding import DraftConfig, base_generate, exact_self_speculative_generate, synchronize
 from ssd.files import append_jsonl, read_jsonl
 from ssd.low_bit import PRECISIONS
 from ssd.modeling_llama import DraftHead, LlamaForCausalLM
@@ -133,22 +133,31 @@ def measure_step_costs(
     context: int = 256, repeats: int = 8,
 ) -> dict[str | None, StepCosts]:
     """Time a full decoding step and full forwards over 1..max_tokens+1 tokens once, then, at each of
-    `precisions`, draft steps (with `head`) with nothing, every attention and every MLP sub-layer skipped."""
-    context = min(context, model.max_context - max_tokens - 1)
-    cache = model.new_cache(context + max_tokens + 1)
+    `precisions`, draft steps (with `head`) with nothing, every attention and every MLP sub-layer skipped.
+
+    Each pass runs as decoding runs it: full passes as the model (not a draft with nothing skipped), so
+    with the attention decoding's verifications use, and no pass fills the cache, so the compiled
+    blocks serve every pass when the model is compiled.
+    """
+    context = min(context, model.max_context - max_tokens - 2)
+    cache = model.new_cache(context + max_tokens + 2)
     model(torch.zeros((1, context), dtype=torch.long, device=model.device), cache, 0)
     one = torch.zeros((1, 1), dtype=torch.long, device=model.device)
     all_layers = range(model.num_layers)
 
-    def seconds(tokens: torch.Tensor, draft_head=None, attention=(), mlp=(), at=None) -> float:
-        with candidate_draft(model, attention, mlp, at), model.self_draft():
-            model(tokens, cache, context, head=draft_head)  # warm-up
+    def seconds(tokens: torch.Tensor, draft: bool = False, attention=(), mlp=(), at=None) -> float:
+        drafting = contextlib.ExitStack()
+        if draft:
+            drafting.enter_context(candidate_draft(model, attention, mlp, at))
+            drafting.enter_context(model.self_draft())
+        with drafting:
+            model(tokens, cache, context, head=head if draft else None)  # warm-up
             times = []
             for _ in range(repeats):
+                synchronize(tokens.device)
                 start = time.perf_counter()
-                model(tokens, cache, context, head=draft_head)
-                if tokens.device.type == "cuda":
-                    torch.cuda.synchronize()
+                model(tokens, cache, context, head=head if draft else None)
+                synchronize(tokens.device)
                 times.append(time.perf_counter() - start)
         return sorted(times)[len(times) // 2]
 
@@ -156,9 +165,9 @@ def measure_step_costs(
     verify = tuple(seconds(torch.zeros((1, k + 1), dtype=torch.long, device=model.device)) / full for k in range(max_tokens + 1))
     costs = {}
     for precision in precisions:
-        draft = seconds(one, head, at=precision)
-        no_attention = seconds(one, head, attention=all_layers, at=precision)
-        no_mlp = seconds(one, head, mlp=all_layers, at=precision)
+        draft = seconds(one, True, at=precision)
+        no_attention = seconds(one, True, attention=all_layers, at=precision)
+        no_mlp = seconds(one, True, mlp=all_layers, at=precision)
         attention = max(draft - no_attention, 0.0) / model.num_layers / full
         mlp = max(draft - no_mlp, 0.0) / model.num_layers / full
         fixed = max(draft / full - model.num_layers * (attention + mlp), 0.0)

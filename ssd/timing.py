@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from ssd.decoding import synchronize
 from ssd.generation import GenerateOutput
 
 WARM_UP_TASK = "warm-up"  # the task name methods see during the untimed warm-up
@@ -50,11 +51,6 @@ class Run:
 
 
 Method = Callable[[torch.Tensor, str], Run]  # (input_ids [1, T], task) -> Run
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_call(method: Method, input_ids: torch.Tensor, task: str) -> tuple[Run, float]:
