@@ -83,19 +83,30 @@ qwen_installed = pytest.mark.skipif(
 
 @qwen_installed
 @torch.no_grad()
-def test_qwen_coder_loads_and_decodes_exactly():
-    """The named model loads as Qwen2, ends at either of its two EOS tokens, and its self-speculative
-    greedy output equals base decoding (float32, eager, full-precision and int4 drafts)."""
+def test_qwen_coder_runs_every_method_exactly():
+    """The named model loads as Qwen2 with both of its EOS ids; greedy self-speculative output (essg with
+    full-precision and int4 drafts, SWIFT) equals base decoding, stops at EOS as base does, and seeded
+    self-speculative sampling reproduces (float32, eager)."""
     model, tokenizer = ssd.load_model(QWEN_CODER_KEY, dtype=torch.float32, device="cpu", compile=False,
                                       draft_precision=None)
     assert isinstance(model, Qwen2ForCausalLM) and model.num_layers == 28
     assert model.generation_config.eos_token_id == tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
     chat = [{"role": "user", "content": "Write a Python function that returns the n-th Fibonacci number."}]
     base = ssd.generate(model, chat, method="base", max_new_tokens=40, eos_token_id=[])
+    assert "def" in tokenizer.decode(base[0])
     for precision in (None, "int4"):
         model.set_draft_precision(precision)
         model.set_skip_layers([20, 22], [21, 23])
-        essg = ssd.generate(model, chat, method="essg", max_new_tokens=40, eos_token_id=[])
-        assert torch.equal(essg, base), precision
-    assert "def" in tokenizer.decode(base[0])
+        assert torch.equal(ssd.generate(model, chat, method="essg", max_new_tokens=40, eos_token_id=[]), base), precision
     model.set_skip_layers([], [])
+    swift = ssd.generate(model, chat, method="swift", max_new_tokens=40, eos_token_id=[],
+                         swift=ssd.SwiftConfig(context_window=8, max_opt_iter=6))
+    assert torch.equal(swift, base)
+    # A short answer ends at <|im_end|>, one of its two EOS ids, for base and essg alike.
+    short = [{"role": "user", "content": "Reply with the single word: yes"}]
+    ended = ssd.generate(model, short, method="base", max_new_tokens=24)
+    assert ended[0, -1].item() in model.generation_config.eos_token_id
+    assert torch.equal(ssd.generate(model, short, max_new_tokens=24), ended)
+    samples = [ssd.generate(model, chat, do_sample=True, temperature=0.7, max_new_tokens=12,
+                            generator=torch.Generator().manual_seed(3)) for _ in range(2)]
+    assert torch.equal(*samples)
