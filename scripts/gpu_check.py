@@ -187,7 +187,6 @@ def measure_costs(name: str, shape: dict, device: torch.device, dtype: torch.dty
     costs["stock generate ms/token"] = timed(lambda: stock.generate(
         ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=tokens, min_new_tokens=tokens,
         pad_token_id=0), device, 1) / tokens
-    del stock
 
     costs["base ms/token"] = timed(lambda: ssd.generate(model, ids, method="base", max_new_tokens=tokens,
                                                           eos_token_id=[]), device, 1) / tokens
@@ -227,9 +226,6 @@ def measure_costs(name: str, shape: dict, device: torch.device, dtype: torch.dty
             costs["compile s"] = time.perf_counter() - start
             costs["base compiled ms/token"] = timed(lambda: ssd.generate(
                 model, ids, method="base", max_new_tokens=tokens, eos_token_id=[]), device, 1) / tokens
-    del model, cache
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return costs
 
 
@@ -285,6 +281,8 @@ def main(argv=None) -> dict:
                               args.compile if args.compile is not None else not args.tiny, args.tiny)
         costs["predicted speedup"] = speedups(costs)
         report["costs"].append(costs)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the model is gone with measure_costs' frame
         print(f"costs, {name}: step {costs['step ms']:.2f} ms", flush=True)
 
     rows = [[c["model"], c["dtype"], c["stock generate ms/token"], c["base ms/token"], c.get("base compiled ms/token", "-"),

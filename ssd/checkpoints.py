@@ -18,10 +18,10 @@ nothing half-written.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
-import contextlib
 import logging
 import os
 import shutil

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ssd.checkpoints import EMBEDDED_KEY  # the embedded model's entry, written by notebooks/search.ipynb
 from ssd.files import write_json_atomic
 from ssd.low_bit import PRECISIONS
 from ssd.modeling_llama import LlamaForCausalLM

@@ -12,8 +12,8 @@ from transformers import LlamaForCausalLM as StockLlama
 from transformers import Qwen2ForCausalLM as StockQwen2
 
 import ssd
-from ssd.modeling_llama import LlamaForCausalLM, Qwen2ForCausalLM, model_class
 from ssd.decoding import prefill
+from ssd.modeling_llama import LlamaForCausalLM, Qwen2ForCausalLM, model_class
 from ssd.models import mkl_code_path, should_compile
 
 TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
