@@ -41,6 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--skip-layers-key", default=None, help="draft entry of skip_layers.json (default: the model's)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the fastest exact one)")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--device-map", default=None,
+                        help='accelerate\'s placement over several GPUs, e.g. "auto"; the stock model gets the same (overrides --device)')
     parser.add_argument("--draft-precision", default="default", choices=["default", "none", "int8", "int4"],
                         help="precision of the weights the self-draft runs (default: load_model's choice, or the draft entry's)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -128,8 +130,11 @@ def encode(tokenizer, task: str, prompt: str) -> torch.Tensor:
 # --- the methods -------------------------------------------------------------
 
 
-def stock_model(name_or_path: str | None, dtype: torch.dtype, device: torch.device):
-    """The same checkpoint in stock transformers."""
+def stock_model(name_or_path: str | None, dtype: torch.dtype, device: torch.device, device_map=None):
+    """The same checkpoint in stock transformers, placed as ours: by the same `device_map`, else on `device`."""
+    if device_map is not None:
+        return AutoModelForCausalLM.from_pretrained(resolve_checkpoint(name_or_path), dtype=dtype,
+                                                    device_map=device_map).eval()
     return AutoModelForCausalLM.from_pretrained(resolve_checkpoint(name_or_path), dtype=dtype).to(device).eval()
 
 
@@ -199,7 +204,7 @@ def build_methods(args, model) -> dict[str, Method]:
     hf = {"hf": {}, "hf-pld": {"prompt_lookup_num_tokens": args.prompt_lookup_tokens},
           "hf-early-exit": {"assistant_early_exit": args.early_exit_layer or model.num_layers // 2}}
     if any(name in args.methods for name in hf):
-        stock = stock_model(args.model, model.dtype, model.device)
+        stock = stock_model(args.model, model.dtype, model.device, args.device_map)
     for name in args.methods:
         if name in hf:
             methods[name] = hf_method(stock, args.max_new_tokens, **hf[name])
@@ -247,7 +252,8 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, compile=args.compile)
+    placement = {"device_map": args.device_map} if args.device_map else {}
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, compile=args.compile, **placement)
     draft = apply_draft(model, args.skip_layers_key, args.model)
     if args.draft_precision != "default":
         model.set_draft_precision(None if args.draft_precision == "none" else args.draft_precision)

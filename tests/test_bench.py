@@ -8,7 +8,8 @@ import torch
 from transformers import GenerationConfig
 
 from helpers import NEAR_TIE_FLOAT32, assert_same_tokens
-from ssd.bench import PROMPTS_FILE, encode, parse_args, read_prompts_file
+from ssd import bench
+from ssd.bench import PROMPTS_FILE, encode, parse_args, read_prompts_file, stock_model
 
 
 @pytest.mark.parametrize(
@@ -123,3 +124,14 @@ def test_stock_generate_runs_quietly_for_a_fixed_length(stock):
         logger.removeHandler(recorder)
     assert len(run.tokens) == len(plain.tokens) == 6 and run.tokens == plain.tokens
     assert quiet == [] and any(m.startswith(ASSISTANT_KWARGS_NOTICE) for m in recorder.messages)
+
+
+def test_the_stock_model_is_placed_by_the_same_device_map(monkeypatch):
+    """`--device-map` reaches the stock model's `from_pretrained` (as it reaches `load_model`), not `.to(device)`."""
+    calls = []
+    load = bench.AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(bench.AutoModelForCausalLM, "from_pretrained",
+                        lambda *args, **kwargs: calls.append(kwargs) or load(*args, **kwargs))
+    stock = stock_model(None, torch.float32, torch.device("cpu"), device_map={"": "cpu"})
+    assert calls[-1]["device_map"] == {"": "cpu"} and stock.device.type == "cpu"
+    assert parse_args(["--device-map", "auto"]).device_map == "auto"
