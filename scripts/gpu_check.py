@@ -39,6 +39,7 @@ from transformers import LlamaForCausalLM as StockLlama
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ssd  # noqa: E402
+from ssd.decoding import synchronize  # noqa: E402
 from ssd.files import write_json_atomic  # noqa: E402
 from ssd.low_bit import PRECISIONS  # noqa: E402
 from ssd.modeling_llama import LlamaForCausalLM  # noqa: E402
@@ -68,11 +69,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--prompts", type=int, default=None, help="exactness prompts (default: 8, tiny: 2)")
     parser.add_argument("--output", type=Path, default=Path("results/gpu_check.json"))
     return parser.parse_args(argv)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def timed(run, device: torch.device, repeats: int) -> float:

@@ -132,10 +132,9 @@ def encode(tokenizer, task: str, prompt: str) -> torch.Tensor:
 
 def stock_model(name_or_path: str | None, dtype: torch.dtype, device: torch.device, device_map=None):
     """The same checkpoint in stock transformers, placed as ours: by the same `device_map`, else on `device`."""
-    if device_map is not None:
-        return AutoModelForCausalLM.from_pretrained(resolve_checkpoint(name_or_path), dtype=dtype,
-                                                    device_map=device_map).eval()
-    return AutoModelForCausalLM.from_pretrained(resolve_checkpoint(name_or_path), dtype=dtype).to(device).eval()
+    placement = {} if device_map is None else {"device_map": device_map}
+    stock = AutoModelForCausalLM.from_pretrained(resolve_checkpoint(name_or_path), dtype=dtype, **placement)
+    return (stock if device_map is not None else stock.to(device)).eval()
 
 
 def hf_method(stock, max_new_tokens: int, **assisted) -> Method:

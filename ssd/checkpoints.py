@@ -103,7 +103,7 @@ def embedded_checkpoint() -> Path:
 def qwen_coder_checkpoint() -> Path:
     """Qwen2.5-Coder-1.5B-Instruct as a checkpoint folder, from its verified GGUF (`parted_gguf`)."""
     target = cache_dir() / f"{QWEN_CODER_KEY}-{QWEN_CODER.sha256[:12]}"
-    if (target / "model.safetensors").is_file():
+    if is_converted(target):  # before the GGUF: verifying it costs a second
         return target
     return converted_checkpoint(parted_gguf(QWEN_CODER, cache_dir() / f"{QWEN_CODER_KEY}.Q4_K_M.gguf"), target,
                                 QWEN_CODER.end_of_sequence)
@@ -188,11 +188,16 @@ def _mismatch(path: Path, spec: PartedGGUF) -> str | None:
     return None
 
 
+def is_converted(target: Path) -> bool:
+    """Whether `target` is a finished conversion (written whole, then renamed into place)."""
+    return (target / "model.safetensors").is_file()
+
+
 def converted_checkpoint(gguf: Path, target: Path, end_of_sequence: tuple[str, ...] = ()) -> Path:
     """`target`, a checkpoint folder holding the GGUF's config, tokenizer and weights dequantised to
     float32, converted on first use. `end_of_sequence`: tokens whose ids the generation config
     lists as EOS (a GGUF names one)."""
-    if (target / "model.safetensors").is_file():
+    if is_converted(target):
         return target
     config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -211,7 +216,7 @@ def converted_checkpoint(gguf: Path, target: Path, end_of_sequence: tuple[str, .
         generation_config.save_pretrained(staging)
         os.replace(staging, target)
     except OSError:
-        if not (target / "model.safetensors").is_file():
+        if not is_converted(target):
             raise
         # Another process converted it first.
     finally:

@@ -150,13 +150,14 @@ def measure_step_costs(
         if draft:
             drafting.enter_context(candidate_draft(model, attention, mlp, at))
             drafting.enter_context(model.self_draft())
+        scored_by = head if draft else None
         with drafting:
-            model(tokens, cache, context, head=head if draft else None)  # warm-up
+            model(tokens, cache, context, head=scored_by)  # warm-up
             times = []
             for _ in range(repeats):
                 synchronize(tokens.device)
                 start = time.perf_counter()
-                model(tokens, cache, context, head=head if draft else None)
+                model(tokens, cache, context, head=scored_by)
                 synchronize(tokens.device)
                 times.append(time.perf_counter() - start)
         return sorted(times)[len(times) // 2]
@@ -208,11 +209,11 @@ def predicted_speedup(matches: list[torch.Tensor], confidences: list[torch.Tenso
 # --- the search ----------------------------------------------------------------
 
 
-def bayesian_optimizer(names: list[str], kappa: float, seed: int):
-    """A `bayes_opt.BayesianOptimization` over [0, 1] for each name, suggesting by an upper confidence
-    bound whose maximum is polished from one L-BFGS start instead of ten: with 2L = 60 variables,
-    bayes_opt's default took 8 s per suggestion on a 2-core CPU, three times an evaluation; one start
-    takes 0.3 s. bayes_opt is imported here, so that `import ssd` does not pay for it (about 2 s)."""
+def bayesian_optimizer(names: list[str], kappa: float, alpha: float, seed: int):
+    """A `bayes_opt.BayesianOptimization` over [0, 1] for each name (`alpha`: the GP's noise term),
+    suggesting by an upper confidence bound whose maximum is polished from one L-BFGS start instead of
+    ten: with 2L = 60 variables, bayes_opt's default took 8 s per suggestion on a 2-core CPU, three
+    times an evaluation; one start takes 0.3 s. bayes_opt is imported here, so that `import ssd` does not pay for it (about 2 s)."""
     from bayes_opt import BayesianOptimization
     from bayes_opt.acquisition import UpperConfidenceBound
 
@@ -221,7 +222,7 @@ def bayesian_optimizer(names: list[str], kappa: float, seed: int):
             return super().suggest(gp, target_space, n_random=n_random, n_smart=1, fit_gp=fit_gp,
                                    random_state=random_state)
 
-    return BayesianOptimization(
+    optimizer = BayesianOptimization(
         f=None,
         pbounds={name: (0.0, 1.0) for name in names},
         acquisition_function=OneStartUpperConfidenceBound(kappa=kappa),
@@ -229,6 +230,8 @@ def bayesian_optimizer(names: list[str], kappa: float, seed: int):
         verbose=0,
         allow_duplicate_points=True,
     )
+    optimizer.set_gp_params(alpha=alpha)
+    return optimizer
 
 
 class LayerSkippingSearching:
@@ -260,8 +263,8 @@ class LayerSkippingSearching:
             tokenizer(p, return_tensors="pt").input_ids.to(model.device) if isinstance(p, str) else p.to(model.device)
             for p in prompts
         ]
-        self.optimizer = bayesian_optimizer(self.names, evaluate_config.kappa, evaluate_config.seed)
-        self.optimizer.set_gp_params(alpha=evaluate_config.alpha)
+        config = evaluate_config
+        self.optimizer = bayesian_optimizer(self.names, config.kappa, config.alpha, config.seed)
         self.history: list[dict] = []
         logged = read_jsonl(self.log_path) if self.log_path else []
         for record in logged:  # refuse a foreign log before any costly preparation

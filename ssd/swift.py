@@ -121,8 +121,8 @@ def default_model_key(model: LlamaForCausalLM) -> str:
     """The skip_layers.json name of a model: a model built by `ssd.checkpoints` by its key, else its
     folder or hub name, lower-cased."""
     name = str(getattr(model, "name_or_path", "") or "")
-    if checkpoint_key(name):
-        return checkpoint_key(name)
+    if key := checkpoint_key(name):
+        return key
     if not name:
         raise ValueError("the model has no name_or_path: pass model_key explicitly")
     return Path(name).name.lower()
@@ -161,8 +161,7 @@ class SwiftOptimizer:
         middle = {f"{kind}{i:0{len(str(self.num_layers - 1))}d}" for kind in "am" for i in range(1, self.num_layers - 1)}
         self.names = [name for name in variable_names(self.num_layers) if name in middle]
         self.rng = np.random.default_rng(config.seed)
-        self.gp = bayesian_optimizer(self.names, config.kappa, config.seed)
-        self.gp.set_gp_params(alpha=config.alpha)
+        self.gp = bayesian_optimizer(self.names, config.kappa, config.alpha, config.seed)
         self.skip_layers_path = Path(skip_layers_path)
         self.key = cache_key(model_key or default_model_key(model), task) if task is not None else None
         self.best: tuple[list[int], list[int]] | None = None
