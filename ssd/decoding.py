@@ -16,6 +16,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from ssd.low_bit import precision_bytes_share
 from ssd.modeling_llama import DraftHead, KVCache, LlamaForCausalLM
@@ -210,11 +211,12 @@ class NgramIndex:
 # --- the pieces --------------------------------------------------------------
 
 
-def choose(logits: torch.Tensor, sampling: Sampling | None, generator: torch.Generator | None) -> int:
-    """The next token from one row of logits: argmax, or a sample."""
+def choose(logits: torch.Tensor, sampling: Sampling | None, generator: torch.Generator | None) -> torch.Tensor:
+    """The next token from one row of logits, argmax or a sample, as a `[1, 1]` tensor on the logits'
+    device: it is the next step's input as it stands, and reading it is the step's one host sync."""
     if sampling is None:
-        return int(logits.argmax())
-    return sample(logits_to_probs(logits, sampling), generator)
+        return logits.argmax().view(1, 1)
+    return sample(logits_to_probs(logits, sampling), generator).view(1, 1)
 
 
 @torch.no_grad()
@@ -240,26 +242,29 @@ def draft_tokens(
     positions >= `committed`, only in the layers the draft runs. `head`: the
     draft scores only these tokens (the others get probability 0).
 
-    Returns the tokens and, when sampling, their distributions `q` ([k, vocab]).
+    Returns the tokens and, when sampling, their distributions `q` ([k, vocab]). Each token stays on
+    the device as the next step's input; the exit test is a step's one host sync, and the tokens are
+    read once, at the end.
     """
     tokens, probs = [], []
-    token = last_token
+    token = torch.tensor([[last_token]], device=model.device)
     with model.self_draft():
         for step in range(max_tokens):
-            logits = model(torch.tensor([[token]], device=model.device), cache, committed + step, head=head)[0, -1]
+            logits = model(token, cache, committed + step, head=head)[0, -1]
             if sampling is None:
                 confidence, token = torch.softmax(logits, dim=-1).max(dim=-1)
-                token = int(token if head is None else head.token_ids[token])
+                token = token if head is None else head.token_ids[token]
             else:
                 if head is not None:
                     logits = head.full_logits(logits, model.config.vocab_size)
                 q = logits_to_probs(logits, sampling)
                 confidence, token = q.max(), sample(q, generator)
                 probs.append(q)
+            token = token.to(model.device).view(1, 1)  # the LM head may sit on another device than the embedding
             tokens.append(token)
             if confidence < th_stop_draft:
                 break
-    return tokens, (torch.stack(probs) if probs else None)
+    return torch.cat(tokens, dim=1)[0].tolist(), (torch.stack(probs) if probs else None)
 
 
 @torch.no_grad()
@@ -273,7 +278,10 @@ def verify_drafts(
     """How many drafts the full model accepts, and the token it adds after them.
 
     `target_logits` ([k+1, vocab]) are the full model's logits over
-    `[last token, drafts]`: row i predicts the position of draft i.
+    `[last token, drafts]`: row i predicts the position of draft i. When
+    sampling, `draft_probs` ([k, vocab]) is the draft's `q`; None means the
+    drafts are certain (looked up: `q` is 1 at the draft), with no `[k, vocab]`
+    one-hot built for them.
     """
     if sampling is None:
         # Greedy: accept the longest prefix that equals the full model's argmax.
@@ -287,10 +295,11 @@ def verify_drafts(
         # Accept x with probability min(1, p(x)/q(x)); on rejection, sample
         # from max(0, p - q) renormalised: the result is distributed as p.
         r = torch.rand((), device=p.device, generator=generator)
-        if r * draft_probs[i, token] < p[i, token]:
+        if r * (1.0 if draft_probs is None else draft_probs[i, token]) < p[i, token]:
             continue
-        return i, sample(residual(p[i], draft_probs[i]), generator)
-    return len(drafts), sample(p[len(drafts)], generator)
+        q = F.one_hot(torch.tensor(token, device=p.device), p.shape[-1]).to(p.dtype) if draft_probs is None else draft_probs[i]
+        return i, int(sample(residual(p[i], q), generator))
+    return len(drafts), int(sample(p[len(drafts)], generator))
 
 
 # --- the loops ---------------------------------------------------------------
@@ -368,12 +377,14 @@ def base_generate(
     check_input_ids(model, input_ids, max_new_tokens)
     cache = model.new_cache(input_ids.shape[1] + max_new_tokens)
     output = _Output(max_new_tokens, eos_token_id, on_tokens)
-    output.commit([choose(prefill(model, input_ids, cache), sampling, generator)])
+    token = choose(prefill(model, input_ids, cache), sampling, generator)
+    output.commit([int(token)])
     committed = input_ids.shape[1]
     while not output.done:
-        logits = model(torch.tensor([[output.tokens[-1]]], device=input_ids.device), cache, committed)[0, -1]
+        logits = model(token, cache, committed)[0, -1]
         committed += 1
-        output.commit([choose(logits, sampling, generator)])
+        token = choose(logits, sampling, generator)
+        output.commit([int(token)])
     return GenerationResult(output.tokens)
 
 
@@ -497,7 +508,7 @@ def _self_speculative(
     cache = model.new_cache(input_ids.shape[1] + max_new_tokens)
     output = _Output(max_new_tokens, eos_token_id, on_tokens)
     tokens = output.tokens  # grows as tokens are committed
-    output.commit([choose(prefill(model, input_ids, cache), sampling, generator)])
+    output.commit([int(choose(prefill(model, input_ids, cache), sampling, generator))])
     lookup = NgramIndex(input_ids[0].tolist() + tokens, draft.ngram_size, draft.ngram_min) if draft.ngram_size else None
     committed = input_ids.shape[1]
     copied = 0  # lookups accepted in full in a row, just before this step: a copy running on, see short_lookup
@@ -522,7 +533,6 @@ def _self_speculative(
             )
         elif kind != "plain":
             drafts = proposal if copied >= 2 or draft.short_lookup is None else proposal[: draft.short_lookup]
-            draft_probs = _one_hot(drafts, model) if sampling is not None else None
         verify_input = torch.tensor([[tokens[-1], *drafts]], device=input_ids.device)
         target_logits = model(verify_input, cache, committed)[0]
         accepted, next_token = verify_drafts(target_logits, drafts, draft_probs, sampling, generator)
@@ -556,10 +566,3 @@ def _passes(kind: StepKind, num_drafts: int, model: LlamaForCausalLM) -> float:
     attention, mlp = model.get_skip_layers()
     depth = 1 - (len(attention) + len(mlp)) / (2 * model.num_layers)
     return 1.0 + num_drafts * depth * precision_bytes_share(model.get_draft_precision(), model.dtype)
-
-
-def _one_hot(tokens: list[int], model: LlamaForCausalLM) -> torch.Tensor:
-    """The draft distribution `q` of looked-up tokens: certain, so acceptance is p(x)."""
-    q = torch.zeros(len(tokens), model.config.vocab_size, device=model.device)
-    q[torch.arange(len(tokens)), torch.tensor(tokens)] = 1.0
-    return q

@@ -44,9 +44,9 @@ def logits_to_probs(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
     return torch.softmax(logits, dim=-1)
 
 
-def sample(probs: torch.Tensor, generator: torch.Generator | None) -> int:
-    """One token drawn from a 1-D distribution."""
-    return int(torch.multinomial(probs, 1, generator=generator))
+def sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One token drawn from a 1-D distribution, as a 0-d tensor on its device (no host sync)."""
+    return torch.multinomial(probs, 1, generator=generator)[0]
 
 
 def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

@@ -108,4 +108,4 @@ def chi_square_p_value(counts: torch.Tensor, expected: torch.Tensor, trials: int
 def accept_everything(target_logits, drafts, draft_probs, sampling, generator):
     """A broken `verify_drafts`: every draft accepted, so tokens follow the draft's distribution."""
     p = logits_to_probs(target_logits, sampling)
-    return len(drafts), ssd.sampling.sample(p[len(drafts)], generator)
+    return len(drafts), int(ssd.sampling.sample(p[len(drafts)], generator))

@@ -6,7 +6,7 @@ import torch
 import ssd
 import ssd.decoding
 from helpers import ALPHA, accept_everything, chi_square_p_value
-from ssd.decoding import DraftConfig, self_speculative_sample
+from ssd.decoding import DraftConfig, self_speculative_sample, verify_drafts
 from ssd.sampling import Sampling, logits_to_probs, residual
 
 SAMPLING = Sampling(temperature=1.0, top_k=6)
@@ -122,6 +122,22 @@ def test_residual_is_the_normalised_positive_part():
     same = torch.softmax(torch.tensor([2.0, 1.0, -1.0, 0.5]), -1)
     assert torch.equal(residual(same, same.clone()), same)
     assert torch.isfinite(residual(same, same)).all()
+
+
+def test_certain_drafts_verify_as_one_hot_ones():
+    """Looked-up drafts pass no `q` (None: certain); they must be verified exactly as drafts whose `q` is
+    one-hot at the drafted token: same random numbers, same acceptances, same resampled token."""
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50)
+    drafts = logits[:3].argmax(dim=-1).tolist()  # each accepted with its probability under p, about 0.2-0.4
+    one_hot = torch.nn.functional.one_hot(torch.tensor(drafts), 50).float()
+    outcomes = set()
+    for seed in range(40):
+        certain = verify_drafts(logits, drafts, None, SAMPLING, torch.Generator().manual_seed(seed))
+        explicit = verify_drafts(logits, drafts, one_hot, SAMPLING, torch.Generator().manual_seed(seed))
+        assert certain == explicit
+        outcomes.add(certain[0])
+    assert len(outcomes) > 1  # both acceptances and rejections were exercised
 
 
 def test_seed_reproduces_and_none_does_not_reseed(embedded):
