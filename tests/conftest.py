@@ -12,6 +12,17 @@ from ssd.checkpoints import embedded_checkpoint
 
 torch.set_num_threads(threads_per_worker())  # under pytest-xdist (scripts/test.sh) workers share the cores
 
+# The files that take minutes, longest first. pytest-xdist gives each worker whole files, in collection
+# order (scripts/test.sh: `--dist loadfile --no-loadscope-reorder`), so these start at once and the short
+# files even out the end, instead of one long file running alone while the other worker idles.
+LONGEST_FILES = ("test_exactness.py", "test_swift.py", "test_sampling.py", "test_low_bit.py")
+
+
+def pytest_collection_modifyitems(items):
+    """Collect the longest files first (a stable sort: every other file keeps its place, notebooks first)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FILES)))
+
 
 @pytest.fixture(scope="session")
 def embedded():
