@@ -213,7 +213,8 @@ class NgramIndex:
 
 def choose(logits: torch.Tensor, sampling: Sampling | None, generator: torch.Generator | None) -> torch.Tensor:
     """The next token from one row of logits, argmax or a sample, as a `[1, 1]` tensor on the logits'
-    device: it is the next step's input as it stands, and reading it is the step's one host sync."""
+    device: it is the next step's input as it stands. Greedy, reading it is the step's one host sync
+    (`torch.multinomial` also checks its input on the host)."""
     if sampling is None:
         return logits.argmax().view(1, 1)
     return sample(logits_to_probs(logits, sampling), generator).view(1, 1)
@@ -243,9 +244,11 @@ def draft_tokens(
     draft scores only these tokens (the others get probability 0).
 
     Returns the tokens and, when sampling, their distributions `q` ([k, vocab]). Each token stays on
-    the device as the next step's input; the exit test is a step's one host sync, and the tokens are
-    read once, at the end.
+    the device as the next step's input; greedy, the exit test is a step's one host sync, and the
+    tokens are read once, at the end.
     """
+    if max_tokens < 1:
+        return [], None
     tokens, probs = [], []
     token = torch.tensor([[last_token]], device=model.device)
     with model.self_draft():
@@ -253,14 +256,15 @@ def draft_tokens(
             logits = model(token, cache, committed + step, head=head)[0, -1]
             if sampling is None:
                 confidence, token = torch.softmax(logits, dim=-1).max(dim=-1)
-                token = token if head is None else head.token_ids[token]
+                # A 1-element index, not a 0-d one (which PyTorch reads on the host).
+                token = token if head is None else head.token_ids[token.view(1).to(head.token_ids.device)]
             else:
                 if head is not None:
                     logits = head.full_logits(logits, model.config.vocab_size)
                 q = logits_to_probs(logits, sampling)
                 confidence, token = q.max(), sample(q, generator)
                 probs.append(q)
-            token = token.to(model.device).view(1, 1)  # the LM head may sit on another device than the embedding
+            token = token.to(model.device).view(1, 1)  # a split model's head ids sit on the LM head's device
             tokens.append(token)
             if confidence < th_stop_draft:
                 break

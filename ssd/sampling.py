@@ -45,7 +45,7 @@ def logits_to_probs(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One token drawn from a 1-D distribution, as a 0-d tensor on its device (no host sync)."""
+    """One token drawn from a 1-D distribution, as a 0-d tensor on its device."""
     return torch.multinomial(probs, 1, generator=generator)[0]
 
 
