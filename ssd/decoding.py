@@ -301,7 +301,10 @@ def verify_drafts(
         r = torch.rand((), device=p.device, generator=generator)
         if r * (1.0 if draft_probs is None else draft_probs[i, token]) < p[i, token]:
             continue
-        q = F.one_hot(torch.tensor(token, device=p.device), p.shape[-1]).to(p.dtype) if draft_probs is None else draft_probs[i]
+        if draft_probs is None:  # a certain draft: its one-hot row, built only on rejection
+            q = F.one_hot(torch.tensor(token, device=p.device), p.shape[-1]).to(p.dtype)
+        else:
+            q = draft_probs[i]
         return i, int(sample(residual(p[i], q), generator))
     return len(drafts), int(sample(p[len(drafts)], generator))
 

@@ -213,7 +213,8 @@ def bayesian_optimizer(names: list[str], kappa: float, alpha: float, seed: int):
     """A `bayes_opt.BayesianOptimization` over [0, 1] for each name (`alpha`: the GP's noise term),
     suggesting by an upper confidence bound whose maximum is polished from one L-BFGS start instead of
     ten: with 2L = 60 variables, bayes_opt's default took 8 s per suggestion on a 2-core CPU, three
-    times an evaluation; one start takes 0.3 s. bayes_opt is imported here, so that `import ssd` does not pay for it (about 2 s)."""
+    times an evaluation; one start takes 0.3 s. bayes_opt is imported here, so that `import ssd` does
+    not pay for it (about 2 s)."""
     from bayes_opt import BayesianOptimization
     from bayes_opt.acquisition import UpperConfidenceBound
 
