@@ -46,7 +46,8 @@ class Int8Weight:
         values = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
         return cls(values, scales.to(ACTIVATIONS), bias)
 
-    def rows(self, ids: torch.Tensor) -> Int8Weight:
+    def rows(self, ids: torch.Tensor | slice) -> Int8Weight:
+        """These rows (a slice: a view, no copy)."""
         bias = None if self.bias is None else self.bias[ids].contiguous()
         return Int8Weight(self.values[ids].contiguous(), self.scales[ids].contiguous(), bias)
 

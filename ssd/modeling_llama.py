@@ -296,14 +296,16 @@ class DraftHead:
     """
 
     token_ids: torch.Tensor  # [V'] sorted token ids
-    weight: torch.Tensor  # [V', hidden] their rows of the LM head
-    low_bit: Int8Weight | None = None  # their rows of the head's int8 copy, when the model has one
+    weights: tuple[torch.Tensor, ...]  # their rows of the LM head, in blocks (see LlamaForCausalLM.draft_head)
+    low_bit: tuple[Int8Weight, ...] | None = None  # the same blocks of the head's int8 copy, when the model has one
 
     def __call__(self, x: torch.Tensor, precision: str | None) -> torch.Tensor:
         """Logits over `token_ids`; from the int8 rows when the draft runs at a low precision."""
         if precision is not None and self.low_bit is not None:
-            return self.low_bit(x)
-        return F.linear(x, self.weight)
+            logits = [block(x) for block in self.low_bit]
+        else:
+            logits = [F.linear(x, block) for block in self.weights]
+        return logits[0] if len(logits) == 1 else torch.cat(logits, dim=-1)
 
     def full_logits(self, logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
         """Scatter subset logits into the whole vocabulary; tokens outside get -inf (probability 0)."""
@@ -415,8 +417,12 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         token_ids = torch.unique(torch.as_tensor(token_ids, dtype=torch.long)).to(device)
         if token_ids.numel() == 0 or token_ids[0] < 0 or token_ids[-1] >= self.config.vocab_size:
             raise ValueError(f"draft head token ids must be non-empty and within 0..{self.config.vocab_size - 1}")
-        low_bit = self.lm_head_int8 and self.lm_head_int8.rows(token_ids)
-        return DraftHead(token_ids, self.lm_head.weight[token_ids].contiguous(), low_bit)
+        # The ids below n are 0..n-1 (the frequent tokens, DraftConfig.draft_head): their rows are the
+        # head's first n, used in place; only the rest (the prompt's rarer tokens) are copied.
+        n = int((token_ids == torch.arange(len(token_ids), device=device)).sum())
+        blocks = [block for block, size in ((slice(0, n), n), (token_ids[n:], len(token_ids) - n)) if size]
+        low_bit = self.lm_head_int8 and tuple(self.lm_head_int8.rows(block) for block in blocks)
+        return DraftHead(token_ids, tuple(self.lm_head.weight[block] for block in blocks), low_bit)
 
     # --- compilation ------------------------------------------------------
 
