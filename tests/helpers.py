@@ -91,6 +91,18 @@ def stock_greedy(stock, input_ids, max_new_tokens) -> list[int]:
 ALPHA = 1e-3
 
 
+def sample_counts(draw, expected: torch.Tensor, trials: int) -> torch.Tensor:
+    """How often each token came out of `trials` calls of `draw()`. Sampling stops at the first token
+    `expected` forbids: the chi-square p-value is 0 from then on, whatever the remaining trials give."""
+    counts = torch.zeros_like(expected)
+    for _ in range(trials):
+        token = draw()
+        counts[token] += 1
+        if expected[token] == 0:
+            break
+    return counts
+
+
 def chi_square_p_value(counts: torch.Tensor, expected: torch.Tensor, trials: int) -> float:
     """Chi-square p-value of token `counts` (over the vocabulary) against the exact distribution `expected`.
 

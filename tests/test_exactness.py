@@ -18,7 +18,9 @@ SKIP_SETS = {
 }
 THRESHOLDS = [0.2, 0.6, "adaptive"]
 CONFIGS = [(skip, th) for skip in SKIP_SETS for th in THRESHOLDS]  # 12 combinations
-NUM_PROMPTS = 9  # each prompt runs two combinations, so every combination runs at least once
+# Two prompts of each task (conftest's `prompts`: 3 HumanEval, then 3 CNN/DM and 3 XSum with the shared
+# data). Each runs two combinations, so every combination runs once.
+PROMPT_INDICES = [0, 1, 3, 4, 6, 7]
 
 
 def draft_kwargs(threshold, draft_vocab_size, ngram_size) -> dict:
@@ -42,10 +44,10 @@ def test_model_depth(embedded):
     assert embedded[0].num_layers == NUM_LAYERS
 
 
-@pytest.mark.parametrize("index", range(NUM_PROMPTS))
+@pytest.mark.parametrize("index", range(len(PROMPT_INDICES)))
 def test_base_and_essg_equal_stock_generate(embedded, stock, prompts, skip_layers, base_tokens, index):
     model, tokenizer = embedded
-    input_ids = tokenizer(prompts[index], return_tensors="pt").input_ids
+    input_ids = tokenizer(prompts[PROMPT_INDICES[index]], return_tensors="pt").input_ids
     expected = stock_greedy(stock, input_ids, MAX_NEW_TOKENS)
 
     # Past EOS there is no stock reference: the full-length base output is the reference.
@@ -60,7 +62,7 @@ def test_base_and_essg_equal_stock_generate(embedded, stock, prompts, skip_layer
     # draft through the trimmed head), one with the layer-skipping draft alone and the full head.
     runs = zip(
         (True, False),
-        (CONFIGS[2 * index % 12], CONFIGS[(2 * index + 1) % 12]),
+        (CONFIGS[2 * index], CONFIGS[2 * index + 1]),
         ((DraftConfig.draft_vocab_size, DraftConfig.ngram_size), (None, 0)),
     )
     for early_stop, (skip_name, threshold), (vocab, ngram_size) in runs:

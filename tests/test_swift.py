@@ -8,7 +8,8 @@ import torch
 
 import ssd
 import ssd.decoding
-from helpers import ALPHA, NEAR_TIE_FLOAT32, accept_everything, assert_same_tokens, chi_square_p_value, stock_greedy
+from helpers import (ALPHA, NEAR_TIE_FLOAT32, accept_everything, assert_same_tokens, chi_square_p_value, sample_counts,
+                     stock_greedy)
 from ssd.sampling import Sampling, logits_to_probs
 from ssd.swift import SwiftConfig, SwiftOptimizer, cache_key, swift_generate
 
@@ -216,10 +217,9 @@ def third_token_p_value(model, input_ids, expected, trials: int) -> float:
         skip_ratio=0.2, context_window=4, bayes_interval=10_000, max_opt_iter=10_000, max_tolerance_iter=10_000,
         draft=ssd.DraftConfig(max_step_draft=1, th_stop_draft=0.0, auto_th_stop_draft=False, gate=False),
     ))
-    counts = torch.zeros_like(expected)
-    for _ in range(trials):
-        counts[swift_generate(model, input_ids, 4, None, optimizer, SAMPLING, generator).tokens[2]] += 1
-    assert optimizer.iterations > trials / 10  # the optimiser really ran between steps
+    counts = sample_counts(lambda: swift_generate(model, input_ids, 4, None, optimizer, SAMPLING, generator).tokens[2],
+                           expected, trials)
+    assert optimizer.iterations > counts.sum() / 10  # the optimiser really ran between steps
     return chi_square_p_value(counts, expected, trials)
 
 
