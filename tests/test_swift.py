@@ -219,7 +219,8 @@ def third_token_p_value(model, input_ids, expected, trials: int) -> float:
     ))
     counts = sample_counts(lambda: swift_generate(model, input_ids, 4, None, optimizer, SAMPLING, generator).tokens[2],
                            expected, trials)
-    assert optimizer.iterations > counts.sum() / 10  # the optimiser really ran between steps
+    if counts.sum() == trials:  # (sampling stops early only at a forbidden token: the verdict is settled)
+        assert optimizer.iterations > trials / 10  # the optimiser really ran between steps
     return chi_square_p_value(counts, expected, trials)
 
 
