@@ -420,7 +420,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         # The ids below n are 0..n-1 (the frequent tokens, DraftConfig.draft_head): their rows are the
         # head's first n, used in place; only the rest (the prompt's rarer tokens) are copied.
         n = int((token_ids == torch.arange(len(token_ids), device=device)).sum())
-        blocks = [block for block, size in ((slice(0, n), n), (token_ids[n:], len(token_ids) - n)) if size]
+        blocks = ([slice(0, n)] if n else []) + ([token_ids[n:]] if n < len(token_ids) else [])
         low_bit = self.lm_head_int8 and tuple(self.lm_head_int8.rows(block) for block in blocks)
         return DraftHead(token_ids, tuple(self.lm_head.weight[block] for block in blocks), low_bit)
 
