@@ -24,7 +24,7 @@ from ssd.checkpoints import EMBEDDED_KEY, NAMED_CHECKPOINTS
 from ssd.data import Example
 from ssd.files import write_csv_atomic, write_json_atomic
 from ssd.generation import METHODS, generate
-from ssd.skip_layers import HAND_PICKED, apply_skip_layers
+from ssd.skip_layers import apply_skip_layers, hand_made_set
 from ssd.timing import WARM_UP_TASK, Run, matchness, run_side_by_side, tokens_per_second, tokens_per_verification
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"  # gitignored
@@ -138,7 +138,7 @@ def apply_draft(model, key: str | None, model_name: str | None = None) -> str:
     except KeyError:
         if key != own:
             raise
-    fallback = HAND_PICKED if key == EMBEDDED_KEY else ([], [])
+    fallback = hand_made_set(model.num_layers) if key == EMBEDDED_KEY else ([], [])
     model.set_skip_layers(*fallback)
     return (f"no {key!r} entry in skip_layers.json yet: drafting with attention {fallback[0]} and mlp "
             f"{fallback[1]} skipped" + (" (hand-picked)" if key == EMBEDDED_KEY else ""))

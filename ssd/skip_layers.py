@@ -17,9 +17,14 @@ from ssd.low_bit import PRECISIONS
 from ssd.modeling_llama import LlamaForCausalLM
 
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "skip_layers.json"
-# A hand-made draft for the embedded SmolLM2-135M, the baseline a searched set must beat:
-# every other sub-layer of the upper half (layers 15..28), 14 of 60 sub-layers.
-HAND_PICKED = (list(range(15, 29, 2)), list(range(16, 29, 2)))
+
+
+def hand_made_set(num_layers: int) -> tuple[list[int], list[int]]:
+    """The baseline a searched set must beat: every other sub-layer of the upper half but the last layer,
+    attention and MLP alternating (the embedded SmolLM2-135M's 30 layers: attention 15, 17, .., 27 and
+    MLP 16, 18, .., 28, 14 of 60 sub-layers)."""
+    half = num_layers // 2
+    return list(range(half, num_layers - 1, 2)), list(range(half + 1, num_layers - 1, 2))
 
 
 def read_skip_layers(path: str | Path = DEFAULT_PATH) -> dict[str, dict]:

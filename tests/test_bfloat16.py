@@ -77,7 +77,7 @@ def test_one_pass_equals_token_by_token(bf16_model, prompts, index):
 def test_bfloat16_essg_equals_base(bf16_model, prompts, skip, precision):
     """Drafts with skipped sub-layers, low-bit copies of the weights, or both."""
     model, tokenizer = bf16_model
-    sets = {"none": ([], []), "hand-made": ssd.skip_layers.HAND_PICKED, "random30": random_skip_set(model.num_layers, 0.3, seed=2)}
+    sets = {"none": ([], []), "hand-made": ssd.skip_layers.hand_made_set(model.num_layers), "random30": random_skip_set(model.num_layers, 0.3, seed=2)}
     model.set_skip_layers(*sets[skip])
     model.set_draft_precision(precision)
     try:

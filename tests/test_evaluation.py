@@ -13,7 +13,7 @@ import pytest
 from ssd import evaluation as ev
 from ssd.checkpoints import QWEN_CODER_KEY
 from ssd.data import Example, load_examples, task_examples
-from ssd.skip_layers import HAND_PICKED, read_skip_layers
+from ssd.skip_layers import hand_made_set, read_skip_layers
 
 matplotlib.use("Agg")
 
@@ -67,7 +67,7 @@ def test_apply_draft_falls_back_to_the_hand_picked_set_only_for_the_embedded_mod
     try:
         message = ev.apply_draft(model, None)
         if "hand-picked" in message:
-            assert model.get_skip_layers() == (sorted(HAND_PICKED[0]), sorted(HAND_PICKED[1]))
+            assert model.get_skip_layers() == hand_made_set(model.num_layers)
         with pytest.raises(KeyError, match="no entry 'no-such-model'"):
             ev.apply_draft(model, "no-such-model")
         with pytest.raises(ValueError, match="name the skip_layers.json entry for meta-llama"):
@@ -95,7 +95,7 @@ def summaries(embedded, tmp_path_factory):
     path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     examples = task_examples("cnndm", 2, tokenizer, 200, data_files=path)
     methods = ev.standard_methods((0.4,), samples=2)
-    model.set_skip_layers(*HAND_PICKED)
+    model.set_skip_layers(*hand_made_set(model.num_layers))
     try:
         records = ev.generate_all(model, tokenizer, examples, methods, ev.GenerationSettings(8, early_stop=False),
                                   progress=False)

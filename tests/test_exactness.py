@@ -5,6 +5,7 @@ import pytest
 import ssd
 from helpers import NEAR_TIE_FLOAT32, assert_same_tokens, random_skip_set, stock_greedy
 from ssd.decoding import DraftConfig
+from ssd.skip_layers import hand_made_set
 
 MAX_NEW_TOKENS = 64
 NUM_LAYERS = 30  # SmolLM2-135M; checked against the model below
@@ -13,8 +14,7 @@ SKIP_SETS = {
     "none": ([], []),
     "random40-seed0": random_skip_set(NUM_LAYERS, 0.4, seed=0),
     "random40-seed1": random_skip_set(NUM_LAYERS, 0.4, seed=1),
-    # Every other sub-layer in the upper half: half of layers 15..29's sub-layers.
-    "upper-half": (list(range(15, 29, 2)), list(range(16, 29, 2))),
+    "upper-half": hand_made_set(NUM_LAYERS),  # every other sub-layer of layers 15..28
 }
 THRESHOLDS = [0.2, 0.6, "adaptive"]
 CONFIGS = [(skip, th) for skip in SKIP_SETS for th in THRESHOLDS]  # 12 combinations

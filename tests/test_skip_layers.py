@@ -6,7 +6,8 @@ import pytest
 
 from helpers import tiny_llama
 from ssd.files import append_jsonl, read_jsonl
-from ssd.skip_layers import DEFAULT_PATH, apply_skip_layers, load_skip_layers, read_skip_layers, save_skip_layers
+from ssd.skip_layers import (DEFAULT_PATH, apply_skip_layers, hand_made_set, load_skip_layers, read_skip_layers,
+                             save_skip_layers)
 
 
 def test_repository_file_holds_the_published_sets():
@@ -15,6 +16,17 @@ def test_repository_file_holds_the_published_sets():
     attention, mlp = load_skip_layers("llama-2-13b", num_layers=40)
     assert attention[:3] == [3, 5, 6] and mlp[-1] == 35 and len(attention) == 24 and len(mlp) == 10
     assert max(load_skip_layers("llama-2-70b", num_layers=80)[0]) == 79
+
+
+def test_hand_made_set_fits_every_depth():
+    """The embedded model's set (attention 15..27, MLP 16..28, every other layer), and for other depths
+    (Qwen2.5-Coder-1.5B's 28 layers) one inside the model's upper half that skips at most one sub-layer
+    of a layer."""
+    assert hand_made_set(30) == ([15, 17, 19, 21, 23, 25, 27], [16, 18, 20, 22, 24, 26, 28])
+    for num_layers in range(2, 81):
+        attention, mlp = hand_made_set(num_layers)
+        assert all(num_layers // 2 <= i < num_layers - 1 for i in attention + mlp), num_layers
+        assert not set(attention) & set(mlp) and abs(len(attention) - len(mlp)) <= 1, num_layers
 
 
 @pytest.mark.parametrize(
