@@ -65,28 +65,38 @@ def _needs_row_invariance(x: torch.Tensor) -> bool:
 
 
 class Linear(nn.Linear):
-    """`nn.Linear` that runs a one-row product on a CPU as a two-row one.
+    """`nn.Linear` that runs the few-row products of decoding on a CPU through other kernels.
 
     - bfloat16 (and float16): a one-row product runs another kernel than a
       several-row one and rounds differently (measured on SmolLM2's down
       projection, K=1536: 25 of 160 rows differed; 2 to 16 rows always
       agreed), so verifying k drafts in one pass would disagree with decoding
-      them one at a time. Two rows take the several-row kernel.
-    - float32: MKL's one-row product streams the weights slower than its
-      two-row `weight @ x.T` (SmolLM2's 30 layers on a 2-core AVX2 EPYC:
-      73 ms against 47 ms; a compiled `base` step about 1.3x faster).
+      them one at a time. A one-row product runs as two rows.
+    - float32: one to four rows run as four, through `weight @ x.T`. MKL
+      streams the weights faster that way than through its `x @ weight.T`
+      (SmolLM2's 30 layers on a 2-core AVX2 EPYC: 43 ms for one to four
+      rows, against 52-58 ms), and a row's result is the same whatever the
+      other three hold, so a step and a verification of up to four tokens
+      compute the same products.
 
-    The product is bound by reading the weights, so the second row is free.
+    The products are bound by reading the weights, so the padding rows are free.
     """
 
+    PADDED_ROWS = 4  # float32 products of up to this many rows run as this many
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2] != 1 or x.device.type != "cpu":
+        n_rows = x.shape[-2]
+        if x.device.type != "cpu":
             return super().forward(x)
-        rows = torch.cat((x, x), dim=-2)
-        if _needs_row_invariance(x):
-            return super().forward(rows)[..., :1, :]
-        if x.dtype == torch.float32:
-            y = torch.mm(self.weight, rows.reshape(-1, rows.shape[-1]).T).T.reshape(*rows.shape[:-1], -1)[..., :1, :]
+        if _needs_row_invariance(x) and n_rows == 1:
+            return super().forward(torch.cat((x, x), dim=-2))[..., :1, :]
+        if x.dtype == torch.float32 and x.dim() == 3 and n_rows <= self.PADDED_ROWS:
+            # Padded by a fixed number of rows, then cut: a compiled graph keeps one shape for all.
+            padding = x.new_zeros(x.shape[0], self.PADDED_ROWS, x.shape[-1])
+            rows = torch.cat((x, padding), dim=-2)[:, : self.PADDED_ROWS].reshape(-1, x.shape[-1])
+            y = torch.mm(self.weight, rows.T).T.reshape(x.shape[0], self.PADDED_ROWS, -1)
+            # The rows by index, not by a slice (which a compiled graph specialises for n_rows == PADDED_ROWS).
+            y = y.index_select(1, torch.arange(n_rows, device=x.device))
             return y if self.bias is None else y + self.bias
         return super().forward(x)
 
@@ -448,10 +458,11 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         in seconds rather than minutes, and serves drafts as well, whatever
         their skip set (SWIFT changes it every few steps) and precision (a
         low-bit copy's kernels are a graph of their own). Shapes are dynamic:
-        one graph for one-token passes, one for longer ones. The full
-        precision's compile here, on a scratch cache, and a draft precision's
-        when it is set, so that no timed generation pays for them. A prefill
-        stays eager: it is bound by its products.
+        one graph for one-token passes, one for the few-row passes `Linear`
+        pads, one for longer ones. The full precision's compile here, on a
+        scratch cache, and a draft precision's when it is set, so that no timed
+        generation pays for them. A prefill stays eager: it is bound by its
+        products.
         """
         self._compiled_blocks = None
         if not enabled:
@@ -474,8 +485,11 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         previous, self.draft_precision = self.draft_precision, precision
         try:
             with self.self_draft():
-                cache = self.new_cache(8)
-                for length in (1, 3):  # sizes 0 and 1 are specialised; 3 stands for every longer pass, 2 for any position
+                # Sizes 0 and 1 are specialised; `Linear` runs up to PADDED_ROWS rows another way than
+                # more, so 2 stands for those passes and PADDED_ROWS + 1 for every longer one.
+                lengths = (1, 2, Linear.PADDED_ROWS + 1)
+                cache = self.new_cache(2 + max(lengths) + 1)
+                for length in lengths:
                     self(torch.zeros(1, length, dtype=torch.long, device=self.device), cache, 2)
         finally:
             self.draft_precision = previous

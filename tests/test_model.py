@@ -13,7 +13,7 @@ from transformers import Qwen2ForCausalLM as StockQwen2
 
 import ssd
 from ssd.decoding import prefill
-from ssd.modeling_llama import LlamaForCausalLM, Qwen2ForCausalLM, model_class
+from ssd.modeling_llama import Linear, LlamaForCausalLM, Qwen2ForCausalLM, model_class
 from ssd.models import mkl_code_path, should_compile
 
 TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
@@ -122,6 +122,21 @@ def test_import_sets_mkl_code_path_unless_the_user_did():
 
 
 @torch.no_grad()
+def test_few_row_float32_products_do_not_depend_on_the_other_rows():
+    """On a CPU in float32 `Linear` runs one to four rows as four (docs/numerics.md): a row's result is
+    the same whatever rows come with it, so a step and a short verification compute the same products,
+    and it is the linear's product to float32 rounding."""
+    torch.manual_seed(0)
+    linear = Linear(576, 1536, bias=True)
+    x = torch.randn(1, Linear.PADDED_ROWS, 576)
+    full = linear(x)
+    torch.testing.assert_close(full, torch.nn.functional.linear(x, linear.weight, linear.bias))
+    for n_rows in range(1, Linear.PADDED_ROWS + 1):
+        assert torch.equal(linear(x[:, :n_rows]), full[:, :n_rows])
+        assert torch.equal(linear(x[:, -n_rows:]), full[:, -n_rows:])
+
+
+@torch.no_grad()
 def test_compiled_passes_agree_with_eager_ones(embedded, prompts, skip_layers):
     """Where load_model compiles (float32 on a CPU with g++), a compiled step and verification give the
     eager forward's logits (to rounding: fused ops sum in another order) and write the same cache; and
@@ -136,8 +151,10 @@ def test_compiled_passes_agree_with_eager_ones(embedded, prompts, skip_layers):
     with torch.compiler.set_stance("fail_on_recompile"):
         caches = [model.new_cache(length) for _ in range(2)]
         for cache in caches:
-            prefill(model, input_ids[:, :-8], cache)
-        for start, rows in ((length - 8, 1), (length - 7, 5), (length - 2, 2)):  # the last fills the cache
+            prefill(model, input_ids[:, :-11], cache)
+        # A step, verifications of a few rows and of more (`Linear` runs them differently), and one
+        # that fills the cache.
+        for start, rows in ((length - 11, 1), (length - 10, 3), (length - 7, 5), (length - 2, 2)):
             chunk = input_ids[:, start : start + rows]
             compiled = model(chunk, caches[0], start)
             blocks, model._compiled_blocks = model._compiled_blocks, None
