@@ -458,11 +458,11 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         in seconds rather than minutes, and serves drafts as well, whatever
         their skip set (SWIFT changes it every few steps) and precision (a
         low-bit copy's kernels are a graph of their own). Shapes are dynamic:
-        one graph for one-token passes, one for the few-row passes `Linear`
-        pads, one for longer ones. The full precision's compile here, on a
+        one graph for one-token passes, one for the passes of up to
+        `Linear.PADDED_ROWS` rows. The full precision's compile here, on a
         scratch cache, and a draft precision's when it is set, so that no timed
-        generation pays for them. A prefill stays eager: it is bound by its
-        products.
+        generation pays for them. A prefill and longer passes stay eager: they
+        are bound by their products.
         """
         self._compiled_blocks = None
         if not enabled:
@@ -485,11 +485,8 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         previous, self.draft_precision = self.draft_precision, precision
         try:
             with self.self_draft():
-                # Sizes 0 and 1 are specialised; `Linear` runs up to PADDED_ROWS rows another way than
-                # more, so 2 stands for those passes and PADDED_ROWS + 1 for every longer one.
-                lengths = (1, 2, Linear.PADDED_ROWS + 1)
-                cache = self.new_cache(2 + max(lengths) + 1)
-                for length in lengths:
+                cache = self.new_cache(8)
+                for length in (1, 2):  # sizes 0 and 1 are specialised: 2 stands for 2..PADDED_ROWS rows, position 2 for any
                     self(torch.zeros(1, length, dtype=torch.long, device=self.device), cache, 2)
         finally:
             self.draft_precision = previous
@@ -540,8 +537,12 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         skip_mlp = self.skip_mlp if self.drafting else frozenset()
         precision = self.draft_precision if self.drafting else None
         # The graphs hold for passes after position 1 that end before the cache does: a pass at
-        # position 1 or one filling the cache would recompile (seconds) mid-generation.
-        blocks = self._compiled_blocks if 1 < start_pos and end < cache.max_len else None
+        # position 1 or one filling the cache would recompile (seconds) mid-generation. Passes of
+        # more than `Linear.PADDED_ROWS` rows (long lookups, SWIFT's windows) run eager: bound by
+        # their products, they took no longer so (5-11 rows over 600 positions: 124-161 ms eager,
+        # 139-160 ms compiled), and a third graph would add to every load's compile time.
+        compiled = 1 < start_pos and end < cache.max_len and length <= Linear.PADDED_ROWS
+        blocks = self._compiled_blocks if compiled else None
         for i, layer in enumerate(self.model.layers):
             x = layer(
                 x, cos, sin, cache.keys[i], cache.values[i], start_pos, key_len, i in skip_attention, i in skip_mlp,

@@ -152,8 +152,7 @@ def test_compiled_passes_agree_with_eager_ones(embedded, prompts, skip_layers):
         caches = [model.new_cache(length) for _ in range(2)]
         for cache in caches:
             prefill(model, input_ids[:, :-11], cache)
-        # A step, verifications of a few rows and of more (`Linear` runs them differently), and one
-        # that fills the cache.
+        # A step, a verification of a few rows (compiled), one of more (eager), one that fills the cache.
         for start, rows in ((length - 11, 1), (length - 10, 3), (length - 7, 5), (length - 2, 2)):
             chunk = input_ids[:, start : start + rows]
             compiled = model(chunk, caches[0], start)
