@@ -11,7 +11,8 @@ from ssd.decoding import (
 from ssd.generation import GenerateOutput, generate
 from ssd.inference import infer
 from ssd.modeling_llama import KVCache, LlamaForCausalLM
-from ssd.models import load_model, use_fast_mkl_path
+from ssd.cpu import use_fast_mkl_path
+from ssd.models import load_model
 from ssd.sampling import Sampling
 from ssd.skip_layers import apply_skip_layers, load_skip_layers, save_skip_layers
 from ssd.swift import SwiftConfig, SwiftOptimizer, swift_generate

@@ -26,6 +26,7 @@ from transformers import LlamaConfig, PretrainedConfig, PreTrainedModel, Qwen2Co
 from transformers.activations import ACT2FN
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
+from ssd.cpu import float32_products
 from ssd.low_bit import PRECISIONS, Int8Weight, LowBitLayer, check_kernel, quantise
 
 
@@ -72,17 +73,14 @@ class Linear(nn.Linear):
       projection, K=1536: 25 of 160 rows differed; 2 to 16 rows always
       agreed), so verifying k drafts in one pass would disagree with decoding
       them one at a time. A one-row product runs as two rows.
-    - float32: one to four rows run as four, through `weight @ x.T`. MKL
-      streams the weights faster that way than through its `x @ weight.T`
-      (SmolLM2's 30 layers on a 2-core AVX2 EPYC: 43 ms for one to four
-      rows, against 52-58 ms), and a row's result is the same whatever the
-      other three hold, so a step and a verification of up to four tokens
-      compute the same products.
-
-    The products are bound by reading the weights, so the padding rows are free.
+    - float32: by the CPU's measured rule (`ssd.cpu.float32_products`), one
+      to `PRODUCTS.padded_rows` rows run as that many, so a row's result is the
+      same whatever rows come with it (a step and a short verification compute
+      the same products), and each product runs as `x @ weight.T` or
+      `weight @ x.T`, whichever MKL streams the weights faster through there.
     """
 
-    PADDED_ROWS = 4  # float32 products of up to this many rows run as this many
+    PRODUCTS = float32_products()  # a fact of this machine's CPU, fixed at import
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n_rows = x.shape[-2]
@@ -90,15 +88,25 @@ class Linear(nn.Linear):
             return super().forward(x)
         if _needs_row_invariance(x) and n_rows == 1:
             return super().forward(torch.cat((x, x), dim=-2))[..., :1, :]
-        if x.dtype == torch.float32 and x.dim() == 3 and n_rows <= self.PADDED_ROWS:
+        if x.dtype != torch.float32 or x.dim() != 3:
+            return super().forward(x)
+        padded_rows = self.PRODUCTS.padded_rows
+        if n_rows > padded_rows:
+            y = self._product(x, self.PRODUCTS.many_transposed)
+        else:
             # Padded by a fixed number of rows, then cut: a compiled graph keeps one shape for all.
-            padding = x.new_zeros(x.shape[0], self.PADDED_ROWS, x.shape[-1])
-            rows = torch.cat((x, padding), dim=-2)[:, : self.PADDED_ROWS].reshape(-1, x.shape[-1])
-            y = torch.mm(self.weight, rows.T).T.reshape(x.shape[0], self.PADDED_ROWS, -1)
-            # The rows by index, not by a slice (which a compiled graph specialises for n_rows == PADDED_ROWS).
+            padding = x.new_zeros(x.shape[0], padded_rows, x.shape[-1])
+            y = self._product(torch.cat((x, padding), dim=-2)[:, :padded_rows], self.PRODUCTS.few_transposed)
+            # The rows by index, not by a slice (which a compiled graph specialises for n_rows == padded_rows).
             y = y.index_select(1, torch.arange(n_rows, device=x.device))
-            return y if self.bias is None else y + self.bias
-        return super().forward(x)
+        return y if self.bias is None else y + self.bias
+
+    def _product(self, x: torch.Tensor, transposed: bool) -> torch.Tensor:
+        """`x @ weight.T` for x of [batch, rows, in], as that or as `(weight @ x.T).T`."""
+        if not transposed:
+            return F.linear(x, self.weight)
+        rows = x.reshape(-1, x.shape[-1])
+        return torch.mm(self.weight, rows.T).T.reshape(*x.shape[:-1], -1)
 
 
 class RMSNorm(nn.Module):
@@ -123,22 +131,24 @@ def attention_path(device_type: str, dtype: torch.dtype, n_queries: int, prefill
     """Which attention computes a pass, by device, dtype and kind of pass (prefill, one-token step,
     verification):
 
-    - `"grouped"`: two plain products (`grouped_attention`), on a CPU in half precision for up to 64
-      queries: PyTorch's CPU flash kernel took ~7x longer for a few bfloat16 queries (measured: 438 vs
-      65 us, 1 query over 740 keys).
+    - `"grouped"`: two plain products (`grouped_attention`), on a CPU for up to 64 queries. PyTorch's
+      CPU flash kernel took ~7x longer for a few bfloat16 queries (438 vs 65 us, 1 query over 740
+      keys); in float32 a masked pass of a grouped-query model falls back to the math kernel, which
+      repeats the KV heads (SmolLM2, 4-5 rows over 400 keys on an Intel Xeon: 162-175 ms a pass,
+      118-140 ms grouped; one row 75-100 ms with the flash kernel, 74-75 ms grouped).
     - `"causal"`: `scaled_dot_product_attention(is_causal=True)`, a CUDA prefill: no mask tensor, so the
       flash kernel can run, grouped-query heads included.
     - `"expanded"`: on CUDA, a masked pass (a verification) of a grouped-query model, over its KV heads
       repeated for each query head: given a mask and `enable_gqa`, only the math kernel runs, and it
       builds the whole score matrix; without `enable_gqa` the memory-efficient kernel takes the mask.
     - `"sdpa"`: `scaled_dot_product_attention` with the mask (if any) and `enable_gqa` as they come:
-      every other pass (a CUDA one-token step; CPU float32, measured there).
+      every other pass (a CUDA one-token step, a CPU pass of over 64 queries).
 
     The CUDA rules follow PyTorch's kernel constraints, not a measurement: no GPU was at hand
     (`scripts/gpu_check.py` times the passes on one).
     """
     if device_type == "cpu":
-        return "grouped" if dtype != torch.float32 and n_queries <= 64 else "sdpa"
+        return "grouped" if n_queries <= 64 else "sdpa"
     if device_type != "cuda" or not masked:
         return "sdpa"
     if prefill:
@@ -459,7 +469,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         their skip set (SWIFT changes it every few steps) and precision (a
         low-bit copy's kernels are a graph of their own). Shapes are dynamic:
         one graph for one-token passes, one for the passes of up to
-        `Linear.PADDED_ROWS` rows. The full precision's compile here, on a
+        `Linear.PRODUCTS.padded_rows` rows. The full precision's compile here, on a
         scratch cache, and a draft precision's when it is set, so that no timed
         generation pays for them. A prefill and longer passes stay eager: they
         are bound by their products.
@@ -486,7 +496,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         try:
             with self.self_draft():
                 cache = self.new_cache(8)
-                for length in (1, 2):  # sizes 0 and 1 are specialised: 2 stands for 2..PADDED_ROWS rows, position 2 for any
+                for length in (1, 2):  # sizes 0 and 1 are specialised: 2 stands for 2..PRODUCTS.padded_rows rows, position 2 for any
                     self(torch.zeros(1, length, dtype=torch.long, device=self.device), cache, 2)
         finally:
             self.draft_precision = previous
@@ -538,10 +548,10 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         precision = self.draft_precision if self.drafting else None
         # The graphs hold for passes after position 1 that end before the cache does: a pass at
         # position 1 or one filling the cache would recompile (seconds) mid-generation. Passes of
-        # more than `Linear.PADDED_ROWS` rows (long lookups, SWIFT's windows) run eager: bound by
+        # more than `Linear.PRODUCTS.padded_rows` rows (long lookups, SWIFT's windows) run eager: bound by
         # their products, they took no longer so (5-11 rows over 600 positions: 124-161 ms eager,
         # 139-160 ms compiled), and a third graph would add to every load's compile time.
-        compiled = 1 < start_pos and end < cache.max_len and length <= Linear.PADDED_ROWS
+        compiled = 1 < start_pos and end < cache.max_len and length <= Linear.PRODUCTS.padded_rows
         blocks = self._compiled_blocks if compiled else None
         for i, layer in enumerate(self.model.layers):
             x = layer(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import shutil
@@ -17,6 +16,7 @@ from transformers import (
 )
 
 from ssd.checkpoints import quiet_packed_gguf_advice, resolve_checkpoint
+from ssd.cpu import cpu_has_native_bfloat16
 from ssd.modeling_llama import LlamaForCausalLM, model_class
 
 logger = logging.getLogger(__name__)
@@ -51,46 +51,6 @@ def should_compile(model: LlamaForCausalLM) -> bool:
     row's result independent of its pass (docs/numerics.md), which fused kernels have not been shown to keep;
     GPUs were not measured. Inductor builds CPU kernels with a C++ compiler."""
     return model.device.type == "cpu" and model.dtype == torch.float32 and shutil.which(os.environ.get("CXX", "g++")) is not None
-
-
-@functools.lru_cache(maxsize=1)
-def _cpuinfo() -> str:
-    """/proc/cpuinfo, or "" where there is none (not Linux): then no CPU feature is assumed."""
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-
-
-def cpu_has_native_bfloat16() -> bool:
-    """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX); elsewhere it is emulated."""
-    flags = _cpuinfo()
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def use_fast_mkl_path() -> None:
-    """Set `MKL_CBWR` to `mkl_code_path()` unless the user has set it.
-
-    MKL reads it when it first runs (the first matrix product), so this must
-    run before any model is used; `import ssd` does it.
-    """
-    if (code_path := mkl_code_path()) is not None:
-        os.environ.setdefault("MKL_CBWR", code_path)
-
-
-def mkl_code_path(cpuinfo: str | None = None) -> str | None:
-    """The `MKL_CBWR` code path that makes MKL fast on this CPU, or None to leave MKL's own choice.
-
-    MKL picks slow generic kernels on x86 CPUs not made by Intel. On a 2-core
-    AMD EPYC with AVX2 (float32), a product of 2-13 rows by the 49152-row LM
-    head took 23-34 ms instead of 12-18 ms with `MKL_CBWR=AVX2`, while one row
-    took 10 ms either way: verifying drafts in one pass costs far less.
-    """
-    cpuinfo = _cpuinfo() if cpuinfo is None else cpuinfo
-    flags = set(next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "").split())
-    if "GenuineIntel" in cpuinfo or "avx2" not in flags or "avx512f" in flags:
-        return None  # Intel: MKL already takes the best path; AVX512 on other vendors is not measured
-    return "AVX2"
 
 
 def tokenizer_hub_kwargs(hub: dict) -> dict:

@@ -26,7 +26,8 @@ TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_lay
     [
         ("cpu", torch.bfloat16, 4, False, True, True, "grouped"),  # a few half-precision queries: plain products
         ("cpu", torch.bfloat16, 100, True, True, True, "sdpa"),  # a long prefill: the flash kernel
-        ("cpu", torch.float32, 4, False, True, True, "sdpa"),
+        ("cpu", torch.float32, 4, False, True, True, "grouped"),
+        ("cpu", torch.float32, 65, False, True, True, "sdpa"),  # a long pass: bound by its products
         ("cuda", torch.bfloat16, 100, True, True, True, "causal"),  # prefill: is_causal, no mask tensor
         ("cuda", torch.bfloat16, 1, False, False, True, "sdpa"),  # a one-token step over exactly its keys
         ("cuda", torch.bfloat16, 5, False, True, True, "expanded"),  # verification, grouped-query heads

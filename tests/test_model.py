@@ -12,9 +12,10 @@ from transformers import LlamaForCausalLM as StockLlama
 from transformers import Qwen2ForCausalLM as StockQwen2
 
 import ssd
+from ssd.cpu import AMD_AVX2_PRODUCTS, INTEL_PRODUCTS, float32_products, mkl_code_path
 from ssd.decoding import prefill
 from ssd.modeling_llama import Linear, LlamaForCausalLM, Qwen2ForCausalLM, model_class
-from ssd.models import mkl_code_path, should_compile
+from ssd.models import should_compile
 
 TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
             max_position_embeddings=256)
@@ -121,19 +122,33 @@ def test_import_sets_mkl_code_path_unless_the_user_did():
     assert mine.communicate()[0].strip() == "COMPATIBLE" and mine.returncode == 0
 
 
+@pytest.mark.parametrize("cpuinfo, products", [
+    (AMD_AVX2, AMD_AVX2_PRODUCTS),
+    (AMD_AVX2.replace("AuthenticAMD", "GenuineIntel"), INTEL_PRODUCTS),
+    (AMD_AVX2.replace("avx2", "avx2 avx512f"), INTEL_PRODUCTS),  # not measured: Intel's rule
+    ("", INTEL_PRODUCTS),
+])
+def test_float32_products_rule(cpuinfo, products):
+    assert float32_products(cpuinfo) == products
+
+
 @torch.no_grad()
-def test_few_row_float32_products_do_not_depend_on_the_other_rows():
-    """On a CPU in float32 `Linear` runs one to four rows as four (docs/numerics.md): a row's result is
-    the same whatever rows come with it, so a step and a short verification compute the same products,
-    and it is the linear's product to float32 rounding."""
+@pytest.mark.parametrize("products", [AMD_AVX2_PRODUCTS, INTEL_PRODUCTS])
+def test_few_row_float32_products_do_not_depend_on_the_other_rows(products, monkeypatch):
+    """On a CPU in float32 `Linear` runs one to `padded_rows` rows as that many (docs/numerics.md): a row's
+    result is the same whatever rows come with it, so a step and a short verification compute the same
+    products; every row count gives the linear's product to float32 rounding. Both CPUs' rules, here."""
+    monkeypatch.setattr(Linear, "PRODUCTS", products)
     torch.manual_seed(0)
     linear = Linear(576, 1536, bias=True)
-    x = torch.randn(1, Linear.PADDED_ROWS, 576)
-    full = linear(x)
-    torch.testing.assert_close(full, torch.nn.functional.linear(x, linear.weight, linear.bias))
-    for n_rows in range(1, Linear.PADDED_ROWS + 1):
-        assert torch.equal(linear(x[:, :n_rows]), full[:, :n_rows])
-        assert torch.equal(linear(x[:, -n_rows:]), full[:, -n_rows:])
+    x = torch.randn(1, 8, 576)
+    padded = x[:, : products.padded_rows]
+    full = linear(padded)
+    for n_rows in range(1, products.padded_rows + 1):
+        assert torch.equal(linear(padded[:, :n_rows]), full[:, :n_rows])
+        assert torch.equal(linear(padded[:, -n_rows:]), full[:, -n_rows:])
+    for n_rows in range(1, 9):
+        torch.testing.assert_close(linear(x[:, :n_rows]), torch.nn.functional.linear(x[:, :n_rows], linear.weight, linear.bias))
 
 
 @torch.no_grad()

@@ -1,0 +1,88 @@
+"""What the CPU is, and the kernel choices that follow from it: MKL's code path and how `Linear`
+runs float32 products of a few rows. Each rule was measured on the CPUs this project runs on."""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> str:
+    """/proc/cpuinfo, or "" where there is none (not Linux): then no CPU feature is assumed."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def _flags(cpuinfo: str) -> set[str]:
+    return set(next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "").split())
+
+
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX); elsewhere it is emulated."""
+    flags = _cpuinfo()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_fast_mkl_path() -> None:
+    """Set `MKL_CBWR` to `mkl_code_path()` unless the user has set it.
+
+    MKL reads it when it first runs (the first matrix product), so this must
+    run before any model is used; `import ssd` does it.
+    """
+    if (code_path := mkl_code_path()) is not None:
+        os.environ.setdefault("MKL_CBWR", code_path)
+
+
+def mkl_code_path(cpuinfo: str | None = None) -> str | None:
+    """The `MKL_CBWR` code path that makes MKL fast on this CPU, or None to leave MKL's own choice.
+
+    MKL picks slow generic kernels on x86 CPUs not made by Intel. On a 2-core
+    AMD EPYC with AVX2 (float32), a product of 2-13 rows by the 49152-row LM
+    head took 23-34 ms instead of 12-18 ms with `MKL_CBWR=AVX2`, while one row
+    took 10 ms either way: verifying drafts in one pass costs far less.
+    """
+    cpuinfo = _cpuinfo() if cpuinfo is None else cpuinfo
+    flags = _flags(cpuinfo)
+    if "GenuineIntel" in cpuinfo or "avx2" not in flags or "avx512f" in flags:
+        return None  # Intel: MKL already takes the best path; AVX512 on other vendors is not measured
+    return "AVX2"
+
+
+@dataclass(frozen=True)
+class Float32Products:
+    """How `Linear` runs float32 products on a CPU.
+
+    Products of 1 to `padded_rows` rows run as `padded_rows` rows: a row's
+    result is then the same whatever rows come with it, so a one-token step and
+    a verification of up to that many tokens compute the same products, and a
+    compiled graph sees one shape. `few_transposed` and `many_transposed` say
+    whether those products, and longer ones, run as `weight @ x.T` rather than
+    `x @ weight.T`: MKL streams the weights at different speeds through the
+    two, by CPU and row count. Decoding is bound by streaming the weights, so
+    padding rows cost nothing.
+    """
+
+    padded_rows: int
+    few_transposed: bool
+    many_transposed: bool
+
+
+# ms for SmolLM2-135M's products, weights from memory, 2 threads, eager:
+#   rows                                      1    2    3    4    5    8   13   16
+#   Intel Xeon AVX512, x @ W.T (F.linear)    47   48   48   98   94  109  168  219   (30 layers + LM head)
+#   Intel Xeon AVX512, W @ x.T               49   87   88   82   73   76   89   91
+#   AMD EPYC AVX2, x @ W.T (F.linear)        52-58 for 1-4 rows                 85        (30 layers)
+#   AMD EPYC AVX2, W @ x.T                   43 for 1-4 rows, padded to 4      119
+AMD_AVX2_PRODUCTS = Float32Products(padded_rows=4, few_transposed=True, many_transposed=False)
+INTEL_PRODUCTS = Float32Products(padded_rows=3, few_transposed=False, many_transposed=True)
+
+
+def float32_products(cpuinfo: str | None = None) -> Float32Products:
+    """The measured rule for this CPU: AMD's with MKL's AVX2 path (`mkl_code_path`), Intel's elsewhere
+    (other CPUs were not measured; Intel's keeps short products on `F.linear`'s own layout)."""
+    return AMD_AVX2_PRODUCTS if mkl_code_path(cpuinfo) == "AVX2" else INTEL_PRODUCTS
