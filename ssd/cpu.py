@@ -24,7 +24,7 @@ def _flags(cpuinfo: str) -> set[str]:
 
 def cpu_has_native_bfloat16() -> bool:
     """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX); elsewhere it is emulated."""
-    flags = _cpuinfo()
+    flags = _flags(_cpuinfo())
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
