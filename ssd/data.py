@@ -253,7 +253,9 @@ def task_examples(
     data_files=None,
     max_words: int | None = None,
 ) -> list[Example]:
-    """`n` ready-to-run examples; for summarisation the first row is the shot.
+    """`n` ready-to-run examples; for summarisation the first row is the shot,
+    so `n` examples need `n + 1` rows. Fewer rows than that is an error, not
+    a shorter list: an evaluation never reports on fewer examples than asked.
 
     With a tokenizer and `max_prompt_tokens`, summarisation prompts are
     clipped to fit (`clip_summarization_prompt`) and an over-long code
@@ -262,13 +264,18 @@ def task_examples(
     spec = get_task(task)
     if spec.name == "humaneval":
         rows = load_examples(task, n, data_files=data_files)
+        if len(rows) < n:
+            raise ValueError(f"task {task!r}: {n} examples asked for, the data has {len(rows)}")
         return [
             Example(task, row["task_id"], code_prompt(tokenizer, row, max_prompt_tokens), row["canonical_solution"], row)
             for row in rows
         ]
     rows = load_examples(task, n + 1, data_dir, data_files)
-    if len(rows) < 2:
-        raise ValueError(f"task {task!r} needs at least 2 rows (a shot and an example), got {len(rows)}")
+    if len(rows) < n + 1:
+        raise ValueError(
+            f"task {task!r}: {n} examples need {n + 1} rows (the first is the 1-shot example); "
+            f"the data has {len(rows)}, so at most {len(rows) - 1} examples"
+        )
     shot, rows = rows[0], rows[1:]
     examples = []
     for i, row in enumerate(rows):

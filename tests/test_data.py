@@ -134,8 +134,12 @@ def test_task_examples_and_task_prompts(tmp_path):
     code = task_examples("humaneval", 2)
     assert code[1].id == "HumanEval/1" and code[1].problem["entry_point"] == "separate_paren_groups"
     assert task_prompts("humaneval", 2) == [e.prompt for e in code]
-    with pytest.raises(ValueError, match="at least 2 rows"):
+    with pytest.raises(ValueError, match=r"1 examples need 2 rows \(the first is the 1-shot example\); the data has 1, so at most 0"):
         task_examples("cnndm", 1, data_files=write_jsonl(tmp_path / "one.jsonl", [SHOT]))
+    with pytest.raises(ValueError, match="3 examples need 4 rows .* the data has 3, so at most 2 examples"):
+        task_examples("cnndm", 3, data_files=path)
+    with pytest.raises(ValueError, match="200 examples asked for, the data has 164"):
+        task_examples("humaneval", 200)
 
 
 # --- clipping ------------------------------------------------------------------
