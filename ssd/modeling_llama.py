@@ -126,10 +126,9 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + rotated * sin
 
 
-def attention_path(device_type: str, dtype: torch.dtype, n_queries: int, prefill: bool, masked: bool,
-                   grouped: bool) -> str:
-    """Which attention computes a pass, by device, dtype and kind of pass (prefill, one-token step,
-    verification):
+def attention_path(device_type: str, n_queries: int, prefill: bool, masked: bool, grouped: bool) -> str:
+    """Which attention computes a pass, by device and kind of pass (prefill, one-token step,
+    verification), in any dtype:
 
     - `"grouped"`: two plain products (`grouped_attention`), on a CPU for up to 64 queries. PyTorch's
       CPU flash kernel took ~7x longer for a few bfloat16 queries (438 vs 65 us, 1 query over 740
@@ -163,7 +162,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int) ->
     grouped = q.shape[1] != k.shape[1]
     masked = n_queries > 1 or key_len != start_pos + 1  # a one-token step over exactly its keys needs no mask
     prefill = start_pos == 0 and key_len == n_queries
-    path = attention_path(q.device.type, q.dtype, n_queries, prefill, masked, grouped)
+    path = attention_path(q.device.type, n_queries, prefill, masked, grouped)
     if path == "causal":
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=grouped)
     mask = torch.ones(n_queries, key_len, dtype=torch.bool, device=q.device).tril(start_pos) if masked else None

@@ -22,21 +22,21 @@ TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_lay
 
 
 @pytest.mark.parametrize(
-    "device_type, dtype, n_queries, prefill, masked, grouped, path",
+    "device_type, n_queries, prefill, masked, grouped, path",
     [
-        ("cpu", torch.bfloat16, 4, False, True, True, "grouped"),  # a few half-precision queries: plain products
-        ("cpu", torch.bfloat16, 100, True, True, True, "sdpa"),  # a long prefill: the flash kernel
-        ("cpu", torch.float32, 4, False, True, True, "grouped"),
-        ("cpu", torch.float32, 65, False, True, True, "sdpa"),  # a long pass: bound by its products
-        ("cuda", torch.bfloat16, 100, True, True, True, "causal"),  # prefill: is_causal, no mask tensor
-        ("cuda", torch.bfloat16, 1, False, False, True, "sdpa"),  # a one-token step over exactly its keys
-        ("cuda", torch.bfloat16, 5, False, True, True, "expanded"),  # verification, grouped-query heads
-        ("cuda", torch.float32, 5, False, True, False, "sdpa"),  # verification, one KV head per query head
-        ("cuda", torch.float32, 1, False, True, True, "expanded"),  # a step over a longer, masked cache
+        ("cpu", 4, False, True, True, "grouped"),  # a few queries: plain products
+        ("cpu", 64, False, True, True, "grouped"),
+        ("cpu", 65, False, True, True, "sdpa"),  # a long pass: bound by its products
+        ("cpu", 100, True, True, True, "sdpa"),  # a long prefill: the flash kernel
+        ("cuda", 100, True, True, True, "causal"),  # prefill: is_causal, no mask tensor
+        ("cuda", 1, False, False, True, "sdpa"),  # a one-token step over exactly its keys
+        ("cuda", 5, False, True, True, "expanded"),  # verification, grouped-query heads
+        ("cuda", 5, False, True, False, "sdpa"),  # verification, one KV head per query head
+        ("cuda", 1, False, True, True, "expanded"),  # a step over a longer, masked cache
     ],
 )
-def test_attention_path_by_device_dtype_and_pass(device_type, dtype, n_queries, prefill, masked, grouped, path):
-    assert attention_path(device_type, dtype, n_queries, prefill, masked, grouped) == path
+def test_attention_path_by_device_and_pass(device_type, n_queries, prefill, masked, grouped, path):
+    assert attention_path(device_type, n_queries, prefill, masked, grouped) == path
 
 
 def reference_attention(q, k, v, start_pos):
