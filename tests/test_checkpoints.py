@@ -9,9 +9,12 @@ import os
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, GenerationConfig
 
 import ssd
-from ssd.checkpoints import QWEN_CODER, QWEN_CODER_KEY, PartedGGUF, parted_gguf
+from helpers import NEAR_TIE_FLOAT32, assert_same_tokens, data_dir
+from ssd.checkpoints import QWEN_CODER, QWEN_CODER_KEY, PartedGGUF, parted_gguf, qwen_coder_checkpoint
+from ssd.data import task_prompts
 from ssd.modeling_llama import Qwen2ForCausalLM
 
 CHUNKS = [b"GGUF" + os.urandom(1000), os.urandom(1000), os.urandom(37)]
@@ -80,14 +83,23 @@ qwen_installed = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(scope="module")
+def qwen_coder():
+    """(model, tokenizer): the named model in ssd's class, float32, eager, drafting at full precision."""
+    model, tokenizer = ssd.load_model(QWEN_CODER_KEY, dtype=torch.float32, device="cpu", compile=False,
+                                      draft_precision=None)
+    yield model, tokenizer
+    model.set_skip_layers([], [])
+    model.set_draft_precision(None)
+
+
 @qwen_installed
 @torch.no_grad()
-def test_qwen_coder_runs_every_method_exactly():
+def test_qwen_coder_runs_every_method_exactly(qwen_coder):
     """The named model loads as Qwen2 with both of its EOS ids; greedy self-speculative output (essg with
     full-precision and int4 drafts, SWIFT) equals base decoding, stops at EOS as base does, and seeded
     self-speculative sampling reproduces (float32, eager)."""
-    model, tokenizer = ssd.load_model(QWEN_CODER_KEY, dtype=torch.float32, device="cpu", compile=False,
-                                      draft_precision=None)
+    model, tokenizer = qwen_coder
     assert isinstance(model, Qwen2ForCausalLM) and model.num_layers == 28
     assert model.generation_config.eos_token_id == tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
     chat = [{"role": "user", "content": "Write a Python function that returns the n-th Fibonacci number."}]
@@ -109,3 +121,46 @@ def test_qwen_coder_runs_every_method_exactly():
     samples = [ssd.generate(model, chat, do_sample=True, temperature=0.7, max_new_tokens=12,
                             generator=torch.Generator().manual_seed(3)) for _ in range(2)]
     assert torch.equal(*samples)
+
+
+
+@pytest.fixture(scope="module")
+def qwen_stock():
+    """Stock transformers' Qwen2ForCausalLM on the same converted weights, float32."""
+    return AutoModelForCausalLM.from_pretrained(qwen_coder_checkpoint(), dtype=torch.float32).eval()
+
+
+@qwen_installed
+@pytest.mark.parametrize("task", ["humaneval", "cnndm", "xsum"])
+@torch.no_grad()
+def test_qwen_coder_equals_stock_generate(qwen_coder, qwen_stock, task):
+    """On a prompt of each task (CNN/DM and XSum 1-shot), greedy base and essg (lookups on with an int4 draft,
+    lookups off with a full-precision one, both skipping sub-layers, the gate off so that every step drafts)
+    equal stock transformers' `generate` on the same weights, stopping at either EOS id (float32, eager; 32
+    new tokens)."""
+    model, tokenizer = qwen_coder
+    if task == "humaneval":
+        prompt = task_prompts(task, 1)[0]
+    elif (folder := data_dir()) is not None:
+        prompt = task_prompts(task, 1, folder, max_words=200)[0]
+    else:
+        pytest.skip(f"the offline {task} data ($SSD_DATA_DIR) is not here")
+    eos = model.generation_config.eos_token_id
+    config = GenerationConfig(max_new_tokens=32, do_sample=False, eos_token_id=eos, pad_token_id=eos[0])
+    input_ids = tokenizer(prompt, return_tensors="pt").input_ids
+    expected = qwen_stock.generate(input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config)
+    expected = expected[0, input_ids.shape[1]:].tolist()
+    base = ssd.generate(model, input_ids, method="base", max_new_tokens=32)[0, input_ids.shape[1]:].tolist()
+    assert_same_tokens(expected, base, model, input_ids, NEAR_TIE_FLOAT32, "base vs stock")
+    model.set_skip_layers([20, 22], [21, 23])
+    try:
+        for precision, ngram_size in (("int4", 3), (None, 0)):
+            model.set_draft_precision(precision)
+            out = ssd.generate(model, input_ids, method="essg", max_new_tokens=32, gate=False, ngram_size=ngram_size,
+                               return_dict_in_generate=True)
+            label = f"essg (draft {precision}, ngram_size {ngram_size}) vs stock"
+            assert_same_tokens(expected, out.tokens, model, input_ids, NEAR_TIE_FLOAT32, label)
+            assert out.num_drafted_tokens > 0
+    finally:
+        model.set_skip_layers([], [])
+        model.set_draft_precision(None)
