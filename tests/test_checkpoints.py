@@ -123,7 +123,6 @@ def test_qwen_coder_runs_every_method_exactly(qwen_coder):
     assert torch.equal(*samples)
 
 
-
 @pytest.fixture(scope="module")
 def qwen_stock():
     """Stock transformers' Qwen2ForCausalLM on the same converted weights, float32."""
