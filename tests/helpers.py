@@ -76,10 +76,13 @@ def tiny_llama(**overrides) -> LlamaForCausalLM:
     return LlamaForCausalLM(LlamaConfig(**config)).eval()
 
 
-def stock_greedy(stock, input_ids, max_new_tokens) -> list[int]:
-    """Stock transformers greedy generate (stops at EOS, as ours does with early_stop=True). The attention
-    mask is given: inferred, it would mask every prompt token equal to the pad id (here EOS, `<|im_end|>`)."""
+def stock_greedy(stock, input_ids, max_new_tokens, eos_token_id=None) -> list[int]:
+    """Stock transformers greedy generate (stops at EOS, as ours does with early_stop=True): at
+    `eos_token_id` (an id or a list) when given, else at the model's own. The attention mask is given:
+    inferred, it would mask every prompt token equal to the pad id (here EOS, `<|im_end|>`)."""
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=stock.config.eos_token_id)
+    if eos_token_id is not None:
+        config.eos_token_id = eos_token_id
     mask = torch.ones_like(input_ids)
     return stock.generate(input_ids, attention_mask=mask, generation_config=config)[0, input_ids.shape[1] :].tolist()
 

@@ -9,10 +9,10 @@ import os
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GenerationConfig
+from transformers import AutoModelForCausalLM
 
 import ssd
-from helpers import NEAR_TIE_FLOAT32, assert_same_tokens, data_dir
+from helpers import NEAR_TIE_FLOAT32, assert_same_tokens, data_dir, stock_greedy
 from ssd.checkpoints import QWEN_CODER, QWEN_CODER_KEY, PartedGGUF, parted_gguf, qwen_coder_checkpoint
 from ssd.data import task_prompts
 from ssd.modeling_llama import Qwen2ForCausalLM
@@ -144,11 +144,8 @@ def test_qwen_coder_equals_stock_generate(qwen_coder, qwen_stock, task):
         prompt = task_prompts(task, 1, folder, max_words=200)[0]
     else:
         pytest.skip(f"the offline {task} data ($SSD_DATA_DIR) is not here")
-    eos = model.generation_config.eos_token_id
-    config = GenerationConfig(max_new_tokens=32, do_sample=False, eos_token_id=eos, pad_token_id=eos[0])
     input_ids = tokenizer(prompt, return_tensors="pt").input_ids
-    expected = qwen_stock.generate(input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config)
-    expected = expected[0, input_ids.shape[1]:].tolist()
+    expected = stock_greedy(qwen_stock, input_ids, 32, eos_token_id=model.generation_config.eos_token_id)
     base = ssd.generate(model, input_ids, method="base", max_new_tokens=32)[0, input_ids.shape[1]:].tolist()
     assert_same_tokens(expected, base, model, input_ids, NEAR_TIE_FLOAT32, "base vs stock")
     model.set_skip_layers([20, 22], [21, 23])
