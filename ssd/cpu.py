@@ -44,13 +44,15 @@ def mkl_code_path(cpuinfo: str | None = None) -> str | None:
     MKL picks slow generic kernels on x86 CPUs not made by Intel. On a 2-core
     AMD EPYC with AVX2 (float32), a product of 2-13 rows by the 49152-row LM
     head took 23-34 ms instead of 12-18 ms with `MKL_CBWR=AVX2`, while one row
-    took 10 ms either way: verifying drafts in one pass costs far less.
+    took 10 ms either way: verifying drafts in one pass costs far less. On a
+    2-core AMD EPYC with AVX512, SmolLM2-135M's products of 2-4 rows through
+    `F.linear` took 64-92 ms instead of 36-46 ms with `MKL_CBWR=AVX512`.
     """
     cpuinfo = _cpuinfo() if cpuinfo is None else cpuinfo
     flags = _flags(cpuinfo)
-    if "GenuineIntel" in cpuinfo or "avx2" not in flags or "avx512f" in flags:
-        return None  # Intel: MKL already takes the best path; AVX512 on other vendors is not measured
-    return "AVX2"
+    if "GenuineIntel" in cpuinfo or "avx2" not in flags:
+        return None  # Intel: MKL already takes the best path; without AVX2 no path was measured
+    return "AVX512" if "avx512f" in flags else "AVX2"
 
 
 @dataclass(frozen=True)
@@ -78,11 +80,13 @@ class Float32Products:
 #   Intel Xeon AVX512, W @ x.T               49   87   88   82   73   76   89   91
 #   AMD EPYC AVX2, x @ W.T (F.linear)        52-58 for 1-4 rows                 85        (30 layers)
 #   AMD EPYC AVX2, W @ x.T                   43 for 1-4 rows, padded to 4      119
-AMD_AVX2_PRODUCTS = Float32Products(padded_rows=4, few_transposed=True, many_transposed=False)
+#   AMD EPYC AVX512, x @ W.T, MKL AVX512     44   37   46   36        42   54             (30 layers + LM head)
+#   AMD EPYC AVX512, W @ x.T, MKL AVX512     45   17   25   24        39   88
+AMD_PRODUCTS = Float32Products(padded_rows=4, few_transposed=True, many_transposed=False)
 INTEL_PRODUCTS = Float32Products(padded_rows=3, few_transposed=False, many_transposed=True)
 
 
 def float32_products(cpuinfo: str | None = None) -> Float32Products:
-    """The measured rule for this CPU: AMD's with MKL's AVX2 path (`mkl_code_path`), Intel's elsewhere
-    (other CPUs were not measured; Intel's keeps short products on `F.linear`'s own layout)."""
-    return AMD_AVX2_PRODUCTS if mkl_code_path(cpuinfo) == "AVX2" else INTEL_PRODUCTS
+    """The measured rule for this CPU: AMD's where MKL is steered onto a fast path (`mkl_code_path`),
+    Intel's elsewhere (other CPUs were not measured; Intel's keeps short products on `F.linear`'s own layout)."""
+    return AMD_PRODUCTS if mkl_code_path(cpuinfo) is not None else INTEL_PRODUCTS

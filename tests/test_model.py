@@ -12,7 +12,7 @@ from transformers import LlamaForCausalLM as StockLlama
 from transformers import Qwen2ForCausalLM as StockQwen2
 
 import ssd
-from ssd.cpu import AMD_AVX2_PRODUCTS, INTEL_PRODUCTS, float32_products, mkl_code_path
+from ssd.cpu import AMD_PRODUCTS, INTEL_PRODUCTS, float32_products, mkl_code_path
 from ssd.decoding import prefill
 from ssd.modeling_llama import Linear, LlamaForCausalLM, Qwen2ForCausalLM, model_class
 from ssd.models import should_compile
@@ -103,7 +103,7 @@ AMD_AVX2 = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx fma avx2\n"
 
 @pytest.mark.parametrize("cpuinfo, code_path", [
     (AMD_AVX2, "AVX2"),  # MKL's generic kernels otherwise: multi-row products ~2x slower
-    (AMD_AVX2.replace("avx2", "avx2 avx512f"), None),  # not measured: MKL's own choice
+    (AMD_AVX2.replace("avx2", "avx2 avx512f"), "AVX512"),  # likewise: 2-4 row products ~2x slower
     (AMD_AVX2.replace("AuthenticAMD", "GenuineIntel"), None),  # MKL already picks its best path
     (AMD_AVX2.replace(" avx2", ""), None),
     ("", None),
@@ -123,9 +123,9 @@ def test_import_sets_mkl_code_path_unless_the_user_did():
 
 
 @pytest.mark.parametrize("cpuinfo, products", [
-    (AMD_AVX2, AMD_AVX2_PRODUCTS),
+    (AMD_AVX2, AMD_PRODUCTS),
     (AMD_AVX2.replace("AuthenticAMD", "GenuineIntel"), INTEL_PRODUCTS),
-    (AMD_AVX2.replace("avx2", "avx2 avx512f"), INTEL_PRODUCTS),  # not measured: Intel's rule
+    (AMD_AVX2.replace("avx2", "avx2 avx512f"), AMD_PRODUCTS),
     ("", INTEL_PRODUCTS),
 ])
 def test_float32_products_rule(cpuinfo, products):
@@ -133,7 +133,7 @@ def test_float32_products_rule(cpuinfo, products):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("products", [AMD_AVX2_PRODUCTS, INTEL_PRODUCTS])
+@pytest.mark.parametrize("products", [AMD_PRODUCTS, INTEL_PRODUCTS])
 def test_few_row_float32_products_do_not_depend_on_the_other_rows(products, monkeypatch):
     """On a CPU in float32 `Linear` runs one to `padded_rows` rows as that many (docs/numerics.md): a row's
     result is the same whatever rows come with it, so a step and a short verification compute the same
