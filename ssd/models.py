@@ -32,25 +32,49 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def default_dtype(device: torch.device | str) -> torch.dtype:
-    """The dtype that decodes fastest on `device`.
+# On a CPU with native bfloat16, models below this many parameters decode faster in compiled float32.
+# Measured on a 2-core AMD EPYC with AVX512-BF16, ms per token of `base` (docs/numerics.md, "dtype
+# choice"): SmolLM2-135M (1.35e8) 40.8 in float32 compiled and 42.0 in bfloat16; Qwen2.5-Coder-1.5B
+# (1.78e9, untied head) 425 and 152. A line through each dtype's two points crosses near 1.4e8.
+FLOAT32_PARAMETER_LIMIT = 140_000_000
 
-    GPUs: bfloat16 (float16 where it is missing). CPUs: bfloat16 where the CPU
-    has native bfloat16 arithmetic (AVX512-BF16 or AMX), float32 otherwise.
-    On this project's 2-core CPUs with AVX512-BF16, bfloat16 decodes about
-    1.6x faster than float32 (docs/numerics.md has the figures). Token identity with
-    step-by-step decoding holds in float32 (docs/numerics.md).
+
+def default_dtype(device: torch.device | str, num_parameters: int | None = None) -> torch.dtype:
+    """The dtype that decodes fastest on `device`, for a model of `num_parameters` (None: a large one).
+
+    GPUs: bfloat16 (float16 where it is missing). CPUs: float32 where bfloat16
+    is emulated. Where the CPU has native bfloat16 arithmetic (AVX512-BF16 or
+    AMX), bfloat16, which streams half the bytes, except for models under
+    `FLOAT32_PARAMETER_LIMIT` when a C++ compiler is at hand: there float32's
+    compiled passes (`should_compile`) cost less than bfloat16's eager ones.
+    Token identity with step-by-step decoding holds in float32, and in
+    bfloat16 on CPUs with native bfloat16 (docs/numerics.md).
     """
     if torch.device(device).type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_native_bfloat16() else torch.float32
+    if not cpu_has_native_bfloat16():
+        return torch.float32
+    small = num_parameters is not None and num_parameters < FLOAT32_PARAMETER_LIMIT
+    return torch.float32 if small and cpu_compiler_available() else torch.bfloat16
+
+
+def cpu_compiler_available() -> bool:
+    """Inductor builds CPU kernels with a C++ compiler."""
+    return shutil.which(os.environ.get("CXX", "g++")) is not None
 
 
 def should_compile(model: LlamaForCausalLM) -> bool:
     """Compile by default only float32 on a CPU: measured there. In bfloat16 on a CPU, `ssd` keeps a
     row's result independent of its pass (docs/numerics.md), which fused kernels have not been shown to keep;
-    GPUs were not measured. Inductor builds CPU kernels with a C++ compiler."""
-    return model.device.type == "cpu" and model.dtype == torch.float32 and shutil.which(os.environ.get("CXX", "g++")) is not None
+    GPUs were not measured."""
+    return model.device.type == "cpu" and model.dtype == torch.float32 and cpu_compiler_available()
+
+
+def parameter_count(config) -> int:
+    """The parameters of `config`'s model, counted on the meta device without allocating them."""
+    with torch.device("meta"):
+        model = model_class(config)(config)
+    return sum(parameter.numel() for parameter in model.parameters())
 
 
 def tokenizer_hub_kwargs(hub: dict) -> dict:
@@ -144,7 +168,8 @@ def load_model(
     `device` is ignored). The hub arguments (`HUB_KWARGS`: `token`, `revision`,
     `subfolder`, `cache_dir`, `local_files_only`, ...) go to the config, the
     weights and the tokenizer alike; other keyword arguments go to the weights'
-    `from_pretrained` only. `compile`: the layer blocks through `torch.compile`
+    `from_pretrained` only. `dtype`: None is `default_dtype`'s rule for the
+    device and the model's size. `compile`: the layer blocks through `torch.compile`
     (`LlamaForCausalLM.compile_blocks`); None compiles where that was
     measured faster and exact, float32 on a CPU with a C++ compiler; it
     compiles before returning (about a minute on 2 cores). `draft_precision`:
@@ -166,7 +191,7 @@ def load_model(
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, **tokenizer_hub_kwargs(hub))
     placed_by_accelerate = "device_map" in from_pretrained_kwargs
     device = torch.device(device) if device is not None else default_device()
-    dtype = dtype or default_dtype(device)
+    dtype = dtype or default_dtype(device, parameter_count(config))
     with quiet_packed_gguf_advice():
         model = model_cls.from_pretrained(name_or_path, config=config, dtype=dtype, **from_pretrained_kwargs)
     if placed_by_accelerate:

@@ -4,9 +4,10 @@ One-row products take another kernel than several-row ones and round
 differently; `ssd.modeling_llama.Linear` runs one row as two. Without that,
 essg left base's path at bfloat16 near-ties on 3 of 5 prompts.
 
-essg == base is claimed, and tested, where `load_model` picks bfloat16:
-CPUs with native bfloat16 (AVX512-BF16, AMX). Elsewhere bfloat16 is
-emulated, through other kernels, `load_model` picks float32, and bfloat16
+essg == base in bfloat16 is claimed, and tested, on CPUs with native
+bfloat16 (AVX512-BF16, AMX), where `load_model` picks bfloat16 for models
+of 140M parameters and more. Elsewhere bfloat16 is emulated, through
+other kernels, `load_model` picks float32, and bfloat16
 essg is not guaranteed to equal base, nor one pass to equal steps bit
 for bit: on an AVX2-only EPYC essg parted from base although the one-pass
 test held; on an Intel Xeon with AVX512 but no AVX512-BF16 the one-pass
