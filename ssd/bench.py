@@ -40,6 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", default=None, help="hub id or folder of a LLaMA or Qwen2 checkpoint, or qwen2.5-coder-1.5b-instruct (default: the embedded SmolLM2)")
     parser.add_argument("--skip-layers-key", default=None, help="draft entry of skip_layers.json (default: the model's)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the fastest exact one)")
+    parser.add_argument("--also-dtype", default=None,
+                        help="also run every method, ours and stock, with the model in this dtype, side by side "
+                             "(as METHOD@DTYPE; speedup over base@DTYPE; not compared with base for identity)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--device-map", default=None,
                         help='accelerate\'s placement over several GPUs, e.g. "auto"; the stock model gets the same (overrides --device)')
@@ -72,10 +75,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
     if "base" not in args.methods:
         parser.error("--methods must include base: every speedup and identity is measured against it")
-    try:
-        args.dtype = parse_dtype(args.dtype)
-    except ValueError as error:
-        parser.error(str(error))
+    for name in ("dtype", "also_dtype"):
+        try:
+            setattr(args, name, parse_dtype(getattr(args, name)))
+        except ValueError as error:
+            parser.error(f"--{name.replace('_', '-')}: {error}")
     if args.prompts is not None:
         try:
             read_prompts_file(args.prompts)
@@ -198,25 +202,46 @@ def swift_method(model, max_new_tokens: int) -> Method:
     return run
 
 
-def build_methods(args, model) -> dict[str, Method]:
+def build_methods(args, model, also=None) -> dict[str, Method]:
+    """The methods `args` names, on `model`, and again on `also` (the model in `--also-dtype`)."""
     methods = {}
-    hf = {"hf": {}, "hf-pld": {"prompt_lookup_num_tokens": args.prompt_lookup_tokens},
-          "hf-early-exit": {"assistant_early_exit": args.early_exit_layer or model.num_layers // 2}}
-    if any(name in args.methods for name in hf):
-        stock = stock_model(args.model, model.dtype, model.device, args.device_map)
-    for name in args.methods:
-        if name in hf:
-            methods[name] = hf_method(stock, args.max_new_tokens, **hf[name])
-        elif name == "sss":
-            methods[name] = ssd_method(model, "sss", args.max_new_tokens, do_sample=True, top_k=0,
-                                       generator=torch.Generator(model.device).manual_seed(0))
-        elif name == "swift":
-            methods[name] = swift_method(model, args.max_new_tokens)
-        elif name == "self-draft":
-            methods[name] = ssd_method(model, "essg", args.max_new_tokens, ngram_size=0)
-        else:
-            methods[name] = ssd_method(model, name, args.max_new_tokens)
+    for suffix, model_ in [("", model)] + ([(f"@{dtype_name(also.dtype)}", also)] if also is not None else []):
+        hf = {"hf": {}, "hf-pld": {"prompt_lookup_num_tokens": args.prompt_lookup_tokens},
+              "hf-early-exit": {"assistant_early_exit": args.early_exit_layer or model_.num_layers // 2}}
+        if any(name in args.methods for name in hf):
+            stock = stock_model(args.model, model_.dtype, model_.device, args.device_map)
+        for name in args.methods:
+            if name in hf:
+                methods[name + suffix] = hf_method(stock, args.max_new_tokens, **hf[name])
+            else:
+                methods[name + suffix] = ours(model_, name, args.max_new_tokens)
     return methods
+
+
+def ours(model, name: str, max_new_tokens: int) -> Method:
+    """One of ssd's methods by its bench name."""
+    if name == "sss":
+        return ssd_method(model, "sss", max_new_tokens, do_sample=True, top_k=0,
+                          generator=torch.Generator(model.device).manual_seed(0))
+    if name == "swift":
+        return swift_method(model, max_new_tokens)
+    if name == "self-draft":
+        return ssd_method(model, "essg", max_new_tokens, ngram_size=0)
+    return ssd_method(model, name, max_new_tokens)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def load_with_draft(args, dtype: torch.dtype | None):
+    """(model, tokenizer, description of its draft): the checkpoint with the draft `args` asks for."""
+    placement = {"device_map": args.device_map} if args.device_map else {}
+    model, tokenizer = load_model(args.model, dtype=dtype, device=args.device, compile=args.compile, **placement)
+    draft = apply_draft(model, args.skip_layers_key, args.model)
+    if args.draft_precision != "default":
+        model.set_draft_precision(None if args.draft_precision == "none" else args.draft_precision)
+    return model, tokenizer, draft + f", precision {model.get_draft_precision() or model.dtype}"
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
@@ -251,20 +276,19 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    placement = {"device_map": args.device_map} if args.device_map else {}
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, compile=args.compile, **placement)
-    draft = apply_draft(model, args.skip_layers_key, args.model)
-    if args.draft_precision != "default":
-        model.set_draft_precision(None if args.draft_precision == "none" else args.draft_precision)
-    draft += f", precision {model.get_draft_precision() or model.dtype}"
+    model, tokenizer, draft = load_with_draft(args, args.dtype)
+    also = load_with_draft(args, args.also_dtype)[0] if args.also_dtype not in (None, model.dtype) else None
     prompts = [(task, encode(tokenizer, task, p).to(model.device)) for task, p in load_prompts(args)]
-    methods = build_methods(args, model)
+    methods = build_methods(args, model, also)
     warm_up = tokenizer("Warm up.", return_tensors="pt").input_ids.to(model.device)
-    records = run_side_by_side(prompts, methods, warm_up, compared=[m for m in methods if m != "sss"])
-    rows = summarise(records, also_over="hf" if "hf" in methods else None)
-    dtype = str(model.dtype).removeprefix("torch.") + (", compiled" if model.compiled else "")
+    records = run_side_by_side(prompts, methods, warm_up, compared=[m for m in methods if m != "sss" and "@" not in m])
+    baselines = {name: "base" + name[name.index("@"):] for name in methods if "@" in name}
+    rows = summarise(records, baselines, also_over="hf" if "hf" in methods else None)
+    dtype = dtype_name(model.dtype) + (", compiled" if model.compiled else "")
     setting = (f"{args.model or 'embedded SmolLM2-135M-Instruct'}, {dtype}, {model.device}, "
                f"{torch.get_num_threads()} threads, {args.max_new_tokens} new tokens, draft: {draft}")
+    if also is not None:
+        setting += f"; METHOD@{dtype_name(also.dtype)}: the model in {dtype_name(also.dtype)}" + (", compiled" if also.compiled else "")
     print(f"\n{setting}\n")
     print(format_table(rows))
     write_json_atomic(args.output.with_suffix(".json"), {

@@ -22,7 +22,8 @@ from ssd.bench import PROMPTS_FILE, encode, parse_args, read_prompts_file, stock
         (["--tasks", "cnndm", "poetry"], "unknown tasks ['poetry']"),
         (["--methods", "base", "medusa"], "unknown methods ['medusa']"),
         (["--methods", "hf", "essg"], "must include base"),
-        (["--dtype", "float8"], "dtype must be one of"),
+        (["--dtype", "float8"], "--dtype: dtype must be one of"),
+        (["--also-dtype", "float8"], "--also-dtype: dtype must be one of"),
         (["--prompts", "/nonexistent/prompts.jsonl"], "no prompts file at"),
     ],
 )
