@@ -49,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--draft-precision", default="default", choices=["default", "none", "int8", "int4"],
                         help="precision of the weights the self-draft runs (default: load_model's choice, or the draft entry's)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="torch.compile ssd's layer blocks, for every pass after the prefill (default: load_model's choice, on in float32 on a CPU)")
+                        help="torch.compile ssd's layer blocks, for every pass after the prefill (default: load_model's choice, on for a CPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--tasks", nargs="+", default=list(ALL_TASKS), help=f"from {', '.join(ALL_TASKS)}")
     parser.add_argument("--prompts", type=Path, default=None, help='JSONL of {"prompt": ..., "task": ...} (replaces --tasks)')

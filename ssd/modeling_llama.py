@@ -467,8 +467,9 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         in seconds rather than minutes, and serves drafts as well, whatever
         their skip set (SWIFT changes it every few steps) and precision (a
         low-bit copy's kernels are a graph of their own). Shapes are dynamic:
-        one graph for one-token passes, one for the passes of up to
-        `Linear.PRODUCTS.padded_rows` rows. The full precision's compile here, on a
+        one graph for one-token passes, one for longer ones (in float32 up to
+        `Linear.PRODUCTS.padded_rows` rows; in bfloat16 on a CPU every length,
+        see `forward`). The full precision's compile here, on a
         scratch cache, and a draft precision's when it is set, so that no timed
         generation pays for them. A prefill and longer passes stay eager: they
         are bound by their products.
@@ -491,12 +492,24 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
     @torch.no_grad()
     def _warm_up(self, precision: str | None) -> None:
         """Compile the blocks' graphs for `precision` (None: the full model's) on a scratch cache."""
+        # Sizes 0 and 1 are specialised: 2 rows stand for more, position 2 for any later one. Where
+        # passes are kept row-invariant (`forward`), position 1 runs compiled too, and full passes
+        # attend over the whole cache: graphs of their own.
+        row_invariant = _needs_row_invariance(self.lm_head.weight)
+        positions = (1, 2) if row_invariant else (2,)
+        kinds = [self.self_draft] + ([contextlib.nullcontext] if row_invariant and precision is None else [])
         previous, self.draft_precision = self.draft_precision, precision
+        # Dynamo keeps one list of graphs per function, shared by every model in the process (two
+        # dtypes side by side in the bench, or in one test worker); past its limit (8) it would run
+        # new shapes eager. The graphs are all made here, so the limit is lifted here only.
         try:
-            with self.self_draft():
-                cache = self.new_cache(8)
-                for length in (1, 2):  # sizes 0 and 1 are specialised: 2 stands for 2..PRODUCTS.padded_rows rows, position 2 for any
-                    self(torch.zeros(1, length, dtype=torch.long, device=self.device), cache, 2)
+            with torch._dynamo.config.patch(recompile_limit=64):
+                for kind in kinds:
+                    with kind():
+                        cache = self.new_cache(8)
+                        for position in positions:
+                            for length in (1, 2):
+                                self(torch.zeros(1, length, dtype=torch.long, device=self.device), cache, position)
         finally:
             self.draft_precision = previous
 
@@ -545,12 +558,18 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         skip_attention = self.skip_attention if self.drafting else frozenset()
         skip_mlp = self.skip_mlp if self.drafting else frozenset()
         precision = self.draft_precision if self.drafting else None
-        # The graphs hold for passes after position 1 that end before the cache does: a pass at
-        # position 1 or one filling the cache would recompile (seconds) mid-generation. Passes of
-        # more than `Linear.PRODUCTS.padded_rows` rows (long lookups, SWIFT's windows) run eager: bound by
-        # their products, they took no longer so (5-11 rows over 600 positions: 124-161 ms eager,
-        # 139-160 ms compiled), and a third graph would add to every load's compile time.
-        compiled = 1 < start_pos and end < cache.max_len and length <= Linear.PRODUCTS.padded_rows
+        # The graphs hold for passes that end before the cache does (a generation's never fill it),
+        # after position 1 in float32: a pass at position 1 would recompile (seconds) mid-generation.
+        # Passes of more than `Linear.PRODUCTS.padded_rows` rows (long lookups, SWIFT's windows) run
+        # eager in float32: bound by their products, they took no longer so (5-11 rows over 600
+        # positions: 124-161 ms eager, 139-160 ms compiled), and a third graph would add to every
+        # load's compile time. In bfloat16 on a CPU every pass after the prefill takes the graphs
+        # (one for one row, one for more; position 1 has its own, compiled at load), so that a
+        # verified token's logits equal a step's bit for bit: compiled and eager ops round differently.
+        if _needs_row_invariance(x):
+            compiled = 0 < start_pos and end < cache.max_len
+        else:
+            compiled = 1 < start_pos and end < cache.max_len and length <= Linear.PRODUCTS.padded_rows
         blocks = self._compiled_blocks if compiled else None
         for i, layer in enumerate(self.model.layers):
             x = layer(

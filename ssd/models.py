@@ -32,30 +32,19 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-# On a CPU with native bfloat16, models below this many parameters decode faster in compiled float32.
-# Measured on a 2-core AMD EPYC with AVX512-BF16, ms per token of `base` (docs/numerics.md, "dtype
-# choice"): SmolLM2-135M (1.35e8) 40.8 in float32 compiled and 42.0 in bfloat16; Qwen2.5-Coder-1.5B
-# (1.78e9, untied head) 425 and 152. A line through each dtype's two points crosses near 1.4e8.
-FLOAT32_PARAMETER_LIMIT = 140_000_000
+def default_dtype(device: torch.device | str) -> torch.dtype:
+    """The dtype that decodes fastest on `device`.
 
-
-def default_dtype(device: torch.device | str, num_parameters: int | None = None) -> torch.dtype:
-    """The dtype that decodes fastest on `device`, for a model of `num_parameters` (None: a large one).
-
-    GPUs: bfloat16 (float16 where it is missing). CPUs: float32 where bfloat16
-    is emulated. Where the CPU has native bfloat16 arithmetic (AVX512-BF16 or
-    AMX), bfloat16, which streams half the bytes, except for models under
-    `FLOAT32_PARAMETER_LIMIT` when a C++ compiler is at hand: there float32's
-    compiled passes (`should_compile`) cost less than bfloat16's eager ones.
-    Token identity with step-by-step decoding holds in float32, and in
-    bfloat16 on CPUs with native bfloat16 (docs/numerics.md).
+    GPUs: bfloat16 (float16 where it is missing). CPUs: bfloat16 where the CPU
+    has native bfloat16 arithmetic (AVX512-BF16 or AMX), float32 otherwise.
+    On a 2-core AMD EPYC with AVX512-BF16, both compiled, bfloat16 `base`
+    decoded SmolLM2-135M 1.34x faster than float32 and Qwen2.5-Coder-1.5B
+    about 2.8x (docs/numerics.md). Token identity with step-by-step decoding
+    holds in float32, and in bfloat16 on CPUs with native bfloat16.
     """
     if torch.device(device).type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if not cpu_has_native_bfloat16():
-        return torch.float32
-    small = num_parameters is not None and num_parameters < FLOAT32_PARAMETER_LIMIT
-    return torch.float32 if small and cpu_compiler_available() else torch.bfloat16
+    return torch.bfloat16 if cpu_has_native_bfloat16() else torch.float32
 
 
 def cpu_compiler_available() -> bool:
@@ -64,17 +53,11 @@ def cpu_compiler_available() -> bool:
 
 
 def should_compile(model: LlamaForCausalLM) -> bool:
-    """Compile by default only float32 on a CPU: measured there. In bfloat16 on a CPU, `ssd` keeps a
-    row's result independent of its pass (docs/numerics.md), which fused kernels have not been shown to keep;
-    GPUs were not measured."""
-    return model.device.type == "cpu" and model.dtype == torch.float32 and cpu_compiler_available()
-
-
-def parameter_count(config) -> int:
-    """The parameters of `config`'s model, counted on the meta device without allocating them."""
-    with torch.device("meta"):
-        model = model_class(config)(config)
-    return sum(parameter.numel() for parameter in model.parameters())
+    """Compile by default on a CPU, in float32, and in bfloat16 where the CPU has it natively: measured
+    faster there, and in bfloat16 a row's result stays independent of its pass (docs/numerics.md). GPUs
+    were not measured; emulated bfloat16 is not row-invariant to begin with."""
+    native = model.dtype == torch.float32 or model.dtype == torch.bfloat16 and cpu_has_native_bfloat16()
+    return model.device.type == "cpu" and native and cpu_compiler_available()
 
 
 def tokenizer_hub_kwargs(hub: dict) -> dict:
@@ -169,9 +152,10 @@ def load_model(
     `subfolder`, `cache_dir`, `local_files_only`, ...) go to the config, the
     weights and the tokenizer alike; other keyword arguments go to the weights'
     `from_pretrained` only. `dtype`: None is `default_dtype`'s rule for the
-    device and the model's size. `compile`: the layer blocks through `torch.compile`
+    device. `compile`: the layer blocks through `torch.compile`
     (`LlamaForCausalLM.compile_blocks`); None compiles where that was
-    measured faster and exact, float32 on a CPU with a C++ compiler; it
+    measured faster and exact (`should_compile`: on a CPU with a C++
+    compiler, float32, and bfloat16 where the CPU has it natively); it
     compiles before returning (about a minute on 2 cores). `draft_precision`:
     the weights the self-draft runs (`set_draft_precision`); `"default"` is
     `default_draft_precision`'s rule, int4 on a CPU.
@@ -191,7 +175,7 @@ def load_model(
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, **tokenizer_hub_kwargs(hub))
     placed_by_accelerate = "device_map" in from_pretrained_kwargs
     device = torch.device(device) if device is not None else default_device()
-    dtype = dtype or default_dtype(device, parameter_count(config))
+    dtype = dtype or default_dtype(device)
     with quiet_packed_gguf_advice():
         model = model_cls.from_pretrained(name_or_path, config=config, dtype=dtype, **from_pretrained_kwargs)
     if placed_by_accelerate:

@@ -4,10 +4,10 @@ One-row products take another kernel than several-row ones and round
 differently; `ssd.modeling_llama.Linear` runs one row as two. Without that,
 essg left base's path at bfloat16 near-ties on 3 of 5 prompts.
 
-essg == base in bfloat16 is claimed, and tested, on CPUs with native
-bfloat16 (AVX512-BF16, AMX), where `load_model` picks bfloat16 for models
-of 140M parameters and more. Elsewhere bfloat16 is emulated, through
-other kernels, `load_model` picks float32, and bfloat16
+essg == base is claimed, and tested, where `load_model` picks bfloat16:
+CPUs with native bfloat16 (AVX512-BF16, AMX), where it also compiles the
+layer blocks. Elsewhere bfloat16 is emulated, through other kernels,
+`load_model` picks float32, and bfloat16
 essg is not guaranteed to equal base, nor one pass to equal steps bit
 for bit: on an AVX2-only EPYC essg parted from base although the one-pass
 test held; on an Intel Xeon with AVX512 but no AVX512-BF16 the one-pass
@@ -21,6 +21,7 @@ import ssd
 from helpers import data_dir, random_skip_set
 from ssd.data import task_prompts
 from ssd.cpu import cpu_has_native_bfloat16
+from ssd.models import should_compile
 
 native_bfloat16_only = pytest.mark.skipif(
     not cpu_has_native_bfloat16(), reason="bfloat16 is emulated on this CPU; load_model decodes in float32 here"
@@ -38,23 +39,33 @@ def bf16_model():
 
 @native_bfloat16_only
 @torch.no_grad()
-@pytest.mark.parametrize("index", [0, 4, 8, "cnndm-long"])
+@pytest.mark.parametrize("index", [0, 4, 8, "cnndm-long", "one-token"])
 def test_one_pass_equals_token_by_token(bf16_model, prompts, index):
     """Logits and keys/values of 13 tokens (the default's longest verification) in one pass
     equal, bit for bit, those of 13 one-token steps. "cnndm-long": the bench's first CNN/DM
     prompt (961 tokens) after 53 generated ones, where attention's weighted sum over keys
     padded with zero weights rounded differently and flipped a tied token (before passes
-    after the prefill attended over the whole cache)."""
+    after the prefill attended over the whole cache). "one-token": passes from position 1,
+    which compiled graphs specialise. Where load_model compiled the model, the graphs it
+    compiled at load serve every pass (no recompilation)."""
     model, tokenizer = bf16_model
+    assert model.compiled == should_compile(model)
     if index == "cnndm-long":
         if data_dir() is None:
             pytest.skip("needs the CNN/DM data in $SSD_DATA_DIR")
         text, before = task_prompts("cnndm", 1, data_dir(), max_words=400)[0], 53
     else:
-        text, before = prompts[index], 0
+        text, before = prompts[0 if index == "one-token" else index], 0
     input_ids = tokenizer(text, return_tensors="pt").input_ids
+    if index == "one-token":
+        input_ids = input_ids[:, :1]
+    with torch.compiler.set_stance("fail_on_recompile"):
+        one_pass_equals_steps(model, input_ids, before)
+
+
+def one_pass_equals_steps(model, input_ids, before: int) -> None:
     length, n = input_ids.shape[1], 13
-    step_cache = model.new_cache(length + before + n)
+    step_cache = model.new_cache(length + before + n + 1)  # as in a generation, no pass fills the cache
     token = model(input_ids, step_cache, 0)[0, -1].argmax()
     for i in range(before):
         token = model(token.view(1, 1), step_cache, length + i)[0, -1].argmax()
