@@ -471,8 +471,8 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         `Linear.PRODUCTS.padded_rows` rows; in bfloat16 on a CPU every length,
         see `forward`). The full precision's compile here, on a
         scratch cache, and a draft precision's when it is set, so that no timed
-        generation pays for them. A prefill and longer passes stay eager: they
-        are bound by their products.
+        generation pays for them. A prefill, and in float32 longer passes, stay
+        eager: they are bound by their products.
         """
         self._compiled_blocks = None
         if not enabled:
