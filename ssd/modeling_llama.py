@@ -553,7 +553,8 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         # the weighted sum of values over 1000 keys rounded differently from the same
         # sum padded with zero weights, so a verified token's logits parted from a
         # step's and flipped a tied token. Over one fixed key length they agree.
-        whole_cache = start_pos > 0 and not self.drafting and _needs_row_invariance(x)
+        row_invariant = _needs_row_invariance(x)
+        whole_cache = start_pos > 0 and not self.drafting and row_invariant
         key_len = cache.max_len if whole_cache else end
         skip_attention = self.skip_attention if self.drafting else frozenset()
         skip_mlp = self.skip_mlp if self.drafting else frozenset()
@@ -566,7 +567,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         # load's compile time. In bfloat16 on a CPU every pass after the prefill takes the graphs
         # (one for one row, one for more; position 1 has its own, compiled at load), so that a
         # verified token's logits equal a step's bit for bit: compiled and eager ops round differently.
-        if _needs_row_invariance(x):
+        if row_invariant:
             compiled = 0 < start_pos and end < cache.max_len
         else:
             compiled = 1 < start_pos and end < cache.max_len and length <= Linear.PRODUCTS.padded_rows
