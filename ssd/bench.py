@@ -281,8 +281,9 @@ def main(argv=None) -> list[dict]:
     prompts = [(task, encode(tokenizer, task, p).to(model.device)) for task, p in load_prompts(args)]
     methods = build_methods(args, model, also)
     warm_up = tokenizer("Warm up.", return_tensors="pt").input_ids.to(model.device)
-    records = run_side_by_side(prompts, methods, warm_up, compared=[m for m in methods if m != "sss" and "@" not in m])
+    # Methods on the --also-dtype model: over their own base, not compared with ours for identity.
     baselines = {name: "base" + name[name.index("@"):] for name in methods if "@" in name}
+    records = run_side_by_side(prompts, methods, warm_up, compared=[m for m in methods if m != "sss" and m not in baselines])
     rows = summarise(records, baselines, also_over="hf" if "hf" in methods else None)
     dtype = dtype_name(model.dtype) + (", compiled" if model.compiled else "")
     setting = (f"{args.model or 'embedded SmolLM2-135M-Instruct'}, {dtype}, {model.device}, "
