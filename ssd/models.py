@@ -18,6 +18,7 @@ from transformers import (
 from ssd.checkpoints import quiet_packed_gguf_advice, resolve_checkpoint
 from ssd.cpu import cpu_has_native_bfloat16
 from ssd.modeling_llama import LlamaForCausalLM, model_class
+from ssd.packed import can_pack
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,14 @@ def should_compile(model: LlamaForCausalLM) -> bool:
     were not measured; emulated bfloat16 is not row-invariant to begin with."""
     native = model.dtype == torch.float32 or model.dtype == torch.bfloat16 and cpu_has_native_bfloat16()
     return model.device.type == "cpu" and native and cpu_compiler_available()
+
+
+def should_pack_weights(model: LlamaForCausalLM) -> bool:
+    """Pack the weights (`LlamaForCausalLM.pack_weights`) in bfloat16 on a CPU that has it natively:
+    on a 2-core AMD EPYC with AVX512-BF16, compiled, a SmolLM2-135M step took 42 ms instead of 52, a
+    4-token verification 44 instead of 60 (one run, alternating). Not measured where bfloat16 is
+    emulated; `load_model` picks float32 there anyway."""
+    return can_pack(model.device, model.dtype) and cpu_has_native_bfloat16()
 
 
 def tokenizer_hub_kwargs(hub: dict) -> dict:
@@ -138,6 +147,7 @@ def load_model(
     device: torch.device | str | None = None,
     compile: bool | None = None,
     draft_precision: str | None = "default",
+    pack_weights: bool | None = None,
     **from_pretrained_kwargs,
 ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase]:
     """A LLaMA or Qwen2 checkpoint in `ssd`'s model class, with its tokenizer.
@@ -158,7 +168,11 @@ def load_model(
     compiler, float32, and bfloat16 where the CPU has it natively); it
     compiles before returning (about a minute on 2 cores). `draft_precision`:
     the weights the self-draft runs (`set_draft_precision`); `"default"` is
-    `default_draft_precision`'s rule, int4 on a CPU.
+    `default_draft_precision`'s rule, int4 on a CPU. `pack_weights`: run
+    bfloat16 products on copies of the weights in oneDNN's layout
+    (`LlamaForCausalLM.pack_weights`, as much memory again as the linear
+    weights); None packs where `should_pack_weights` says (bfloat16 on a CPU
+    that has it natively).
 
     The tokenizer is also kept as `model.tokenizer`, so that `ssd.generate`
     can take strings and chats with the model alone, and the checkpoint's
@@ -192,6 +206,8 @@ def load_model(
         default_draft_precision(model)
     else:
         model.set_draft_precision(draft_precision)
+    if pack_weights if pack_weights is not None else should_pack_weights(model):
+        model.pack_weights()
     if compile if compile is not None else should_compile(model):
         model.compile_blocks()
     return model, tokenizer
