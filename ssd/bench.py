@@ -50,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="precision of the weights the self-draft runs (default: load_model's choice, or the draft entry's)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile ssd's layer blocks, for every pass after the prefill (default: load_model's choice, on for a CPU)")
+    parser.add_argument("--pack-weights", action=argparse.BooleanOptionalAction, default=None,
+                        help="run bfloat16 products on weights packed in oneDNN's layout (default: load_model's choice, on for a CPU with native bfloat16)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--tasks", nargs="+", default=list(ALL_TASKS), help=f"from {', '.join(ALL_TASKS)}")
     parser.add_argument("--prompts", type=Path, default=None, help='JSONL of {"prompt": ..., "task": ...} (replaces --tasks)')
@@ -234,10 +236,16 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def describe(model) -> str:
+    """The model's dtype and how its passes run."""
+    return dtype_name(model.dtype) + (", compiled" if model.compiled else "") + (", packed weights" if model.weights_packed else "")
+
+
 def load_with_draft(args, dtype: torch.dtype | None):
     """(model, tokenizer, description of its draft): the checkpoint with the draft `args` asks for."""
     placement = {"device_map": args.device_map} if args.device_map else {}
-    model, tokenizer = load_model(args.model, dtype=dtype, device=args.device, compile=args.compile, **placement)
+    model, tokenizer = load_model(args.model, dtype=dtype, device=args.device, compile=args.compile,
+                                  pack_weights=args.pack_weights, **placement)
     draft = apply_draft(model, args.skip_layers_key, args.model)
     if args.draft_precision != "default":
         model.set_draft_precision(None if args.draft_precision == "none" else args.draft_precision)
@@ -285,11 +293,10 @@ def main(argv=None) -> list[dict]:
     baselines = {name: "base" + name[name.index("@"):] for name in methods if "@" in name}
     records = run_side_by_side(prompts, methods, warm_up, compared=[m for m in methods if m != "sss" and m not in baselines])
     rows = summarise(records, baselines, also_over="hf" if "hf" in methods else None)
-    dtype = dtype_name(model.dtype) + (", compiled" if model.compiled else "")
-    setting = (f"{args.model or 'embedded SmolLM2-135M-Instruct'}, {dtype}, {model.device}, "
+    setting = (f"{args.model or 'embedded SmolLM2-135M-Instruct'}, {describe(model)}, {model.device}, "
                f"{torch.get_num_threads()} threads, {args.max_new_tokens} new tokens, draft: {draft}")
     if also is not None:
-        setting += f"; METHOD@{dtype_name(also.dtype)}: the model in {dtype_name(also.dtype)}" + (", compiled" if also.compiled else "")
+        setting += f"; METHOD@{dtype_name(also.dtype)}: the model in {describe(also)}"
     print(f"\n{setting}\n")
     print(format_table(rows))
     write_json_atomic(args.output.with_suffix(".json"), {
