@@ -284,9 +284,10 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    texts = load_prompts(args)  # before the models: missing data fails in seconds, not after the loads
     model, tokenizer, draft = load_with_draft(args, args.dtype)
     also = load_with_draft(args, args.also_dtype)[0] if args.also_dtype not in (None, model.dtype) else None
-    prompts = [(task, encode(tokenizer, task, p).to(model.device)) for task, p in load_prompts(args)]
+    prompts = [(task, encode(tokenizer, task, p).to(model.device)) for task, p in texts]
     methods = build_methods(args, model, also)
     warm_up = tokenizer("Warm up.", return_tensors="pt").input_ids.to(model.device)
     # Methods on the --also-dtype model: over their own base, not compared with ours for identity.
