@@ -6,7 +6,7 @@ essg left base's path at bfloat16 near-ties on 3 of 5 prompts.
 
 essg == base is claimed, and tested, where `load_model` picks bfloat16:
 CPUs with native bfloat16 (AVX512-BF16, AMX), where it also compiles the
-layer blocks. Elsewhere bfloat16 is emulated, through other kernels,
+layer blocks and packs the weights (`ssd.packed`). Elsewhere bfloat16 is emulated, through other kernels,
 `load_model` picks float32, and bfloat16
 essg is not guaranteed to equal base, nor one pass to equal steps bit
 for bit: on an AVX2-only EPYC essg parted from base although the one-pass
@@ -21,7 +21,7 @@ import ssd
 from helpers import data_dir, random_skip_set
 from ssd.data import task_prompts
 from ssd.cpu import cpu_has_native_bfloat16
-from ssd.models import should_compile
+from ssd.models import should_compile, should_pack_weights
 
 native_bfloat16_only = pytest.mark.skipif(
     not cpu_has_native_bfloat16(), reason="bfloat16 is emulated on this CPU; load_model decodes in float32 here"
@@ -50,6 +50,7 @@ def test_one_pass_equals_token_by_token(bf16_model, prompts, index):
     compiled at load serve every pass (no recompilation)."""
     model, tokenizer = bf16_model
     assert model.compiled == should_compile(model)
+    assert model.weights_packed == should_pack_weights(model)
     if index == "cnndm-long":
         if data_dir() is None:
             pytest.skip("needs the CNN/DM data in $SSD_DATA_DIR")
