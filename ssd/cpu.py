@@ -28,6 +28,18 @@ def cpu_has_native_bfloat16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def available_memory(meminfo: str | None = None) -> int | None:
+    """Bytes of memory available to a new allocation (`MemAvailable` in /proc/meminfo), or None where
+    there is no such file (not Linux)."""
+    if meminfo is None:
+        try:
+            meminfo = Path("/proc/meminfo").read_text()
+        except OSError:
+            return None
+    line = next((line for line in meminfo.splitlines() if line.startswith("MemAvailable:")), None)
+    return None if line is None else int(line.split()[1]) * 1024  # in kB
+
+
 def use_fast_mkl_path() -> None:
     """Set `MKL_CBWR` to `mkl_code_path()` unless the user has set it.
 

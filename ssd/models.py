@@ -16,8 +16,8 @@ from transformers import (
 )
 
 from ssd.checkpoints import quiet_packed_gguf_advice, resolve_checkpoint
-from ssd.cpu import cpu_has_native_bfloat16
-from ssd.modeling_llama import LlamaForCausalLM, model_class
+from ssd.cpu import available_memory, cpu_has_native_bfloat16
+from ssd.modeling_llama import Linear, LlamaForCausalLM, model_class
 from ssd.packed import can_pack
 
 logger = logging.getLogger(__name__)
@@ -61,12 +61,19 @@ def should_compile(model: LlamaForCausalLM) -> bool:
     return model.device.type == "cpu" and native and cpu_compiler_available()
 
 
-def should_pack_weights(model: LlamaForCausalLM) -> bool:
-    """Pack the weights (`LlamaForCausalLM.pack_weights`) in bfloat16 on a CPU that has it natively:
-    on a 2-core AMD EPYC with AVX512-BF16, compiled, a SmolLM2-135M step took 42 ms instead of 52, a
-    4-token verification 44 instead of 60 (one run, alternating). Not measured where bfloat16 is
-    emulated; `load_model` picks float32 there anyway."""
-    return can_pack(model.device, model.dtype) and cpu_has_native_bfloat16()
+def should_pack_weights(model: LlamaForCausalLM, available: int | None = None) -> bool:
+    """Pack the weights (`LlamaForCausalLM.pack_weights`) in bfloat16 on a CPU that has it natively,
+    where the copies take at most half the memory still available (`available`, bytes; None: this
+    machine's, `ssd.cpu.available_memory`): they take as much again as the linear weights, and a
+    model that fits once must not fail to load for them. On a 2-core AMD EPYC with AVX512-BF16,
+    compiled, a SmolLM2-135M step took 42 ms instead of 52, a 4-token verification 44 instead of 60
+    (one run, alternating). Not measured where bfloat16 is emulated; `load_model` picks float32
+    there anyway."""
+    if not (can_pack(model.device, model.dtype) and cpu_has_native_bfloat16()):
+        return False
+    available = available_memory() if available is None else available
+    copies = sum(module.weight.nbytes for module in model.modules() if isinstance(module, Linear))
+    return available is None or 2 * copies <= available
 
 
 def tokenizer_hub_kwargs(hub: dict) -> dict:
@@ -172,7 +179,7 @@ def load_model(
     bfloat16 products on copies of the weights in oneDNN's layout
     (`LlamaForCausalLM.pack_weights`, as much memory again as the linear
     weights); None packs where `should_pack_weights` says (bfloat16 on a CPU
-    that has it natively).
+    that has it natively, when the copies fit in half the available memory).
 
     The tokenizer is also kept as `model.tokenizer`, so that `ssd.generate`
     can take strings and chats with the model alone, and the checkpoint's

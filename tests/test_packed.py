@@ -6,9 +6,11 @@ import gc
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import LlamaConfig
 
 import ssd
-from ssd.modeling_llama import Linear
+from ssd.modeling_llama import Linear, LlamaForCausalLM
+from ssd.models import should_pack_weights
 from ssd.packed import _PACKED, can_pack
 
 pytestmark = pytest.mark.skipif(
@@ -68,3 +70,21 @@ def test_pack_weights_refuses_float32_and_keeps_the_model(embedded):
     with pytest.raises(ValueError, match="bfloat16 on a CPU"):
         model.pack_weights()
     assert not model.weights_packed and model.packed_nbytes == 0
+
+
+
+def test_load_model_packs_only_what_fits_in_memory(monkeypatch):
+    """The rule `load_model` follows: bfloat16 on a CPU with native bfloat16, the copies in at most half
+    the memory left."""
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    copies = sum(m.weight.nbytes for m in model.modules() if isinstance(m, Linear))
+    monkeypatch.setattr(ssd.models, "cpu_has_native_bfloat16", lambda: True)
+    assert should_pack_weights(model, available=2 * copies)
+    assert not should_pack_weights(model, available=2 * copies - 1)
+    assert not should_pack_weights(model.float(), available=2 * copies)
+    monkeypatch.setattr(ssd.models, "cpu_has_native_bfloat16", lambda: False)
+    assert not should_pack_weights(model.to(torch.bfloat16), available=2 * copies)
+    assert ssd.cpu.available_memory("MemTotal:  4096 kB\nMemAvailable:   2048 kB\n") == 2048 * 1024
+    assert ssd.cpu.available_memory("MemTotal:  4096 kB\n") is None
