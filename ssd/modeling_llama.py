@@ -473,7 +473,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         weights, for as much memory again as those weights (`packed_nbytes`). `enabled=False` drops
         the copies. A compiled model compiles its graphs again (`compile_blocks`).
         """
-        linears = [module for module in self.modules() if isinstance(module, Linear)]
+        linears = self.linears()
         copies: list[PackedWeight | None] = [None] * len(linears)
         if enabled:  # every copy first: a weight that cannot be packed leaves the model as it was
             copies = [pack(module.weight) for module in linears]
@@ -482,6 +482,10 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         if self.compiled:
             self.compile_blocks()
 
+    def linears(self) -> list[Linear]:
+        """Every `Linear`: the layers' projections and the LM head."""
+        return [module for module in self.modules() if isinstance(module, Linear)]
+
     @property
     def weights_packed(self) -> bool:
         return self.lm_head.packed is not None
@@ -489,7 +493,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
     @property
     def packed_nbytes(self) -> int:
         """Memory the packed copies take."""
-        return sum(module.packed.nbytes for module in self.modules() if isinstance(module, Linear) and module.packed)
+        return sum(module.packed.nbytes for module in self.linears() if module.packed)
 
     # --- compilation ------------------------------------------------------
 

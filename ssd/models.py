@@ -17,7 +17,7 @@ from transformers import (
 
 from ssd.checkpoints import quiet_packed_gguf_advice, resolve_checkpoint
 from ssd.cpu import available_memory, cpu_has_native_bfloat16
-from ssd.modeling_llama import Linear, LlamaForCausalLM, model_class
+from ssd.modeling_llama import LlamaForCausalLM, model_class
 from ssd.packed import can_pack
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def should_pack_weights(model: LlamaForCausalLM, available: int | None = None) -
     if not (can_pack(model.device, model.dtype) and cpu_has_native_bfloat16()):
         return False
     available = available_memory() if available is None else available
-    copies = sum(module.weight.nbytes for module in model.modules() if isinstance(module, Linear))
+    copies = sum(module.weight.nbytes for module in model.linears())
     return available is None or 2 * copies <= available
 
 

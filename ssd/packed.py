@@ -19,7 +19,7 @@ weight replaced by another tensor has no copy, which is an error.
 
 Rows stay independent of one another (bit for bit, for 2 to 64 rows at the
 shapes of SmolLM2 and Qwen2.5-1.5B), but one row runs another kernel than two
-at some shapes (25 of 200 rows differed at K=1536), as with `F.linear`:
+at some shapes (21 of 200 rows differed at K=1536), as with `F.linear`:
 `Linear` runs a one-row product as two rows either way.
 """
 

@@ -79,7 +79,7 @@ def test_load_model_packs_only_what_fits_in_memory(monkeypatch):
     config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2)
     model = LlamaForCausalLM(config).to(torch.bfloat16)
-    copies = sum(m.weight.nbytes for m in model.modules() if isinstance(m, Linear))
+    copies = sum(m.weight.nbytes for m in model.linears())
     monkeypatch.setattr(ssd.models, "cpu_has_native_bfloat16", lambda: True)
     assert should_pack_weights(model, available=2 * copies)
     assert not should_pack_weights(model, available=2 * copies - 1)
