@@ -535,23 +535,20 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
     def _warm_up(self, precision: str | None) -> None:
         """Compile the blocks' graphs for `precision` (None: the full model's) on a scratch cache."""
         # Sizes 0 and 1 are specialised: 2 rows stand for more, position 2 for any later one. Where
-        # passes are kept row-invariant (`forward`), position 1 runs compiled too, and full passes
-        # attend over the whole cache: graphs of their own.
-        row_invariant = _needs_row_invariance(self.lm_head.weight)
-        positions = (1, 2) if row_invariant else (2,)
-        kinds = [self.self_draft] + ([contextlib.nullcontext] if row_invariant and precision is None else [])
+        # passes are kept row-invariant (`forward`), position 1 runs compiled too. A draft at the full
+        # precision runs the full model's graphs (which blocks it skips is Python's choice).
+        positions = (1, 2) if _needs_row_invariance(self.lm_head.weight) else (2,)
         previous, self.draft_precision = self.draft_precision, precision
         # Dynamo keeps one list of graphs per function, shared by every model in the process (two
         # dtypes side by side in the bench, or in one test worker); past its limit (8) it would run
         # new shapes eager. The graphs are all made here, so the limit is lifted here only.
         try:
-            with torch._dynamo.config.patch(recompile_limit=64):
-                for kind in kinds:
-                    with kind():
-                        cache = self.new_cache(8)
-                        for position in positions:
-                            for length in (1, 2):
-                                self(torch.zeros(1, length, dtype=torch.long, device=self.device), cache, position)
+            kind = contextlib.nullcontext() if precision is None else self.self_draft()
+            with torch._dynamo.config.patch(recompile_limit=64), kind:
+                cache = self.new_cache(8)
+                for position in positions:
+                    for length in (1, 2):
+                        self(torch.zeros(1, length, dtype=torch.long, device=self.device), cache, position)
         finally:
             self.draft_precision = previous
 
@@ -590,13 +587,16 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         cos, sin = self.rope_tables()
         cos, sin = cos[start_pos:end].to(x.dtype), sin[start_pos:end].to(x.dtype)
         # Query i sits at position start_pos+i and sees keys up to it. In bfloat16 on a
-        # CPU, where `Linear` makes products batch-invariant, full-model passes after
-        # the prefill (steps and verifications) attend over the whole cache, masked:
+        # CPU, where `Linear` makes products batch-invariant, every pass after the
+        # prefill (steps, verifications, drafts) attends over the whole cache, masked:
         # the weighted sum of values over 1000 keys rounded differently from the same
         # sum padded with zero weights, so a verified token's logits parted from a
-        # step's and flipped a tied token. Over one fixed key length they agree.
+        # step's and flipped a tied token; over one fixed key length they agree. And
+        # oneDNN's bfloat16 batched product copies a cache cut short first (its heads
+        # then lie apart): a draft at 1084 positions took 22.2 ms so, 19.4 ms over the
+        # whole cache (SmolLM2, int4 draft, AMD EPYC with AVX512-BF16, one process).
         row_invariant = _needs_row_invariance(x)
-        whole_cache = start_pos > 0 and not self.drafting and row_invariant
+        whole_cache = start_pos > 0 and row_invariant
         key_len = cache.max_len if whole_cache else end
         skip_attention = self.skip_attention if self.drafting else frozenset()
         skip_mlp = self.skip_mlp if self.drafting else frozenset()
