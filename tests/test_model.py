@@ -178,11 +178,11 @@ def test_compiled_passes_agree_with_eager_ones(embedded, prompts, skip_layers):
         for start, rows in ((length - 11, 1), (length - 10, 3), (length - 7, 5), (length - 2, 2)):
             chunk = input_ids[:, start : start + rows]
             compiled = model(chunk, caches[0], start)
-            blocks, model._compiled_blocks = model._compiled_blocks, None
+            graphs, model._graphs = model._graphs, None
             try:
                 eager = model(chunk, caches[1], start)
             finally:
-                model._compiled_blocks = blocks
+                model._graphs = graphs
             torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
             assert torch.equal(compiled.argmax(-1), eager.argmax(-1))
             for a, b in zip(caches[0].keys + caches[0].values, caches[1].keys + caches[1].values):
