@@ -249,7 +249,8 @@ def load_with_draft(args, dtype: torch.dtype | None):
     draft = apply_draft(model, args.skip_layers_key, args.model)
     if args.draft_precision != "default":
         model.set_draft_precision(None if args.draft_precision == "none" else args.draft_precision)
-    return model, tokenizer, draft + f", precision {model.get_draft_precision() or model.dtype}"
+        draft += f", set to {model.get_draft_precision() or 'full'} by --draft-precision"
+    return model, tokenizer, draft
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:

@@ -134,14 +134,18 @@ def apply_draft(model, key: str | None, model_name: str | None = None) -> str:
     key = key or own
     try:
         attention, mlp = apply_skip_layers(model, key)
-        return f"skip set {key!r} from skip_layers.json: attention {attention}, mlp {mlp}"
+        return f"skip set {key!r} from skip_layers.json: attention {attention}, mlp {mlp}{_precision(model)}"
     except KeyError:
         if key != own:
             raise
     fallback = hand_made_set(model.num_layers) if key == EMBEDDED_KEY else ([], [])
     model.set_skip_layers(*fallback)
     return (f"no {key!r} entry in skip_layers.json yet: drafting with attention {fallback[0]} and mlp "
-            f"{fallback[1]} skipped" + (" (hand-picked)" if key == EMBEDDED_KEY else ""))
+            f"{fallback[1]} skipped" + (" (hand-picked)" if key == EMBEDDED_KEY else "") + _precision(model))
+
+
+def _precision(model) -> str:
+    return f", draft precision {model.get_draft_precision() or 'full'}"
 
 
 def model_label(name_or_path: str | None) -> str:

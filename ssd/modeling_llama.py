@@ -577,7 +577,8 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         try:
             self.draft_precision = precision
             with torch._dynamo.config.patch(recompile_limit=64), self.self_draft():
-                for self.skip_attention, self.skip_mlp in skip_sets:
+                for attention, mlp in skip_sets:
+                    self.skip_attention, self.skip_mlp = attention, mlp
                     cache = self.new_cache(8)
                     for position in positions:
                         for length in (1, 2):
