@@ -323,11 +323,10 @@ class LayerGraphs:
     attention: Callable
     mlp: Callable
 
-    @classmethod
-    def compiled(cls) -> LayerGraphs:
-        """`torch.compile`d, shapes dynamic; shared by every layer (weights are inputs) and every model."""
-        functions = (LlamaDecoderLayer.both_blocks, LlamaDecoderLayer.attention_block, LlamaDecoderLayer.mlp_block)
-        return cls(*(torch.compile(function, dynamic=True) for function in functions))
+    def compiled(self) -> LayerGraphs:
+        """These through `torch.compile`, shapes dynamic; shared by every layer (weights are inputs)."""
+        functions = (self.layer, self.attention, self.mlp)
+        return LayerGraphs(*(torch.compile(function, dynamic=True) for function in functions))
 
 
 EAGER_GRAPHS = LayerGraphs(LlamaDecoderLayer.both_blocks, LlamaDecoderLayer.attention_block, LlamaDecoderLayer.mlp_block)
@@ -547,7 +546,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         if not enabled:
             return
         self.rope_tables()  # built now: the graphs would otherwise guard on the table not existing yet
-        self._graphs = LayerGraphs.compiled()
+        self._graphs = EAGER_GRAPHS.compiled()
         self._warm_up(None)
         self._warm_up(self.draft_precision, blocks=True)
 

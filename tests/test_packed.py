@@ -72,7 +72,6 @@ def test_pack_weights_refuses_float32_and_keeps_the_model(embedded):
     assert not model.weights_packed and model.packed_nbytes == 0
 
 
-
 def test_load_model_packs_only_what_fits_in_memory(monkeypatch):
     """The rule `load_model` follows: bfloat16 on a CPU with native bfloat16, the copies in at most half
     the memory left."""
