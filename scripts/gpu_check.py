@@ -126,11 +126,11 @@ def check_exactness(device: torch.device, dtype: torch.dtype, prompts: int, new_
                                                        max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                                        pad_token_id=0)[0]}
         for name, (attention, mlp) in SKIP_SETS.items():
-            ours.set_skip_layers(attention, mlp)
+            draft = ssd.Draft.skipping(attention, mlp)
             for lookups, ngram in (("lookups", ssd.DraftConfig.ngram_size), ("no lookups", 0)):
                 candidates[f"essg {name}, {lookups}"] = ssd.generate(
-                    ours, ids, method="essg", max_new_tokens=new_tokens, eos_token_id=[], ngram_size=ngram, gate=False)[0]
-        ours.set_skip_layers([], [])
+                    ours, ids, method="essg", max_new_tokens=new_tokens, eos_token_id=[], ngram_size=ngram, gate=False,
+                    draft=draft)[0]
         for name, tokens in candidates.items():
             runs += 1
             at = first_divergence(base, tokens)
@@ -193,23 +193,19 @@ def measure_costs(name: str, shape: dict, device: torch.device, dtype: torch.dty
     costs["verify ms"] = {k: timed(lambda k=k: model(torch.zeros((1, k), dtype=torch.long, device=device), cache, context),
                                    device, repeats) for k in range(1, 17)}
 
-    def draft_ms() -> float:
-        with model.self_draft():
-            return timed(lambda: model(step, cache, context), device, repeats)
+    def draft_ms(draft: ssd.Draft) -> float:
+        return timed(lambda: model(step, cache, context, draft=draft), device, repeats)
 
     drafts = {}
     if name == "llama-2-13b":
-        model.set_skip_layers(*load_skip_layers("llama-2-13b", num_layers=model.num_layers))
-        drafts["paper skip set"] = draft_ms()
-        model.set_skip_layers([], [])
+        drafts["paper skip set"] = draft_ms(ssd.Draft.skipping(*load_skip_layers("llama-2-13b", num_layers=model.num_layers)))
     for precision in PRECISIONS:
         try:
-            model.set_draft_precision(precision)
+            draft = model.prepare_draft(ssd.Draft(precision=precision))
         except ValueError as error:
             drafts[precision] = str(error)
             continue
-        drafts[precision] = draft_ms()
-        model.set_draft_precision(None)
+        drafts[precision] = draft_ms(draft)
     costs["draft ms"] = drafts
 
     if compile_blocks:

@@ -23,7 +23,7 @@ from transformers import GenerationConfig
 from ssd.checkpoints import EMBEDDED_KEY, NAMED_CHECKPOINTS
 from ssd.data import Example
 from ssd.files import write_csv_atomic, write_json_atomic
-from ssd.generation import METHODS, generate
+from ssd.generation import generate, method_names
 from ssd.skip_layers import apply_skip_layers, hand_made_set
 from ssd.timing import WARM_UP_TASK, Run, matchness, run_side_by_side, tokens_per_second, tokens_per_verification
 
@@ -51,8 +51,8 @@ class Method:
     draft_options: dict = field(default_factory=dict)  # further `DraftConfig` fields, by name
 
     def __post_init__(self):
-        if self.generate_fn not in METHODS:
-            raise ValueError(f"method {self.name!r}: generate_fn must be one of {METHODS}, got {self.generate_fn!r}")
+        if self.generate_fn not in method_names():
+            raise ValueError(f"method {self.name!r}: generate_fn must be one of {method_names()}, got {self.generate_fn!r}")
         if self.generate_fn == "essg" and self.do_sample:
             raise ValueError(f"method {self.name!r}: essg is greedy; sample with sss")
         if self.generate_fn == "sss" and not self.do_sample:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -22,18 +23,50 @@ from ssd.decoding import (
     GenerationResult,
     base_generate,
     check_input_ids,
+    default_proposers,
     eos_set,
-    exact_self_speculative_generate,
-    self_speculative_sample,
+    speculative_decode,
     synchronize,
 )
+from ssd.draft import Draft
 from ssd.modeling_llama import LlamaForCausalLM
+from ssd.proposers import Proposer
 from ssd.sampling import Sampling
 from ssd.skip_layers import DEFAULT_PATH
 from ssd.swift import SwiftConfig, SwiftOptimizer, swift_generate
 
-METHODS = ("base", "essg", "sss", "swift")
-GREEDY_ONLY = ("essg",)
+# Builds one generation's proposers from the model, the draft settings and the `draft=` given (or None).
+ProposerFactory = Callable[[LlamaForCausalLM, DraftConfig, Draft | None], list[Proposer]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A drafting method of `generate`: the proposers it decodes with, and whether it can sample
+    (greedy always works; a method that samples must give its proposals' probabilities)."""
+
+    proposers: ProposerFactory
+    samples: bool = True
+
+
+# Every drafting method by name; "base" (no drafting) and "swift" (a stream optimiser) are `generate`'s own.
+DRAFTING_METHODS: dict[str, Method] = {"essg": Method(default_proposers, samples=False), "sss": Method(default_proposers)}
+
+
+def register_method(name: str, proposers: ProposerFactory, samples: bool = True) -> None:
+    """Make `generate(..., method=name)` decode with the proposers `proposers(model, config, draft)`
+    builds for each generation, chosen among by the gate (docs/design.md, "Adding a drafting method")."""
+    if not isinstance(name, str) or not name or name in ("base", "swift"):
+        raise ValueError(f"a method needs a new non-empty name other than 'base' and 'swift', got {name!r}")
+    if not callable(proposers):
+        raise ValueError(f"proposers must be a callable (model, config, draft) -> list of proposers, got {proposers!r}")
+    DRAFTING_METHODS[name] = Method(proposers, samples)
+
+
+def method_names() -> tuple[str, ...]:
+    """Every method `generate` takes."""
+    return ("base", *DRAFTING_METHODS, "swift")
+
+
 DRAFT_OPTIONS = tuple(f.name for f in dataclasses.fields(DraftConfig))
 # GenerationConfig fields that `generate` reads, or that change nothing in a one-sequence decode.
 HONOURED = {"max_new_tokens", "max_length", "do_sample", "temperature", "top_k", "top_p", "eos_token_id",
@@ -120,6 +153,7 @@ def generate(
     tokenizer: PreTrainedTokenizerBase | None = None,
     generator: torch.Generator | None = None,
     swift: SwiftConfig | SwiftOptimizer | None = None,
+    draft: Draft | None = None,
     **kwargs,
 ) -> torch.Tensor | GenerateOutput:
     """Decode one prompt as `model.generate` would, with self-speculative decoding.
@@ -134,9 +168,11 @@ def generate(
     `ngram_size`, `gate`, ...).
 
     `method`: "base" (autoregressive), "essg" (greedy self-speculative),
-    "sss" (self-speculative sampling) or "swift" (skip set optimised while
+    "sss" (self-speculative sampling), "swift" (skip set optimised while
     decoding; `swift` is its `SwiftConfig` or a `SwiftOptimizer` kept over a
-    stream of prompts). None: "essg" when greedy, "sss" when sampling.
+    stream of prompts), or one added by `register_method`. None: "essg" when
+    greedy, "sss" when sampling. `draft`: the `Draft` the self-draft runs
+    (None: the model's `default_draft`).
     `streamer` (`TextStreamer`, `TextIteratorStreamer`) gets the prompt, then
     each run of committed tokens as soon as it is verified. `generator`:
     the random stream when sampling (None: torch's global one, as transformers).
@@ -156,14 +192,18 @@ def generate(
         sampling = Sampling(1.0 if config.temperature is None else config.temperature, config.top_k or 0,
                             1.0 if config.top_p is None else config.top_p)
     method = method or ("sss" if sampling else "essg")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if method in GREEDY_ONLY and sampling:
+    if method not in method_names():
+        raise ValueError(f"method must be one of {method_names()}, got {method!r}")
+    if method in DRAFTING_METHODS and sampling and not DRAFTING_METHODS[method].samples:
         raise ValueError(f"{method} is greedy; sample with method='sss' (or 'base', 'swift')")
     if method == "base" and draft_options:
         raise ValueError(f"base does not draft; unexpected arguments {sorted(draft_options)}")
     if swift is not None and method != "swift":
         raise ValueError(f"swift= is for method='swift', not {method!r}")
+    if draft is not None and method not in DRAFTING_METHODS:
+        raise ValueError(f"draft= is for a drafting method ({', '.join(DRAFTING_METHODS)}), not {method!r}")
+    if draft is not None and not isinstance(draft, Draft):
+        raise ValueError(f"draft must be an ssd.Draft, got {type(draft).__name__}")
 
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     input_ids = encode_inputs(inputs, tokenizer, model.device)
@@ -191,14 +231,11 @@ def generate(
         result = base_generate(model, input_ids, max_new_tokens, eos, sampling, generator, on_tokens)
     elif method == "swift":
         result = swift_generate(model, input_ids, max_new_tokens, eos, optimizer, sampling, generator, on_tokens)
-    elif method == "essg":
-        result = exact_self_speculative_generate(
-            model, input_ids, max_new_tokens, eos, DraftConfig(**draft_options), on_tokens=on_tokens
-        )
     else:
-        result = self_speculative_sample(
-            model, input_ids, max_new_tokens, eos, DraftConfig(**draft_options), sampling, generator, on_tokens=on_tokens
-        )
+        draft_config = DraftConfig(**draft_options)
+        proposers = DRAFTING_METHODS[method].proposers(model, draft_config, draft)
+        result = speculative_decode(model, input_ids, max_new_tokens, eos, draft_config, sampling, generator,
+                                    proposers=proposers, on_tokens=on_tokens)
     synchronize(model.device)
     elapsed = time.perf_counter() - start
     if streamer is not None:

@@ -7,11 +7,9 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
-from ssd.generation import METHODS, generate, swift_optimizer
+from ssd.generation import generate, method_names, swift_optimizer
 from ssd.modeling_llama import LlamaForCausalLM
 from ssd.swift import SwiftConfig, SwiftOptimizer
-
-GENERATE_FNS = METHODS
 
 
 def infer(
@@ -49,8 +47,8 @@ def infer(
     repository's skip_layers.json), which `cache_hit=True` reuses; `draft_kwargs`
     override the config's draft. The result gains `"swift"`: optimiser statistics for this call.
     """
-    if generate_fn not in GENERATE_FNS:
-        raise ValueError(f"generate_fn must be one of {GENERATE_FNS}, got {generate_fn!r}")
+    if generate_fn not in method_names():
+        raise ValueError(f"generate_fn must be one of {method_names()}, got {generate_fn!r}")
     if generate_fn == "swift":
         swift = swift_optimizer(model, swift, task, cache_hit, skip_layers_path, draft_kwargs)
         draft_kwargs = {}

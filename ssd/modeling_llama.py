@@ -1,4 +1,4 @@
-"""LLaMA (and Qwen2, LLaMA with q/k/v biases) with a draft mode, over a KV cache the decoding loops own.
+"""LLaMA (and Qwen2, LLaMA with q/k/v biases), full or as a draft, over a KV cache the decoding loops own.
 
 Weight names match Hugging Face's `LlamaForCausalLM` and `Qwen2ForCausalLM`,
 so `from_pretrained` loads their checkpoints (hub id, local folder, GGUF file)
@@ -7,16 +7,15 @@ no output wrappers. A forward call writes keys and values at explicit
 positions of a pre-allocated `KVCache` and attends only to positions up to
 its own, so nothing ever has to be copied or rolled back (docs/design.md).
 
-Draft mode skips whole sub-layers: `h = h` instead of `h = h + attn(norm(h))`
-for a layer in `skip_attention`, likewise for the MLP. The skip sets live on
-the model instance, never in module globals.
+A draft pass (`forward(..., draft=Draft(...))`, `ssd.draft`) skips whole
+sub-layers: `h = h` instead of `h = h + attn(norm(h))` for a layer in
+`draft.attention`, likewise for the MLP, and may read low-bit copies of the
+weights. The draft is an argument of the pass, never a mode of the model.
 """
 
 from __future__ import annotations
 
-import contextlib
-import operator
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +26,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from ssd.cpu import float32_products
+from ssd.draft import Draft
 from ssd.low_bit import PRECISIONS, Int8Weight, LowBitLayer, check_kernel, quantise
 from ssd.packed import PackedWeight, pack, packed_linear
 
@@ -275,7 +275,7 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(config)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.low_bit: dict[str, LowBitLayer] = {}  # the draft's copies by precision, see set_draft_precision
+        self.low_bit: dict[str, LowBitLayer] = {}  # the drafts' copies by precision, see LlamaForCausalLM.low_bit_copies
 
     def low_bit_copy(self, precision: str) -> LowBitLayer:
         attn, mlp = self.self_attn, self.mlp
@@ -301,11 +301,10 @@ class LlamaDecoderLayer(nn.Module):
 
     def forward(
         self, x, cos, sin, k_cache, v_cache, start_pos: int, key_len: int, skip_attention: bool, skip_mlp: bool,
-        precision: str | None = None, graphs: LayerGraphs | None = None,
+        low_bit: LowBitLayer | None = None, graphs: LayerGraphs | None = None,
     ):
-        """The layer's two blocks, bar the skipped ones; `graphs`: compiled, if any."""
+        """The layer's two blocks, bar the skipped ones, on `low_bit` copies if given; `graphs`: compiled, if any."""
         graphs = graphs or EAGER_GRAPHS
-        low_bit = None if precision is None else self.low_bit[precision]
         if not skip_attention and not skip_mlp:
             return graphs.layer(self, x, cos, sin, k_cache, v_cache, start_pos, key_len, low_bit)
         if not skip_attention:
@@ -376,7 +375,11 @@ class DraftHead:
 
 
 class LlamaForCausalLM(LlamaPreTrainedModel):
-    """A causal LM whose forward takes a cache and a start position, with a draft mode."""
+    """A causal LM whose forward takes a cache, a start position and, for a draft pass, a `Draft`.
+
+    `default_draft` is the draft a generation uses when given none (read once when it starts, as
+    `generation_config` is); `set_skip_layers` and `set_draft_precision` set it. No pass reads it.
+    """
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
@@ -385,11 +388,8 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         self.model = LlamaModel(config)
         self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         self._rope: tuple[torch.Tensor, torch.Tensor] | None = None  # built on first use, see rope_tables
-        self.skip_attention: frozenset[int] = frozenset()
-        self.skip_mlp: frozenset[int] = frozenset()
-        self.drafting = False
-        self.draft_precision: str | None = None
-        self.lm_head_int8: Int8Weight | None = None  # the draft's LM head at any low precision
+        self.default_draft = Draft()
+        self.lm_head_int8: Int8Weight | None = None  # the drafts' LM head at any low precision
         self._graphs: LayerGraphs | None = None  # see compile_blocks
         self._warm: set[tuple[str, str | None]] = set()  # (graph kind, precision) compiled, see _warm_up
         self.post_init()
@@ -417,42 +417,51 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
             self._rope = ((angles.cos() * scaling).to(device), (angles.sin() * scaling).to(device))
         return self._rope
 
-    # --- draft mode -------------------------------------------------------
+    # --- drafts -----------------------------------------------------------
 
     def set_skip_layers(self, attention: Iterable[int] = (), mlp: Iterable[int] = ()) -> None:
-        """Choose the sub-layers the draft model skips (0-based layer indices)."""
-        attention = _validate_layers(attention, self.num_layers, "attention")
-        mlp = _validate_layers(mlp, self.num_layers, "mlp")
-        self.skip_attention, self.skip_mlp = attention, mlp
+        """Set the sub-layers the default draft skips (0-based layer indices); its precision stays."""
+        self.default_draft = Draft.skipping(attention, mlp, self.default_draft.precision).check(self.num_layers)
 
     def get_skip_layers(self) -> tuple[list[int], list[int]]:
-        return sorted(self.skip_attention), sorted(self.skip_mlp)
-
-    @contextlib.contextmanager
-    def self_draft(self) -> Iterator[None]:
-        """Within this block the forward is the draft model: the skip sets apply."""
-        previous, self.drafting = self.drafting, True
-        try:
-            yield
-        finally:
-            self.drafting = previous
+        return self.default_draft.skip_layers
 
     def set_draft_precision(self, precision: str | None) -> None:
-        """The draft runs low-bit copies of the weights: `"int8"`, `"int4"` (`ssd.low_bit`), or None (the
-        model's own). It still skips its skip set's sub-layers.
+        """Set the default draft's weights: `"int8"`, `"int4"` (`ssd.low_bit`), or None (the model's own).
+        Its skip set stays. Builds the copies (and warms their graphs) now, see `prepare_draft`; a
+        precision the device cannot run is an error, and the previous setting stays."""
+        draft = self.prepare_draft(self.default_draft.replace(precision=precision))
+        self.default_draft = draft
 
-        Copies of every layer's linear weights (SWIFT changes the skip set while it generates) and an
-        int8 copy of the LM head (per-row scales let the trimmed draft head gather its rows; int4's
-        packed tiles do not) are built on first use, on the device of the weight they copy, and kept.
-        The model's own weights are untouched. A precision without a kernel on the model's device, or
-        one whose kernel cannot take the weights' shapes, is an error naming both, and the previous
-        setting stays.
+    def get_draft_precision(self) -> str | None:
+        return self.default_draft.precision
+
+    def prepare_draft(self, draft: Draft) -> Draft:
+        """Build what `draft` needs before it is timed: its low-bit copies (`low_bit_copies`) and, on a
+        compiled model, its graphs. Returns `draft`, checked against the model's depth. Passes build
+        the copies on first use anyway; this moves the cost out of a timed generation."""
+        draft.check(self.num_layers)
+        if draft.precision is not None:
+            self.low_bit_copies(draft.precision)
+        if self.compiled:
+            self._warm_up(draft.precision, blocks=True)  # once per precision: later calls find it warm
+        return draft
+
+    def low_bit_copies(self, precision: str) -> list[LowBitLayer]:
+        """Every layer's low-bit copy at `precision`, built on first use and kept (the cache a draft's
+        precision is keyed into), with an int8 copy of the LM head (per-row scales let the trimmed
+        draft head gather its rows; int4's packed tiles do not).
+
+        Copies of every layer (a proposer may change its skip set every step), on the device of the
+        weight they copy; the model's own weights are untouched. A precision without a kernel on the
+        model's device, or one whose kernel cannot take the weights' shapes, is an error naming both,
+        and nothing is stored.
         """
-        if precision is not None and precision not in PRECISIONS:
-            raise ValueError(f"unknown draft precision {precision!r}; choose from {PRECISIONS} or None")
         layers = self.model.layers
-        missing = [i for i, layer in enumerate(layers) if precision is not None and precision not in layer.low_bit]
-        if missing:  # first use; later calls (the search and SWIFT switch drafts every step) only switch
+        missing = [i for i, layer in enumerate(layers) if precision not in layer.low_bit]
+        if missing:
+            if precision not in PRECISIONS:
+                raise ValueError(f"unknown draft precision {precision!r}; choose from {PRECISIONS} or None")
             for device in {p.device for p in self.parameters()}:
                 check_kernel(precision, device, self.dtype)
             # Every copy first, then stored: a weight the kernel cannot take leaves the model as it was.
@@ -461,12 +470,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
             for i, copy in copies.items():
                 layers[i].low_bit[precision] = copy
             self.lm_head_int8 = head
-        if self.compiled:
-            self._warm_up(precision, blocks=True)  # once per precision: later calls find it warm
-        self.draft_precision = precision
-
-    def get_draft_precision(self) -> str | None:
-        return self.draft_precision
+        return [layer.low_bit[precision] for layer in layers]
 
     def low_bit_nbytes(self, precision: str) -> int:
         """Memory the copies for `precision` take (the int8 LM head counted once, under either)."""
@@ -548,7 +552,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         self.rope_tables()  # built now: the graphs would otherwise guard on the table not existing yet
         self._graphs = EAGER_GRAPHS.compiled()
         self._warm_up(None)
-        self._warm_up(self.draft_precision, blocks=True)
+        self._warm_up(self.default_draft.precision, blocks=True)
 
     @property
     def compiled(self) -> bool:
@@ -567,23 +571,17 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         # precision runs the full model's graphs. Skipping layer 0's attention, then its MLP, runs
         # each single-block graph.
         positions = (1, 2) if _needs_row_invariance(self.lm_head.weight) else (2,)
-        skip_sets = [(frozenset(), frozenset())] if "layer" in kinds else []
-        skip_sets += [(frozenset({0}), frozenset()), (frozenset(), frozenset({0}))] if "blocks" in kinds else []
-        saved = self.draft_precision, self.skip_attention, self.skip_mlp
+        drafts = [Draft(precision=precision)] if "layer" in kinds else []
+        drafts += [Draft({0}, precision=precision), Draft(mlp={0}, precision=precision)] if "blocks" in kinds else []
         # Dynamo keeps one list of graphs per function, shared by every model in the process (two
         # dtypes side by side in the bench, or in one test worker); past its limit (8) it would run
         # new shapes eager. The graphs are all made here, so the limit is lifted here only.
-        try:
-            self.draft_precision = precision
-            with torch._dynamo.config.patch(recompile_limit=64), self.self_draft():
-                for attention, mlp in skip_sets:
-                    self.skip_attention, self.skip_mlp = attention, mlp
-                    cache = self.new_cache(8)
-                    for position in positions:
-                        for length in (1, 2):
-                            self(torch.zeros(1, length, dtype=torch.long, device=self.device), cache, position)
-        finally:
-            self.draft_precision, self.skip_attention, self.skip_mlp = saved
+        with torch._dynamo.config.patch(recompile_limit=64):
+            for draft in drafts:
+                cache = self.new_cache(8)
+                for position in positions:
+                    for length in (1, 2):
+                        self(torch.zeros(1, length, dtype=torch.long, device=self.device), cache, position, draft=draft)
         self._warm.update((kind, precision) for kind in kinds)
 
     # --- forward ----------------------------------------------------------
@@ -602,9 +600,11 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         return KVCache(keys, values)
 
     def forward(
-        self, input_ids: torch.Tensor, cache: KVCache, start_pos: int, last_only: bool = False, head: DraftHead | None = None
+        self, input_ids: torch.Tensor, cache: KVCache, start_pos: int, last_only: bool = False,
+        draft: Draft | None = None, head: DraftHead | None = None,
     ) -> torch.Tensor:
-        """Logits for `input_ids` ([batch, T]) placed at positions start_pos .. start_pos+T-1.
+        """Logits for `input_ids` ([batch, T]) placed at positions start_pos .. start_pos+T-1, by the full
+        model (`draft=None`) or by `draft`: its skipped sub-layers left out, on its precision's copies.
 
         Writes keys and values at those positions of `cache` (only in the layers
         that run); positions from start_pos+T on get attention weight 0 (in
@@ -632,9 +632,9 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         row_invariant = _needs_row_invariance(x)
         whole_cache = start_pos > 0 and row_invariant
         key_len = cache.max_len if whole_cache else end
-        skip_attention = self.skip_attention if self.drafting else frozenset()
-        skip_mlp = self.skip_mlp if self.drafting else frozenset()
-        precision = self.draft_precision if self.drafting else None
+        draft = draft or Draft()
+        precision = draft.precision
+        low_bit = [None] * self.num_layers if precision is None else self.low_bit_copies(precision)
         # The graphs hold for passes that end before the cache does (a generation's never fill it),
         # after position 1 in float32: a pass at position 1 would recompile (seconds) mid-generation.
         # Passes of more than `Linear.PRODUCTS.padded_rows` rows (long lookups, SWIFT's windows) run
@@ -650,8 +650,8 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         graphs = self._graphs if compiled else None
         for i, layer in enumerate(self.model.layers):
             x = layer(
-                x, cos, sin, cache.keys[i], cache.values[i], start_pos, key_len, i in skip_attention, i in skip_mlp,
-                precision, graphs,
+                x, cos, sin, cache.keys[i], cache.values[i], start_pos, key_len, i in draft.attention, i in draft.mlp,
+                low_bit[i], graphs,
             )
         if last_only:
             x = x[:, -1:]
@@ -690,20 +690,3 @@ def model_class(config: PretrainedConfig) -> type[LlamaForCausalLM]:
             f"ssd's attention is full attention only"
         )
     return MODEL_CLASSES[config.model_type]
-
-
-def _validate_layers(indices: Iterable[int], num_layers: int, kind: str) -> frozenset[int]:
-    indices = list(indices)
-    bad = [i for i in indices if not _is_layer_index(i, num_layers)]
-    if bad:
-        raise ValueError(f"{kind} skip layers {bad} are not layer indices of a {num_layers}-layer model (0..{num_layers - 1})")
-    return frozenset(operator.index(i) for i in indices)
-
-
-def _is_layer_index(value, num_layers: int) -> bool:
-    if isinstance(value, bool):
-        return False
-    try:
-        return 0 <= operator.index(value) < num_layers  # ints and numpy integers
-    except TypeError:
-        return False

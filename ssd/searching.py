@@ -24,9 +24,7 @@ same log starts from all of them, so an interruption loses nothing finished.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ssd.decoding import DraftConfig, base_generate, exact_self_speculative_generate, synchronize
+from ssd.draft import Draft
 from ssd.files import append_jsonl, read_jsonl
 from ssd.low_bit import PRECISIONS
 from ssd.modeling_llama import DraftHead, LlamaForCausalLM
@@ -98,19 +97,6 @@ def skip_layers_to_params(attention, mlp, num_layers: int, precision=None, preci
     return params
 
 
-@contextlib.contextmanager
-def candidate_draft(model: LlamaForCausalLM, attention, mlp, precision: str | None) -> Iterator[None]:
-    """A candidate draft (skip set and precision) on the model for a while; the model's own is restored after."""
-    saved, saved_precision = model.get_skip_layers(), model.get_draft_precision()
-    model.set_draft_precision(precision)
-    model.set_skip_layers(attention, mlp)
-    try:
-        yield
-    finally:
-        model.set_skip_layers(*saved)
-        model.set_draft_precision(saved_precision)
-
-
 # --- costs and the predicted speedup ---------------------------------------------
 
 
@@ -145,30 +131,25 @@ def measure_step_costs(
     one = torch.zeros((1, 1), dtype=torch.long, device=model.device)
     all_layers = range(model.num_layers)
 
-    def seconds(tokens: torch.Tensor, draft: bool = False, attention=(), mlp=(), at=None) -> float:
-        drafting = contextlib.ExitStack()
-        if draft:
-            drafting.enter_context(candidate_draft(model, attention, mlp, at))
-            drafting.enter_context(model.self_draft())
-        scored_by = head if draft else None
-        with drafting:
-            model(tokens, cache, context, head=scored_by)  # warm-up
-            times = []
-            for _ in range(repeats):
-                synchronize(tokens.device)
-                start = time.perf_counter()
-                model(tokens, cache, context, head=scored_by)
-                synchronize(tokens.device)
-                times.append(time.perf_counter() - start)
+    def seconds(tokens: torch.Tensor, draft: Draft | None = None) -> float:
+        scored_by = head if draft is not None else None
+        model(tokens, cache, context, draft=draft, head=scored_by)  # warm-up
+        times = []
+        for _ in range(repeats):
+            synchronize(tokens.device)
+            start = time.perf_counter()
+            model(tokens, cache, context, draft=draft, head=scored_by)
+            synchronize(tokens.device)
+            times.append(time.perf_counter() - start)
         return sorted(times)[len(times) // 2]
 
     full = seconds(one)
     verify = tuple(seconds(torch.zeros((1, k + 1), dtype=torch.long, device=model.device)) / full for k in range(max_tokens + 1))
     costs = {}
     for precision in precisions:
-        draft = seconds(one, True, at=precision)
-        no_attention = seconds(one, True, attention=all_layers, at=precision)
-        no_mlp = seconds(one, True, mlp=all_layers, at=precision)
+        draft = seconds(one, Draft(precision=precision))
+        no_attention = seconds(one, Draft(frozenset(all_layers), precision=precision))
+        no_mlp = seconds(one, Draft(mlp=frozenset(all_layers), precision=precision))
         attention = max(draft - no_attention, 0.0) / model.num_layers / full
         mlp = max(draft - no_mlp, 0.0) / model.num_layers / full
         fixed = max(draft / full - model.num_layers * (attention + mlp), 0.0)
@@ -279,10 +260,8 @@ class LayerSkippingSearching:
                 )
         # Copies for every searched precision, before the draft heads are built: a head gathers its
         # low-bit rows from the model's copy of the LM head. The model's own precision is kept.
-        own = model.get_draft_precision()
         for precision in self.precisions:
-            model.set_draft_precision(precision)
-        model.set_draft_precision(own)
+            model.prepare_draft(Draft(precision=precision))
         self.sequences, self.costs = [], {}  # for the predicted speedup: prepared on first use
         if objective == "predicted":
             self._prepare_predicted()
@@ -306,15 +285,15 @@ class LayerSkippingSearching:
     def acceptance(self, attention: list[int], mlp: list[int], precision: str | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per generated position: does the teacher-forced draft's argmax match, and its top probability."""
         matches, confidences = [], []
-        with candidate_draft(self.model, attention, mlp, precision), self.model.self_draft():
-            for sequence, prompt_length, head in self.sequences:
-                cache = self.model.new_cache(sequence.shape[1])
-                logits = self.model(sequence, cache, 0, head=head)[0, prompt_length - 1 : -1]
-                top_prob, top_token = torch.softmax(logits, dim=-1).max(dim=-1)
-                if head is not None:
-                    top_token = head.token_ids[top_token]
-                matches.append((top_token == sequence[0, prompt_length:]).cpu())
-                confidences.append(top_prob.cpu())
+        draft = Draft.skipping(attention, mlp, precision)
+        for sequence, prompt_length, head in self.sequences:
+            cache = self.model.new_cache(sequence.shape[1])
+            logits = self.model(sequence, cache, 0, draft=draft, head=head)[0, prompt_length - 1 : -1]
+            top_prob, top_token = torch.softmax(logits, dim=-1).max(dim=-1)
+            if head is not None:
+                top_token = head.token_ids[top_token]
+            matches.append((top_token == sequence[0, prompt_length:]).cpu())
+            confidences.append(top_prob.cpu())
         return matches, confidences
 
     def predict(self, attention: list[int], mlp: list[int], precision: str | None = None) -> float:
@@ -333,12 +312,14 @@ class LayerSkippingSearching:
         if self.objective == "predicted":
             return self.predict(attention, mlp, precision)
         tokens, seconds = 0, 0.0
-        with candidate_draft(self.model, attention, mlp, precision):
-            for input_ids in self.prompts:
-                start = time.perf_counter()
-                result = exact_self_speculative_generate(self.model, input_ids, self.config.max_new_tokens, None, self.config.draft)
-                seconds += time.perf_counter() - start
-                tokens += len(result.tokens)
+        draft = self.model.prepare_draft(Draft.skipping(attention, mlp, precision))
+        for input_ids in self.prompts:
+            start = time.perf_counter()
+            result = exact_self_speculative_generate(
+                self.model, input_ids, self.config.max_new_tokens, None, self.config.draft, draft=draft
+            )
+            seconds += time.perf_counter() - start
+            tokens += len(result.tokens)
         return tokens / seconds
 
     # -- search --

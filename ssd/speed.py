@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
+from ssd.draft import Draft
 from ssd.generation import generate
 from ssd.modeling_llama import LlamaForCausalLM
-from ssd.searching import candidate_draft
 from ssd.skip_layers import DEFAULT_PATH
 from ssd.swift import SwiftConfig, SwiftOptimizer
 from ssd.timing import Method, Run, run_side_by_side, summarise
@@ -52,13 +52,10 @@ def compare_skip_sets(
     n-gram lookup is off unless `draft_kwargs` turn it on.
     """
     draft_kwargs = {"ngram_size": 0, **draft_kwargs}
-    essg = _method(model, "essg", max_new_tokens, **draft_kwargs)
 
     def with_set(attention, mlp, precision=model.get_draft_precision()) -> Method:
-        def run(input_ids, task):
-            with candidate_draft(model, attention, mlp, precision):
-                return essg(input_ids, task)
-        return run
+        draft = model.prepare_draft(Draft.skipping(attention, mlp, precision))
+        return _method(model, "essg", max_new_tokens, draft=draft, **draft_kwargs)
 
     methods = {"base": _method(model, "base", max_new_tokens)}
     methods.update({name: with_set(*skip_set) for name, skip_set in skip_sets.items()})

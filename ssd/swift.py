@@ -17,9 +17,12 @@ set, stopping when the draft's confidence falls under 0.8 (up to 25 tokens).
 One `SwiftOptimizer` serves a stream of inputs (the paper's setting): its
 best set, its iteration counts and its `DraftGate` (what each kind of step
 was measured to pay) carry over from one prompt to the next, so a set that
-does not pay on this machine is not tried again at every prompt. It runs as
-the decoding loop's `before_step` hook, so output stays exact: greedy output
-is `base`'s, sampled output keeps the full model's distribution.
+does not pay on this machine is not tried again at every prompt. Each input
+drafts through a `SwiftDraft` proposer (`ssd.proposers`): before it offers its
+draft it lets the optimiser score a candidate on the text so far, then drafts
+with the best set as a `Draft` value; the model is never changed. Output stays
+exact: greedy output is `base`'s, sampled output keeps the full model's
+distribution.
 
 Cache: the best set for a (model, task) is stored in `skip_layers.json` under
 `"<model key>/swift/<task>"` (e.g. `"smollm2-135m-instruct/swift/cnndm"`),
@@ -39,18 +42,15 @@ import numpy as np
 import torch
 
 from ssd.checkpoints import checkpoint_key
-from ssd.decoding import (
-    DraftConfig,
-    DraftGate,
-    EosTokenIds,
-    GenerationResult,
-    OnTokens,
-    exact_self_speculative_generate,
-    self_speculative_sample,
-)
+from ssd.decoding import DraftConfig, EosTokenIds, GenerationResult, OnTokens, speculative_decode
+from ssd.draft import Draft
+from ssd.gate import DraftGate, StepKind
+from ssd.lookup import Lookup
 from ssd.modeling_llama import KVCache, LlamaForCausalLM
+from ssd.proposers import Proposer, Step
 from ssd.sampling import Sampling
-from ssd.searching import bayesian_optimizer, candidate_draft, variable_names
+from ssd.searching import bayesian_optimizer, variable_names
+from ssd.self_draft import AdaptiveThreshold, SelfDraft
 from ssd.skip_layers import DEFAULT_PATH, read_skip_layers, save_skip_layers
 
 MIN_WINDOW = 1  # scored positions needed (two generated tokens) before a candidate is scored at all
@@ -136,7 +136,7 @@ def cache_key(model_key: str, task: str) -> str:
 
 
 class SwiftOptimizer:
-    """SWIFT's state over a stream of inputs; calling it is the decoding loop's `before_step` hook.
+    """SWIFT's state over a stream of inputs: the best set so far, the Gaussian process, the gate.
 
     `task`: names the cache entry (`cache_key`); with `cache_hit` and a stored
     entry the stored set is used and nothing is optimised, otherwise the best
@@ -177,6 +177,7 @@ class SwiftOptimizer:
         self._unsaved = False
         self.gate = DraftGate() if config.draft.gate else None
         self._gated_set: tuple[list[int], list[int]] | None = None  # the draft the gate measured
+        self.precision: str | None = model.default_draft.precision  # the drafts' weights, read at each input
         if cache_hit and self._read_cache():
             self.stop_reason, self.cache_hit = "cache hit", True
 
@@ -204,16 +205,21 @@ class SwiftOptimizer:
 
     def begin_input(self) -> None:
         """A new input of the stream starts: the best set's score must be measured again on its text,
-        a cached set is read again, and a draft with another set than last input's is measured afresh."""
+        a cached set is read again, a draft with another set than last input's is measured afresh, and
+        the drafts run at the model's default draft precision as it is now."""
         self.inputs += 1
         self._input_step = 0
+        self.precision = self.model.default_draft.precision
         if self.cache_hit:
             self._read_cache()
         skip_layers = self.best or self.initial_skip_layers()
         if self.gate is not None and skip_layers != self._gated_set:
-            self.gate.forget("draft")
+            self.gate.forget(SwiftDraft.kind)
             self._gated_set = skip_layers
-        self.model.set_skip_layers(*skip_layers)
+
+    def draft(self) -> Draft:
+        """The draft to decode with now: the best set (before any, `initial_skip_layers`) at `precision`."""
+        return Draft.skipping(*(self.best or self.initial_skip_layers()), self.precision)
 
     def end_input(self) -> None:
         """Store the best set when it improved during this input (and a task names the entry)."""
@@ -226,17 +232,16 @@ class SwiftOptimizer:
             self._unsaved = False
 
     @torch.no_grad()
-    def __call__(self, cache: KVCache, committed: int, tokens: list[int]) -> None:
-        """Before a decoding step: maybe score one candidate, keep the better set on the model."""
+    def optimize(self, step: Step) -> None:
+        """Before a decoding step: maybe score one candidate on the text generated so far."""
         start = time.perf_counter()
-        step, self._input_step = self._input_step, self._input_step + 1
+        cache, committed, tokens = step.cache, step.committed, step.output
+        index, self._input_step = self._input_step, self._input_step + 1
         window = min(self.config.context_window, len(tokens) - 1)
         candidate_score = None
-        due = step % self.config.opt_interval == 0
+        due = index % self.config.opt_interval == 0
         if self.optimizing and due and window >= MIN_WINDOW:
             candidate_score = self._iterate(cache, committed, tokens, window)
-        if self.best is not None:
-            self.model.set_skip_layers(*self.best)
         self.history.append(SwiftStep(
             len(self.history), self.inputs - 1, candidate_score is not None, window if candidate_score is not None else 0,
             candidate_score, self.best_score, time.perf_counter() - start,
@@ -294,8 +299,7 @@ class SwiftOptimizer:
         inputs = torch.tensor([tokens[:window]], device=device)
         targets = torch.tensor(tokens[1 : window + 1], device=device)
         try:
-            with candidate_draft(self.model, *skip_layers, self.model.get_draft_precision()), self.model.self_draft():
-                logits = self.model(inputs, cache, prompt_length)[0]
+            logits = self.model(inputs, cache, prompt_length, draft=Draft.skipping(*skip_layers, self.precision))[0]
         finally:
             for (k, v), (saved_k, saved_v) in zip(zip(cache.keys, cache.values), saved):
                 k[:, :, prompt_length:end] = saved_k
@@ -321,6 +325,21 @@ class SwiftOptimizer:
         }
 
 
+class SwiftDraft(SelfDraft):
+    """SWIFT's self-draft for one input of its stream: before each offer, the optimiser may score a
+    candidate set (`SwiftOptimizer.optimize`), and the draft is then its best set as it stands."""
+
+    def __init__(self, optimizer: SwiftOptimizer, config: DraftConfig):
+        adaptive = AdaptiveThreshold(*config.auto_parameters) if config.auto_th_stop_draft else None
+        super().__init__(optimizer.draft(), config.max_step_draft, config.th_stop_draft, adaptive, config.gate)
+        self.optimizer = optimizer
+
+    def offer(self, step: Step) -> list[StepKind]:
+        self.optimizer.optimize(step)
+        self.draft = self.optimizer.draft()
+        return super().offer(step)
+
+
 def swift_generate(
     model: LlamaForCausalLM,
     input_ids: torch.Tensor,
@@ -332,25 +351,16 @@ def swift_generate(
     on_tokens: OnTokens | None = None,
 ) -> GenerationResult:
     """One input of a SWIFT stream: greedy when `sampling` is None, else sampled; exact either way.
-
-    The model's own skip set is restored afterwards (SWIFT's lives in `optimizer`).
-    """
+    The model's default draft is neither read for the skip set nor changed (SWIFT's lives in `optimizer`)."""
     if optimizer.model is not model:
         raise ValueError("the SwiftOptimizer belongs to another model")
-    saved = model.get_skip_layers()
     optimizer.begin_input()
-    draft = optimizer.config.draft
-    try:
-        if sampling is None:
-            result = exact_self_speculative_generate(
-                model, input_ids, max_new_tokens, eos_token_id, draft, optimizer, optimizer.gate, on_tokens
-            )
-        else:
-            result = self_speculative_sample(
-                model, input_ids, max_new_tokens, eos_token_id, draft, sampling, generator, optimizer, optimizer.gate,
-                on_tokens,
-            )
-    finally:
-        model.set_skip_layers(*saved)
+    config = optimizer.config.draft
+    model.prepare_draft(optimizer.draft())
+    proposers: list[Proposer] = [SwiftDraft(optimizer, config)]
+    if config.ngram_size:
+        proposers.append(Lookup(config.ngram_size, config.ngram_min, config.short_lookup))
+    result = speculative_decode(model, input_ids, max_new_tokens, eos_token_id, config, sampling, generator,
+                                proposers=proposers, gate=optimizer.gate, on_tokens=on_tokens)
     optimizer.end_input()
     return result

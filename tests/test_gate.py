@@ -2,7 +2,8 @@
 
 import pytest
 
-from ssd.decoding import DraftGate, NgramIndex
+from ssd.gate import DraftGate
+from ssd.lookup import NgramIndex
 
 PLAIN_DRAFT = ["plain", "draft"]
 

@@ -82,10 +82,9 @@ def test_a_dispatched_model_keeps_caches_beside_layers_and_the_head_behind_its_h
     assert [k.device for k in cache.keys] == [layer.self_attn.k_proj.weight.device for layer in model.model.layers]
     torch.testing.assert_close(model(ids, cache, 0), expected)
     assert len(calls) == 1
-    model.set_draft_precision("int8")
-    with model.self_draft():
-        drafted = model(ids[:, -1:], cache, 11, head=model.draft_head(torch.arange(32)))
-        model(ids[:, -1:], cache, 11)  # the int8 copy of the whole head
+    int8 = ssd.Draft(precision="int8")
+    drafted = model(ids[:, -1:], cache, 11, draft=int8, head=model.draft_head(torch.arange(32)))
+    model(ids[:, -1:], cache, 11, draft=int8)  # the int8 copy of the whole head
     assert drafted.shape == (1, 1, 32) and len(calls) == 1  # the draft heads are not modules: no hook
 
 

@@ -31,26 +31,35 @@ def test_skip_layers_accept_numpy_and_keywords():
     assert model.get_skip_layers() == ([1, 2], [3])
 
 
-def test_skip_sets_live_on_the_instance():
+def test_default_drafts_live_on_the_instance():
     a, b = tiny_llama(), tiny_llama()
     a.set_skip_layers([0, 1], [2])
-    assert b.get_skip_layers() == ([], [])
-    with a.self_draft():
-        assert a.drafting and not b.drafting
-    assert not a.drafting
+    assert a.default_draft == ssd.Draft(frozenset({0, 1}), frozenset({2}))
+    assert b.default_draft == ssd.Draft() and b.get_skip_layers() == ([], [])
 
 
-def test_draft_mode_skips_sub_layers():
+def test_a_draft_pass_skips_its_sub_layers_and_leaves_the_model_as_it_was():
     model = tiny_llama()
     ids = torch.tensor([[1, 2, 3, 4]])
     full = model(ids, model.new_cache(8), 0)
-    with model.self_draft():
-        assert torch.equal(model(ids, model.new_cache(8), 0), full), "an empty skip set drafts with the full model"
-    model.set_skip_layers([1, 2], [0, 3])
-    with model.self_draft():
-        drafted = model(ids, model.new_cache(8), 0)
+    assert torch.equal(model(ids, model.new_cache(8), 0, draft=ssd.Draft()), full), "an empty draft is the full model"
+    drafted = model(ids, model.new_cache(8), 0, draft=ssd.Draft.skipping([1, 2], [0, 3]))
     assert not torch.allclose(drafted, full)
-    assert torch.equal(model(ids, model.new_cache(8), 0), full), "outside self_draft the full model runs"
+    assert torch.equal(model(ids, model.new_cache(8), 0), full), "draft=None runs the full model"
+    model.set_skip_layers([1, 2], [0, 3])
+    assert torch.equal(model(ids, model.new_cache(8), 0), full), "no pass reads the default draft"
+
+
+def test_drafts_are_hashable_values_that_check_their_layers():
+    draft = ssd.Draft.skipping([3, 1, 1], [2], "int4")
+    assert draft == ssd.Draft(frozenset({1, 3}), frozenset({2}), "int4") and len({draft, ssd.Draft.skipping([1, 3], [2], "int4")}) == 1
+    assert draft.skip_layers == ([1, 3], [2]) and not draft.is_full_model and ssd.Draft().is_full_model
+    with pytest.raises(ValueError, match="unknown draft precision 'int3'"):
+        ssd.Draft(precision="int3")
+    with pytest.raises(ValueError, match=r"mlp skip layers \[5\] are not layer indices of a 4-layer model"):
+        ssd.Draft.skipping([1], [5]).check(4)
+    with pytest.raises(ValueError, match="collection of layer indices"):
+        ssd.Draft(attention=3)
 
 
 @pytest.mark.parametrize(

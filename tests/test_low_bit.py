@@ -53,9 +53,7 @@ def test_draft_forward_with_biases_approximates_the_full_model(name, tolerance):
             torch.nn.init.normal_(module.bias, std=0.5)
     input_ids = torch.tensor([[1, 5, 9, 13, 2, 7]])
     full = model(input_ids, model.new_cache(16), 0)
-    model.set_draft_precision(name)
-    with model.self_draft():
-        draft = model(input_ids, model.new_cache(16), 0)
+    draft = model(input_ids, model.new_cache(16), 0, draft=ssd.Draft(precision=name))
     error = (draft - full).abs().max() / full.abs().max()
     assert 0 < error < tolerance, error
 

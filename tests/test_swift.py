@@ -10,6 +10,7 @@ import ssd
 import ssd.decoding
 from helpers import (ALPHA, NEAR_TIE_FLOAT32, accept_everything, assert_same_tokens, chi_square_p_value, sample_counts,
                      stock_greedy)
+from ssd.proposers import Step
 from ssd.sampling import Sampling, logits_to_probs
 from ssd.swift import SwiftConfig, SwiftOptimizer, cache_key, swift_generate
 
@@ -101,18 +102,23 @@ def test_scoring_leaves_the_cache_as_found(clean_model, prompts):
     before = [(k.clone(), v.clone()) for k, v in zip(cache.keys, cache.values)]
     optimizer = SwiftOptimizer(model, FAST)
     optimizer.begin_input()
-    optimizer(cache, committed, generated)
+    optimizer.optimize(step_at(model, cache, committed, generated))
     assert optimizer.iterations == 1 and optimizer.history[-1].window == 9
     for (k, v), (k0, v0) in zip(zip(cache.keys, cache.values), before):
         assert torch.equal(k[:, :, :committed], k0[:, :, :committed])
         assert torch.equal(v[:, :, :committed], v0[:, :, :committed])
-    assert model.get_skip_layers() == optimizer.best
+    assert model.get_skip_layers() == ([], []), "the optimiser never changes the model's draft"
     # The score is the teacher-forced draft's agreement with the generated text: recomputed here,
     # the best set drafting generated[:9] over a copy of the (restored) cache, against generated[1:].
     scratch = ssd.KVCache([k.clone() for k in cache.keys], [v.clone() for v in cache.values])
-    with model.self_draft():
-        logits = model(torch.tensor([generated[:9]]), scratch, input_ids.shape[1])[0]
+    logits = model(torch.tensor([generated[:9]]), scratch, input_ids.shape[1], draft=optimizer.draft())[0]
     assert optimizer.best_score == float((logits.argmax(-1) == torch.tensor(generated[1:10])).float().mean())
+
+
+def step_at(model, cache, committed: int, tokens: list[int]) -> Step:
+    """The decoding step after `tokens` were generated, `committed` positions in the cache."""
+    prompt_length = committed - (len(tokens) - 1)
+    return Step(model, cache, [0] * prompt_length + list(tokens), prompt_length, committed, 4, None, None)
 
 
 def run_scores(model, config, scores, window_tokens=20):
@@ -123,7 +129,7 @@ def run_scores(model, config, scores, window_tokens=20):
     optimizer.begin_input()
     tokens = list(range(window_tokens))
     while optimizer.optimizing:
-        optimizer(None, 100, tokens)
+        optimizer.optimize(step_at(model, None, 100, tokens))
     return optimizer
 
 
@@ -141,7 +147,7 @@ def test_stopping_rules(clean_model):
     optimizer = run_scores(model, SwiftConfig(max_score=0.9, context_window=10), iter([0.5, 0.95, 0.1]))
     assert (optimizer.stop_reason, optimizer.iterations, optimizer.best_score) == ("max_score", 2, 0.95)
     # Steps after stopping are not optimisation steps.
-    optimizer(None, 100, list(range(20)))
+    optimizer.optimize(step_at(model, None, 100, list(range(20))))
     assert not optimizer.history[-1].optimized and optimizer.history[-2].optimized
 
 
@@ -151,9 +157,9 @@ def test_max_score_counts_only_over_a_full_window(clean_model):
     optimizer = SwiftOptimizer(model, SwiftConfig(context_window=10, max_score=0.9))
     optimizer.score = lambda *args: 1.0
     optimizer.begin_input()
-    optimizer(None, 100, list(range(4)))
+    optimizer.optimize(step_at(model, None, 100, list(range(4))))
     assert optimizer.optimizing and optimizer.best_score == 1.0
-    optimizer(None, 100, list(range(11)))
+    optimizer.optimize(step_at(model, None, 100, list(range(11))))
     assert optimizer.stop_reason == "max_score"
 
 
@@ -172,7 +178,7 @@ def test_swift_greedy_equals_stock_generate(clean_model, stock, prompts, index, 
     stats = out["swift"]
     assert out["num_drafted_tokens"] > 0 and stats["opt_steps"] > 0
     assert stats["steps"] == out["num_verifications"] and len(stats["history"]) == stats["steps"]
-    assert model.get_skip_layers() == ([], [])  # the model's own set is restored
+    assert model.get_skip_layers() == ([], [])  # the model's own draft is never changed
 
 
 def test_swift_stream_with_bayesian_proposals_equals_base(clean_model, prompts, base_tokens):
@@ -308,7 +314,7 @@ def test_a_cached_stream_reads_the_entry_at_each_input_and_keeps_its_gate(clean_
 def test_a_given_gate_needs_gating_on(clean_model):
     model, tokenizer = clean_model
     input_ids = tokenizer("Hello", return_tensors="pt").input_ids
-    with pytest.raises(ValueError, match="draft.gate is False"):
+    with pytest.raises(ValueError, match="gate is False"):
         ssd.decoding.exact_self_speculative_generate(
             model, input_ids, 4, None, ssd.DraftConfig(gate=False), gate=ssd.decoding.DraftGate()
         )

@@ -1,0 +1,99 @@
+"""The proposer protocol: every way of drafting tokens plugs into the decoding loop through it.
+
+Each step, the loop asks every proposer what it can `offer` (kinds of step, the
+gate's keys), lets the gate (`ssd.gate`) choose one kind among those and a
+plain step, asks that kind's proposer to `propose` tokens, verifies them in one
+full pass, and tells every proposer the `Outcome`. The loop knows nothing of
+any proposer's internals; a proposer knows nothing of the loop's but the
+`Step` it is shown. Output stays exact whatever is proposed: verification
+decides every committed token.
+
+A proposal is a chain of tokens. A tree of candidates (token trees, recycled
+drafts) is a proposal whose tokens also name their parents; chains stay as
+they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from ssd.gate import StepKind
+from ssd.modeling_llama import DraftHead, KVCache, LlamaForCausalLM
+from ssd.sampling import Sampling
+
+
+@dataclass
+class Step:
+    """What a proposer may read at a step.
+
+    `sequence`: the prompt and every committed token; its last token sits at
+    position `committed` and is not yet in the cache (positions below hold the
+    full model's keys and values). `room`: the most tokens a proposal may hold.
+    `head`: the generation's trimmed draft head, if any (`DraftConfig.draft_head`).
+    A proposer may run passes of its own and write the cache at positions from
+    `committed` on; positions below must be left as found.
+    """
+
+    model: LlamaForCausalLM
+    cache: KVCache
+    sequence: list[int]
+    prompt_length: int
+    committed: int
+    room: int
+    sampling: Sampling | None
+    generator: torch.Generator | None
+    head: DraftHead | None = None
+
+    @property
+    def output(self) -> list[int]:
+        """The tokens generated so far."""
+        return self.sequence[self.prompt_length:]
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """Tokens to verify after the last committed one.
+
+    `probs` ([k, vocab]): the draft's distribution of each token when sampling;
+    None means the tokens are certain (q is 1 at each), as a lookup's are.
+    `passes`: what proposing cost, in full-model passes; when sampling the gate
+    is charged these instead of wall seconds, so that which kind runs, and so
+    the random numbers drawn, never depend on timing.
+    """
+
+    tokens: list[int]
+    probs: torch.Tensor | None = None
+    passes: float = 0.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a step's verification returned: the kind that ran, its proposal (None for a plain step),
+    how many of its tokens were accepted, and the tokens committed (accepted ones and the bonus)."""
+
+    kind: StepKind
+    proposal: Proposal | None
+    accepted: int
+    new_tokens: list[int]
+
+
+@runtime_checkable
+class Proposer(Protocol):
+    """One way of proposing tokens. One instance serves one generation (or, like SWIFT's, holds
+    state carried over a stream of them)."""
+
+    def offer(self, step: Step) -> list[StepKind]:
+        """The kinds of step this proposer can run now; none to sit the step out. Kinds are the gate's
+        keys: two proposers never offer the same one."""
+        ...
+
+    def propose(self, kind: StepKind, step: Step) -> Proposal:
+        """Tokens for `kind`, one of those offered at this step, at most `step.room` of them."""
+        ...
+
+    def observe(self, outcome: Outcome, step: Step) -> None:
+        """Every step's outcome, whichever proposer ran; `step` is the step as it was proposed."""
+        ...

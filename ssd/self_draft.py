@@ -1,0 +1,133 @@
+"""The self-draft: the same model with sub-layers skipped and/or on low-bit weights (a `Draft`), as a proposer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ssd.draft import Draft
+from ssd.gate import StepKind
+from ssd.low_bit import precision_bytes_share
+from ssd.modeling_llama import DraftHead, KVCache, LlamaForCausalLM
+from ssd.proposers import Outcome, Proposal, Step
+from ssd.sampling import Sampling, logits_to_probs, sample
+
+
+@dataclass
+class AdaptiveThreshold:
+    """Draft & Verify's draft-exit threshold update (paper defaults).
+
+    `m = b1*m + (1-b1)*accepted/drafted`; raise the threshold by `e` while `m`
+    is under the target `a`, hold it when the draft ran its full length, lower
+    it otherwise; smooth with `b2`. `every`: update every this many steps.
+    """
+
+    every: int = 1
+    b1: float = 0.5
+    b2: float = 0.9
+    e: float = 0.01
+    a: float = 0.90
+    matchness: float = field(default=0.0, init=False)
+    steps: int = field(default=0, init=False)
+
+    def update(self, threshold: float, accepted: int, drafted: int, max_step_draft: int) -> float:
+        self.steps += 1
+        self.matchness = self.b1 * self.matchness + (1 - self.b1) * accepted / drafted
+        if self.steps % self.every:
+            return threshold
+        if self.matchness < self.a:
+            target = threshold + self.e
+        elif drafted == max_step_draft:
+            target = threshold
+        else:
+            target = threshold - self.e
+        return self.b2 * threshold + (1 - self.b2) * target
+
+
+
+@torch.no_grad()
+def draft_tokens(
+    model: LlamaForCausalLM,
+    draft: Draft,
+    cache: KVCache,
+    last_token: int,
+    committed: int,
+    max_tokens: int,
+    th_stop_draft: float,
+    sampling: Sampling | None,
+    generator: torch.Generator | None,
+    head: DraftHead | None = None,
+) -> tuple[list[int], torch.Tensor | None]:
+    """Up to `max_tokens` tokens from `draft`, stopping after the first
+    whose top probability is under `th_stop_draft`. Writes the cache only at
+    positions >= `committed`, only in the layers the draft runs. `head`: the
+    draft scores only these tokens (the others get probability 0).
+
+    Returns the tokens and, when sampling, their distributions `q` ([k, vocab]). Each token stays on
+    the device as the next step's input; greedy, the exit test is a step's one host sync, and the
+    tokens are read once, at the end.
+    """
+    if max_tokens < 1:
+        return [], None
+    tokens, probs = [], []
+    token = torch.tensor([[last_token]], device=model.device)
+    for step in range(max_tokens):
+        logits = model(token, cache, committed + step, draft=draft, head=head)[0, -1]
+        if sampling is None:
+            confidence, token = torch.softmax(logits, dim=-1).max(dim=-1)
+            # A 1-element index, not a 0-d one (which PyTorch reads on the host).
+            token = token if head is None else head.token_ids[token.view(1).to(head.token_ids.device)]
+        else:
+            if head is not None:
+                logits = head.full_logits(logits, model.config.vocab_size)
+            q = logits_to_probs(logits, sampling)
+            confidence, token = q.max(), sample(q, generator)
+            probs.append(q)
+        token = token.to(model.device).view(1, 1)  # a split model's head ids sit on the LM head's device
+        tokens.append(token)
+        if confidence < th_stop_draft:
+            break
+    return torch.cat(tokens, dim=1)[0].tolist(), (torch.stack(probs) if probs else None)
+
+
+class SelfDraft:
+    """Draft & Verify's drafting: `draft` proposes up to `max_step_draft` tokens, stopping after the
+    first whose top probability is under the draft-exit threshold, which `adaptive` updates after
+    each of its verifications (None: fixed). Offers the kind "draft".
+
+    `skip_full_model`: offer nothing when the draft is the full model (it saves at most the trimmed
+    head's share of a step, and its long drafts hold off lookups, which cost nothing); the gate sets it.
+    A subclass may change `draft` between steps (SWIFT's does): each step drafts with the value then held.
+    """
+
+    kind: StepKind = "draft"
+
+    def __init__(self, draft: Draft, max_step_draft: int, th_stop_draft: float,
+                 adaptive: AdaptiveThreshold | None = None, skip_full_model: bool = True):
+        self.draft, self.max_step_draft, self.th_stop_draft = draft, max_step_draft, th_stop_draft
+        self.adaptive, self.skip_full_model = adaptive, skip_full_model
+
+    def offer(self, step: Step) -> list[StepKind]:
+        if step.room < 1 or (self.skip_full_model and self.draft.is_full_model):
+            return []
+        return [self.kind]
+
+    def propose(self, kind: StepKind, step: Step) -> Proposal:
+        draft = self.draft
+        tokens, probs = draft_tokens(
+            step.model, draft, step.cache, step.sequence[-1], step.committed, min(self.max_step_draft, step.room),
+            self.th_stop_draft, step.sampling, step.generator, step.head,
+        )
+        return Proposal(tokens, probs, passes=len(tokens) * draft_passes(draft, step.model))
+
+    def observe(self, outcome: Outcome, step: Step) -> None:
+        if outcome.kind == self.kind and self.adaptive is not None:
+            drafted = len(outcome.proposal.tokens)
+            self.th_stop_draft = self.adaptive.update(self.th_stop_draft, outcome.accepted, drafted, self.max_step_draft)
+
+
+def draft_passes(draft: Draft, model: LlamaForCausalLM) -> float:
+    """One draft token's cost in full-model passes: the share of sub-layers it runs, times the share of
+    weight bytes its precision reads. Deterministic, unlike wall time."""
+    return draft.depth(model.num_layers) * precision_bytes_share(draft.precision, model.dtype)
