@@ -43,7 +43,7 @@ from ssd.decoding import synchronize  # noqa: E402
 from ssd.files import write_json_atomic  # noqa: E402
 from ssd.low_bit import PRECISIONS  # noqa: E402
 from ssd.modeling_llama import LlamaForCausalLM  # noqa: E402
-from ssd.skip_layers import load_skip_layers  # noqa: E402
+from ssd.skip_layers import load_draft  # noqa: E402
 
 SHAPES = {  # Llama-2's shapes (7B and 13B have no grouped-query attention)
     "llama-2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
@@ -198,7 +198,7 @@ def measure_costs(name: str, shape: dict, device: torch.device, dtype: torch.dty
 
     drafts = {}
     if name == "llama-2-13b":
-        drafts["paper skip set"] = draft_ms(ssd.Draft.skipping(*load_skip_layers("llama-2-13b", num_layers=model.num_layers)))
+        drafts["paper skip set"] = draft_ms(load_draft("llama-2-13b", num_layers=model.num_layers))
     for precision in PRECISIONS:
         try:
             draft = model.prepare_draft(ssd.Draft(precision=precision))

@@ -1,6 +1,14 @@
 """Self-speculative decoding for LLaMA-family models: draft with the same model
 skipping some sub-layers, verify in one full pass, output unchanged."""
 
+# The one setting `import ssd` makes: MKL's code path (`MKL_CBWR`, `ssd.cpu.mkl_code_path`), which on
+# AMD CPUs decides how fast the few-row products of decoding run. MKL reads it once, when it first
+# runs, so it is set here, before any model can run; a value the user set is kept. Every other
+# per-CPU choice is made when a model is built, and shows in its repr (`LlamaForCausalLM.products`).
+from ssd.cpu import use_fast_mkl_path
+
+use_fast_mkl_path()
+
 from ssd.decoding import (
     DraftConfig,
     GenerationResult,
@@ -12,11 +20,10 @@ from ssd.draft import Draft
 from ssd.generation import GenerateOutput, generate, method_names, register_method
 from ssd.inference import infer
 from ssd.modeling_llama import KVCache, LlamaForCausalLM
-from ssd.cpu import use_fast_mkl_path
-from ssd.models import load_model
+from ssd.loading import load_model
 from ssd.proposers import Outcome, Proposal, Proposer, Step
 from ssd.sampling import Sampling
-from ssd.skip_layers import apply_skip_layers, load_skip_layers, save_skip_layers
+from ssd.skip_layers import apply_skip_layers, load_draft, save_skip_layers
 from ssd.swift import SwiftConfig, SwiftOptimizer, swift_generate
 
 __all__ = [
@@ -39,12 +46,10 @@ __all__ = [
     "generate",
     "infer",
     "load_model",
-    "load_skip_layers",
+    "load_draft",
     "method_names",
     "register_method",
     "save_skip_layers",
     "self_speculative_sample",
     "swift_generate",
 ]
-
-use_fast_mkl_path()  # before any model runs

@@ -23,7 +23,7 @@ from ssd.data import TASKS, task_prompts
 from ssd.evaluation import apply_draft, format_table, parse_dtype
 from ssd.files import write_json_atomic
 from ssd.generation import generate
-from ssd.models import load_model
+from ssd.loading import load_model
 from ssd.swift import SwiftConfig, SwiftOptimizer
 from ssd.timing import Method, Run, run_side_by_side, summarise
 

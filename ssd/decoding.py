@@ -19,12 +19,13 @@ import torch
 import torch.nn.functional as F
 
 from ssd.draft import Draft
+from ssd.draft_head import DraftHead
 from ssd.gate import DraftGate
 from ssd.lookup import Lookup
-from ssd.modeling_llama import DraftHead, KVCache, LlamaForCausalLM
+from ssd.modeling_llama import KVCache, LlamaForCausalLM
 from ssd.proposers import Outcome, Proposer, Step
-from ssd.self_draft import AdaptiveThreshold, SelfDraft
 from ssd.sampling import Sampling, logits_to_probs, residual, sample
+from ssd.self_draft import AdaptiveThreshold, SelfDraft
 
 
 def synchronize(device: torch.device) -> None:

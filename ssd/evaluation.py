@@ -133,8 +133,8 @@ def apply_draft(model, key: str | None, model_name: str | None = None) -> str:
     own = model_name or EMBEDDED_KEY
     key = key or own
     try:
-        attention, mlp = apply_skip_layers(model, key)
-        return f"skip set {key!r} from skip_layers.json: attention {attention}, mlp {mlp}{_precision(model)}"
+        draft = apply_skip_layers(model, key)
+        return f"skip set {key!r} from skip_layers.json: {draft}"
     except KeyError:
         if key != own:
             raise

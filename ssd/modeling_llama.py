@@ -15,7 +15,7 @@ weights. The draft is an argument of the pass, never a mode of the model.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -25,10 +25,14 @@ from transformers import LlamaConfig, PretrainedConfig, PreTrainedModel, Qwen2Co
 from transformers.activations import ACT2FN
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from ssd.cpu import float32_products
+from ssd.attention import attend
+from ssd.compiled import CompiledLayers, LayerGraphs
+from ssd.cpu import Float32Products
 from ssd.draft import Draft
+from ssd.draft_head import DraftHead, draft_head
+from ssd.linear import Linear, needs_row_invariance
 from ssd.low_bit import PRECISIONS, Int8Weight, LowBitLayer, check_kernel, quantise
-from ssd.packed import PackedWeight, pack, packed_linear
+from ssd.packed import PackedWeight, pack
 
 
 @dataclass
@@ -61,66 +65,6 @@ def rope_inverse_frequencies(config: LlamaConfig) -> tuple[torch.Tensor, float]:
     return ROPE_INIT_FUNCTIONS[rope_type](config, None)
 
 
-def _needs_row_invariance(x: torch.Tensor) -> bool:
-    """Half precision on a CPU: where `ssd` makes a row's result independent of the rows beside it."""
-    return x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16)
-
-
-class Linear(nn.Linear):
-    """`nn.Linear` that runs the few-row products of decoding on a CPU through other kernels.
-
-    - bfloat16 (and float16): a one-row product runs another kernel than a
-      several-row one and rounds differently (measured on SmolLM2's down
-      projection, K=1536: 25 of 160 rows differed; 2 to 16 rows always
-      agreed), so verifying k drafts in one pass would disagree with decoding
-      them one at a time. A one-row product runs as two rows.
-    - float32: by the CPU's measured rule (`ssd.cpu.float32_products`), one
-      to `PRODUCTS.padded_rows` rows run as that many, so a row's result is the
-      same whatever rows come with it (a step and a short verification compute
-      the same products), and each product runs as `x @ weight.T` or
-      `weight @ x.T`, whichever MKL streams the weights faster through there.
-
-    In bfloat16 the products run on the weight's packed copy where the model
-    packed its weights (`LlamaForCausalLM.pack_weights`, `ssd.packed`).
-    """
-
-    PRODUCTS = float32_products()  # a fact of this machine's CPU, fixed at import
-    packed: PackedWeight | None = None  # see LlamaForCausalLM.pack_weights
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n_rows = x.shape[-2]
-        if x.device.type != "cpu":
-            return super().forward(x)
-        if _needs_row_invariance(x):
-            if n_rows == 1:
-                return self._half_precision(torch.cat((x, x), dim=-2))[..., :1, :]
-            return self._half_precision(x)
-        if x.dtype != torch.float32 or x.dim() != 3:
-            return super().forward(x)
-        padded_rows = self.PRODUCTS.padded_rows
-        if n_rows > padded_rows:
-            y = self._product(x, self.PRODUCTS.many_transposed)
-        else:
-            # Padded by a fixed number of rows, then cut: a compiled graph keeps one shape for all.
-            padding = x.new_zeros(x.shape[0], padded_rows, x.shape[-1])
-            y = self._product(torch.cat((x, padding), dim=-2)[:, :padded_rows], self.PRODUCTS.few_transposed)
-            # The rows by index, not by a slice (which a compiled graph specialises for n_rows == padded_rows).
-            y = y.index_select(1, torch.arange(n_rows, device=x.device))
-        return y if self.bias is None else y + self.bias
-
-    def _half_precision(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None and self.packed.dtype == x.dtype:
-            return packed_linear(x, self.weight, self.bias)
-        return super().forward(x)
-
-    def _product(self, x: torch.Tensor, transposed: bool) -> torch.Tensor:
-        """`x @ weight.T` for x of [batch, rows, in], as that or as `(weight @ x.T).T`."""
-        if not transposed:
-            return F.linear(x, self.weight)
-        rows = x.reshape(-1, x.shape[-1])
-        return torch.mm(self.weight, rows.T).T.reshape(*x.shape[:-1], -1)
-
-
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -136,67 +80,6 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
-
-
-def attention_path(device_type: str, n_queries: int, prefill: bool, masked: bool, grouped: bool) -> str:
-    """Which attention computes a pass, by device and kind of pass (prefill, one-token step,
-    verification), in any dtype:
-
-    - `"grouped"`: two plain products (`grouped_attention`), on a CPU for up to 64 queries. PyTorch's
-      CPU flash kernel took ~7x longer for a few bfloat16 queries (438 vs 65 us, 1 query over 740
-      keys); in float32 a masked pass of a grouped-query model falls back to the math kernel, which
-      repeats the KV heads (SmolLM2, 4-5 rows over 400 keys on an Intel Xeon: 162-175 ms a pass,
-      118-140 ms grouped; one row 75-100 ms with the flash kernel, 74-75 ms grouped).
-    - `"causal"`: `scaled_dot_product_attention(is_causal=True)`, a CUDA prefill: no mask tensor, so the
-      flash kernel can run, grouped-query heads included.
-    - `"expanded"`: on CUDA, a masked pass (a verification) of a grouped-query model, over its KV heads
-      repeated for each query head: given a mask and `enable_gqa`, only the math kernel runs, and it
-      builds the whole score matrix; without `enable_gqa` the memory-efficient kernel takes the mask.
-    - `"sdpa"`: `scaled_dot_product_attention` with the mask (if any) and `enable_gqa` as they come:
-      every other pass (a CUDA one-token step, a CPU pass of over 64 queries).
-
-    The CUDA rules follow PyTorch's kernel constraints, not a measurement: no GPU was at hand
-    (`scripts/gpu_check.py` times the passes on one).
-    """
-    if device_type == "cpu":
-        return "grouped" if n_queries <= 64 else "sdpa"
-    if device_type != "cuda" or not masked:
-        return "sdpa"
-    if prefill:
-        return "causal"
-    return "expanded" if grouped else "sdpa"
-
-
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int) -> torch.Tensor:
-    """Causal attention with grouped-query heads: q [B, H, T, D] at positions start_pos.., k and v
-    [B, KV, S, D] at positions 0..S-1; query i sees keys up to position start_pos+i."""
-    n_queries, key_len = q.shape[2], k.shape[2]
-    grouped = q.shape[1] != k.shape[1]
-    masked = n_queries > 1 or key_len != start_pos + 1  # a one-token step over exactly its keys needs no mask
-    prefill = start_pos == 0 and key_len == n_queries
-    path = attention_path(q.device.type, n_queries, prefill, masked, grouped)
-    if path == "causal":
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=grouped)
-    mask = torch.ones(n_queries, key_len, dtype=torch.bool, device=q.device).tril(start_pos) if masked else None
-    if path == "grouped":
-        return grouped_attention(q, k, v, mask)
-    if path == "expanded":
-        k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
-        grouped = False
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=grouped)
-
-
-def grouped_attention(q, k, v, mask):
-    """Attention as two products, each KV head shared by its group of query heads; softmax in float32."""
-    batch, n_heads, length, head_dim = q.shape
-    n_kv = k.shape[1]
-    group = n_heads // n_kv
-    # Query heads h = g*group .. g*group+group-1 use KV head g: stack them as rows.
-    scores = (q.reshape(batch, n_kv, group * length, head_dim) @ k.transpose(-1, -2)).float() * head_dim**-0.5
-    if mask is not None:
-        scores = scores.view(batch, n_kv, group, length, -1).masked_fill(~mask, float("-inf")).flatten(2, 3)
-    weights = torch.softmax(scores, dim=-1).to(v.dtype)
-    return (weights @ v).view(batch, n_heads, length, head_dim)
 
 
 def projection_biases(config: PretrainedConfig) -> tuple[bool, bool]:
@@ -314,20 +197,6 @@ class LlamaDecoderLayer(nn.Module):
         return x
 
 
-@dataclass(frozen=True)
-class LayerGraphs:
-    """What runs a layer: the whole layer, or one block of it (a draft skipping the other)."""
-
-    layer: Callable
-    attention: Callable
-    mlp: Callable
-
-    def compiled(self) -> LayerGraphs:
-        """These through `torch.compile`, shapes dynamic; shared by every layer (weights are inputs)."""
-        functions = (self.layer, self.attention, self.mlp)
-        return LayerGraphs(*(torch.compile(function, dynamic=True) for function in functions))
-
-
 EAGER_GRAPHS = LayerGraphs(LlamaDecoderLayer.both_blocks, LlamaDecoderLayer.attention_block, LlamaDecoderLayer.mlp_block)
 
 
@@ -346,34 +215,6 @@ class LlamaPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True  # our attention is SDPA (or plain products); lets a config that asks for it load
 
 
-@dataclass(frozen=True)
-class DraftHead:
-    """The LM head over part of the vocabulary, for a cheaper draft.
-
-    The head reads the whole embedding matrix each step (21% of SmolLM2-135M's
-    step); a draft may score fewer tokens because verification scores all of
-    them, so output stays exact. Column j of its logits is token `token_ids[j]`.
-    """
-
-    token_ids: torch.Tensor  # [V'] sorted token ids
-    weights: tuple[torch.Tensor, ...]  # their rows of the LM head, in blocks (see LlamaForCausalLM.draft_head)
-    low_bit: tuple[Int8Weight, ...] | None = None  # the same blocks of the head's int8 copy, when the model has one
-
-    def __call__(self, x: torch.Tensor, precision: str | None) -> torch.Tensor:
-        """Logits over `token_ids`; from the int8 rows when the draft runs at a low precision."""
-        if precision is not None and self.low_bit is not None:
-            logits = [block(x) for block in self.low_bit]
-        else:
-            logits = [F.linear(x, block) for block in self.weights]
-        return logits[0] if len(logits) == 1 else torch.cat(logits, dim=-1)
-
-    def full_logits(self, logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
-        """Scatter subset logits into the whole vocabulary; tokens outside get -inf (probability 0)."""
-        full = logits.new_full((*logits.shape[:-1], vocab_size), float("-inf"))
-        full[..., self.token_ids] = logits
-        return full
-
-
 class LlamaForCausalLM(LlamaPreTrainedModel):
     """A causal LM whose forward takes a cache, a start position and, for a draft pass, a `Draft`.
 
@@ -390,13 +231,20 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         self._rope: tuple[torch.Tensor, torch.Tensor] | None = None  # built on first use, see rope_tables
         self.default_draft = Draft()
         self.lm_head_int8: Int8Weight | None = None  # the drafts' LM head at any low precision
-        self._graphs: LayerGraphs | None = None  # see compile_blocks
-        self._warm: set[tuple[str, str | None]] = set()  # (graph kind, precision) compiled, see _warm_up
+        self._compiled: CompiledLayers | None = None  # see compile_blocks
         self.post_init()
 
     @property
     def num_layers(self) -> int:
         return self.config.num_hidden_layers
+
+    @property
+    def products(self) -> Float32Products:
+        """How every `Linear` runs float32 products on this CPU (`ssd.cpu.float32_products`)."""
+        return self.lm_head.products
+
+    def extra_repr(self) -> str:
+        return f"default_draft=({self.default_draft}), float32 products on a CPU: {self.products}"
 
     @property
     def max_context(self) -> int:
@@ -419,6 +267,11 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
 
     # --- drafts -----------------------------------------------------------
 
+    def set_draft(self, draft: Draft) -> None:
+        """Set the default draft, prepared now (`prepare_draft`); a draft the model or the device cannot
+        run is an error, and the previous default stays."""
+        self.default_draft = self.prepare_draft(draft)
+
     def set_skip_layers(self, attention: Iterable[int] = (), mlp: Iterable[int] = ()) -> None:
         """Set the sub-layers the default draft skips (0-based layer indices); its precision stays."""
         self.default_draft = Draft.skipping(attention, mlp, self.default_draft.precision).check(self.num_layers)
@@ -430,8 +283,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         """Set the default draft's weights: `"int8"`, `"int4"` (`ssd.low_bit`), or None (the model's own).
         Its skip set stays. Builds the copies (and warms their graphs) now, see `prepare_draft`; a
         precision the device cannot run is an error, and the previous setting stays."""
-        draft = self.prepare_draft(self.default_draft.replace(precision=precision))
-        self.default_draft = draft
+        self.set_draft(self.default_draft.replace(precision=precision))
 
     def get_draft_precision(self) -> str | None:
         return self.default_draft.precision
@@ -444,7 +296,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         if draft.precision is not None:
             self.low_bit_copies(draft.precision)
         if self.compiled:
-            self._warm_up(draft.precision, blocks=True)  # once per precision: later calls find it warm
+            self._compiled.warm_up(self, draft.precision, blocks=True)  # once per precision
         return draft
 
     def low_bit_copies(self, precision: str) -> list[LowBitLayer]:
@@ -478,17 +330,8 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         return nbytes + (self.lm_head_int8.nbytes if self.lm_head_int8 is not None else 0)
 
     def draft_head(self, token_ids: torch.Tensor) -> DraftHead:
-        """A head scoring only `token_ids` (unique ids, any order)."""
-        device = self.lm_head.weight.device
-        token_ids = torch.unique(torch.as_tensor(token_ids, dtype=torch.long)).to(device)
-        if token_ids.numel() == 0 or token_ids[0] < 0 or token_ids[-1] >= self.config.vocab_size:
-            raise ValueError(f"draft head token ids must be non-empty and within 0..{self.config.vocab_size - 1}")
-        # The ids below n are 0..n-1 (the frequent tokens, DraftConfig.draft_head): their rows are the
-        # head's first n, used in place; only the rest (the prompt's rarer tokens) are copied.
-        n = int((token_ids == torch.arange(len(token_ids), device=device)).sum())
-        blocks = ([slice(0, n)] if n else []) + ([token_ids[n:]] if n < len(token_ids) else [])
-        low_bit = self.lm_head_int8 and tuple(self.lm_head_int8.rows(block) for block in blocks)
-        return DraftHead(token_ids, tuple(self.lm_head.weight[block] for block in blocks), low_bit)
+        """A head scoring only `token_ids` (unique ids, any order), see `ssd.draft_head`."""
+        return draft_head(self.lm_head.weight, self.lm_head_int8, token_ids)
 
     # --- packed weights ---------------------------------------------------
 
@@ -524,65 +367,20 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
 
     def compile_blocks(self, enabled: bool = True) -> None:
         """Run every pass after the prefill (steps, verifications, drafts) through `torch.compile`
-        graphs that every layer shares: one for a whole layer, and one per block (attention, MLP)
-        for drafts that skip the other.
-
-        On a 2-core CPU in float32, a one-token step spends a quarter of its time
-        outside the matrix products, in ~600 small ops (norms, rotary, residual
-        adds, attention glue) and the Python around them; compiled, they fuse.
-        A graph per layer rather than per model: the weights are its inputs, so
-        one graph serves all layers (PyTorch's "regional compilation"), compiles
-        in seconds rather than minutes, and serves drafts as well, whatever
-        their skip set (SWIFT changes it every few steps) and precision (a
-        low-bit copy's kernels are a graph of their own). A layer runs as one
-        graph rather than two where nothing is skipped: each call costs ~70 us
-        of Dynamo's Python on a 2-core AMD EPYC, and SmolLM2's int4 draft pass
-        at 1084 positions took 21.5 ms so, 24.4 ms as 60 block calls (step 41.3
-        vs 43.4 ms, one process). Shapes are dynamic: one graph for one-token
-        passes, one for longer ones (in float32 up to `Linear.PRODUCTS.padded_rows`
-        rows; in bfloat16 on a CPU every length, see `forward`). The full
-        model's graphs and the draft precision's compile here, on a scratch
-        cache, and another draft precision's when it is set, so that no timed
-        generation pays for them. A prefill, and in float32 longer passes, stay
-        eager: they are bound by their products.
-        """
-        self._graphs, self._warm = None, set()
+        graphs that every layer shares (`ssd.compiled`), compiled here for the full model and the
+        default draft, and for another draft precision when a draft first asks for it
+        (`prepare_draft`), so that no timed generation pays for them. `enabled=False`: eager."""
+        self._compiled = None
         if not enabled:
             return
         self.rope_tables()  # built now: the graphs would otherwise guard on the table not existing yet
-        self._graphs = EAGER_GRAPHS.compiled()
-        self._warm_up(None)
-        self._warm_up(self.default_draft.precision, blocks=True)
+        self._compiled = CompiledLayers(EAGER_GRAPHS.compiled())
+        self._compiled.warm_up(self, None)
+        self._compiled.warm_up(self, self.default_draft.precision, blocks=True)
 
     @property
     def compiled(self) -> bool:
-        return self._graphs is not None
-
-    @torch.no_grad()
-    def _warm_up(self, precision: str | None, blocks: bool = False) -> None:
-        """Compile the layer graphs for `precision` (None: the full model's), and with `blocks` the
-        single-block ones a draft that skips sub-layers runs, on a scratch cache; what is warm already
-        is not run again."""
-        kinds = [kind for kind in ("layer", "blocks")[: 1 + blocks] if (kind, precision) not in self._warm]
-        if not kinds:
-            return
-        # Sizes 0 and 1 are specialised: 2 rows stand for more, position 2 for any later one. Where
-        # passes are kept row-invariant (`forward`), position 1 runs compiled too. A draft at the full
-        # precision runs the full model's graphs. Skipping layer 0's attention, then its MLP, runs
-        # each single-block graph.
-        positions = (1, 2) if _needs_row_invariance(self.lm_head.weight) else (2,)
-        drafts = [Draft(precision=precision)] if "layer" in kinds else []
-        drafts += [Draft({0}, precision=precision), Draft(mlp={0}, precision=precision)] if "blocks" in kinds else []
-        # Dynamo keeps one list of graphs per function, shared by every model in the process (two
-        # dtypes side by side in the bench, or in one test worker); past its limit (8) it would run
-        # new shapes eager. The graphs are all made here, so the limit is lifted here only.
-        with torch._dynamo.config.patch(recompile_limit=64):
-            for draft in drafts:
-                cache = self.new_cache(8)
-                for position in positions:
-                    for length in (1, 2):
-                        self(torch.zeros(1, length, dtype=torch.long, device=self.device), cache, position, draft=draft)
-        self._warm.update((kind, precision) for kind in kinds)
+        return self._compiled is not None
 
     # --- forward ----------------------------------------------------------
 
@@ -629,7 +427,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         # oneDNN's bfloat16 batched product copies a cache cut short first (its heads
         # then lie apart): a draft at 1084 positions took 22.2 ms so, 19.4 ms over the
         # whole cache (SmolLM2, int4 draft, AMD EPYC with AVX512-BF16, one process).
-        row_invariant = _needs_row_invariance(x)
+        row_invariant = needs_row_invariance(x)
         whole_cache = start_pos > 0 and row_invariant
         key_len = cache.max_len if whole_cache else end
         draft = draft or Draft()
@@ -637,7 +435,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         low_bit = [None] * self.num_layers if precision is None else self.low_bit_copies(precision)
         # The graphs hold for passes that end before the cache does (a generation's never fill it),
         # after position 1 in float32: a pass at position 1 would recompile (seconds) mid-generation.
-        # Passes of more than `Linear.PRODUCTS.padded_rows` rows (long lookups, SWIFT's windows) run
+        # Passes of more than `Linear.products.padded_rows` rows (long lookups, SWIFT's windows) run
         # eager in float32: bound by their products, they took no longer so (5-11 rows over 600
         # positions: 124-161 ms eager, 139-160 ms compiled), and a third graph would add to every
         # load's compile time. In bfloat16 on a CPU every pass after the prefill takes the graphs
@@ -646,8 +444,8 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         if row_invariant:
             compiled = 0 < start_pos and end < cache.max_len
         else:
-            compiled = 1 < start_pos and end < cache.max_len and length <= Linear.PRODUCTS.padded_rows
-        graphs = self._graphs if compiled else None
+            compiled = 1 < start_pos and end < cache.max_len and length <= self.lm_head.products.padded_rows
+        graphs = self._compiled.graphs if compiled and self._compiled else None
         for i, layer in enumerate(self.model.layers):
             x = layer(
                 x, cos, sin, cache.keys[i], cache.values[i], start_pos, key_len, i in draft.attention, i in draft.mlp,

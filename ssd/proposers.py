@@ -20,8 +20,9 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from ssd.draft_head import DraftHead
 from ssd.gate import StepKind
-from ssd.modeling_llama import DraftHead, KVCache, LlamaForCausalLM
+from ssd.modeling_llama import KVCache, LlamaForCausalLM
 from ssd.sampling import Sampling
 
 

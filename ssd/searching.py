@@ -33,9 +33,10 @@ from tqdm.auto import tqdm
 
 from ssd.decoding import DraftConfig, base_generate, exact_self_speculative_generate, synchronize
 from ssd.draft import Draft
+from ssd.draft_head import DraftHead
 from ssd.files import append_jsonl, read_jsonl
 from ssd.low_bit import PRECISIONS
-from ssd.modeling_llama import DraftHead, LlamaForCausalLM
+from ssd.modeling_llama import LlamaForCausalLM
 
 OBJECTIVES = ("predicted", "tokens_per_second")
 

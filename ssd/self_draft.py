@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 import torch
 
 from ssd.draft import Draft
+from ssd.draft_head import DraftHead
 from ssd.gate import StepKind
 from ssd.low_bit import precision_bytes_share
-from ssd.modeling_llama import DraftHead, KVCache, LlamaForCausalLM
+from ssd.modeling_llama import KVCache, LlamaForCausalLM
 from ssd.proposers import Outcome, Proposal, Step
 from ssd.sampling import Sampling, logits_to_probs, sample
 

@@ -1,7 +1,10 @@
 """skip_layers.json: drafts by model key, each `{"attention": [...], "mlp": [...], ...metadata}`.
 
 An entry may carry `"draft_precision"` (`"int8"`, `"int4"` or null): the draft
-then also runs low-bit copies of the weights (`ssd.low_bit`).
+then also runs low-bit copies of the weights (`ssd.low_bit`). An entry loads
+as a `Draft` value (`load_draft`). The shipped file is package data
+(`ssd/skip_layers.json`), found wherever ssd is installed; the search and SWIFT
+write their sets there, as the reference code writes its own.
 
 Reading validates the whole file and names what is wrong; writing replaces one
 entry atomically and keeps all others.
@@ -12,11 +15,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ssd.draft import Draft
 from ssd.files import write_json_atomic
 from ssd.low_bit import PRECISIONS
 from ssd.modeling_llama import LlamaForCausalLM
 
-DEFAULT_PATH = Path(__file__).resolve().parents[1] / "skip_layers.json"
+DEFAULT_PATH = Path(__file__).resolve().with_name("skip_layers.json")
 
 
 def hand_made_set(num_layers: int) -> tuple[list[int], list[int]]:
@@ -49,28 +53,30 @@ def read_skip_layers(path: str | Path = DEFAULT_PATH) -> dict[str, dict]:
     return data
 
 
-def load_skip_layers(key: str, path: str | Path = DEFAULT_PATH, num_layers: int | None = None) -> tuple[list[int], list[int]]:
-    """The `(attention, mlp)` lists stored under `key`, checked against a model depth when given."""
+def load_draft(key: str, path: str | Path = DEFAULT_PATH, num_layers: int | None = None) -> Draft:
+    """The draft stored under `key` (its precision None where the entry names none), checked against a
+    model depth when given."""
     entries = read_skip_layers(path)
     if key not in entries:
         raise KeyError(f"no entry {key!r} in {path}; entries: {sorted(entries)}")
-    attention, mlp = entries[key]["attention"], entries[key]["mlp"]
+    entry = entries[key]
+    draft = Draft.skipping(entry["attention"], entry["mlp"], entry.get("draft_precision"))
     if num_layers is not None:
-        beyond = sorted({i for i in attention + mlp if i >= num_layers})
-        if beyond:
-            raise ValueError(f"{path}: entry {key!r} skips layers {beyond}, beyond a {num_layers}-layer model")
-    return attention, mlp
+        try:
+            draft.check(num_layers)
+        except ValueError as error:
+            raise ValueError(f"{path}: entry {key!r}: {error}") from None
+    return draft
 
 
-def apply_skip_layers(model: LlamaForCausalLM, key: str, path: str | Path = DEFAULT_PATH) -> tuple[list[int], list[int]]:
-    """Set the model's draft to the skip set stored under `key`, and to its draft precision when the
-    entry carries one (an entry without keeps the model's)."""
-    attention, mlp = load_skip_layers(key, path, model.num_layers)
-    entry = read_skip_layers(path)[key]
-    if "draft_precision" in entry:
-        model.set_draft_precision(entry["draft_precision"])  # first: a precision without a kernel changes nothing
-    model.set_skip_layers(attention, mlp)
-    return attention, mlp
+def apply_skip_layers(model: LlamaForCausalLM, key: str, path: str | Path = DEFAULT_PATH) -> Draft:
+    """Set the model's default draft to the one stored under `key`; an entry that names no draft precision
+    keeps the model's. Returns the draft set."""
+    draft = load_draft(key, path, model.num_layers)
+    if "draft_precision" not in read_skip_layers(path)[key]:
+        draft = draft.replace(precision=model.default_draft.precision)
+    model.set_draft(draft)
+    return draft
 
 
 def save_skip_layers(key: str, attention, mlp, path: str | Path = DEFAULT_PATH, **metadata) -> None:

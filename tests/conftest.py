@@ -7,8 +7,8 @@ from transformers import AutoModelForCausalLM
 
 import ssd
 from helpers import data_dir, threads_per_worker
-from ssd.data import task_prompts
 from ssd.checkpoints import embedded_checkpoint
+from ssd.data import task_prompts
 
 torch.set_num_threads(threads_per_worker())  # under pytest-xdist (scripts/test.sh) workers share the cores
 

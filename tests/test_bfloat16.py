@@ -19,9 +19,9 @@ import torch
 
 import ssd
 from helpers import data_dir, random_skip_set
-from ssd.data import task_prompts
 from ssd.cpu import cpu_has_native_bfloat16
-from ssd.models import should_compile, should_pack_weights
+from ssd.data import task_prompts
+from ssd.loading import should_compile, should_pack_weights
 
 native_bfloat16_only = pytest.mark.skipif(
     not cpu_has_native_bfloat16(), reason="bfloat16 is emulated on this CPU; load_model decodes in float32 here"

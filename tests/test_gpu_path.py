@@ -13,8 +13,9 @@ import torch
 from transformers import LlamaConfig
 
 import ssd.modeling_llama
-from ssd.modeling_llama import LlamaForCausalLM, attend, attention_path
-from ssd.models import exactness_caveat, refuse_offload
+from ssd.attention import attend, attention_path
+from ssd.modeling_llama import LlamaForCausalLM
+from ssd.loading import exactness_caveat, refuse_offload
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
@@ -55,7 +56,7 @@ def test_every_attention_path_computes_causal_attention(monkeypatch, path, start
     """Each path, forced, on a CPU: prefill, verification, one-token step, and a pass over a longer cache."""
     if path == "causal" and start_pos != 0:
         pytest.skip("is_causal serves prefills only")
-    monkeypatch.setattr(ssd.modeling_llama, "attention_path", lambda *args: path)
+    monkeypatch.setattr(ssd.attention, "attention_path", lambda *args: path)
     torch.manual_seed(0)
     q, k, v = torch.randn(1, 4, n_queries, 16), torch.randn(1, 2, key_len, 16), torch.randn(1, 2, key_len, 16)
     got = attend(q, k, v, start_pos)

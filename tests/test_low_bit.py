@@ -7,8 +7,8 @@ import torch
 from helpers import NEAR_TIE_FLOAT32, assert_same_tokens, tiny_llama
 
 import ssd
+from ssd.linear import Linear
 from ssd.low_bit import INT4_GROUP_SIZE, Int8Weight, precision_bytes_share, quantise
-from ssd.modeling_llama import Linear
 from ssd.skip_layers import hand_made_set
 
 UPPER_HALF = hand_made_set(30)  # the embedded model has 30 layers
@@ -122,7 +122,7 @@ def test_skip_layers_entry_carries_the_precision(embedded, precision, tmp_path):
     path = tmp_path / "skip_layers.json"
     ssd.save_skip_layers("quantised", [2], [3], path=path, draft_precision="int4")
     ssd.save_skip_layers("plain", [1], [], path=path)
-    assert ssd.apply_skip_layers(model, "quantised", path) == ([2], [3]) and model.get_draft_precision() == "int4"
+    assert ssd.apply_skip_layers(model, "quantised", path) == ssd.Draft.skipping([2], [3], "int4") and model.get_draft_precision() == "int4"
     # An entry without a precision keeps the model's.
     ssd.apply_skip_layers(model, "plain", path)
     assert model.get_skip_layers() == ([1], []) and model.get_draft_precision() == "int4"
@@ -148,6 +148,6 @@ def test_swift_optimises_skip_sets_on_top_of_the_quantised_draft(embedded, promp
 def test_load_model_drafts_in_int4_on_a_cpu(embedded):
     model, _ = embedded
     try:
-        assert ssd.models.default_draft_precision(model) == "int4" == model.get_draft_precision()
+        assert ssd.loading.default_draft_precision(model) == "int4" == model.get_draft_precision()
     finally:
         model.set_draft_precision(None)

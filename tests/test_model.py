@@ -14,8 +14,9 @@ from transformers import Qwen2ForCausalLM as StockQwen2
 import ssd
 from ssd.cpu import AMD_PRODUCTS, INTEL_PRODUCTS, float32_products, mkl_code_path
 from ssd.decoding import prefill
-from ssd.modeling_llama import Linear, LlamaForCausalLM, Qwen2ForCausalLM, model_class
-from ssd.models import default_dtype, should_compile
+from ssd.linear import Linear
+from ssd.modeling_llama import LlamaForCausalLM, Qwen2ForCausalLM, model_class
+from ssd.loading import default_dtype, should_compile
 
 TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
             max_position_embeddings=256)
@@ -138,9 +139,9 @@ def test_few_row_float32_products_do_not_depend_on_the_other_rows(products, monk
     """On a CPU in float32 `Linear` runs one to `padded_rows` rows as that many (docs/numerics.md): a row's
     result is the same whatever rows come with it, so a step and a short verification compute the same
     products; every row count gives the linear's product to float32 rounding. Both CPUs' rules, here."""
-    monkeypatch.setattr(Linear, "PRODUCTS", products)
     torch.manual_seed(0)
     linear = Linear(576, 1536, bias=True)
+    linear.products = products
     x = torch.randn(1, 8, 576)
     padded = x[:, : products.padded_rows]
     full = linear(padded)
@@ -154,7 +155,7 @@ def test_few_row_float32_products_do_not_depend_on_the_other_rows(products, monk
 @pytest.mark.parametrize("native_bfloat16, dtype", [(True, torch.bfloat16), (False, torch.float32)])
 def test_default_dtype_on_cpu(native_bfloat16, dtype, monkeypatch):
     """bfloat16 only where the CPU computes it natively: elsewhere it is emulated and not row-invariant."""
-    monkeypatch.setattr(ssd.models, "cpu_has_native_bfloat16", lambda: native_bfloat16)
+    monkeypatch.setattr(ssd.loading, "cpu_has_native_bfloat16", lambda: native_bfloat16)
     assert default_dtype("cpu") == dtype
 
 
@@ -178,11 +179,11 @@ def test_compiled_passes_agree_with_eager_ones(embedded, prompts, skip_layers):
         for start, rows in ((length - 11, 1), (length - 10, 3), (length - 7, 5), (length - 2, 2)):
             chunk = input_ids[:, start : start + rows]
             compiled = model(chunk, caches[0], start)
-            graphs, model._graphs = model._graphs, None
+            compiled_layers, model._compiled = model._compiled, None
             try:
                 eager = model(chunk, caches[1], start)
             finally:
-                model._graphs = graphs
+                model._compiled = compiled_layers
             torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
             assert torch.equal(compiled.argmax(-1), eager.argmax(-1))
             for a, b in zip(caches[0].keys + caches[0].values, caches[1].keys + caches[1].values):

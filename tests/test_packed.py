@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from transformers import LlamaConfig
 
 import ssd
-from ssd.modeling_llama import Linear, LlamaForCausalLM
-from ssd.models import should_pack_weights
+from ssd.linear import Linear
+from ssd.modeling_llama import LlamaForCausalLM
+from ssd.loading import should_pack_weights
 from ssd.packed import _PACKED, can_pack
 
 pytestmark = pytest.mark.skipif(
@@ -79,11 +80,11 @@ def test_load_model_packs_only_what_fits_in_memory(monkeypatch):
                          num_attention_heads=4, num_key_value_heads=2)
     model = LlamaForCausalLM(config).to(torch.bfloat16)
     copies = sum(m.weight.nbytes for m in model.linears())
-    monkeypatch.setattr(ssd.models, "cpu_has_native_bfloat16", lambda: True)
+    monkeypatch.setattr(ssd.loading, "cpu_has_native_bfloat16", lambda: True)
     assert should_pack_weights(model, available=2 * copies)
     assert not should_pack_weights(model, available=2 * copies - 1)
     assert not should_pack_weights(model.float(), available=2 * copies)
-    monkeypatch.setattr(ssd.models, "cpu_has_native_bfloat16", lambda: False)
+    monkeypatch.setattr(ssd.loading, "cpu_has_native_bfloat16", lambda: False)
     assert not should_pack_weights(model.to(torch.bfloat16), available=2 * copies)
     assert ssd.cpu.available_memory("MemTotal:  4096 kB\nMemAvailable:   2048 kB\n") == 2048 * 1024
     assert ssd.cpu.available_memory("MemTotal:  4096 kB\n") is None

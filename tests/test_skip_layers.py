@@ -4,18 +4,21 @@ import os
 
 import pytest
 
+import ssd
 from helpers import tiny_llama
 from ssd.files import append_jsonl, read_jsonl
-from ssd.skip_layers import (DEFAULT_PATH, apply_skip_layers, hand_made_set, load_skip_layers, read_skip_layers,
+from ssd.skip_layers import (DEFAULT_PATH, apply_skip_layers, hand_made_set, load_draft, read_skip_layers,
                              save_skip_layers)
 
 
 def test_repository_file_holds_the_published_sets():
     entries = read_skip_layers(DEFAULT_PATH)
     assert {"llama-2-13b", "llama-2-13b-chat", "codellama-13b", "llama-2-70b"} <= set(entries)
-    attention, mlp = load_skip_layers("llama-2-13b", num_layers=40)
+    draft = load_draft("llama-2-13b", num_layers=40)
+    attention, mlp = draft.skip_layers
     assert attention[:3] == [3, 5, 6] and mlp[-1] == 35 and len(attention) == 24 and len(mlp) == 10
-    assert max(load_skip_layers("llama-2-70b", num_layers=80)[0]) == 79
+    assert draft == ssd.Draft.skipping(attention, mlp) and draft.precision is None
+    assert max(load_draft("llama-2-70b", num_layers=80).attention) == 79
 
 
 def test_hand_made_set_fits_every_depth():
@@ -52,9 +55,9 @@ def test_missing_file_unknown_key_and_out_of_range(tmp_path):
     path = tmp_path / "skip_layers.json"
     save_skip_layers("tiny", [1], [3], path)
     with pytest.raises(KeyError, match="no entry 'other'.*'tiny'"):
-        load_skip_layers("other", path)
+        load_draft("other", path)
     save_skip_layers("deep", [1, 39], [], path)
-    with pytest.raises(ValueError, match=r"skips layers \[39\], beyond a 4-layer model"):
+    with pytest.raises(ValueError, match=r"'deep': attention skip layers \[39\] are not layer indices of a 4-layer model"):
         apply_skip_layers(tiny_llama(), "deep", path)
 
 
@@ -65,7 +68,7 @@ def test_save_keeps_other_entries_and_apply_sets_the_model(tmp_path):
     entries = read_skip_layers(path)
     assert entries["a"] == {"attention": [0, 2], "mlp": [1], "objective": "predicted", "score": 1.2}
     model = tiny_llama()
-    assert apply_skip_layers(model, "a", path) == ([0, 2], [1])
+    assert apply_skip_layers(model, "a", path) == ssd.Draft.skipping([0, 2], [1])
     assert model.get_skip_layers() == ([0, 2], [1])
 
 

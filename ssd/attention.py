@@ -1,0 +1,68 @@
+"""Causal attention over the KV cache, by device and kind of pass: which kernel runs, and the
+grouped-query products that run on a CPU."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def attention_path(device_type: str, n_queries: int, prefill: bool, masked: bool, grouped: bool) -> str:
+    """Which attention computes a pass, by device and kind of pass (prefill, one-token step,
+    verification), in any dtype:
+
+    - `"grouped"`: two plain products (`grouped_attention`), on a CPU for up to 64 queries. PyTorch's
+      CPU flash kernel took ~7x longer for a few bfloat16 queries (438 vs 65 us, 1 query over 740
+      keys); in float32 a masked pass of a grouped-query model falls back to the math kernel, which
+      repeats the KV heads (SmolLM2, 4-5 rows over 400 keys on an Intel Xeon: 162-175 ms a pass,
+      118-140 ms grouped; one row 75-100 ms with the flash kernel, 74-75 ms grouped).
+    - `"causal"`: `scaled_dot_product_attention(is_causal=True)`, a CUDA prefill: no mask tensor, so the
+      flash kernel can run, grouped-query heads included.
+    - `"expanded"`: on CUDA, a masked pass (a verification) of a grouped-query model, over its KV heads
+      repeated for each query head: given a mask and `enable_gqa`, only the math kernel runs, and it
+      builds the whole score matrix; without `enable_gqa` the memory-efficient kernel takes the mask.
+    - `"sdpa"`: `scaled_dot_product_attention` with the mask (if any) and `enable_gqa` as they come:
+      every other pass (a CUDA one-token step, a CPU pass of over 64 queries).
+
+    The CUDA rules follow PyTorch's kernel constraints, not a measurement: no GPU was at hand
+    (`scripts/gpu_check.py` times the passes on one).
+    """
+    if device_type == "cpu":
+        return "grouped" if n_queries <= 64 else "sdpa"
+    if device_type != "cuda" or not masked:
+        return "sdpa"
+    if prefill:
+        return "causal"
+    return "expanded" if grouped else "sdpa"
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int) -> torch.Tensor:
+    """Causal attention with grouped-query heads: q [B, H, T, D] at positions start_pos.., k and v
+    [B, KV, S, D] at positions 0..S-1; query i sees keys up to position start_pos+i."""
+    n_queries, key_len = q.shape[2], k.shape[2]
+    grouped = q.shape[1] != k.shape[1]
+    masked = n_queries > 1 or key_len != start_pos + 1  # a one-token step over exactly its keys needs no mask
+    prefill = start_pos == 0 and key_len == n_queries
+    path = attention_path(q.device.type, n_queries, prefill, masked, grouped)
+    if path == "causal":
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=grouped)
+    mask = torch.ones(n_queries, key_len, dtype=torch.bool, device=q.device).tril(start_pos) if masked else None
+    if path == "grouped":
+        return grouped_attention(q, k, v, mask)
+    if path == "expanded":
+        k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
+        grouped = False
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=grouped)
+
+
+def grouped_attention(q, k, v, mask):
+    """Attention as two products, each KV head shared by its group of query heads; softmax in float32."""
+    batch, n_heads, length, head_dim = q.shape
+    n_kv = k.shape[1]
+    group = n_heads // n_kv
+    # Query heads h = g*group .. g*group+group-1 use KV head g: stack them as rows.
+    scores = (q.reshape(batch, n_kv, group * length, head_dim) @ k.transpose(-1, -2)).float() * head_dim**-0.5
+    if mask is not None:
+        scores = scores.view(batch, n_kv, group, length, -1).masked_fill(~mask, float("-inf")).flatten(2, 3)
+    weights = torch.softmax(scores, dim=-1).to(v.dtype)
+    return (weights @ v).view(batch, n_heads, length, head_dim)
