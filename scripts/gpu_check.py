@@ -39,8 +39,9 @@ from transformers import LlamaForCausalLM as StockLlama
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ssd  # noqa: E402
-from ssd.decoding import synchronize  # noqa: E402
+from ssd.clock import median_seconds  # noqa: E402
 from ssd.files import write_json_atomic  # noqa: E402
+from ssd.loading import dtype_name  # noqa: E402
 from ssd.low_bit import PRECISIONS  # noqa: E402
 from ssd.modeling_llama import LlamaForCausalLM  # noqa: E402
 from ssd.skip_layers import load_draft  # noqa: E402
@@ -72,16 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def timed(run, device: torch.device, repeats: int) -> float:
-    """Median milliseconds of `run()` after one warm-up."""
-    run()
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        run()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] * 1000
+    """Median milliseconds of `run()` after one warm-up (`ssd.clock.median_seconds`)."""
+    return median_seconds(run, device, repeats) * 1000
 
 
 # --- 1. exactness ----------------------------------------------------------------------
@@ -137,7 +130,7 @@ def check_exactness(device: torch.device, dtype: torch.dtype, prompts: int, new_
             if at is not None:
                 divergences.append({"prompt": p, "method": name, "position": at - ids.shape[1],
                                     "margin": margin_at(ours, base, at) if at < len(base) else None})
-    return {"dtype": str(dtype).removeprefix("torch."), "runs": runs, "identical": runs - len(divergences),
+    return {"dtype": dtype_name(dtype), "runs": runs, "identical": runs - len(divergences),
             "identity_rate": (runs - len(divergences)) / runs, "divergences": divergences}
 
 
@@ -177,7 +170,7 @@ def measure_costs(name: str, shape: dict, device: torch.device, dtype: torch.dty
     context, tokens, repeats = (64, 8, 3) if tiny else (512, 32, 5)
     model = random_model(shape, device, dtype, context + tokens + 32)
     ids = torch.randint(0, shape["vocab_size"], (1, context), device=device)
-    costs = {"model": name, "dtype": str(dtype).removeprefix("torch.")}
+    costs = {"model": name, "dtype": dtype_name(dtype)}
 
     stock = stock_sharing_weights(model, device)
     costs["stock generate ms/token"] = timed(lambda: stock.generate(

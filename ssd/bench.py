@@ -20,10 +20,11 @@ from transformers import AutoModelForCausalLM, GenerationConfig
 
 from ssd.checkpoints import resolve_checkpoint
 from ssd.data import TASKS, task_prompts
-from ssd.evaluation import apply_draft, format_table, parse_dtype
+from ssd.evaluation import apply_draft
 from ssd.files import write_json_atomic
 from ssd.generation import generate
-from ssd.loading import load_model
+from ssd.loading import dtype_name, load_model, parse_dtype
+from ssd.reports import format_table
 from ssd.swift import SwiftConfig, SwiftOptimizer
 from ssd.timing import Method, Run, run_side_by_side, summarise
 
@@ -230,10 +231,6 @@ def ours(model, name: str, max_new_tokens: int) -> Method:
     if name == "self-draft":
         return ssd_method(model, "essg", max_new_tokens, ngram_size=0)
     return ssd_method(model, name, max_new_tokens)
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def describe(model) -> str:

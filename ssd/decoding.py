@@ -28,12 +28,6 @@ from ssd.sampling import Sampling, logits_to_probs, residual, sample
 from ssd.self_draft import AdaptiveThreshold, SelfDraft
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work, so that wall-clock time measures it (a no-op on a CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @dataclass
 class GenerationResult:
     tokens: list[int]  # the new tokens only

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
+from ssd.clock import timed
 from ssd.decoding import (
     DraftConfig,
     GenerationResult,
@@ -26,7 +26,6 @@ from ssd.decoding import (
     default_proposers,
     eos_set,
     speculative_decode,
-    synchronize,
 )
 from ssd.draft import Draft
 from ssd.modeling_llama import LlamaForCausalLM
@@ -225,19 +224,17 @@ def generate(
         def on_tokens(new: list[int]) -> None:
             streamer.put(torch.tensor(new))
 
-    synchronize(model.device)
-    start = time.perf_counter()
-    if method == "base":
-        result = base_generate(model, input_ids, max_new_tokens, eos, sampling, generator, on_tokens)
-    elif method == "swift":
-        result = swift_generate(model, input_ids, max_new_tokens, eos, optimizer, sampling, generator, on_tokens)
-    else:
+    def decode():
+        if method == "base":
+            return base_generate(model, input_ids, max_new_tokens, eos, sampling, generator, on_tokens)
+        if method == "swift":
+            return swift_generate(model, input_ids, max_new_tokens, eos, optimizer, sampling, generator, on_tokens)
         draft_config = DraftConfig(**draft_options)
         proposers = DRAFTING_METHODS[method].proposers(model, draft_config, draft)
-        result = speculative_decode(model, input_ids, max_new_tokens, eos, draft_config, sampling, generator,
-                                    proposers=proposers, on_tokens=on_tokens)
-    synchronize(model.device)
-    elapsed = time.perf_counter() - start
+        return speculative_decode(model, input_ids, max_new_tokens, eos, draft_config, sampling, generator,
+                                  proposers=proposers, on_tokens=on_tokens)
+
+    result, elapsed = timed(decode, model.device)
     if streamer is not None:
         streamer.end()
 

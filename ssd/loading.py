@@ -29,6 +29,23 @@ HUB_KWARGS = (
 )
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_dtype(name: str | None) -> torch.dtype | None:
+    """A dtype by its name (`"bfloat16"`), as notebooks and the bench's flags give it; None stays None."""
+    if name is None:
+        return None
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)} or None, got {name!r}")
+    return DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """`torch.bfloat16` -> `"bfloat16"`."""
+    return str(dtype).removeprefix("torch.")
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -111,7 +128,7 @@ def exactness_caveat(device: torch.device, dtype: torch.dtype) -> str | None:
     """
     if device.type == "cpu":
         return None
-    return (f"on {device.type} in {str(dtype).removeprefix('torch.')}, a verification pass and a one-token "
+    return (f"on {device.type} in {dtype_name(dtype)}, a verification pass and a one-token "
             f"step run different kernels, so greedy self-speculative output can part from step-by-step "
             f"decoding where two tokens are near-tied (more often in half precision); docs/numerics.md")
 

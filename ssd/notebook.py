@@ -43,3 +43,8 @@ def parameters(notebook: str, **defaults) -> SimpleNamespace:
     if overrides:
         print(f"${ENV} overrides: {overrides}")
     return SimpleNamespace(**{**defaults, **overrides})
+
+
+def as_params(namespace) -> dict:
+    """Notebook parameters as a JSON-ready dict."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(namespace).items()}

@@ -24,14 +24,14 @@ same log starts from all of them, so an interruption loses nothing finished.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from ssd.decoding import DraftConfig, base_generate, exact_self_speculative_generate, synchronize
+from ssd.clock import median_seconds, timed
+from ssd.decoding import DraftConfig, base_generate, exact_self_speculative_generate
 from ssd.draft import Draft
 from ssd.draft_head import DraftHead
 from ssd.files import append_jsonl, read_jsonl
@@ -134,15 +134,7 @@ def measure_step_costs(
 
     def seconds(tokens: torch.Tensor, draft: Draft | None = None) -> float:
         scored_by = head if draft is not None else None
-        model(tokens, cache, context, draft=draft, head=scored_by)  # warm-up
-        times = []
-        for _ in range(repeats):
-            synchronize(tokens.device)
-            start = time.perf_counter()
-            model(tokens, cache, context, draft=draft, head=scored_by)
-            synchronize(tokens.device)
-            times.append(time.perf_counter() - start)
-        return sorted(times)[len(times) // 2]
+        return median_seconds(lambda: model(tokens, cache, context, draft=draft, head=scored_by), tokens.device, repeats)
 
     full = seconds(one)
     verify = tuple(seconds(torch.zeros((1, k + 1), dtype=torch.long, device=model.device)) / full for k in range(max_tokens + 1))
@@ -315,11 +307,10 @@ class LayerSkippingSearching:
         tokens, seconds = 0, 0.0
         draft = self.model.prepare_draft(Draft.skipping(attention, mlp, precision))
         for input_ids in self.prompts:
-            start = time.perf_counter()
-            result = exact_self_speculative_generate(
+            result, elapsed = timed(lambda: exact_self_speculative_generate(
                 self.model, input_ids, self.config.max_new_tokens, None, self.config.draft, draft=draft
-            )
-            seconds += time.perf_counter() - start
+            ), input_ids.device)
+            seconds += elapsed
             tokens += len(result.tokens)
         return tokens / seconds
 

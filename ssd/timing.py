@@ -17,14 +17,13 @@ have one definition each (`summarise`):
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
-from ssd.decoding import synchronize
+from ssd.clock import timed
 from ssd.generation import GenerateOutput
 
 WARM_UP_TASK = "warm-up"  # the task name methods see during the untimed warm-up
@@ -55,11 +54,7 @@ Method = Callable[[torch.Tensor, str], Run]  # (input_ids [1, T], task) -> Run
 
 def time_call(method: Method, input_ids: torch.Tensor, task: str) -> tuple[Run, float]:
     """One call and its wall seconds, the device synchronised before and after."""
-    synchronize(input_ids.device)
-    start = time.perf_counter()
-    run = method(input_ids, task)
-    synchronize(input_ids.device)
-    return run, time.perf_counter() - start
+    return timed(lambda: method(input_ids, task), input_ids.device)
 
 
 def run_side_by_side(

