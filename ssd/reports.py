@@ -9,9 +9,10 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from ssd.checkpoints import model_key
 from ssd.evaluation import Method
 from ssd.files import write_csv_atomic, write_json_atomic
-from ssd.timing import matchness, tokens_per_second, tokens_per_verification
+from ssd.timing import summarise
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"  # gitignored
 
@@ -20,29 +21,28 @@ RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"  # gitignored
 
 
 def summarize(records: list[dict], methods: list[Method], model: str, metrics: dict) -> list[dict]:
-    """One row per method: quality metrics, acceptance and speed.
+    """One row per method: quality metrics, then the harness's statistics (`ssd.timing.summarise`:
+    tokens/s, speedup over the method's baseline, pooled matchness, tokens per verification).
 
     `metrics` maps a column name to a function of the method's records (for
-    example mean ROUGE-2, or pass@k). tokens/s is total new tokens over total
-    time; speedup divides it by the method's baseline's; matchness is pooled
-    (accepted over drafted tokens); all as `ssd.timing` defines them.
+    example mean ROUGE-2, or pass@k).
     """
     by_method = {m.name: [r for r in records if r["method"] == m.name] for m in methods}
     empty = [name for name, rows in by_method.items() if not rows]
     if empty:
         raise ValueError(f"no records for method(s) {empty}")
-    speed = {name: tokens_per_second(rows) for name, rows in by_method.items()}
+    timed = {row["method"]: row for row in summarise(records, {m.name: m.baseline for m in methods}) if row["task"] == "all"}
     table = []
     for m in methods:
-        rows = by_method[m.name]
+        rows, stats = by_method[m.name], timed[m.name]
         table.append(dict(
             model=model, task=rows[0]["task"], method=m.name, n=len({r["example_id"] for r in rows}),
             **{name: fn(rows) for name, fn in metrics.items()},
-            matchness=matchness(rows),
-            drafted_per_sample=sum(r["drafted"] for r in rows) / len(rows) if m.drafts else None,
-            tokens_per_verification=tokens_per_verification(rows),
-            tokens_per_s=speed[m.name],
-            speedup=speed[m.name] / speed[m.baseline],
+            matchness=stats["matchness"],
+            drafted_per_sample=stats["drafted"] / len(rows) if m.drafts else None,
+            tokens_per_verification=stats["tokens_per_verification"],
+            tokens_per_s=stats["tokens_per_second"],
+            speedup=stats["speedup"],
         ))
     return table
 
@@ -121,8 +121,7 @@ def write_results(folder: str | Path | None, stem: str, table: list[dict], recor
 
 def results_stem(notebook: str, task: str, model: str | None, n: int) -> str:
     """A short file name: notebook, task, model, number of examples."""
-    name = "smollm2-135m" if model is None else Path(str(model)).name.lower()
-    return f"{notebook}_{task}_{name}_n{n}"
+    return f"{notebook}_{task}_{model_key(model)}_n{n}"
 
 
 # --- plots --------------------------------------------------------------------------

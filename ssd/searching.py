@@ -241,7 +241,7 @@ class LayerSkippingSearching:
         config = evaluate_config
         self.optimizer = bayesian_optimizer(self.names, config.kappa, config.alpha, config.seed)
         self.history: list[dict] = []
-        logged = read_jsonl(self.log_path) if self.log_path else []
+        logged = read_jsonl(self.log_path, log=True) if self.log_path else []
         for record in logged:  # refuse a foreign log before any costly preparation
             # The precision variable's ranges depend on which precisions are searched.
             if (record["objective"] != objective or record.get("variables") != self.names

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ssd.checkpoints import checkpoint_key
+from ssd.checkpoints import model_key as key_of
 from ssd.decoding import DraftConfig, EosTokenIds, GenerationResult, OnTokens, speculative_decode
 from ssd.draft import Draft
 from ssd.gate import DraftGate, StepKind
@@ -117,17 +117,6 @@ class SwiftStep:
     seconds: float  # time spent in the optimiser before this step
 
 
-def default_model_key(model: LlamaForCausalLM) -> str:
-    """The skip_layers.json name of a model: a model built by `ssd.checkpoints` by its key, else its
-    folder or hub name, lower-cased."""
-    name = str(getattr(model, "name_or_path", "") or "")
-    if key := checkpoint_key(name):
-        return key
-    if not name:
-        raise ValueError("the model has no name_or_path: pass model_key explicitly")
-    return Path(name).name.lower()
-
-
 def cache_key(model_key: str, task: str) -> str:
     """The skip_layers.json entry of SWIFT's set for a model and task."""
     if not task or "/" in task:
@@ -163,7 +152,7 @@ class SwiftOptimizer:
         self.rng = np.random.default_rng(config.seed)
         self.gp = bayesian_optimizer(self.names, config.kappa, config.alpha, config.seed)
         self.skip_layers_path = Path(skip_layers_path)
-        self.key = cache_key(model_key or default_model_key(model), task) if task is not None else None
+        self.key = cache_key(model_key or key_of(model.name_or_path), task) if task is not None else None
         self.best: tuple[list[int], list[int]] | None = None
         self.best_score: float | None = None
         self.best_window = (-1, 0)  # (input, window) the best score was measured on

@@ -1,12 +1,11 @@
 """Shared fixtures: the embedded model (ours and stock transformers') and real prompts."""
 
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 import ssd
-from helpers import data_dir, threads_per_worker
+from helpers import SHARED_MODELS, data_dir, shared, threads_per_worker
 from ssd.checkpoints import embedded_checkpoint
 from ssd.data import task_prompts
 
@@ -16,6 +15,25 @@ torch.set_num_threads(threads_per_worker())  # under pytest-xdist (scripts/test.
 # order (scripts/test.sh: `--dist loadfile --no-loadscope-reorder`), so these start at once and the short
 # files even out the end, instead of one long file running alone while the other worker idles.
 LONGEST_FILES = ("test_exactness.py", "test_swift.py", "test_sampling.py", "test_low_bit.py")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def full_model_drafts_per_module():
+    """After a module (its module-scoped fixtures included): every shared model's default draft is back to
+    the full model, as the model fixtures load them."""
+    yield
+    for model in SHARED_MODELS:
+        model.default_draft = ssd.Draft()
+
+
+@pytest.fixture(autouse=True)
+def default_drafts_per_test():
+    """After a test: every shared model's default draft is what it was before the test (a module fixture's
+    setting included)."""
+    before = {model: model.default_draft for model in SHARED_MODELS}
+    yield
+    for model in SHARED_MODELS:
+        model.default_draft = before.get(model, ssd.Draft())
 
 
 def pytest_collection_modifyitems(items):
@@ -29,8 +47,7 @@ def embedded():
     """(model, tokenizer): the embedded SmolLM2 in ssd's class, float32, drafting at full precision
     (tests of the low-bit draft set its precision themselves)."""
     model, tokenizer = ssd.load_model(dtype=torch.float32, device="cpu", draft_precision=None)
-    yield model, tokenizer
-    model.set_skip_layers([], [])
+    return shared(model), tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -71,11 +88,6 @@ def base_tokens(embedded):
 
 @pytest.fixture
 def skip_layers(embedded):
-    """Sets a skip set for one test and clears it after."""
+    """Sets the embedded model's default skip set for one test (`default_drafts_per_test` clears it)."""
     model, _ = embedded
-
-    def apply(attention, mlp):
-        model.set_skip_layers(attention, mlp)
-
-    yield apply
-    model.set_skip_layers([], [])
+    return model.set_skip_layers

@@ -4,6 +4,7 @@ and the chi-square test of sampled tokens with its broken-rule negative controls
 
 import os
 import random
+import weakref
 from pathlib import Path
 
 import torch
@@ -16,6 +17,17 @@ from ssd.modeling_llama import LlamaForCausalLM
 from ssd.sampling import logits_to_probs
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# Models that several tests share (`shared`). Their default draft (a value, `model.default_draft`) is the
+# one piece of their state a test may change; conftest's autouse fixtures put it back after every test
+# and every module.
+SHARED_MODELS: weakref.WeakSet = weakref.WeakSet()
+
+
+def shared(model: LlamaForCausalLM) -> LlamaForCausalLM:
+    """Register a model that tests share, so that one test's default draft never reaches the next."""
+    SHARED_MODELS.add(model)
+    return model
 
 
 def threads_per_worker() -> int:
@@ -30,9 +42,12 @@ def data_dir() -> Path | None:
     return folder if folder.is_dir() else None
 
 
-# In float32, batched verification and step-by-step decoding differ only in the
-# last bits; an argmax may flip only where the top two logits are this close.
-NEAR_TIE_FLOAT32 = 1e-3
+# In float32, batched verification, step-by-step decoding and stock transformers differ only in the
+# last bits: up to 4.9e-5 in a logit, measured by test_exactness's
+# test_near_tie_margin_covers_the_measured_logit_differences (which fails past half this margin). An
+# argmax may flip between two of them only where the top two logits are closer than their two errors
+# together, so a divergence at a wider margin than this is a bug, not a near-tie.
+NEAR_TIE_FLOAT32 = 4e-4
 
 
 def random_skip_set(num_layers: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:

@@ -37,7 +37,7 @@ def test_bad_arguments_exit_with_a_clear_message(argv, message, capsys):
 @pytest.mark.parametrize(
     "content, message",
     [
-        ('{"prompt": "fine"}\n{not json}\n', ":2 is not valid JSON"),
+        ('{"prompt": "fine"}\n{not json}\n', "line 2: not valid JSON"),
         ('{"task": "qa"}\n', 'needs a non-empty string "prompt"'),
         ('{"prompt": "  "}\n', 'needs a non-empty string "prompt"'),
         ("\n\n", "holds no prompts"),

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import ssd
-from helpers import data_dir, random_skip_set
+from helpers import data_dir, random_skip_set, shared
 from ssd.cpu import cpu_has_native_bfloat16
 from ssd.data import task_prompts
 from ssd.loading import should_compile, should_pack_weights
@@ -33,8 +33,7 @@ MAX_NEW_TOKENS = 64
 @pytest.fixture(scope="module")
 def bf16_model():
     model, tokenizer = ssd.load_model(dtype=torch.bfloat16, device="cpu")
-    yield model, tokenizer
-    model.set_skip_layers([], [])
+    return shared(model), tokenizer
 
 
 @native_bfloat16_only
@@ -93,14 +92,11 @@ def test_bfloat16_essg_equals_base(bf16_model, prompts, skip, precision):
     sets = {"none": ([], []), "hand-made": ssd.skip_layers.hand_made_set(model.num_layers), "random30": random_skip_set(model.num_layers, 0.3, seed=2)}
     model.set_skip_layers(*sets[skip])
     model.set_draft_precision(precision)
-    try:
-        for prompt in prompts if (skip, precision) == ("hand-made", None) else prompts[::2]:
-            input_ids = tokenizer(prompt, return_tensors="pt").input_ids
-            base = ssd.infer(model, tokenizer, input_ids, "base", MAX_NEW_TOKENS)["generate_ids"]
-            # A low-bit draft runs alone (no lookups), so that every draft is its own.
-            lookups = {"ngram_size": 0} if precision else {}
-            essg = ssd.infer(model, tokenizer, input_ids, "essg", MAX_NEW_TOKENS, gate=False, **lookups)
-            assert essg["num_drafted_tokens"] > 0
-            assert essg["generate_ids"] == base, f"bfloat16 essg ({skip}, {precision}) differs from base on {prompt[:60]!r}"
-    finally:
-        model.set_draft_precision(None)
+    for prompt in prompts if (skip, precision) == ("hand-made", None) else prompts[::2]:
+        input_ids = tokenizer(prompt, return_tensors="pt").input_ids
+        base = ssd.infer(model, tokenizer, input_ids, "base", MAX_NEW_TOKENS)["generate_ids"]
+        # A low-bit draft runs alone (no lookups), so that every draft is its own.
+        lookups = {"ngram_size": 0} if precision else {}
+        essg = ssd.infer(model, tokenizer, input_ids, "essg", MAX_NEW_TOKENS, gate=False, **lookups)
+        assert essg["num_drafted_tokens"] > 0
+        assert essg["generate_ids"] == base, f"bfloat16 essg ({skip}, {precision}) differs from base on {prompt[:60]!r}"

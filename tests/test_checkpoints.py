@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import ssd
-from helpers import NEAR_TIE_FLOAT32, assert_same_tokens, data_dir, stock_greedy
+from helpers import NEAR_TIE_FLOAT32, assert_same_tokens, data_dir, shared, stock_greedy
 from ssd.checkpoints import QWEN_CODER, QWEN_CODER_KEY, PartedGGUF, parted_gguf, qwen_coder_checkpoint
 from ssd.data import task_prompts
 from ssd.modeling_llama import Qwen2ForCausalLM
@@ -88,9 +88,7 @@ def qwen_coder():
     """(model, tokenizer): the named model in ssd's class, float32, eager, drafting at full precision."""
     model, tokenizer = ssd.load_model(QWEN_CODER_KEY, dtype=torch.float32, device="cpu", compile=False,
                                       draft_precision=None)
-    yield model, tokenizer
-    model.set_skip_layers([], [])
-    model.set_draft_precision(None)
+    return shared(model), tokenizer
 
 
 @qwen_installed
@@ -149,14 +147,10 @@ def test_qwen_coder_equals_stock_generate(qwen_coder, qwen_stock, task):
     base = ssd.generate(model, input_ids, method="base", max_new_tokens=32)[0, input_ids.shape[1]:].tolist()
     assert_same_tokens(expected, base, model, input_ids, NEAR_TIE_FLOAT32, "base vs stock")
     model.set_skip_layers([20, 22], [21, 23])
-    try:
-        for precision, ngram_size in (("int4", 3), (None, 0)):
-            model.set_draft_precision(precision)
-            out = ssd.generate(model, input_ids, method="essg", max_new_tokens=32, gate=False, ngram_size=ngram_size,
-                               return_dict_in_generate=True)
-            label = f"essg (draft {precision}, ngram_size {ngram_size}) vs stock"
-            assert_same_tokens(expected, out.tokens, model, input_ids, NEAR_TIE_FLOAT32, label)
-            assert out.num_drafted_tokens > 0
-    finally:
-        model.set_skip_layers([], [])
-        model.set_draft_precision(None)
+    for precision, ngram_size in (("int4", 3), (None, 0)):
+        model.set_draft_precision(precision)
+        out = ssd.generate(model, input_ids, method="essg", max_new_tokens=32, gate=False, ngram_size=ngram_size,
+                           return_dict_in_generate=True)
+        label = f"essg (draft {precision}, ngram_size {ngram_size}) vs stock"
+        assert_same_tokens(expected, out.tokens, model, input_ids, NEAR_TIE_FLOAT32, label)
+        assert out.num_drafted_tokens > 0

@@ -65,24 +65,20 @@ def test_bad_settings_and_dtype():
 
 def test_apply_draft_falls_back_to_the_hand_picked_set_only_for_the_embedded_model(embedded):
     model, _ = embedded
-    try:
-        message = ev.apply_draft(model, None)
-        if "hand-picked" in message:
-            assert model.get_skip_layers() == hand_made_set(model.num_layers)
-        with pytest.raises(KeyError, match="no entry 'no-such-model'"):
-            ev.apply_draft(model, "no-such-model")
-        with pytest.raises(ValueError, match="name the skip_layers.json entry for meta-llama"):
-            ev.apply_draft(model, None, "meta-llama/Llama-2-13b-hf")  # never the embedded model's set
-        # A named model's own entry, or until a search writes it, no skipped sub-layer (never the embedded model's set).
-        entries = read_skip_layers()
-        message = ev.apply_draft(model, None, QWEN_CODER_KEY)
-        if QWEN_CODER_KEY in entries:
-            assert model.get_skip_layers() == (entries[QWEN_CODER_KEY]["attention"], entries[QWEN_CODER_KEY]["mlp"])
-        else:
-            assert model.get_skip_layers() == ([], []) and f"no {QWEN_CODER_KEY!r} entry" in message
-    finally:
-        model.set_skip_layers([], [])
-        model.set_draft_precision(None)
+    message = ev.apply_draft(model, None)
+    if "hand-picked" in message:
+        assert model.get_skip_layers() == hand_made_set(model.num_layers)
+    with pytest.raises(KeyError, match="no entry 'no-such-model'"):
+        ev.apply_draft(model, "no-such-model")
+    with pytest.raises(ValueError, match="name the skip_layers.json entry for meta-llama"):
+        ev.apply_draft(model, None, "meta-llama/Llama-2-13b-hf")  # never the embedded model's set
+    # A named model's own entry, or until a search writes it, no skipped sub-layer (never the embedded model's set).
+    entries = read_skip_layers()
+    message = ev.apply_draft(model, None, QWEN_CODER_KEY)
+    if QWEN_CODER_KEY in entries:
+        assert model.get_skip_layers() == (entries[QWEN_CODER_KEY]["attention"], entries[QWEN_CODER_KEY]["mlp"])
+    else:
+        assert model.get_skip_layers() == ([], []) and f"no {QWEN_CODER_KEY!r} entry" in message
 
 
 # --- generating and scoring with the real model -----------------------------------
@@ -97,11 +93,8 @@ def summaries(embedded, tmp_path_factory):
     examples = task_examples("cnndm", 2, tokenizer, 200, data_files=path)
     methods = ev.standard_methods((0.4,), samples=2)
     model.set_skip_layers(*hand_made_set(model.num_layers))
-    try:
-        records = ev.generate_all(model, tokenizer, examples, methods, ev.GenerationSettings(8, early_stop=False),
-                                  progress=False)
-    finally:
-        model.set_skip_layers([], [])
+    records = ev.generate_all(model, tokenizer, examples, methods, ev.GenerationSettings(8, early_stop=False),
+                              progress=False)
     scoring.score_rouge2(records, examples)
     table = reports.summarize(records, methods, "embedded", {"rouge2": reports.mean_of("rouge2")})
     return examples, methods, records, table

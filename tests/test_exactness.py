@@ -1,6 +1,7 @@
 """Greedy output of base and essg equals stock transformers' greedy generate, token for token (float32)."""
 
 import pytest
+import torch
 
 import ssd
 from helpers import NEAR_TIE_FLOAT32, assert_same_tokens, random_skip_set, stock_greedy
@@ -95,7 +96,6 @@ def test_adaptive_threshold_moves(embedded, prompts, skip_layers):
 def test_full_model_draft_accepts_everything(embedded, prompts):
     """With nothing skipped the draft is the full model: essentially every draft is accepted."""
     model, tokenizer = embedded
-    model.set_skip_layers([], [])
     out = ssd.infer(
         model, tokenizer, prompts[3], "essg", 32, th_stop_draft=0.0, auto_th_stop_draft=False, max_step_draft=8,
         draft_vocab_size=None, gate=False, ngram_size=0,
@@ -157,3 +157,26 @@ def test_short_lookups_grow_into_long_copies(embedded, skip_layers):
     for short, run in runs.items():
         assert_same_tokens(base, run["generate_ids"], model, input_ids, NEAR_TIE_FLOAT32, f"short_lookup={short}")
     assert runs[None]["num_verifications"] < runs[2]["num_verifications"] < 23 / 3
+
+
+@torch.no_grad()
+def test_near_tie_margin_covers_the_measured_logit_differences(embedded, stock, prompts):
+    """The margin under which a greedy divergence counts as a near-tie (NEAR_TIE_FLOAT32) is tied to what
+    is measured here: a verification of 1-13 tokens and one-token steps give logits within half of it, and
+    so do ssd's steps and stock transformers' forward. A flip between two of them needs the top two
+    logits closer than the sum of their errors, so a divergence at a wider margin is a bug."""
+    model, tokenizer = embedded
+    input_ids = tokenizer(prompts[3], return_tensors="pt").input_ids
+    start = input_ids.shape[1] - 13
+    steps_cache, pass_cache = model.new_cache(input_ids.shape[1] + 1), model.new_cache(input_ids.shape[1] + 1)
+    for cache in (steps_cache, pass_cache):
+        model(input_ids[:, :start], cache, 0)
+    steps = torch.cat([model(input_ids[:, i : i + 1], steps_cache, i) for i in range(start, input_ids.shape[1])], dim=1)
+    stock_logits = stock(input_ids).logits[:, start:].float()
+    worst = 0.0
+    for rows in (1, 2, 4, 5, 8, 13):
+        verified = model(input_ids[:, start : start + rows], pass_cache, start)
+        worst = max(worst, float((verified - steps[:, :rows]).abs().max()))
+    worst_stock = float((stock_logits - steps).abs().max())
+    print(f"largest logit difference: verification vs steps {worst:.2e}, stock vs steps {worst_stock:.2e}")
+    assert max(worst, worst_stock) < NEAR_TIE_FLOAT32 / 2

@@ -17,11 +17,10 @@ MAX_NEW_TOKENS = 48
 
 @pytest.fixture
 def precision(embedded):
-    """Sets a draft precision for one test and restores full precision after."""
+    """Sets the embedded model's default draft precision for one test (conftest's `default_drafts_per_test`
+    puts the full model back)."""
     model, _ = embedded
-    yield model.set_draft_precision
-    model.set_draft_precision(None)
-    model.set_skip_layers([], [])
+    return model.set_draft_precision
 
 
 @pytest.mark.parametrize("name, tolerance", [("int8", 0.02), ("int4", 0.1)])  # bfloat16 activations: ~1% alone
@@ -147,7 +146,4 @@ def test_swift_optimises_skip_sets_on_top_of_the_quantised_draft(embedded, promp
 
 def test_load_model_drafts_in_int4_on_a_cpu(embedded):
     model, _ = embedded
-    try:
-        assert ssd.loading.default_draft_precision(model) == "int4" == model.get_draft_precision()
-    finally:
-        model.set_draft_precision(None)
+    assert ssd.loading.default_draft_precision(model) == "int4" == model.get_draft_precision()

@@ -82,9 +82,7 @@ def setting(embedded, request):
     model.set_skip_layers(*UPPER_HALF)
     model.set_draft_precision(PRECISIONS.get(request.param))
     input_ids = tokenizer(PROMPTS[request.param], return_tensors="pt").input_ids
-    yield model, input_ids, exact_second_token_marginal(model, input_ids), DRAFTS[request.param]
-    model.set_skip_layers([], [])
-    model.set_draft_precision(None)
+    return model, input_ids, exact_second_token_marginal(model, input_ids), DRAFTS[request.param]
 
 
 def test_sampled_distribution_matches_full_model(setting):

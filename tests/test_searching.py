@@ -67,10 +67,11 @@ def test_search_logs_and_resumes(tmp_path):
     log = tmp_path / "search.jsonl"
 
     first = LayerSkippingSearching(model, None, prompts, config, log_path=log)
-    assert first.probe([], []) > 0
+    probed = first.probe([], [])
     first.search(3)
     records = read_jsonl(log)
     assert len(records) == 4 and records[0]["attention"] == [] and records[0]["mlp"] == []
+    assert records[0]["score"] == probed and first.best_score == max(r["score"] for r in records) >= probed
     assert all(r["draft_precision"] in config.precisions for r in records)
     assert set(first.costs) == set(config.precisions), "sub-layer costs measured at every precision"
     assert model.get_skip_layers() == ([], []) and model.get_draft_precision() is None, "the model's own draft is kept"
@@ -79,9 +80,9 @@ def test_search_logs_and_resumes(tmp_path):
     assert len(resumed.optimizer.res) == 4 and resumed.best_score == first.best_score
     resumed.search(2)
     assert len(read_jsonl(log)) == 6
-    attention, mlp = resumed.get_solution()
-    assert all(0 <= i < model.num_layers for i in attention + mlp)
-    assert resumed.best_draft_precision in config.precisions
+    best = max(read_jsonl(log), key=lambda r: r["score"])
+    assert resumed.get_solution() == (best["attention"], best["mlp"]), "the solution is the best logged draft"
+    assert resumed.best_draft_precision == best["draft_precision"]
     with pytest.raises(ValueError, match="other variables; this is a 'predicted' search over 6 layers"):
         LayerSkippingSearching(tiny_llama(num_hidden_layers=6, max_position_embeddings=128), None, prompts, config, log_path=log)
     with pytest.raises(ValueError, match="other variables"):  # the same model, other precisions
@@ -96,7 +97,9 @@ def test_wall_clock_objective_and_bad_arguments(tmp_path):
     prompts = [torch.tensor([[1, 5, 9, 13]])]
     config = SearchConfig(max_new_tokens=6, draft=DraftConfig(max_step_draft=3, auto_th_stop_draft=False))
     search = LayerSkippingSearching(model, None, prompts, config, objective="tokens_per_second", log_path=tmp_path / "log.jsonl")
-    assert search.probe([1], [2]) > 0
+    score = search.probe([1], [2])
+    (record,) = read_jsonl(tmp_path / "log.jsonl")
+    assert (record["attention"], record["mlp"], record["score"]) == ([1], [2], score)
     with pytest.raises(ValueError, match=r"\[7\]"):
         search.probe([7], [])
     assert len(read_jsonl(tmp_path / "log.jsonl")) == 1, "a rejected probe logs nothing"

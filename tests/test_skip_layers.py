@@ -101,7 +101,12 @@ def test_jsonl_log_survives_a_torn_last_line(tmp_path):
     append_jsonl(path, {"i": 1})
     with open(path, "a") as f:
         f.write('{"i": 2, "tar')  # a crash mid-write
-    assert read_jsonl(path) == [{"i": 0}, {"i": 1}]
+    assert read_jsonl(path, log=True) == [{"i": 0}, {"i": 1}]
+    with pytest.raises(ValueError, match="line 3: not valid JSON"):
+        read_jsonl(path)  # not a log: a torn line is an error
     path.write_text('{"i": 0}\n{bad\n{"i": 2}\n')
     with pytest.raises(ValueError, match="line 2"):
-        read_jsonl(path)
+        read_jsonl(path, log=True)
+    assert read_jsonl(tmp_path / "none.jsonl", log=True) == []
+    with pytest.raises(FileNotFoundError, match="none.jsonl"):
+        read_jsonl(tmp_path / "none.jsonl")

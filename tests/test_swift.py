@@ -26,10 +26,10 @@ def fast_config() -> SwiftConfig:
 
 @pytest.fixture
 def clean_model(embedded):
+    """The embedded model, drafting with the full model by default (conftest puts it back after a test)."""
     model, tokenizer = embedded
-    model.set_skip_layers([], [])
-    yield model, tokenizer
-    model.set_skip_layers([], [])
+    assert model.default_draft == ssd.Draft()
+    return model, tokenizer
 
 
 # --- configuration -----------------------------------------------------------------
@@ -233,7 +233,6 @@ def third_token_p_value(model, input_ids, expected, trials: int) -> float:
 @pytest.fixture(scope="module")
 def sampling_setting(embedded):
     model, tokenizer = embedded
-    model.set_skip_layers([], [])
     input_ids = tokenizer("The three most important inventions of the", return_tensors="pt").input_ids
     return model, input_ids, exact_third_token_marginal(model, input_ids)
 
