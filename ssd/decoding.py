@@ -119,6 +119,11 @@ def check_input_ids(model: LlamaForCausalLM, input_ids: torch.Tensor, max_new_to
         raise ValueError("the prompt is empty")
     if input_ids.dtype not in (torch.long, torch.int32):
         raise ValueError(f"input_ids must hold integer token ids, got {input_ids.dtype}")
+    vocab_size = model.config.vocab_size
+    outside = input_ids[(input_ids < 0) | (input_ids >= vocab_size)]
+    if outside.numel():
+        raise ValueError(f"the prompt holds token ids outside the vocabulary (0..{vocab_size - 1}): "
+                         f"{sorted(set(outside.tolist()))[:5]}")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     total = input_ids.shape[1] + max_new_tokens

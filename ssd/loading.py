@@ -202,6 +202,8 @@ def load_model(
     can take strings and chats with the model alone, and the checkpoint's
     generation settings as `model.generation_config`, which it starts from.
     """
+    if isinstance(from_pretrained_kwargs.get("device_map"), dict):
+        refuse_offload(from_pretrained_kwargs["device_map"])  # an explicit map: refused before any loading
     name_or_path = resolve_checkpoint(name_or_path)
     hub = {key: from_pretrained_kwargs[key] for key in HUB_KWARGS if key in from_pretrained_kwargs}
     config = AutoConfig.from_pretrained(name_or_path, **hub)

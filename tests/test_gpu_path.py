@@ -103,6 +103,16 @@ def test_offload_is_refused(device_map, refused):
         refuse_offload(device_map)
 
 
+def test_load_model_refuses_an_offloading_device_map_before_loading(tmp_path, monkeypatch):
+    """End to end through `load_model`: an explicit map naming "disk" is ssd's error, and no weight loads."""
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the device map was refused")
+
+    monkeypatch.setattr(ssd.modeling_llama.LlamaForCausalLM, "from_pretrained", no_loading)
+    with pytest.raises(ValueError, match=r"offloaded \(to disk"):
+        ssd.load_model(device_map={"model": "cpu", "lm_head": "disk"}, offload_folder=str(tmp_path))
+
+
 def test_exactness_caveat_names_the_device_and_dtype():
     assert exactness_caveat(torch.device("cpu"), torch.float32) is None
     assert exactness_caveat(torch.device("cpu"), torch.bfloat16) is None

@@ -82,6 +82,16 @@ def test_bad_generation_input(embedded, prompt, kwargs, message):
         ssd.infer(model, tokenizer, prompt, **kwargs)
 
 
+@pytest.mark.parametrize("bad_id", [10**7, 49152, -1])
+def test_out_of_vocabulary_prompt_ids_are_refused_as_the_prompt(embedded, bad_id):
+    """Named as the prompt's fault, before any pass runs, by every method."""
+    model, _ = embedded
+    for method in ("base", "essg", "sss", "swift"):
+        with pytest.raises(ValueError, match=rf"token ids outside the vocabulary \(0..49151\): \[{bad_id}\]"):
+            ssd.generate(model, torch.tensor([[1, 2, bad_id]]), method=method, max_new_tokens=4,
+                         do_sample=method == "sss")
+
+
 def test_over_long_prompt(embedded):
     model, tokenizer = embedded
     too_long = torch.ones((1, model.max_context), dtype=torch.long)

@@ -1,0 +1,54 @@
+"""The notebooks' side-by-side comparisons (`ssd.comparisons`), on the embedded model with small settings:
+what search.ipynb and swift.ipynb tabulate, checked here rather than only through nbval."""
+
+import pytest
+
+import ssd
+from ssd.checkpoints import model_key
+from ssd.comparisons import SWIFT_METHODS, compare_skip_sets, compare_swift, summarize_swift
+from ssd.skip_layers import hand_made_set, read_skip_layers
+from ssd.swift import cache_key
+
+MAX_NEW_TOKENS = 16
+
+
+@pytest.fixture(scope="module")
+def humaneval(prompts):
+    return {"humaneval": prompts[:2]}
+
+
+def test_skip_sets_against_base(embedded, humaneval):
+    model, tokenizer = embedded
+    sets = {"none": ([], []), "hand-made": hand_made_set(model.num_layers), "int4": ([], [], "int4")}
+    rows = compare_skip_sets(model, tokenizer, humaneval, sets, MAX_NEW_TOKENS, progress=False, gate=False)
+    assert [(row["set"], row["task"]) for row in rows] == [(name, task) for task in ("humaneval", "all") for name in sets]
+    by_set = {row["set"]: row for row in rows if row["task"] == "all"}
+    for name, row in by_set.items():
+        assert row["prompts"] == 2 and row["identical"] == 2, f"{name}: every output equals base's"
+        assert row["drafted"] > 0 and row["new_tokens"] == 2 * MAX_NEW_TOKENS
+    # The full model as its own draft agrees almost always; skipping 14 of 60 sub-layers does far less often.
+    assert by_set["none"]["matchness"] >= 0.9 > by_set["hand-made"]["matchness"]
+    assert model.default_draft == ssd.Draft(), "the comparison passes drafts as values, never setting the model's"
+
+
+def test_swift_cold_and_cached_streams(embedded, humaneval, tmp_path):
+    model, tokenizer = embedded
+    path = tmp_path / "skip_layers.json"
+    config = ssd.SwiftConfig(skip_ratio=0.2, context_window=8, max_opt_iter=6, max_score=1.0)
+    records, cold = compare_swift(model, tokenizer, humaneval, config, MAX_NEW_TOKENS, path, progress=False)
+    assert sorted(r["method"] for r in records) == sorted(SWIFT_METHODS * 2)
+    assert all(r["identical"] for r in records if r["method"] != "base"), "every method's output equals base's"
+    cached = [r for r in records if r["method"] == "swift cached"]
+    assert all(r["cache_hit"] and r["opt_steps"] == 0 for r in cached), "the cached stream reads the cold one's set"
+    entry = read_skip_layers(path)[cache_key(model_key(model.name_or_path), "humaneval")]
+    assert (entry["attention"], entry["mlp"]) == tuple(cold["humaneval"].best)
+
+    rows = summarize_swift(records)
+    assert [row["method"] for row in rows if row["task"] == "all"] == list(SWIFT_METHODS)
+    overall = {row["method"]: row for row in rows if row["task"] == "all"}
+    cold_steps = sum(r["steps"] for r in records if r["method"] == "swift cold")
+    cold_opt = sum(r["opt_steps"] for r in records if r["method"] == "swift cold")
+    assert cold_opt > 0 and overall["swift cold"]["opt_share"] == cold_opt / cold_steps
+    assert 0 < overall["swift cold"]["opt_time_share"] < 1
+    assert overall["swift cached"]["opt_share"] == 0
+    assert overall["base"]["opt_share"] is None and overall["base"]["speedup"] == 1.0
