@@ -79,3 +79,20 @@ class CompiledLayers:
                     for length in (1, 2):
                         model(torch.zeros(1, length, dtype=torch.long, device=model.device), cache, position, draft=draft)
         self.warm.update((kind, precision) for kind in kinds)
+
+
+def runs_compiled(start_pos: int, length: int, cache_len: int, row_invariant: bool, padded_rows: int) -> bool:
+    """Whether a pass of `length` tokens at `start_pos` runs the compiled graphs.
+
+    The graphs hold for passes that end before the cache does (a generation's never fill it), after
+    position 1 in float32: a pass at position 1 would recompile (seconds) mid-generation. Passes of
+    more than `padded_rows` rows (`Linear.products`: long lookups, SWIFT's windows) run eager in
+    float32: bound by their products, they took no longer so (5-11 rows over 600 positions: 124-161
+    ms eager, 139-160 ms compiled), and a third graph would add to every load's compile time. Where
+    passes are kept row-invariant (bfloat16 on a CPU) every pass after the prefill takes the graphs
+    (one for one row, one for more; position 1 has its own, compiled at load), so that a verified
+    token's logits equal a step's bit for bit: compiled and eager ops round differently.
+    """
+    if start_pos + length >= cache_len:
+        return False
+    return start_pos > 0 if row_invariant else start_pos > 1 and length <= padded_rows

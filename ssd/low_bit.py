@@ -114,6 +114,24 @@ class LowBitLayer:
     def nbytes(self) -> int:
         return self.qkv.nbytes + self.o.nbytes + self.gate_up.nbytes + self.down.nbytes
 
+    @classmethod
+    def of(cls, layer, precision: str) -> LowBitLayer:
+        """A copy of a decoder layer's (`LlamaDecoderLayer`) projections at `precision`; biases are kept."""
+        attn, mlp = layer.self_attn, layer.mlp
+        qkv = (attn.q_proj, attn.k_proj, attn.v_proj)
+        return cls(
+            qkv=quantise(torch.cat([p.weight for p in qkv]), precision, _biases(qkv)),
+            o=quantise(attn.o_proj.weight, precision, attn.o_proj.bias),
+            gate_up=quantise(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), precision,
+                             _biases((mlp.gate_proj, mlp.up_proj))),
+            down=quantise(mlp.down_proj.weight, precision, mlp.down_proj.bias),
+        )
+
+
+def _biases(projections) -> torch.Tensor | None:
+    """The biases of projections fused into one product, or None where they have none."""
+    return None if projections[0].bias is None else torch.cat([p.bias for p in projections])
+
 
 BITS = {"int8": 8, "int4": 4}
 

@@ -26,7 +26,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from ssd.attention import attend
-from ssd.compiled import CompiledLayers, LayerGraphs
+from ssd.compiled import CompiledLayers, LayerGraphs, runs_compiled
 from ssd.cpu import Float32Products
 from ssd.draft import Draft
 from ssd.draft_head import DraftHead, draft_head
@@ -102,12 +102,6 @@ class LlamaAttention(nn.Module):
         self.v_proj = Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=qkv_bias)
         self.o_proj = Linear(self.n_heads * self.head_dim, config.hidden_size, bias=o_bias)
 
-    def low_bit_qkv(self, precision: str):
-        """q, k and v projections as one low-bit product (the draft's)."""
-        projections = (self.q_proj, self.k_proj, self.v_proj)
-        bias = None if self.q_proj.bias is None else torch.cat([p.bias for p in projections])
-        return quantise(torch.cat([p.weight for p in projections]), precision, bias)
-
     def forward(self, x, cos, sin, k_cache, v_cache, start_pos: int, key_len: int, low_bit: LowBitLayer | None = None):
         """Writes this pass's keys and values at start_pos.., then attends over the cache's first
         `key_len` positions; query i sees those up to position start_pos+i (a causal mask, built inside
@@ -139,11 +133,6 @@ class LlamaMLP(nn.Module):
         self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=bias)
         self.act_fn = ACT2FN[config.hidden_act]
 
-    def low_bit_gate_up(self, precision: str):
-        """gate and up projections as one low-bit product (the draft's)."""
-        bias = None if self.gate_proj.bias is None else torch.cat([self.gate_proj.bias, self.up_proj.bias])
-        return quantise(torch.cat([self.gate_proj.weight, self.up_proj.weight]), precision, bias)
-
     def forward(self, x: torch.Tensor, low_bit: LowBitLayer | None = None) -> torch.Tensor:
         if low_bit is None:
             return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
@@ -159,15 +148,6 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.low_bit: dict[str, LowBitLayer] = {}  # the drafts' copies by precision, see LlamaForCausalLM.low_bit_copies
-
-    def low_bit_copy(self, precision: str) -> LowBitLayer:
-        attn, mlp = self.self_attn, self.mlp
-        return LowBitLayer(
-            qkv=attn.low_bit_qkv(precision),
-            o=quantise(attn.o_proj.weight, precision, attn.o_proj.bias),
-            gate_up=mlp.low_bit_gate_up(precision),
-            down=quantise(mlp.down_proj.weight, precision, mlp.down_proj.bias),
-        )
 
     def attention_block(self, x, cos, sin, k_cache, v_cache, start_pos: int, key_len: int, low_bit: LowBitLayer | None):
         """`x + attention(norm(x))`, for a draft that skips the layer's MLP."""
@@ -317,7 +297,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
             for device in {p.device for p in self.parameters()}:
                 check_kernel(precision, device, self.dtype)
             # Every copy first, then stored: a weight the kernel cannot take leaves the model as it was.
-            copies = {i: layers[i].low_bit_copy(precision) for i in missing}
+            copies = {i: LowBitLayer.of(layers[i], precision) for i in missing}
             head = self.lm_head_int8 or quantise(self.lm_head.weight, "int8")
             for i, copy in copies.items():
                 layers[i].low_bit[precision] = copy
@@ -433,19 +413,9 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         draft = draft or Draft()
         precision = draft.precision
         low_bit = [None] * self.num_layers if precision is None else self.low_bit_copies(precision)
-        # The graphs hold for passes that end before the cache does (a generation's never fill it),
-        # after position 1 in float32: a pass at position 1 would recompile (seconds) mid-generation.
-        # Passes of more than `Linear.products.padded_rows` rows (long lookups, SWIFT's windows) run
-        # eager in float32: bound by their products, they took no longer so (5-11 rows over 600
-        # positions: 124-161 ms eager, 139-160 ms compiled), and a third graph would add to every
-        # load's compile time. In bfloat16 on a CPU every pass after the prefill takes the graphs
-        # (one for one row, one for more; position 1 has its own, compiled at load), so that a
-        # verified token's logits equal a step's bit for bit: compiled and eager ops round differently.
-        if row_invariant:
-            compiled = 0 < start_pos and end < cache.max_len
-        else:
-            compiled = 1 < start_pos and end < cache.max_len and length <= self.lm_head.products.padded_rows
-        graphs = self._compiled.graphs if compiled and self._compiled else None
+        compiled = self._compiled is not None and runs_compiled(
+            start_pos, length, cache.max_len, row_invariant, self.products.padded_rows)
+        graphs = self._compiled.graphs if compiled else None
         for i, layer in enumerate(self.model.layers):
             x = layer(
                 x, cos, sin, cache.keys[i], cache.values[i], start_pos, key_len, i in draft.attention, i in draft.mlp,
