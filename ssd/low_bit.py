@@ -163,3 +163,37 @@ def check_kernel(precision: str, device: torch.device, dtype: torch.dtype) -> No
         raise ValueError(
             f"draft precision {precision!r} has no kernel for {dtype} on {device} ({str(error).splitlines()[0]})"
         ) from None
+
+
+class LowBitCopies:
+    """A model's low-bit copies: every layer's at each precision a draft has asked for, and one int8 copy
+    of the LM head under either (per-row scales let the trimmed draft head gather its rows; int4's packed
+    tiles do not). Built on first use and kept: the cache a draft's precision keys into.
+
+    Copies of every layer (a proposer may change its skip set every step), on the device of the weight
+    they copy; the model's own weights are untouched. A precision without a kernel on the model's
+    devices, or one whose kernel cannot take the weights' shapes, is an error naming both, and nothing
+    is stored.
+    """
+
+    def __init__(self):
+        self.layers: dict[str, list[LowBitLayer]] = {}
+        self.lm_head_int8: Int8Weight | None = None
+
+    def at(self, model, precision: str) -> list[LowBitLayer]:
+        """Every layer's copy at `precision` for `model` (a `LlamaForCausalLM`), built on first use."""
+        if precision not in self.layers:
+            if precision not in PRECISIONS:
+                raise ValueError(f"unknown draft precision {precision!r}; choose from {PRECISIONS} or None")
+            for device in {p.device for p in model.parameters()}:
+                check_kernel(precision, device, model.dtype)
+            # Every copy first, then stored: a weight the kernel cannot take leaves the cache as it was.
+            layers = [LowBitLayer.of(layer, precision) for layer in model.model.layers]
+            head = self.lm_head_int8 or quantise(model.lm_head.weight, "int8")
+            self.layers[precision], self.lm_head_int8 = layers, head
+        return self.layers[precision]
+
+    def nbytes(self, precision: str) -> int:
+        """Memory the copies for `precision` take (the int8 LM head counted once, under either)."""
+        head = self.lm_head_int8.nbytes if self.lm_head_int8 is not None else 0
+        return sum(copy.nbytes for copy in self.layers.get(precision, ())) + head

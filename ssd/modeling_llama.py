@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import LlamaConfig, PretrainedConfig, PreTrainedModel, Qwen2Config
 from transformers.activations import ACT2FN
-from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from ssd.attention import attend
 from ssd.compiled import CompiledLayers, LayerGraphs, runs_compiled
@@ -31,8 +30,9 @@ from ssd.cpu import Float32Products
 from ssd.draft import Draft
 from ssd.draft_head import DraftHead, draft_head
 from ssd.linear import Linear, needs_row_invariance
-from ssd.low_bit import PRECISIONS, Int8Weight, LowBitLayer, check_kernel, quantise
+from ssd.low_bit import LowBitCopies, LowBitLayer
 from ssd.packed import PackedWeight, pack
+from ssd.rope import rope_tables
 
 
 @dataclass
@@ -49,20 +49,6 @@ class KVCache:
     @property
     def max_len(self) -> int:
         return self.keys[0].shape[2]
-
-
-def rope_inverse_frequencies(config: LlamaConfig) -> tuple[torch.Tensor, float]:
-    """The checkpoint's RoPE: inverse frequencies and the cos/sin scaling factor."""
-    rope = config.rope_parameters
-    rope_type = rope.get("rope_type", "default")
-    if rope_type == "default":
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        exponents = torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim
-        return 1.0 / (rope["rope_theta"] ** exponents), 1.0
-    if rope_type in ("dynamic", "longrope"):
-        # Their frequencies change with the sequence length; a static table cannot hold them.
-        raise NotImplementedError(f"RoPE type {rope_type!r} is not supported; supported: default, linear, llama3, yarn")
-    return ROPE_INIT_FUNCTIONS[rope_type](config, None)
 
 
 class RMSNorm(nn.Module):
@@ -147,7 +133,6 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(config)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.low_bit: dict[str, LowBitLayer] = {}  # the drafts' copies by precision, see LlamaForCausalLM.low_bit_copies
 
     def attention_block(self, x, cos, sin, k_cache, v_cache, start_pos: int, key_len: int, low_bit: LowBitLayer | None):
         """`x + attention(norm(x))`, for a draft that skips the layer's MLP."""
@@ -210,7 +195,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         self._rope: tuple[torch.Tensor, torch.Tensor] | None = None  # built on first use, see rope_tables
         self.default_draft = Draft()
-        self.lm_head_int8: Int8Weight | None = None  # the drafts' LM head at any low precision
+        self.low_bit = LowBitCopies()  # the drafts' low-bit weights, by precision, built on first use
         self._compiled: CompiledLayers | None = None  # see compile_blocks
         self.post_init()
 
@@ -238,11 +223,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         """
         device = self.model.embed_tokens.weight.device
         if self._rope is None or self._rope[0].device != device:
-            inv_freq, scaling = rope_inverse_frequencies(self.config)
-            positions = torch.arange(self.max_context, dtype=torch.float)
-            freqs = torch.outer(positions, inv_freq)
-            angles = torch.cat((freqs, freqs), dim=-1)
-            self._rope = ((angles.cos() * scaling).to(device), (angles.sin() * scaling).to(device))
+            self._rope = rope_tables(self.config, self.max_context, device)
         return self._rope
 
     # --- drafts -----------------------------------------------------------
@@ -269,49 +250,19 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         return self.default_draft.precision
 
     def prepare_draft(self, draft: Draft) -> Draft:
-        """Build what `draft` needs before it is timed: its low-bit copies (`low_bit_copies`) and, on a
+        """Build what `draft` needs before it is timed: its low-bit copies (`low_bit`) and, on a
         compiled model, its graphs. Returns `draft`, checked against the model's depth. Passes build
         the copies on first use anyway; this moves the cost out of a timed generation."""
         draft.check(self.num_layers)
         if draft.precision is not None:
-            self.low_bit_copies(draft.precision)
+            self.low_bit.at(self, draft.precision)
         if self.compiled:
             self._compiled.warm_up(self, draft.precision, blocks=True)  # once per precision
         return draft
 
-    def low_bit_copies(self, precision: str) -> list[LowBitLayer]:
-        """Every layer's low-bit copy at `precision`, built on first use and kept (the cache a draft's
-        precision is keyed into), with an int8 copy of the LM head (per-row scales let the trimmed
-        draft head gather its rows; int4's packed tiles do not).
-
-        Copies of every layer (a proposer may change its skip set every step), on the device of the
-        weight they copy; the model's own weights are untouched. A precision without a kernel on the
-        model's device, or one whose kernel cannot take the weights' shapes, is an error naming both,
-        and nothing is stored.
-        """
-        layers = self.model.layers
-        missing = [i for i, layer in enumerate(layers) if precision not in layer.low_bit]
-        if missing:
-            if precision not in PRECISIONS:
-                raise ValueError(f"unknown draft precision {precision!r}; choose from {PRECISIONS} or None")
-            for device in {p.device for p in self.parameters()}:
-                check_kernel(precision, device, self.dtype)
-            # Every copy first, then stored: a weight the kernel cannot take leaves the model as it was.
-            copies = {i: LowBitLayer.of(layers[i], precision) for i in missing}
-            head = self.lm_head_int8 or quantise(self.lm_head.weight, "int8")
-            for i, copy in copies.items():
-                layers[i].low_bit[precision] = copy
-            self.lm_head_int8 = head
-        return [layer.low_bit[precision] for layer in layers]
-
-    def low_bit_nbytes(self, precision: str) -> int:
-        """Memory the copies for `precision` take (the int8 LM head counted once, under either)."""
-        nbytes = sum(layer.low_bit[precision].nbytes for layer in self.model.layers if precision in layer.low_bit)
-        return nbytes + (self.lm_head_int8.nbytes if self.lm_head_int8 is not None else 0)
-
     def draft_head(self, token_ids: torch.Tensor) -> DraftHead:
         """A head scoring only `token_ids` (unique ids, any order), see `ssd.draft_head`."""
-        return draft_head(self.lm_head.weight, self.lm_head_int8, token_ids)
+        return draft_head(self.lm_head.weight, self.low_bit.lm_head_int8, token_ids)
 
     # --- packed weights ---------------------------------------------------
 
@@ -412,7 +363,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         key_len = cache.max_len if whole_cache else end
         draft = draft or Draft()
         precision = draft.precision
-        low_bit = [None] * self.num_layers if precision is None else self.low_bit_copies(precision)
+        low_bit = [None] * self.num_layers if precision is None else self.low_bit.at(self, precision)
         compiled = self._compiled is not None and runs_compiled(
             start_pos, length, cache.max_len, row_invariant, self.products.padded_rows)
         graphs = self._compiled.graphs if compiled else None
@@ -429,7 +380,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         # The draft heads' weights are rows of the LM head or its int8 copy, on its device, not modules
         # that accelerate's hooks move inputs for (a split model may put the norm on another device).
         x = x.to(self.lm_head.weight.device)
-        return (head(x, precision) if head is not None else self.lm_head_int8(x)).float()
+        return (head(x, precision) if head is not None else self.low_bit.lm_head_int8(x)).float()
 
 
 class Qwen2ForCausalLM(LlamaForCausalLM):

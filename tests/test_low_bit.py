@@ -73,18 +73,18 @@ def test_copies_cover_every_layer_and_leave_the_weights_alone(embedded, precisio
     model, _ = embedded
     before = {name: p.clone() for name, p in model.named_parameters() if name.startswith("model.layers.3.")}
     precision("int4")
-    assert all("int4" in layer.low_bit for layer in model.model.layers)
-    assert model.lm_head_int8 is not None  # the head is int8 under either precision
+    assert len(model.low_bit.layers["int4"]) == model.num_layers
+    assert model.low_bit.lm_head_int8 is not None  # the head is int8 under either precision
     for name, value in before.items():
         assert torch.equal(model.get_parameter(name), value)
     # One layer's fused copies compute what its own linears do, to int4's precision.
     layer, x = model.model.layers[3], torch.randn(2, model.config.hidden_size)
-    attn, copy = layer.self_attn, layer.low_bit["int4"]
+    attn, copy = layer.self_attn, model.low_bit.layers["int4"][3]
     expected = torch.cat([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], dim=-1)
     assert (copy.qkv(x) - expected).abs().max() < 0.1 * expected.abs().max()
     linears = [m for m in model.model.layers.modules() if isinstance(m, Linear)]
     weight_bytes = sum(m.weight.nbytes for m in linears) + model.lm_head.weight.nbytes
-    share = model.low_bit_nbytes("int4") / weight_bytes
+    share = model.low_bit.nbytes("int4") / weight_bytes
     assert 0.1 < share < 0.3, share  # float32 weights: int4 plus its group scales, and the int8 head
 
 
