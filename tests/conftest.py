@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import ssd
 from helpers import SHARED_MODELS, data_dir, shared, threads_per_worker
@@ -48,6 +48,12 @@ def embedded():
     (tests of the low-bit draft set its precision themselves)."""
     model, tokenizer = ssd.load_model(dtype=torch.float32, device="cpu", draft_precision=None)
     return shared(model), tokenizer
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The embedded model's tokenizer alone, for tests that need no model (seconds, not a model load)."""
+    return AutoTokenizer.from_pretrained(embedded_checkpoint())
 
 
 @pytest.fixture(scope="session")

@@ -58,8 +58,7 @@ def test_prompts_file_tasks():
     assert len(by_task["chat"]) >= 8  # writing, coding, QA, maths, translation, reasoning, summary, passage
 
 
-def test_chat_prompts_go_through_the_chat_template(embedded):
-    _, tokenizer = embedded
+def test_chat_prompts_go_through_the_chat_template(tokenizer):
     prompt = read_prompts_file(PROMPTS_FILE, ("chat",))[0][1]
     messages = [{"role": "user", "content": prompt}]
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

@@ -26,11 +26,6 @@ def write_jsonl(path, rows):
     return path
 
 
-@pytest.fixture
-def tokenizer(embedded):
-    return embedded[1]
-
-
 # --- loading and its errors ----------------------------------------------------
 
 

@@ -84,10 +84,9 @@ def assert_matches_stock(config, stock_class, our_class):
 
 
 @torch.no_grad()
-def test_local_folder_checkpoint_loads(embedded, tmp_path):
+def test_local_folder_checkpoint_loads(tokenizer, tmp_path):
     """A checkpoint saved as a folder (config, safetensors, tokenizer files) loads through load_model.
     Eager (compile=False): compiling is tested on the embedded model, and a second compile costs ~1 min."""
-    _, tokenizer = embedded
     torch.manual_seed(0)
     stock = StockLlama(LlamaConfig(**TINY, num_key_value_heads=2)).eval()
     stock.save_pretrained(tmp_path)
