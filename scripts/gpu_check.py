@@ -45,6 +45,7 @@ from ssd.loading import dtype_name  # noqa: E402
 from ssd.low_bit import PRECISIONS  # noqa: E402
 from ssd.modeling_llama import LlamaForCausalLM  # noqa: E402
 from ssd.reports import format_table  # noqa: E402
+from ssd.searching import chain_speedup  # noqa: E402
 from ssd.skip_layers import load_draft  # noqa: E402
 
 SHAPES = {  # Llama-2's shapes (7B and 13B have no grouped-query attention)
@@ -215,24 +216,13 @@ def measure_costs(name: str, shape: dict, device: torch.device, dtype: torch.dty
     return costs
 
 
-def best_speedup(acceptance: float, draft_cost: float, verify_cost: dict[int, float]) -> tuple[float, int]:
-    """(speedup over base, draft length) at the best length k: each cycle drafts k tokens, each accepted
-    independently with probability `acceptance`, and verifies k+1 rows; expected tokens per cycle
-    (1 - a^(k+1)) / (1 - a), cost k * draft + verify(k+1), both in full-step units."""
-    best = (0.0, 0)
-    for k in range(1, max(verify_cost)):
-        tokens = (1 - acceptance ** (k + 1)) / (1 - acceptance)
-        best = max(best, (tokens / (k * draft_cost + verify_cost[k + 1]), k))
-    return best
-
-
 def speedups(costs: dict) -> dict:
     step = costs["step ms"]
-    verify = {k: ms / step for k, ms in costs["verify ms"].items()}
+    verify = tuple(costs["verify ms"][rows] / step for rows in sorted(costs["verify ms"]))  # [k]: k + 1 rows
     table = {}
     for draft, ms in costs["draft ms"].items():
         if isinstance(ms, float):
-            table[draft] = {a: best_speedup(a, ms / step, verify) for a in ACCEPTANCE}
+            table[draft] = {a: chain_speedup(a, ms / step, verify) for a in ACCEPTANCE}
     return table
 
 

@@ -180,6 +180,19 @@ def predicted_speedup(matches: list[torch.Tensor], confidences: list[torch.Tenso
     return tokens / cost
 
 
+def chain_speedup(acceptance: float, draft_cost: float, verify_cost: tuple[float, ...]) -> tuple[float, int]:
+    """`predicted_speedup`'s expectation where every drafted token is accepted independently with
+    probability `acceptance` and each step drafts k tokens: (speedup over base, the best k). Expected
+    tokens per step (1 - a^(k+1)) / (1 - a), cost k * draft_cost + verify_cost[k], in full-step units
+    (`verify_cost[k]`: verifying k drafts, k + 1 rows). For a device whose acceptance is not yet known
+    (`scripts/gpu_check.py`)."""
+    best = (0.0, 0)
+    for k in range(1, len(verify_cost)):
+        tokens = (1 - acceptance ** (k + 1)) / (1 - acceptance)
+        best = max(best, (tokens / (k * draft_cost + verify_cost[k]), k))
+    return best
+
+
 # --- the search ----------------------------------------------------------------
 
 
