@@ -8,8 +8,6 @@ uses), so drift of a shared machine lands on all of them alike. Every method gen
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +21,7 @@ from ssd.evaluation import apply_draft
 from ssd.files import read_jsonl, write_json_atomic
 from ssd.generation import generate
 from ssd.loading import dtype_name, load_model, parse_dtype
+from ssd.logs import without_message
 from ssd.reports import format_table
 from ssd.swift import SwiftConfig, SwiftOptimizer
 from ssd.timing import Method, Run, run_side_by_side, summarise
@@ -162,18 +161,9 @@ def hf_method(stock, max_new_tokens: int, **assisted) -> Method:
 ASSISTANT_KWARGS_NOTICE = "Passing `generation_config` together with generation-related arguments"
 
 
-@contextlib.contextmanager
 def quiet_assistant_kwargs_notice():
     """Drop that one notice while stock `generate` runs; every other transformers message still shows."""
-    def keep(record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(ASSISTANT_KWARGS_NOTICE)
-
-    logger = logging.getLogger("transformers.generation.utils")
-    logger.addFilter(keep)
-    try:
-        yield
-    finally:
-        logger.removeFilter(keep)
+    return without_message("transformers.generation.utils", ASSISTANT_KWARGS_NOTICE)
 
 
 def ssd_method(model, method: str, max_new_tokens: int, **kwargs) -> Method:

@@ -18,7 +18,6 @@ nothing half-written.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -33,6 +32,7 @@ import safetensors.torch
 import torch
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
+from ssd.logs import without_message
 from ssd.modeling_llama import model_class
 
 logger = logging.getLogger(__name__)
@@ -233,11 +233,6 @@ def converted_checkpoint(gguf: Path, target: Path, end_of_sequence: tuple[str, .
     return target
 
 
-def _not_packed_gguf_advice(record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith(PACKED_GGUF_ADVICE)
-
-
-@contextlib.contextmanager
 def quiet_packed_gguf_advice():
     """Drop transformers' "weights packed ... every matmul will cast" warning while loading weights.
 
@@ -245,9 +240,4 @@ def quiet_packed_gguf_advice():
     GGUF is dequantised to the dtype asked for and nothing is cast per matmul.
     Every other message from transformers still shows.
     """
-    logger = logging.getLogger(PACKED_GGUF_ADVICE_LOGGER)
-    logger.addFilter(_not_packed_gguf_advice)
-    try:
-        yield
-    finally:
-        logger.removeFilter(_not_packed_gguf_advice)
+    return without_message(PACKED_GGUF_ADVICE_LOGGER, PACKED_GGUF_ADVICE)
