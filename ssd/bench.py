@@ -19,7 +19,7 @@ from ssd.checkpoints import resolve_checkpoint
 from ssd.data import TASKS, task_prompts
 from ssd.evaluation import apply_draft
 from ssd.files import read_jsonl, write_json_atomic
-from ssd.generation import generate
+from ssd.generation import generate, method_names
 from ssd.loading import dtype_name, load_model, parse_dtype
 from ssd.logs import without_message
 from ssd.reports import format_table
@@ -30,8 +30,14 @@ PROMPTS_FILE = Path(__file__).with_name("bench_prompts.jsonl")  # QA, writing an
 EXTRA_TASKS = ("qa", "writing", "chat")
 CHAT_TASKS = ("chat",)  # sent through the tokenizer's chat template, as a user of a chat model does
 ALL_TASKS = (*TASKS, *EXTRA_TASKS)
-# Stock generate, its two built-in speculative decoders, and ours ("self-draft": essg with lookups off).
-METHODS = ("hf", "hf-pld", "hf-early-exit", "base", "essg", "self-draft", "sss", "swift")
+STOCK_METHODS = ("hf", "hf-pld", "hf-early-exit")  # stock generate and its two built-in speculative decoders
+
+
+def bench_methods() -> tuple[str, ...]:
+    """Stock generate's methods, then every method of `ssd.generate` (`ssd.method_names`: a method
+    registered with `ssd.register_method` is benched too) and "self-draft" (essg with lookups off)."""
+    ours = method_names()
+    return (*STOCK_METHODS, *ours[:2], "self-draft", *ours[2:])
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,7 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--max-words", type=int, default=400, help="clip each article to this many words")
     parser.add_argument("--data-dir", default=None, help="folder of cnndm*.jsonl / xsum*.jsonl (or $SSD_DATA_DIR)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), help=f"from {', '.join(METHODS)} (default: all)")
+    methods = bench_methods()
+    parser.add_argument("--methods", nargs="+", default=list(methods), help=f"from {', '.join(methods)} (default: all)")
     parser.add_argument("--prompt-lookup-tokens", type=int, default=10, help="hf-pld: prompt_lookup_num_tokens")
     parser.add_argument("--early-exit-layer", type=int, default=None, help="hf-early-exit: assistant_early_exit (default: half the layers)")
     parser.add_argument("--output", type=Path, default=Path("results/bench"), help="writes OUTPUT.json and OUTPUT.png")
@@ -72,8 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--early-exit-layer must be >= 1, got {args.early_exit_layer}")
     if unknown := sorted(set(args.tasks) - set(ALL_TASKS)):
         parser.error(f"unknown tasks {unknown}; choose from {list(ALL_TASKS)}")
-    if unknown := sorted(set(args.methods) - set(METHODS)):
-        parser.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    if unknown := sorted(set(args.methods) - set(methods)):
+        parser.error(f"unknown methods {unknown}; choose from {list(methods)}")
     if "base" not in args.methods:
         parser.error("--methods must include base: every speedup and identity is measured against it")
     for name in ("dtype", "also_dtype"):

@@ -164,6 +164,7 @@ class SwiftOptimizer:
         self.inputs = 0
         self._input_step = 0
         self._unsaved = False
+        self._scratch: tuple[tuple, KVCache] | None = None  # (what it copied, cache) for `score`, see there
         self.gate = DraftGate() if config.draft.gate else None
         self._gated_set: tuple[list[int], list[int]] | None = None  # the draft the gate measured
         self.precision: str | None = model.default_draft.precision  # the drafts' weights, read at each input
@@ -275,25 +276,31 @@ class SwiftOptimizer:
 
     @torch.no_grad()
     def score(self, skip_layers, cache: KVCache, prompt_length: int, tokens: list[int], window: int) -> float:
-        """Teacher-forced draft pass over `tokens[:window]` at their real positions, reading the full
-        model's cache below them: the share of positions whose argmax is the next generated token.
+        """Teacher-forced draft pass over `tokens[:window]` at their real positions, over the full
+        model's keys and values of the prompt: the share of positions whose argmax is the next
+        generated token.
 
-        The pass writes draft keys and values over committed positions; they are
-        saved first and put back after, so the cache is left exactly as found.
+        The generation's cache is only read: the pass runs on the optimiser's scratch cache, which
+        holds a copy of the prompt's positions (made once per input) and takes the draft's own keys
+        and values above them.
         """
-        end = prompt_length + window
-        saved = [(k[:, :, prompt_length:end].clone(), v[:, :, prompt_length:end].clone())
-                 for k, v in zip(cache.keys, cache.values)]
+        scratch = self._scratch_cache(cache, prompt_length)
         device = cache.keys[0].device
         inputs = torch.tensor([tokens[:window]], device=device)
         targets = torch.tensor(tokens[1 : window + 1], device=device)
-        try:
-            logits = self.model(inputs, cache, prompt_length, draft=Draft.skipping(*skip_layers, self.precision))[0]
-        finally:
-            for (k, v), (saved_k, saved_v) in zip(zip(cache.keys, cache.values), saved):
-                k[:, :, prompt_length:end] = saved_k
-                v[:, :, prompt_length:end] = saved_v
+        logits = self.model(inputs, scratch, prompt_length, draft=Draft.skipping(*skip_layers, self.precision))[0]
         return float((logits.argmax(dim=-1) == targets).float().mean())
+
+    def _scratch_cache(self, cache: KVCache, prompt_length: int) -> KVCache:
+        """A cache of the prompt's positions and a window's beyond them, the prompt's copied from
+        `cache` (again only when the input, or the cache, changed)."""
+        copied = (self.inputs, prompt_length, id(cache))
+        if self._scratch is None or self._scratch[0] != copied:
+            scratch = self.model.new_cache(prompt_length + self.config.context_window + 1)
+            for mine, theirs in zip(scratch.keys + scratch.values, cache.keys + cache.values):
+                mine[:, :, :prompt_length] = theirs[:, :, :prompt_length]
+            self._scratch = copied, scratch
+        return self._scratch[1]
 
     # -- reporting ----------------------------------------------------------
 
