@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ssd.draft import Draft
 from ssd.draft_head import DraftHead
 from ssd.gate import DraftGate
-from ssd.lookup import Lookup
+from ssd.lookup import lookup_proposers
 from ssd.modeling_llama import KVCache, LlamaForCausalLM
 from ssd.proposers import Outcome, Proposer, Step
 from ssd.sampling import Sampling, logits_to_probs, residual, sample
@@ -286,14 +286,9 @@ def default_proposers(model: LlamaForCausalLM, config: DraftConfig, draft: Draft
     """Draft & Verify's self-draft (`draft`, None: the model's `default_draft`) and, unless
     `config.ngram_size` is 0, prompt lookup: the proposers of `essg` and `sss`."""
     draft = model.default_draft if draft is None else draft
-    adaptive = AdaptiveThreshold(*config.auto_parameters) if config.auto_th_stop_draft else None
-    proposers: list[Proposer] = [
-        SelfDraft(model.prepare_draft(draft), config.max_step_draft, config.th_stop_draft, adaptive,
-                  skip_full_model=config.gate)
-    ]
-    if config.ngram_size:
-        proposers.append(Lookup(config.ngram_size, config.ngram_min, config.short_lookup))
-    return proposers
+    self_draft = SelfDraft(model.prepare_draft(draft), config.max_step_draft, config.th_stop_draft,
+                           AdaptiveThreshold.of(config), skip_full_model=config.gate)
+    return [self_draft, *lookup_proposers(config)]
 
 
 @torch.no_grad()
@@ -360,7 +355,7 @@ def speculative_decode(
         if gate is not None:
             cost = time.perf_counter() - start if sampling is None else 1.0 + (proposal.passes if proposal else 0.0)
             gate.record(kind, kinds, accepted + 1, cost)
-        outcome = Outcome(kind, proposal, accepted, drafts[:accepted] + [next_token])
+        outcome = Outcome(kind, proposal, accepted, new_tokens)
         for proposer in proposers:
             proposer.observe(outcome, step)
         result.num_verifications += 1

@@ -19,7 +19,6 @@ from transformers import GenerationConfig
 from ssd.checkpoints import EMBEDDED_KEY, NAMED_CHECKPOINTS, model_key
 from ssd.data import Example
 from ssd.generation import generate, method_names
-from ssd.loading import parse_dtype  # noqa: F401 (the notebooks read it as ev.parse_dtype)
 from ssd.skip_layers import apply_skip_layers, hand_made_set
 from ssd.timing import WARM_UP_TASK, Run, run_side_by_side
 

@@ -39,7 +39,7 @@ ProposerFactory = Callable[[LlamaForCausalLM, DraftConfig, Draft | None], list[P
 
 
 @dataclasses.dataclass(frozen=True)
-class Method:
+class DraftingMethod:
     """A drafting method of `generate`: the proposers it decodes with, and whether it can sample
     (greedy always works; a method that samples must give its proposals' probabilities)."""
 
@@ -48,7 +48,10 @@ class Method:
 
 
 # Every drafting method by name; "base" (no drafting) and "swift" (a stream optimiser) are `generate`'s own.
-DRAFTING_METHODS: dict[str, Method] = {"essg": Method(default_proposers, samples=False), "sss": Method(default_proposers)}
+DRAFTING_METHODS: dict[str, DraftingMethod] = {
+    "essg": DraftingMethod(default_proposers, samples=False),
+    "sss": DraftingMethod(default_proposers),
+}
 
 
 def register_method(name: str, proposers: ProposerFactory, samples: bool = True) -> None:
@@ -58,7 +61,7 @@ def register_method(name: str, proposers: ProposerFactory, samples: bool = True)
         raise ValueError(f"a method needs a new non-empty name other than 'base' and 'swift', got {name!r}")
     if not callable(proposers):
         raise ValueError(f"proposers must be a callable (model, config, draft) -> list of proposers, got {proposers!r}")
-    DRAFTING_METHODS[name] = Method(proposers, samples)
+    DRAFTING_METHODS[name] = DraftingMethod(proposers, samples)
 
 
 def method_names() -> tuple[str, ...]:

@@ -39,7 +39,6 @@ class NgramIndex:
         return [], 0
 
 
-
 class Lookup:
     """The n-gram lookup as a proposer: offers `("lookup", n)` when a suffix of n tokens matched.
 
@@ -67,3 +66,8 @@ class Lookup:
     def observe(self, outcome: Outcome, step: Step) -> None:
         mine = isinstance(outcome.kind, tuple) and outcome.kind[0] == "lookup"
         self.copied = self.copied + 1 if mine and outcome.accepted == len(outcome.proposal.tokens) else 0
+
+
+def lookup_proposers(config) -> list[Lookup]:
+    """The lookup a `DraftConfig` asks for (`ngram_size`, `ngram_min`, `short_lookup`): none at ngram_size 0."""
+    return [Lookup(config.ngram_size, config.ngram_min, config.short_lookup)] if config.ngram_size else []

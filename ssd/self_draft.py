@@ -32,6 +32,11 @@ class AdaptiveThreshold:
     matchness: float = field(default=0.0, init=False)
     steps: int = field(default=0, init=False)
 
+    @classmethod
+    def of(cls, config) -> AdaptiveThreshold | None:
+        """The update a `DraftConfig` asks for (its `auto_parameters`), or None for a fixed threshold."""
+        return cls(*config.auto_parameters) if config.auto_th_stop_draft else None
+
     def update(self, threshold: float, accepted: int, drafted: int, max_step_draft: int) -> float:
         self.steps += 1
         self.matchness = self.b1 * self.matchness + (1 - self.b1) * accepted / drafted

@@ -45,7 +45,7 @@ from ssd.checkpoints import model_key as key_of
 from ssd.decoding import DraftConfig, EosTokenIds, GenerationResult, OnTokens, speculative_decode
 from ssd.draft import Draft
 from ssd.gate import DraftGate, StepKind
-from ssd.lookup import Lookup
+from ssd.lookup import lookup_proposers
 from ssd.modeling_llama import KVCache, LlamaForCausalLM
 from ssd.proposers import Proposer, Step
 from ssd.sampling import Sampling
@@ -326,8 +326,8 @@ class SwiftDraft(SelfDraft):
     candidate set (`SwiftOptimizer.optimize`), and the draft is then its best set as it stands."""
 
     def __init__(self, optimizer: SwiftOptimizer, config: DraftConfig):
-        adaptive = AdaptiveThreshold(*config.auto_parameters) if config.auto_th_stop_draft else None
-        super().__init__(optimizer.draft(), config.max_step_draft, config.th_stop_draft, adaptive, config.gate)
+        super().__init__(optimizer.draft(), config.max_step_draft, config.th_stop_draft, AdaptiveThreshold.of(config),
+                         config.gate)
         self.optimizer = optimizer
 
     def offer(self, step: Step) -> list[StepKind]:
@@ -353,9 +353,7 @@ def swift_generate(
     optimizer.begin_input()
     config = optimizer.config.draft
     model.prepare_draft(optimizer.draft())
-    proposers: list[Proposer] = [SwiftDraft(optimizer, config)]
-    if config.ngram_size:
-        proposers.append(Lookup(config.ngram_size, config.ngram_min, config.short_lookup))
+    proposers: list[Proposer] = [SwiftDraft(optimizer, config), *lookup_proposers(config)]
     result = speculative_decode(model, input_ids, max_new_tokens, eos_token_id, config, sampling, generator,
                                 proposers=proposers, gate=optimizer.gate, on_tokens=on_tokens)
     optimizer.end_input()

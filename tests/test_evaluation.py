@@ -14,6 +14,7 @@ from ssd import evaluation as ev
 from ssd import reports, scoring
 from ssd.checkpoints import QWEN_CODER_KEY
 from ssd.data import Example, load_examples, task_examples
+from ssd.loading import parse_dtype
 from ssd.skip_layers import hand_made_set, read_skip_layers
 
 matplotlib.use("Agg")
@@ -59,8 +60,8 @@ def test_bad_settings_and_dtype():
     with pytest.raises(ValueError, match="temperature > 0"):
         ev.GenerationSettings(temperature=0)
     with pytest.raises(ValueError, match="dtype must be one of"):
-        ev.parse_dtype("fp32")
-    assert ev.parse_dtype(None) is None
+        parse_dtype("fp32")
+    assert parse_dtype(None) is None
 
 
 def test_apply_draft_falls_back_to_the_hand_picked_set_only_for_the_embedded_model(embedded):
