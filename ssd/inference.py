@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
+from ssd.decoding import check_max_new_tokens
 from ssd.generation import generate, method_names, swift_optimizer
 from ssd.modeling_llama import LlamaForCausalLM
 from ssd.swift import SwiftConfig, SwiftOptimizer
@@ -47,6 +48,10 @@ def infer(
     repository's skip_layers.json), which `cache_hit=True` reuses; `draft_kwargs`
     override the config's draft. The result gains `"swift"`: optimiser statistics for this call.
     """
+    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise ValueError("infer decodes the completion with a tokenizer: pass one, or load the model with ssd.load_model")
+    check_max_new_tokens(max_new_tokens)
     if generate_fn not in method_names():
         raise ValueError(f"generate_fn must be one of {method_names()}, got {generate_fn!r}")
     if generate_fn == "swift":

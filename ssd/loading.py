@@ -17,6 +17,7 @@ from transformers import (
 
 from ssd.checkpoints import quiet_packed_gguf_advice, resolve_checkpoint
 from ssd.cpu import available_memory, cpu_has_native_bfloat16
+from ssd.low_bit import PRECISIONS
 from ssd.modeling_llama import LlamaForCausalLM, model_class
 from ssd.packed import can_pack
 
@@ -32,10 +33,11 @@ HUB_KWARGS = (
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def parse_dtype(name: str | None) -> torch.dtype | None:
-    """A dtype by its name (`"bfloat16"`), as notebooks and the bench's flags give it; None stays None."""
-    if name is None:
-        return None
+def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+    """A dtype by its name (`"bfloat16"`), as notebooks and the bench's flags give it, or one of `DTYPES`'
+    torch dtypes; None stays None."""
+    if name is None or name in DTYPES.values():
+        return name
     if name not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)} or None, got {name!r}")
     return DTYPES[name]
@@ -104,6 +106,51 @@ def tokenizer_hub_kwargs(hub: dict) -> dict:
     return {key: value for key, value in hub.items() if key != "subfolder"} | {
         "gguf_file": f"{str(subfolder).rstrip('/')}/{gguf_file}"
     }
+
+
+# The strings accelerate takes as a whole `device_map` (besides a device).
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def parse_device(device: torch.device | str | None) -> torch.device:
+    """`device` as a torch device this machine has; None is `default_device()`."""
+    if device is None:
+        return default_device()
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got {device!r}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {str(device)!r}: this machine has no CUDA GPU (torch {torch.__version__}); use 'cpu'")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {str(device)!r}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
+    elif device.type != "cpu":
+        raise ValueError(f"device {str(device)!r}: ssd runs on 'cpu' or 'cuda' devices")
+    return device
+
+
+def check_load_arguments(name_or_path, compile, draft_precision, pack_weights, device_map) -> None:
+    """What `load_model` refuses before reading anything: each error names the value and what is allowed."""
+    if name_or_path is not None and not isinstance(name_or_path, (str, Path)):
+        raise TypeError(f"name_or_path must be a hub id, a folder or None (the embedded model), got {name_or_path!r}")
+    path = Path(str(name_or_path or "")).expanduser()
+    looks_local = isinstance(name_or_path, Path) or str(name_or_path or "").startswith(("/", ".", "~"))
+    if name_or_path is not None and (looks_local or path.exists()) and not path.is_dir():
+        raise FileNotFoundError(f"no checkpoint folder at {path}" + (" (it is a file)" if path.exists() else ""))
+    for name, value in (("compile", compile), ("pack_weights", pack_weights)):
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"{name} must be True, False or None (ssd's default for the device), got {value!r}")
+    if draft_precision != "default" and draft_precision not in (None, *PRECISIONS):
+        raise ValueError(f"draft_precision must be 'default', None or one of {PRECISIONS}, got {draft_precision!r}")
+    if isinstance(device_map, dict):
+        refuse_offload(device_map)  # an explicit map: refused before any loading
+    elif isinstance(device_map, str) and device_map not in DEVICE_MAP_STRATEGIES:
+        try:
+            parse_device(device_map)
+        except ValueError as error:
+            raise ValueError(f"device_map must be a dict, one of {DEVICE_MAP_STRATEGIES} or a device: {error}") from None
 
 
 def refuse_offload(device_map: dict) -> None:
@@ -202,11 +249,16 @@ def load_model(
     can take strings and chats with the model alone, and the checkpoint's
     generation settings as `model.generation_config`, which it starts from.
     """
-    if isinstance(from_pretrained_kwargs.get("device_map"), dict):
-        refuse_offload(from_pretrained_kwargs["device_map"])  # an explicit map: refused before any loading
+    check_load_arguments(name_or_path, compile, draft_precision, pack_weights, from_pretrained_kwargs.get("device_map"))
+    dtype = parse_dtype(dtype)
+    device = parse_device(device) if "device_map" not in from_pretrained_kwargs else None
     name_or_path = resolve_checkpoint(name_or_path)
     hub = {key: from_pretrained_kwargs[key] for key in HUB_KWARGS if key in from_pretrained_kwargs}
-    config = AutoConfig.from_pretrained(name_or_path, **hub)
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, **hub)
+    except OSError as error:  # not a folder, and the hub has no such model or cannot be reached
+        raise OSError(f"could not load {str(name_or_path)!r}: no such folder here, and the hub gave: "
+                      f"{str(error).splitlines()[0]}") from None
     try:
         model_cls = model_class(config)
     except ValueError as error:
@@ -214,8 +266,7 @@ def load_model(
     # The tokenizer before the weights: a missing tokenizer then fails in seconds, not after the load.
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, **tokenizer_hub_kwargs(hub))
     placed_by_accelerate = "device_map" in from_pretrained_kwargs
-    device = torch.device(device) if device is not None else default_device()
-    dtype = dtype or default_dtype(device)
+    dtype = dtype or default_dtype(device or default_device())
     with quiet_packed_gguf_advice():
         model = model_cls.from_pretrained(name_or_path, config=config, dtype=dtype, **from_pretrained_kwargs)
     if placed_by_accelerate:

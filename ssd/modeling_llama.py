@@ -253,6 +253,8 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         """Build what `draft` needs before it is timed: its low-bit copies (`low_bit`) and, on a
         compiled model, its graphs. Returns `draft`, checked against the model's depth. Passes build
         the copies on first use anyway; this moves the cost out of a timed generation."""
+        if not isinstance(draft, Draft):
+            raise TypeError(f"a draft must be an ssd.Draft (e.g. ssd.Draft.skipping([3], [5], 'int4')), got {draft!r}")
         draft.check(self.num_layers)
         if draft.precision is not None:
             self.low_bit.at(self, draft.precision)

@@ -20,7 +20,12 @@ def _overrides(notebook: str) -> dict:
     source = os.environ.get(ENV, "").strip()
     if not source:
         return {}
-    text = source if source.startswith("{") else Path(source).read_text()
+    if source.startswith(("{", "[")):
+        text = source
+    elif Path(source).is_file():
+        text = Path(source).read_text()
+    else:
+        raise FileNotFoundError(f"${ENV} is neither JSON nor a file: {source[:200]}")
     try:
         table = json.loads(text)
     except json.JSONDecodeError as error:
@@ -34,15 +39,29 @@ def parameters(notebook: str, **defaults) -> SimpleNamespace:
     """The notebook's parameters: `defaults`, updated from `$SSD_NOTEBOOK_PARAMS[notebook]`.
 
     An override of a parameter the notebook does not have is an error, so a
-    typo cannot silently run the full-size notebook.
+    typo cannot silently run the full-size notebook; so is one of another type
+    than its default (where the default is not None), before any cell runs.
     """
     overrides = _overrides(notebook)
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
         raise ValueError(f"${ENV} sets {unknown} for {notebook!r}, which has parameters {sorted(defaults)}")
+    for name, value in overrides.items():
+        if not _same_kind(value, defaults[name]):
+            raise ValueError(f"${ENV} sets {notebook}'s {name} to {value!r} ({type(value).__name__}); its default "
+                             f"is {defaults[name]!r} ({type(defaults[name]).__name__}; null is also allowed)")
     if overrides:
         print(f"${ENV} overrides: {overrides}")
     return SimpleNamespace(**{**defaults, **overrides})
+
+
+def _same_kind(value, default) -> bool:
+    """JSON's view of a type: None fits anything, an int fits a float, a list fits a tuple; True is no int."""
+    if value is None or default is None:
+        return True
+    kinds = {bool: bool, int: int, float: (int, float), str: str, list: (list, tuple), tuple: (list, tuple), dict: dict}
+    allowed = kinds.get(type(default), type(default))
+    return isinstance(value, allowed) and not (isinstance(value, bool) and type(default) is not bool)
 
 
 def as_params(namespace) -> dict:

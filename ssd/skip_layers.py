@@ -34,6 +34,8 @@ def hand_made_set(num_layers: int) -> tuple[list[int], list[int]]:
 def read_skip_layers(path: str | Path = DEFAULT_PATH) -> dict[str, dict]:
     """All entries, validated for shape: every entry has integer lists `attention` and `mlp`."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; name the skip-layer file in it, e.g. {path / DEFAULT_PATH.name}")
     if not path.is_file():
         raise FileNotFoundError(f"no skip-layer file at {path}")
     try:
@@ -80,8 +82,18 @@ def apply_skip_layers(model: LlamaForCausalLM, key: str, path: str | Path = DEFA
 
 
 def save_skip_layers(key: str, attention, mlp, path: str | Path = DEFAULT_PATH, **metadata) -> None:
-    """Store one entry, keeping every other; an unreadable existing file is an error, never overwritten."""
+    """Store one entry, keeping every other. The entry is checked as reading checks a file (layer indices,
+    `draft_precision`; metadata must be JSON values) before anything is written; an unreadable existing
+    file is an error, never overwritten."""
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"a skip_layers.json key must be a non-empty string, got {key!r}")
+    attention, mlp = Draft.skipping(attention, mlp, metadata.get("draft_precision")).skip_layers
+    entry = {"attention": attention, "mlp": mlp, **metadata}
+    try:
+        json.dumps(entry)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"entry {key!r}: metadata must be JSON values ({error})") from None
     path = Path(path)
     entries = read_skip_layers(path) if path.exists() else {}
-    entries[key] = {"attention": sorted(int(i) for i in attention), "mlp": sorted(int(i) for i in mlp), **metadata}
+    entries[key] = entry
     write_json_atomic(path, entries)

@@ -16,8 +16,6 @@ from ssd.data import DATA_DIR_ENV
 from ssd.modeling_llama import LlamaForCausalLM
 from ssd.sampling import logits_to_probs
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 # Models that several tests share (`shared`). Their default draft (a value, `model.default_draft`) is the
 # one piece of their state a test may change; conftest's autouse fixtures put it back after every test
 # and every module.
@@ -37,9 +35,9 @@ def threads_per_worker() -> int:
 
 
 def data_dir() -> Path | None:
-    """The offline CNN/DM and XSum folder ($SSD_DATA_DIR, else ../shared/data), or None."""
-    folder = Path(os.environ.get(DATA_DIR_ENV, SHARED_DATA))
-    return folder if folder.is_dir() else None
+    """The offline CNN/DM and XSum folder ($SSD_DATA_DIR), or None: tests of those tasks then skip."""
+    folder = os.environ.get(DATA_DIR_ENV)
+    return Path(folder) if folder and Path(folder).is_dir() else None
 
 
 # In float32, batched verification, step-by-step decoding and stock transformers differ only in the

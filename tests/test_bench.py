@@ -9,7 +9,8 @@ from transformers import GenerationConfig
 
 from helpers import NEAR_TIE_FLOAT32, assert_same_tokens
 from ssd import bench
-from ssd.bench import PROMPTS_FILE, encode, parse_args, read_prompts_file, stock_model
+from ssd.bench import PROMPTS_FILE, encode, load_prompts, parse_args, read_prompts_file, skipped_line, stock_model
+from ssd.data import DATA_DIR_ENV
 
 
 @pytest.mark.parametrize(
@@ -135,3 +136,44 @@ def test_the_stock_model_is_placed_by_the_same_device_map(monkeypatch):
     stock = stock_model(None, torch.float32, torch.device("cpu"), device_map={"": "cpu"})
     assert calls[-1]["device_map"] == {"": "cpu"} and stock.device.type == "cpu"
     assert parse_args(["--device-map", "auto"]).device_map == "auto"
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No data folder and the hub offline, as on a fresh clone without network."""
+    import datasets
+
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+
+
+def test_default_tasks_without_data_skip_the_summaries_and_say_how_to_add_them(offline):
+    pairs, skipped = load_prompts(parse_args(["--num-prompts", "1"]))
+    assert [task for task, _ in pairs] == ["humaneval", "qa", "writing", "chat"]
+    assert [m.task.name for m in skipped] == ["cnndm", "xsum"]
+    line = skipped_line(skipped)
+    assert line.startswith("skipped cnndm and xsum: ") and "\n" not in line
+    assert f"set ${DATA_DIR_ENV} or --data-dir to a folder holding cnndm*.jsonl and xsum*.jsonl" in line
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tasks", "cnndm"], r"error: could not load 'cnndm' from the hub .*set \$SSD_DATA_DIR"),
+    (["--tasks", "chat", "--num-prompts", "99"], "error: task 'chat': 99 prompts asked for, ssd ships 10"),
+    (["--skip-layers-key", "nope"], "error: no entry 'nope' in .*skip_layers.json"),
+    (["--model", "some/hub-model"], "error: name the skip_layers.json entry for some/hub-model"),
+])
+def test_what_is_missing_exits_with_a_message_before_the_model_loads(offline, monkeypatch, argv, message):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the check")
+
+    monkeypatch.setattr(bench, "load_model", no_loading)
+    with pytest.raises(SystemExit, match=message):
+        bench.main(argv + ["--methods", "base"])
+
+
+def test_default_methods_and_full():
+    assert parse_args([]).methods == list(bench.DEFAULT_METHODS)
+    assert parse_args(["--full"]).methods == list(bench.bench_methods())
+    assert {"hf-early-exit", "swift"} <= set(bench.bench_methods()) - set(bench.DEFAULT_METHODS)
+    with pytest.raises(SystemExit):
+        parse_args(["--full", "--methods", "base"])

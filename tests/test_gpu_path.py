@@ -121,13 +121,42 @@ def test_exactness_caveat_names_the_device_and_dtype():
 
 
 def test_gpu_check_runs_on_a_cpu(tmp_path):
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
-    report = gpu_check.main(["--device", "cpu", "--tiny", "--output", str(tmp_path / "check.json")])
+    report = load_gpu_check().main(["--device", "cpu", "--tiny", "--output", str(tmp_path / "check.json")])
     assert json.loads((tmp_path / "check.json").read_text())["device"] == "cpu"
     float32 = next(r for r in report["exactness"] if r["dtype"] == "float32")
     assert float32["runs"] > 0 and float32["identical"] == float32["runs"], float32["divergences"]
     (costs,) = report["costs"]
     assert set(costs["verify ms"]) == set(range(1, 17)) and costs["step ms"] > 0
     assert set(costs["predicted speedup"]) == {"int8", "int4"}  # the CPU has both kernels
+
+
+def load_gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    return gpu_check
+
+
+def test_gpu_check_refuses_what_cannot_fit_at_once(tmp_path, monkeypatch, capsys):
+    """Llama-2-13B's cost model in float32 on a device with 24 GiB free: refused with the estimate and the
+    flag to use, before any model is built (nothing is written)."""
+    gpu_check = load_gpu_check()
+    need = gpu_check.bytes_needed(gpu_check.SHAPES["llama-2-13b"], torch.float32)
+    assert 13.0e9 * 4 < need < 13.1e9 * 4 + 13e9 * 2  # its 13.0B weights, plus at most 2 bytes each of copies
+    monkeypatch.setattr(gpu_check, "bytes_available", lambda device: 24 * 2**30)
+    with pytest.raises(SystemExit, match=r"the llama-2-13b cost model needs about 6\d\.\d GiB on cpu .* 24.0 GiB free.*--tiny"):
+        gpu_check.main(["--device", "cpu", "--output", str(tmp_path / "check.json")])
+    assert not (tmp_path / "check.json").exists()
+    monkeypatch.setattr(gpu_check, "bytes_available", lambda device: 2**40)
+    gpu_check.refuse_what_cannot_fit(gpu_check.SHAPES, torch.device("cpu"))  # fits: no exit
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "nonsense"], "--device: "),
+    (["--shapes", "llama-3"], "invalid choice: 'llama-3'"),
+    (["--prompts", "0"], "--prompts must be >= 1, got 0"),
+])
+def test_gpu_check_flags(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        load_gpu_check().parse_args(argv)
+    assert message in capsys.readouterr().err

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import ssd
+import ssd.notebook
 from helpers import tiny_llama
 from ssd.data import load_examples, get_task
 from ssd.decoding import DraftConfig
@@ -120,3 +121,110 @@ def test_draft_config_validation():
         DraftConfig(th_stop_draft=-0.1)
     with pytest.raises(ValueError, match="short_lookup"):
         DraftConfig(short_lookup=0)
+
+
+# --- load_model: every argument checked before anything is read -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"name_or_path": "/nonexistent/checkpoint"}, FileNotFoundError, "no checkpoint folder at /nonexistent/checkpoint"),
+        ({"name_or_path": 123}, TypeError, "name_or_path must be a hub id, a folder or None.*got 123"),
+        ({"dtype": "float8"}, ValueError, r"dtype must be one of \['bfloat16', 'float16', 'float32'\].*'float8'"),
+        ({"dtype": torch.int32}, ValueError, "dtype must be one of.*torch.int32"),
+        ({"device": "tpu"}, ValueError, "device must be a torch device such as 'cpu'.*got 'tpu'"),
+        ({"device_map": "everywhere"}, ValueError, "device_map must be a dict, one of .'auto'.*'everywhere'"),
+        ({"draft_precision": "int3"}, ValueError, r"draft_precision must be 'default', None or one of \('int8', 'int4'\), got 'int3'"),
+        ({"compile": "yes"}, TypeError, "compile must be True, False or None.*'yes'"),
+        ({"pack_weights": 1}, TypeError, "pack_weights must be True, False or None.*got 1"),
+    ],
+)
+def test_load_model_refuses_bad_arguments_before_reading_anything(kwargs, error, message, monkeypatch):
+    def no_reading(*args, **kwargs):
+        raise AssertionError("a checkpoint was read before the arguments were checked")
+
+    monkeypatch.setattr(ssd.loading.AutoConfig, "from_pretrained", no_reading)
+    with pytest.raises(error, match=message):
+        ssd.load_model(**kwargs)
+
+
+def test_load_model_refuses_a_file_as_a_checkpoint_folder(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_text("")
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint folder at .*model.safetensors \(it is a file\)"):
+        ssd.load_model(path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_load_model_refuses_cuda_on_a_machine_without_it():
+    with pytest.raises(ValueError, match="device 'cuda:1': this machine has no CUDA GPU"):
+        ssd.load_model(device="cuda:1")
+
+
+# --- generate and infer ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "inputs, kwargs, error, message",
+    [
+        (None, {}, ValueError, "inputs must be a prompt string, a chat .* or token ids, got NoneType"),
+        ("Hello", {"max_new_tokens": -1}, ValueError, "max_new_tokens must be an integer >= 1, got -1"),
+        ("Hello", {"max_new_tokens": "10"}, ValueError, "max_new_tokens must be an integer >= 1, got '10'"),
+        ("Hello", {"eos_token_id": 10**7}, ValueError, r"eos_token_id \[10000000\] outside the vocabulary \(0..49151\)"),
+        ("Hello", {"do_sample": True, "generator": 0}, TypeError, "generator must be a torch.Generator or None, got 0"),
+        ("Hello", {"draft": ssd.Draft.skipping([99])}, ValueError, r"attention skip layers \[99\] are not layer indices of a 30-layer"),
+    ],
+)
+def test_bad_generate_input_is_named(embedded, inputs, kwargs, error, message):
+    model, _ = embedded
+    with pytest.raises(error, match=message):
+        ssd.generate(model, inputs, **{"max_new_tokens": 4, **kwargs})
+
+
+def test_infer_checks_its_own_arguments():
+    model = tiny_llama()  # built here, so it has no tokenizer
+    with pytest.raises(ValueError, match="infer decodes the completion with a tokenizer"):
+        ssd.infer(model, None, torch.tensor([[1, 2]]))
+    model.tokenizer = object()
+    with pytest.raises(ValueError, match="max_new_tokens must be an integer >= 1, got 0.5"):
+        ssd.infer(model, None, torch.tensor([[1, 2]]), max_new_tokens=0.5)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda m: m.set_skip_layers(None, None), ValueError, "attention skip layers must be a collection of layer indices, got None"),
+    (lambda m: m.set_skip_layers("3"), ValueError, "attention skip layers must be a collection of layer indices, got '3'"),
+    (lambda m: m.set_draft(([1], [2])), TypeError, r"a draft must be an ssd.Draft .*got \(\[1\], \[2\]\)"),
+    (lambda m: m.set_draft_precision(4), ValueError, r"unknown draft precision 4; choose from \('int8', 'int4'\) or None"),
+])
+def test_bad_draft_settings_leave_the_draft_as_it_was(call, error, message):
+    model = tiny_llama()
+    model.set_skip_layers([1], [2])
+    with pytest.raises(error, match=message):
+        call(model)
+    assert model.default_draft == ssd.Draft.skipping([1], [2])
+
+
+# --- notebook parameter overrides --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overrides, error, message", [
+    ('{"evaluate_sum": {"n_samples": "2"}}', ValueError, r"sets evaluate_sum's n_samples to '2' \(str\); its default is 8 \(int"),
+    ('{"evaluate_sum": {"n_samples": true}}', ValueError, "n_samples to True"),
+    ('{"evaluate_sum": {"n_samples": 2.5}}', ValueError, "n_samples to 2.5"),
+    ('{"evaluate_sum": {"n_sample": 2}}', ValueError, r"sets \['n_sample'\] for 'evaluate_sum', which has parameters"),
+    ('{"evaluate_sum": [1]}', ValueError, "must map notebook names to objects of parameters"),
+    ("[1]", ValueError, "must map notebook names to objects of parameters"),
+    ("{nope", ValueError, "is not valid JSON"),
+    ("/nonexistent/params.json", FileNotFoundError, "neither JSON nor a file: /nonexistent/params.json"),
+])
+def test_bad_notebook_overrides_fail_before_any_cell_runs(monkeypatch, overrides, error, message):
+    monkeypatch.setenv(ssd.notebook.ENV, overrides)
+    with pytest.raises(error, match=message):
+        ssd.notebook.parameters("evaluate_sum", n_samples=8, thresholds=[0.6], model=None)
+
+
+def test_notebook_overrides_of_the_right_kind_apply(monkeypatch):
+    monkeypatch.setenv(ssd.notebook.ENV, '{"evaluate_sum": {"n_samples": 2, "thresholds": [], "model": "x", "rate": 1}}')
+    params = ssd.notebook.parameters("evaluate_sum", n_samples=8, thresholds=[0.6], model=None, rate=0.5)
+    assert (params.n_samples, params.thresholds, params.model, params.rate) == (2, [], "x", 1)

@@ -110,3 +110,31 @@ def test_jsonl_log_survives_a_torn_last_line(tmp_path):
     assert read_jsonl(tmp_path / "none.jsonl", log=True) == []
     with pytest.raises(FileNotFoundError, match="none.jsonl"):
         read_jsonl(tmp_path / "none.jsonl")
+
+
+@pytest.mark.parametrize("key, attention, mlp, metadata, error, message", [
+    (3, [1], [2], {}, ValueError, "key must be a non-empty string, got 3"),
+    ("", [1], [2], {}, ValueError, "key must be a non-empty string, got ''"),
+    ("b", "1", [2], {}, ValueError, "attention skip layers must be a collection of layer indices, got '1'"),
+    ("b", [-1], [2], {}, ValueError, r"attention skip layers \[-1\] are not layer indices \(integers >= 0\)"),
+    ("b", [1], [2.5], {}, ValueError, r"mlp skip layers \[2.5\] are not layer indices"),
+    ("b", [1], [2], {"draft_precision": "int3"}, ValueError, "unknown draft precision 'int3'"),
+    ("b", [1], [2], {"note": object()}, ValueError, "entry 'b': metadata must be JSON values"),
+])
+def test_a_bad_entry_is_refused_and_the_file_kept(tmp_path, key, attention, mlp, metadata, error, message):
+    """Refused before writing: the file still reads, with the entries it had (a bad entry once saved would
+    have made the whole file unreadable)."""
+    path = tmp_path / "skip_layers.json"
+    save_skip_layers("a", [1], [2], path)
+    before = path.read_text()
+    with pytest.raises(error, match=message):
+        save_skip_layers(key, attention, mlp, path, **metadata)
+    assert path.read_text() == before and list(read_skip_layers(path)) == ["a"]
+
+
+def test_a_folder_is_not_a_skip_layer_file(tmp_path):
+    with pytest.raises(IsADirectoryError, match=rf"{tmp_path} is a folder; name the skip-layer file in it"):
+        save_skip_layers("a", [1], [2], tmp_path)
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        apply_skip_layers(tiny_llama(), "a", tmp_path)
+    assert os.listdir(tmp_path) == []
