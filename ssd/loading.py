@@ -17,7 +17,7 @@ from transformers import (
 
 from ssd.checkpoints import quiet_packed_gguf_advice, resolve_checkpoint
 from ssd.cpu import available_memory, cpu_has_native_bfloat16
-from ssd.low_bit import PRECISIONS
+from ssd.draft import Draft
 from ssd.modeling_llama import LlamaForCausalLM, model_class
 from ssd.packed import can_pack
 
@@ -39,7 +39,7 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     if name is None or name in DTYPES.values():
         return name
     if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)} or None, got {name!r}")
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)} (by name or as torch dtypes) or None, got {name!r}")
     return DTYPES[name]
 
 
@@ -131,19 +131,23 @@ def parse_device(device: torch.device | str | None) -> torch.device:
     return device
 
 
-def check_load_arguments(name_or_path, compile, draft_precision, pack_weights, device_map) -> None:
-    """What `load_model` refuses before reading anything: each error names the value and what is allowed."""
+def check_load_arguments(name_or_path, compile=None, draft_precision="default", pack_weights=None,
+                         device_map=None) -> str | Path | None:
+    """What `load_model` refuses before reading anything: each error names the value and what is allowed.
+    Returns `name_or_path`, a local path with `~` expanded."""
     if name_or_path is not None and not isinstance(name_or_path, (str, Path)):
         raise TypeError(f"name_or_path must be a hub id, a folder or None (the embedded model), got {name_or_path!r}")
     path = Path(str(name_or_path or "")).expanduser()
     looks_local = isinstance(name_or_path, Path) or str(name_or_path or "").startswith(("/", ".", "~"))
-    if name_or_path is not None and (looks_local or path.exists()) and not path.is_dir():
-        raise FileNotFoundError(f"no checkpoint folder at {path}" + (" (it is a file)" if path.exists() else ""))
+    if name_or_path is not None and (looks_local or path.exists()):
+        if not path.is_dir():
+            raise FileNotFoundError(f"no checkpoint folder at {path}" + (" (it is a file)" if path.exists() else ""))
+        name_or_path = path
     for name, value in (("compile", compile), ("pack_weights", pack_weights)):
         if value is not None and not isinstance(value, bool):
             raise TypeError(f"{name} must be True, False or None (ssd's default for the device), got {value!r}")
-    if draft_precision != "default" and draft_precision not in (None, *PRECISIONS):
-        raise ValueError(f"draft_precision must be 'default', None or one of {PRECISIONS}, got {draft_precision!r}")
+    if draft_precision != "default":
+        Draft(precision=draft_precision)  # its own error names the precisions ("default" also stands)
     if isinstance(device_map, dict):
         refuse_offload(device_map)  # an explicit map: refused before any loading
     elif isinstance(device_map, str) and device_map not in DEVICE_MAP_STRATEGIES:
@@ -151,6 +155,19 @@ def check_load_arguments(name_or_path, compile, draft_precision, pack_weights, d
             parse_device(device_map)
         except ValueError as error:
             raise ValueError(f"device_map must be a dict, one of {DEVICE_MAP_STRATEGIES} or a device: {error}") from None
+    return name_or_path
+
+
+def placement_device(device, device_map) -> torch.device:
+    """The device whose rules (dtype) a model placed by `device` or `device_map` follows: a map naming
+    one device (a device string, or a dict with one place) is that device's; a strategy over several
+    places follows the default device."""
+    if device_map is None:
+        return parse_device(device)
+    places = {str(place) for place in device_map.values()} if isinstance(device_map, dict) else {str(device_map)}
+    if len(places) == 1 and (place := places.pop()) not in DEVICE_MAP_STRATEGIES:
+        return parse_device(int(place) if place.isdigit() else place)
+    return default_device()
 
 
 def refuse_offload(device_map: dict) -> None:
@@ -214,7 +231,7 @@ def default_draft_precision(model: LlamaForCausalLM) -> str | None:
 
 def load_model(
     name_or_path: str | Path | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
     compile: bool | None = None,
     draft_precision: str | None = "default",
@@ -232,8 +249,9 @@ def load_model(
     `device` is ignored). The hub arguments (`HUB_KWARGS`: `token`, `revision`,
     `subfolder`, `cache_dir`, `local_files_only`, ...) go to the config, the
     weights and the tokenizer alike; other keyword arguments go to the weights'
-    `from_pretrained` only. `dtype`: None is `default_dtype`'s rule for the
-    device. `compile`: the layer blocks through `torch.compile`
+    `from_pretrained` only. `dtype`: a torch dtype or its name (float32,
+    bfloat16, float16); None is `default_dtype`'s rule for the device (a
+    `device_map` naming one device: that device's). `compile`: the layer blocks through `torch.compile`
     (`LlamaForCausalLM.compile_blocks`); None compiles where that was
     measured faster and exact (`should_compile`: on a CPU with a C++
     compiler, float32, and bfloat16 where the CPU has it natively); it
@@ -249,16 +267,17 @@ def load_model(
     can take strings and chats with the model alone, and the checkpoint's
     generation settings as `model.generation_config`, which it starts from.
     """
-    check_load_arguments(name_or_path, compile, draft_precision, pack_weights, from_pretrained_kwargs.get("device_map"))
+    device_map = from_pretrained_kwargs.get("device_map")
+    name_or_path = check_load_arguments(name_or_path, compile, draft_precision, pack_weights, device_map)
     dtype = parse_dtype(dtype)
-    device = parse_device(device) if "device_map" not in from_pretrained_kwargs else None
+    device = placement_device(device, device_map)
     name_or_path = resolve_checkpoint(name_or_path)
     hub = {key: from_pretrained_kwargs[key] for key in HUB_KWARGS if key in from_pretrained_kwargs}
     try:
         config = AutoConfig.from_pretrained(name_or_path, **hub)
-    except OSError as error:  # not a folder, and the hub has no such model or cannot be reached
-        raise OSError(f"could not load {str(name_or_path)!r}: no such folder here, and the hub gave: "
-                      f"{str(error).splitlines()[0]}") from None
+    except OSError as error:  # a folder without a config, or a hub id the hub does not give
+        where = "a folder without a readable config" if Path(name_or_path).is_dir() else "no such folder here; the hub"
+        raise OSError(f"could not load {str(name_or_path)!r} ({where}): {error}") from None
     try:
         model_cls = model_class(config)
     except ValueError as error:
@@ -266,7 +285,7 @@ def load_model(
     # The tokenizer before the weights: a missing tokenizer then fails in seconds, not after the load.
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, **tokenizer_hub_kwargs(hub))
     placed_by_accelerate = "device_map" in from_pretrained_kwargs
-    dtype = dtype or default_dtype(device or default_device())
+    dtype = dtype or default_dtype(device)
     with quiet_packed_gguf_advice():
         model = model_cls.from_pretrained(name_or_path, config=config, dtype=dtype, **from_pretrained_kwargs)
     if placed_by_accelerate:

@@ -139,12 +139,15 @@ def test_the_stock_model_is_placed_by_the_same_device_map(monkeypatch):
 
 
 @pytest.fixture
-def offline(monkeypatch):
-    """No data folder and the hub offline, as on a fresh clone without network."""
+def offline(monkeypatch, tmp_path):
+    """No data folder, the hub offline and empty hub caches, as on a fresh clone without network."""
     import datasets
+    import huggingface_hub
 
     monkeypatch.delenv(DATA_DIR_ENV, raising=False)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
 
 
 def test_default_tasks_without_data_skip_the_summaries_and_say_how_to_add_them(offline):
@@ -152,12 +155,14 @@ def test_default_tasks_without_data_skip_the_summaries_and_say_how_to_add_them(o
     assert [task for task, _ in pairs] == ["humaneval", "qa", "writing", "chat"]
     assert [m.task.name for m in skipped] == ["cnndm", "xsum"]
     line = skipped_line(skipped)
-    assert line.startswith("skipped cnndm and xsum: ") and "\n" not in line
+    assert line.startswith("skipped cnndm and xsum (could not load 'cnndm' from the hub") and "\n" not in line
     assert f"set ${DATA_DIR_ENV} or --data-dir to a folder holding cnndm*.jsonl and xsum*.jsonl" in line
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--tasks", "cnndm"], r"error: could not load 'cnndm' from the hub .*set \$SSD_DATA_DIR"),
+    (["--tasks", "cnndm"], r"error: could not load 'cnndm' from the hub \(abisee/cnn_dailymail, config 3.0.0, split test\).*Set \$SSD_DATA_DIR"),
+    (["--device", "tpu"], "error: device must be a torch device such as 'cpu'.*got 'tpu'"),
+    (["--model", "/nonexistent/model"], "error: no checkpoint folder at /nonexistent/model"),
     (["--tasks", "chat", "--num-prompts", "99"], "error: task 'chat': 99 prompts asked for, ssd ships 10"),
     (["--skip-layers-key", "nope"], "error: no entry 'nope' in .*skip_layers.json"),
     (["--model", "some/hub-model"], "error: name the skip_layers.json entry for some/hub-model"),

@@ -7,6 +7,7 @@ import pytest
 from helpers import data_dir
 from ssd.data import (
     DATA_DIR_ENV,
+    DataUnavailable,
     clip_summarization_prompt,
     code_prompt,
     get_task,
@@ -43,7 +44,7 @@ def test_missing_folder_says_where_data_was_looked_for(tmp_path):
 def test_folder_without_the_task_file_names_pattern_and_env(tmp_path, monkeypatch):
     write_jsonl(tmp_path / "xsum_a.jsonl", [{"document": "d", "summary": "s"}])
     monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))
-    with pytest.raises(FileNotFoundError, match=rf"no cnndm\*\.jsonl in {tmp_path} \(from \${DATA_DIR_ENV}\)"):
+    with pytest.raises(DataUnavailable, match=rf"no cnndm\*\.jsonl in {tmp_path} \(from \${DATA_DIR_ENV}\)"):
         load_examples("cnndm", 1)
     assert load_examples("xsum", 1) == [{"document": "d", "summary": "s"}]  # the variable is used
 
@@ -88,7 +89,7 @@ def test_hub_failure_points_at_offline_data(monkeypatch):
     monkeypatch.delenv(DATA_DIR_ENV, raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    with pytest.raises(RuntimeError, match=rf"could not load 'xsum' from the hub.*\${DATA_DIR_ENV}.*data_files"):
+    with pytest.raises(DataUnavailable, match=rf"could not load 'xsum' from the hub.*\${DATA_DIR_ENV}.*data_files"):
         load_examples("xsum", 1)
 
 
@@ -176,7 +177,7 @@ def test_prompt_budget_leaves_room_for_new_tokens(embedded):
         prompt_budget(model, model.max_context)
 
 
-@pytest.mark.skipif(data_dir() is None, reason="no shared data folder")
+@pytest.mark.skipif(data_dir() is None, reason="no data folder: set $SSD_DATA_DIR")
 @pytest.mark.parametrize("task", ["cnndm", "xsum"])
 def test_real_articles_clip_to_the_budget(tokenizer, task):
     examples = task_examples(task, 4, tokenizer, 300, data_dir=data_dir())

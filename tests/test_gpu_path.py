@@ -152,7 +152,7 @@ def test_gpu_check_refuses_what_cannot_fit_at_once(tmp_path, monkeypatch, capsys
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--device", "nonsense"], "--device: "),
+    (["--device", "nonsense"], "--device: device must be a torch device such as 'cpu'"),
     (["--shapes", "llama-3"], "invalid choice: 'llama-3'"),
     (["--prompts", "0"], "--prompts must be >= 1, got 0"),
 ])

@@ -8,7 +8,7 @@ import torch
 import ssd
 import ssd.notebook
 from helpers import tiny_llama
-from ssd.data import load_examples, get_task
+from ssd.data import DataUnavailable, get_task, load_examples
 from ssd.decoding import DraftConfig
 
 
@@ -108,7 +108,7 @@ def test_non_llama_checkpoint_is_refused(tmp_path):
 
 
 def test_missing_data_file_and_unknown_task(tmp_path):
-    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+    with pytest.raises(DataUnavailable, match=str(tmp_path)):
         load_examples("cnndm", 3, data_dir=tmp_path)
     with pytest.raises(ValueError, match="unknown task"):
         get_task("squad")
@@ -135,7 +135,7 @@ def test_draft_config_validation():
         ({"dtype": torch.int32}, ValueError, "dtype must be one of.*torch.int32"),
         ({"device": "tpu"}, ValueError, "device must be a torch device such as 'cpu'.*got 'tpu'"),
         ({"device_map": "everywhere"}, ValueError, "device_map must be a dict, one of .'auto'.*'everywhere'"),
-        ({"draft_precision": "int3"}, ValueError, r"draft_precision must be 'default', None or one of \('int8', 'int4'\), got 'int3'"),
+        ({"draft_precision": "int3"}, ValueError, r"unknown draft precision 'int3'; choose from \('int8', 'int4'\) or None"),
         ({"compile": "yes"}, TypeError, "compile must be True, False or None.*'yes'"),
         ({"pack_weights": 1}, TypeError, "pack_weights must be True, False or None.*got 1"),
     ],
@@ -145,6 +145,7 @@ def test_load_model_refuses_bad_arguments_before_reading_anything(kwargs, error,
         raise AssertionError("a checkpoint was read before the arguments were checked")
 
     monkeypatch.setattr(ssd.loading.AutoConfig, "from_pretrained", no_reading)
+    monkeypatch.setattr(ssd.loading, "resolve_checkpoint", no_reading)
     with pytest.raises(error, match=message):
         ssd.load_model(**kwargs)
 
