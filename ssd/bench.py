@@ -156,7 +156,7 @@ def skipped_line(skipped: list[DataUnavailable]) -> str:
     """One line: which default tasks had no data, why, and how to add them."""
     names = " and ".join(m.task.name for m in skipped)
     patterns = " and ".join(m.task.file_pattern for m in skipped)
-    reasons = "; ".join(dict.fromkeys(m.reason[:160] for m in skipped))
+    reasons = "; ".join(dict.fromkeys(m.reason for m in skipped))
     return f"skipped {names} ({reasons}). To add them, set ${DATA_DIR_ENV} or --data-dir to a folder holding {patterns}."
 
 
