@@ -267,9 +267,10 @@ def task_rows(task: str, n: int, data_dir: str | Path | None = None, data_files=
 
 
 def _enough_rows(task: str, n: int, rows: list[dict]) -> list[dict]:
-    if get_task(task).name == "humaneval" and len(rows) < n:
+    one_shot = get_task(task).name != "humaneval"
+    if not one_shot and len(rows) < n:
         raise ValueError(f"task {task!r}: {n} examples asked for, the data has {len(rows)}")
-    if get_task(task).name != "humaneval" and len(rows) < n + 1:
+    if one_shot and len(rows) < n + 1:
         raise ValueError(
             f"task {task!r}: {n} examples need {n + 1} rows (the first is the 1-shot example); "
             f"the data has {len(rows)}, so at most {len(rows) - 1} examples"
