@@ -113,6 +113,7 @@ def compare_swift(
     for r in records:
         stats = r.pop("swift", None) or {}
         r.update(steps=stats.get("steps"), opt_steps=stats.get("opt_steps"), opt_seconds=stats.get("opt_seconds"),
+                 opt_passes=stats.get("opt_passes"), budget_held=stats.get("budget_held"),
                  best_score=stats.get("best_score"), cache_hit=stats.get("cache_hit"))
     return records, cold
 

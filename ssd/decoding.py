@@ -359,10 +359,10 @@ def speculative_decode(
         accepted, next_token = verify_drafts(target_logits, drafts, draft_probs, sampling, generator)
         new_tokens = output.commit(drafts[:accepted] + [next_token])
         sequence += new_tokens
+        cost = time.perf_counter() - start if sampling is None else 1.0 + (proposal.passes if proposal else 0.0)
         if gate is not None:
-            cost = time.perf_counter() - start if sampling is None else 1.0 + (proposal.passes if proposal else 0.0)
             gate.record(kind, kinds, accepted + 1, cost)
-        outcome = Outcome(kind, proposal, accepted, new_tokens)
+        outcome = Outcome(kind, proposal, accepted, new_tokens, cost)
         for proposer in proposers:
             proposer.observe(outcome, step)
         result.num_verifications += 1

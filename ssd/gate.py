@@ -34,9 +34,9 @@ class DraftGate:
     native-bfloat16 CPUs) it wins. So each kind's committed tokens and wall
     seconds per step are measured, smoothed over its recent steps, and of the
     kinds available at a step the fastest runs. Between a plain step and a
-    draft, though, the choice decides how soon the next free lookup comes (a
-    12-token draft holds lookups off), so those two are compared over their
-    episodes: the step and the lookup steps that follow it. An unmeasured
+    draft (or between drafts), though, the choice decides how soon the next
+    free lookup comes (a 12-token draft holds lookups off), so those are
+    compared over their episodes: the step and the lookup steps that follow it. An unmeasured
     kind runs the first time it is available; a losing kind runs again after
     `interval` of the steps where it was available, and that interval doubles
     (up to `max_interval`) after each such probe that still loses. Which kind
@@ -67,11 +67,13 @@ class DraftGate:
         return self.tokens[kind] / self.seconds[kind]
 
     def best(self, kinds: list[StepKind]) -> StepKind:
-        """The fastest measured kind among `kinds`, plain against draft by their episodes."""
+        """The fastest measured kind among `kinds`; the kinds that open episodes (all but lookups:
+        plain, draft, SWIFT's...) are first compared by their episodes, the later kind winning a tie."""
         measured = [k for k in kinds if k in self.seconds]
-        if "plain" in measured and "draft" in measured:
-            episode_rate = {k: self.episode_tokens[k] / self.episode_seconds[k] for k in ("plain", "draft")}
-            measured.remove(min(episode_rate, key=episode_rate.get))
+        episodic = [k for k in reversed(measured) if not isinstance(k, tuple)]
+        if len(episodic) > 1:
+            winner = max(episodic, key=lambda k: self.episode_tokens[k] / self.episode_seconds[k])
+            measured = [k for k in measured if isinstance(k, tuple) or k == winner]
         return max(measured, key=self.rate)
 
     def choose(self, kinds: list[StepKind]) -> StepKind:

@@ -73,12 +73,14 @@ class Proposal:
 @dataclass(frozen=True)
 class Outcome:
     """What a step's verification returned: the kind that ran, its proposal (None for a plain step),
-    how many of its tokens were accepted, and the tokens committed (accepted ones and the bonus)."""
+    how many of its tokens were accepted, the tokens committed (accepted ones and the bonus), and
+    what the step cost in the gate's units: wall seconds when greedy, model passes when sampling."""
 
     kind: StepKind
     proposal: Proposal | None
     accepted: int
     new_tokens: list[int]
+    cost: float
 
 
 @runtime_checkable

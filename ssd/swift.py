@@ -15,14 +15,25 @@ after `max_tolerance_iter` iterations without improvement, or after
 set, stopping when the draft's confidence falls under 0.8 (up to 25 tokens).
 
 One `SwiftOptimizer` serves a stream of inputs (the paper's setting): its
-best set, its iteration counts and its `DraftGate` (what each kind of step
-was measured to pay) carry over from one prompt to the next, so a set that
-does not pay on this machine is not tried again at every prompt. Each input
-drafts through a `SwiftDraft` proposer (`ssd.proposers`): before it offers its
-draft it lets the optimiser score a candidate on the text so far, then drafts
-with the best set as a `Draft` value; the model is never changed. Output stays
-exact: greedy output is `base`'s, sampled output keeps the full model's
-distribution.
+best set, its iteration counts, its budget and its `DraftGate` (what each kind
+of step was measured to pay) carry over from one prompt to the next. Each
+input drafts through a `SwiftDraft` proposer (`ssd.proposers`): before it
+offers its draft it lets the optimiser score a candidate on the text so far,
+then drafts with the best set as a `Draft` value; the model is never changed.
+Output stays exact: greedy output is `base`'s, sampled output keeps the full
+model's distribution.
+
+ssd's one departure, so that SWIFT is never slower than `base`: SWIFT's best
+set is the gate's kind "swift", beside the model's static draft ("draft":
+the `skip_layers.json` entry, or the int4 draft skipping nothing) and the
+lookups, and the gate runs whichever commits tokens fastest. With no best
+set yet, the static draft and lookups decode (the paper's code starts from
+every other layer skipped, a draft that rarely pays). And optimising is paid
+for out of what drafting saved: an iteration runs only while the seconds
+(passes, when sampling) spent optimising are at most `opt_budget` times what
+the non-plain steps saved against the gate's measured plain step. Where
+optimising pays it runs on as in the paper; where it does not, it stops
+spending. `opt_budget=None` optimises without a budget.
 
 Cache: the best set for a (model, task) is stored in `skip_layers.json` under
 `"<model key>/swift/<task>"` (e.g. `"smollm2-135m-instruct/swift/cnndm"`),
@@ -46,8 +57,9 @@ from ssd.decoding import DraftConfig, EosTokenIds, GenerationResult, OnTokens, s
 from ssd.draft import Draft
 from ssd.gate import DraftGate, StepKind
 from ssd.lookup import lookup_proposers
+from ssd.low_bit import precision_bytes_share
 from ssd.modeling_llama import KVCache, LlamaForCausalLM
-from ssd.proposers import Proposer, Step
+from ssd.proposers import Outcome, Proposer, Step
 from ssd.sampling import Sampling
 from ssd.searching import bayesian_optimizer, variable_names
 from ssd.self_draft import AdaptiveThreshold, SelfDraft
@@ -67,6 +79,10 @@ class SwiftConfig:
 
     `draft`: how the acceleration phase drafts. `alpha`, `kappa`: the Gaussian
     process's noise term and UCB exploration. `seed`: random candidates and GP.
+    `opt_budget`: ssd's, not the paper's. With the gate on, an optimisation
+    iteration runs only while what optimising has spent is at most this share
+    of what drafted steps have saved over plain steps (module docstring);
+    None: optimise whenever the paper's rules say so, whatever it costs.
     """
 
     opt_interval: int = 1
@@ -80,6 +96,7 @@ class SwiftConfig:
     alpha: float = 1e-2
     kappa: float = 2.5
     seed: int = 0
+    opt_budget: float | None = 0.5
 
     def __post_init__(self):
         for name in ("opt_interval", "bayes_interval", "context_window", "max_tolerance_iter", "max_opt_iter"):
@@ -96,6 +113,9 @@ class SwiftConfig:
             raise ValueError(f"draft must be a DraftConfig, got {type(self.draft).__name__}")
         if self.alpha <= 0 or self.kappa < 0:
             raise ValueError(f"need alpha > 0 and kappa >= 0, got {self.alpha!r}, {self.kappa!r}")
+        if self.opt_budget is not None and (
+                isinstance(self.opt_budget, bool) or not isinstance(self.opt_budget, (int, float)) or self.opt_budget < 0):
+            raise ValueError(f"opt_budget must be a number >= 0 or None, got {self.opt_budget!r}")
 
     def num_skipped(self, num_layers: int) -> int:
         """Sub-layers every candidate skips: `int((L-2) * 2 * skip_ratio)`, at least one."""
@@ -115,6 +135,8 @@ class SwiftStep:
     candidate_score: float | None
     best_score: float | None  # the best set's score (on this window when optimising)
     seconds: float  # time spent in the optimiser before this step
+    passes: int = 0  # scoring passes run before this step (a candidate's, and the incumbent's again)
+    held: bool = False  # an iteration was due but the budget held it
 
 
 def cache_key(model_key: str, task: str) -> str:
@@ -166,8 +188,13 @@ class SwiftOptimizer:
         self._unsaved = False
         self._scratch: tuple[tuple, KVCache] | None = None  # (what it copied, cache) for `score`, see there
         self.gate = DraftGate() if config.draft.gate else None
-        self._gated_set: tuple[list[int], list[int]] | None = None  # the draft the gate measured
-        self.precision: str | None = model.default_draft.precision  # the drafts' weights, read at each input
+        self._gated_set: tuple[list[int], list[int]] | None = None  # the set the gate measured as "swift"
+        self.fallback: Draft = model.default_draft  # the static draft, read at each input
+        self.precision: str | None = model.default_draft.precision  # the candidates' weights, likewise
+        # The budget, in the gate's units (seconds greedy, passes sampling): what optimising spent,
+        # and what every non-plain step saved against the gate's measured plain step, over the stream.
+        self.spent = 0.0
+        self.saved = 0.0
         if cache_hit and self._read_cache():
             self.stop_reason, self.cache_hit = "cache hit", True
 
@@ -186,30 +213,52 @@ class SwiftOptimizer:
     def optimizing(self) -> bool:
         return self.stop_reason is None
 
-    def initial_skip_layers(self) -> tuple[list[int], list[int]]:
-        """The draft before any candidate is scored (the paper's code): every other middle layer, 1, 3, ..."""
-        odd = list(range(1, self.num_layers - 1, 2))
-        return odd, odd
+    @property
+    def budgeted(self) -> bool:
+        """Whether optimising is held to `opt_budget` (it needs the gate's measure of a plain step)."""
+        return self.gate is not None and self.config.opt_budget is not None
+
+    def within_budget(self) -> bool:
+        """Whether an iteration may run now: spent at most `opt_budget` x saved (so the first runs on
+        credit, and optimising overruns its budget by one iteration at most)."""
+        return not self.budgeted or self.spent <= self.config.opt_budget * self.saved
+
+    def credit(self, outcome: Outcome, sampling: bool) -> None:
+        """Count what a step saved (or lost) against a plain step: its committed tokens at the plain
+        step's measured cost per token, less what it cost. Plain steps save nothing."""
+        if outcome.kind == "plain" or self.gate is None:
+            return
+        if sampling:
+            per_token = 1.0  # a plain step is one pass
+        elif "plain" in self.gate.seconds:
+            per_token = self.gate.seconds["plain"] / self.gate.tokens["plain"]
+        else:
+            return  # nothing to compare with yet
+        self.saved += (outcome.accepted + 1) * per_token - outcome.cost
 
     # -- one input ----------------------------------------------------------
 
     def begin_input(self) -> None:
         """A new input of the stream starts: the best set's score must be measured again on its text,
-        a cached set is read again, a draft with another set than last input's is measured afresh, and
-        the drafts run at the model's default draft precision as it is now."""
+        a cached set is read again, and the static draft and the candidates' precision are the
+        model's default draft as it is now."""
         self.inputs += 1
         self._input_step = 0
-        self.precision = self.model.default_draft.precision
+        self.fallback = self.model.default_draft
+        self.precision = self.fallback.precision
         if self.cache_hit:
             self._read_cache()
-        skip_layers = self.best or self.initial_skip_layers()
-        if self.gate is not None and skip_layers != self._gated_set:
-            self.gate.forget(SwiftDraft.kind)
-            self._gated_set = skip_layers
+        self._gate_follows_best()
 
-    def draft(self) -> Draft:
-        """The draft to decode with now: the best set (before any, `initial_skip_layers`) at `precision`."""
-        return Draft.skipping(*(self.best or self.initial_skip_layers()), self.precision)
+    def _gate_follows_best(self) -> None:
+        """The gate measures the "swift" kind afresh whenever the best set changes."""
+        if self.gate is not None and self.best != self._gated_set:
+            self.gate.forget(SwiftDraft.kind)
+            self._gated_set = self.best
+
+    def draft(self) -> Draft | None:
+        """The best set so far at `precision`; None before any candidate was scored."""
+        return None if self.best is None else Draft.skipping(*self.best, self.precision)
 
     def end_input(self) -> None:
         """Store the best set when it improved during this input (and a task names the entry)."""
@@ -223,28 +272,43 @@ class SwiftOptimizer:
 
     @torch.no_grad()
     def optimize(self, step: Step) -> None:
-        """Before a decoding step: maybe score one candidate on the text generated so far."""
+        """Before a decoding step: maybe score one candidate on the text generated so far, if the
+        paper's rules and the budget allow; its cost is charged to the budget."""
         start = time.perf_counter()
         cache, committed, tokens = step.cache, step.committed, step.output
         index, self._input_step = self._input_step, self._input_step + 1
         window = min(self.config.context_window, len(tokens) - 1)
-        candidate_score = None
-        due = index % self.config.opt_interval == 0
-        if self.optimizing and due and window >= MIN_WINDOW:
-            candidate_score = self._iterate(cache, committed, tokens, window)
+        candidate_score, passes = None, 0
+        due = self.optimizing and index % self.config.opt_interval == 0 and window >= MIN_WINDOW
+        held = due and not self.within_budget()
+        if due and not held:
+            candidate_score, passes = self._iterate(cache, committed, tokens, window)
+            self._gate_follows_best()
+        seconds = time.perf_counter() - start
+        if candidate_score is not None:
+            self.spent += passes * self._pass_cost() if step.sampling is not None else seconds
         self.history.append(SwiftStep(
             len(self.history), self.inputs - 1, candidate_score is not None, window if candidate_score is not None else 0,
-            candidate_score, self.best_score, time.perf_counter() - start,
+            candidate_score, self.best_score, seconds, passes, held,
         ))
 
-    def _iterate(self, cache: KVCache, committed: int, tokens: list[int], window: int) -> float:
-        """One optimisation iteration: propose, score, keep if better, apply the stopping rules."""
+    def _pass_cost(self) -> float:
+        """One scoring pass in full-model passes, as the gate counts them when sampling: a draft of
+        `num_skipped` sub-layers at `precision` (`self_draft.draft_passes`)."""
+        depth = 1 - self.num_skipped / (2 * self.num_layers)
+        return depth * precision_bytes_share(self.precision, self.model.dtype)
+
+    def _iterate(self, cache: KVCache, committed: int, tokens: list[int], window: int) -> tuple[float, float]:
+        """One optimisation iteration: propose, score, keep if better, apply the stopping rules.
+        Returns the candidate's score and the scoring passes run."""
         prompt_length = committed - (len(tokens) - 1)
         scored_on = (self.inputs, window)
+        scores = 1
         if self.best is not None and self.best_window != scored_on:
             # The incumbent was scored on other text or a shorter window: compare like with like.
             self.best_score = self.score(self.best, cache, prompt_length, tokens, window)
             self.best_window = scored_on
+            scores += 1
         params, candidate = self._propose()
         score = self.score(candidate, cache, prompt_length, tokens, window)
         self.gp.register(params=params, target=score)
@@ -260,7 +324,7 @@ class SwiftOptimizer:
             self.stop_reason = "max_tolerance_iter"
         elif self.iterations >= self.config.max_opt_iter:
             self.stop_reason = "max_opt_iter"
-        return score
+        return score, scores
 
     def _propose(self) -> tuple[dict[str, float], tuple[list[int], list[int]]]:
         """A candidate of `num_skipped` sub-layers: from the GP every `bayes_interval`-th iteration, else random."""
@@ -312,8 +376,12 @@ class SwiftOptimizer:
             "stop_reason": self.stop_reason,
             "cache_hit": self.cache_hit,
             "opt_steps": sum(s.optimized for s in steps),
+            "opt_passes": sum(s.passes for s in steps),
+            "budget_held": sum(s.held for s in steps),
             "steps": len(steps),
             "opt_seconds": sum(s.seconds for s in steps),
+            "spent": self.spent,
+            "saved": self.saved,
             "iterations": self.iterations,
             "best_score": self.best_score,
             "skip_layers": self.best,
@@ -322,18 +390,29 @@ class SwiftOptimizer:
 
 
 class SwiftDraft(SelfDraft):
-    """SWIFT's self-draft for one input of its stream: before each offer, the optimiser may score a
-    candidate set (`SwiftOptimizer.optimize`), and the draft is then its best set as it stands."""
+    """SWIFT's self-draft for one input of its stream, offered as the gate's kind "swift": before each
+    offer the optimiser may score a candidate set (`SwiftOptimizer.optimize`), and the draft is then
+    its best set as it stands (nothing offered before there is one). Every step's outcome is credited
+    to the optimiser's budget."""
+
+    kind: StepKind = "swift"
 
     def __init__(self, optimizer: SwiftOptimizer, config: DraftConfig):
-        super().__init__(optimizer.draft(), config.max_step_draft, config.th_stop_draft, AdaptiveThreshold.of(config),
-                         config.gate)
+        super().__init__(optimizer.draft() or Draft(), config.max_step_draft, config.th_stop_draft,
+                         AdaptiveThreshold.of(config), skip_full_model=True)
         self.optimizer = optimizer
 
     def offer(self, step: Step) -> list[StepKind]:
         self.optimizer.optimize(step)
-        self.draft = self.optimizer.draft()
+        best = self.optimizer.draft()
+        if best is None:
+            return []
+        self.draft = best
         return super().offer(step)
+
+    def observe(self, outcome: Outcome, step: Step) -> None:
+        super().observe(outcome, step)
+        self.optimizer.credit(outcome, step.sampling is not None)
 
 
 def swift_generate(
@@ -347,13 +426,18 @@ def swift_generate(
     on_tokens: OnTokens | None = None,
 ) -> GenerationResult:
     """One input of a SWIFT stream: greedy when `sampling` is None, else sampled; exact either way.
-    The model's default draft is neither read for the skip set nor changed (SWIFT's lives in `optimizer`)."""
+
+    Proposers, in the gate's order: the model's default draft as it stands (the static set from
+    `skip_layers.json`, or the int4 draft with nothing skipped: "draft"), SWIFT's best set ("swift"),
+    then lookups. With the gate off the last offered runs, so SWIFT's set once it has one. The model's
+    default draft is never changed (SWIFT's set lives in `optimizer`)."""
     if optimizer.model is not model:
         raise ValueError("the SwiftOptimizer belongs to another model")
     optimizer.begin_input()
     config = optimizer.config.draft
-    model.prepare_draft(optimizer.draft())
-    proposers: list[Proposer] = [SwiftDraft(optimizer, config), *lookup_proposers(config)]
+    static = SelfDraft(model.prepare_draft(optimizer.fallback), config.max_step_draft, config.th_stop_draft,
+                       AdaptiveThreshold.of(config), skip_full_model=config.gate)
+    proposers: list[Proposer] = [static, SwiftDraft(optimizer, config), *lookup_proposers(config)]
     result = speculative_decode(model, input_ids, max_new_tokens, eos_token_id, config, sampling, generator,
                                 proposers=proposers, gate=optimizer.gate, on_tokens=on_tokens)
     optimizer.end_input()

@@ -122,8 +122,8 @@ def step_at(model, cache, committed: int, tokens: list[int]) -> Step:
 
 
 def run_scores(model, config, scores, window_tokens=20):
-    """Drive the optimiser's stopping rules with scripted scores (no forward passes)."""
-    optimizer = SwiftOptimizer(model, config)
+    """Drive the optimiser's stopping rules with scripted scores (no forward passes), unbudgeted."""
+    optimizer = SwiftOptimizer(model, dataclasses.replace(config, opt_budget=None))
     values = iter(scores)
     optimizer.score = lambda *args: next(values)
     optimizer.begin_input()
@@ -154,13 +154,91 @@ def test_stopping_rules(clean_model):
 def test_max_score_counts_only_over_a_full_window(clean_model):
     """A perfect score over 3 tokens says little: optimisation goes on until the window is full."""
     model, _ = clean_model
-    optimizer = SwiftOptimizer(model, SwiftConfig(context_window=10, max_score=0.9))
+    optimizer = SwiftOptimizer(model, SwiftConfig(context_window=10, max_score=0.9, opt_budget=None))
     optimizer.score = lambda *args: 1.0
     optimizer.begin_input()
     optimizer.optimize(step_at(model, None, 100, list(range(4))))
     assert optimizer.optimizing and optimizer.best_score == 1.0
     optimizer.optimize(step_at(model, None, 100, list(range(11))))
     assert optimizer.stop_reason == "max_score"
+
+
+def plain_outcome_cost(optimizer, seconds: float) -> None:
+    """The gate has measured a plain step at `seconds`."""
+    optimizer.gate.record("plain", ["plain"], 1, seconds)
+
+
+def test_the_budget_holds_optimisation_until_drafting_has_saved_for_it(clean_model):
+    """Greedy: an iteration runs while the seconds spent optimising are at most opt_budget x the seconds
+    non-plain steps saved against a plain step; the first runs on credit."""
+    model, _ = clean_model
+    optimizer = SwiftOptimizer(model, SwiftConfig(context_window=10, opt_budget=0.5))
+    optimizer.score = lambda *args: 0.5
+    optimizer.begin_input()
+    plain_outcome_cost(optimizer, 0.02)
+    step = step_at(model, None, 100, list(range(20)))
+    optimizer.optimize(step)
+    assert optimizer.iterations == 1 and optimizer.spent > 0
+    optimizer.optimize(step)
+    assert optimizer.iterations == 1 and optimizer.history[-1].held, "nothing saved yet: held"
+    # A draft step committed 3 tokens for 0.03 s: it saved 3 x 0.02 - 0.03 = 0.03 s.
+    draft = ssd.proposers.Outcome("draft", None, 2, [1, 2, 3], 0.03)
+    optimizer.credit(draft, sampling=False)
+    assert optimizer.saved == pytest.approx(0.03)
+    optimizer.spent = 0.015  # pretend the first iteration took 15 ms: within 0.5 x 0.03
+    optimizer.optimize(step)
+    assert optimizer.iterations == 2 and not optimizer.history[-1].held
+    # A plain step saves nothing; a losing draft step takes back what it lost.
+    optimizer.credit(ssd.proposers.Outcome("plain", None, 0, [4], 0.02), sampling=False)
+    optimizer.credit(ssd.proposers.Outcome("swift", None, 0, [5], 0.05), sampling=False)
+    assert optimizer.saved == pytest.approx(0.03 - 0.03)
+    stats = optimizer.stats()
+    assert (stats["opt_steps"], stats["budget_held"], stats["opt_passes"]) == (2, 1, 2)
+    # Unbudgeted (the paper's), and with the gate off, nothing is held.
+    for config in (SwiftConfig(context_window=10, opt_budget=None),
+                   SwiftConfig(context_window=10, draft=dataclasses.replace(FAST.draft, gate=False))):
+        free = SwiftOptimizer(model, config)
+        free.score = lambda *args: 0.5
+        free.begin_input()
+        for _ in range(3):
+            free.optimize(step)
+        assert free.iterations == 3
+
+
+def test_the_budget_counts_passes_when_sampling(clean_model):
+    """Sampling: the budget is kept in model passes, so which steps optimise never depends on timing."""
+    model, _ = clean_model
+    optimizer = SwiftOptimizer(model, SwiftConfig(context_window=10))
+    optimizer.score = lambda *args: 0.5
+    optimizer.begin_input()
+    sampled = dataclasses.replace(step_at(model, None, 100, list(range(20))), sampling=Sampling())
+    optimizer.optimize(sampled)
+    share = 1 - optimizer.num_skipped / (2 * model.num_layers)  # one scoring pass of the full-precision model
+    assert optimizer.spent == pytest.approx(share)
+    optimizer.credit(ssd.proposers.Outcome("draft", None, 3, [1, 2, 3, 4], 2.5), sampling=True)
+    assert optimizer.saved == pytest.approx(4 - 2.5)
+
+
+def test_cold_swift_decodes_with_the_static_draft_until_it_has_a_set(clean_model, prompts, base_tokens):
+    """Gate on: before any candidate is scored only the static draft (here int8, nothing skipped), lookups
+    and plain steps run; SWIFT's set then competes as the kind "swift". Output stays base's."""
+    model, tokenizer = clean_model
+    model.set_draft_precision("int8")
+    input_ids = tokenizer(prompts[0], return_tensors="pt").input_ids
+    base = base_tokens(input_ids, 40)
+    optimizer = SwiftOptimizer(model, dataclasses.replace(FAST, max_opt_iter=1000))
+    kinds = []
+    recorded = optimizer.gate.record
+    optimizer.gate.record = lambda kind, *args: (kinds.append((kind, optimizer.iterations)), recorded(kind, *args))
+    out = ssd.infer(model, tokenizer, input_ids, "swift", 40, swift=optimizer)
+    assert out["generate_ids"] == base
+    assert "draft" in optimizer.gate.seconds and all(iterations > 0 for kind, iterations in kinds if kind == "swift")
+    stats = out["swift"]
+    assert stats["opt_steps"] >= 1 and stats["opt_passes"] >= stats["opt_steps"]
+    # Never more than one iteration beyond the budget.
+    last = max(s.seconds for s in optimizer.history)
+    assert stats["spent"] <= FAST.opt_budget * max(stats["saved"], 0) + last
+    assert model.default_draft == ssd.Draft(precision="int8")  # SWIFT never changes the model's draft
 
 
 # --- exactness -----------------------------------------------------------------------------
@@ -293,7 +371,7 @@ def test_a_cached_stream_reads_the_entry_at_each_input_and_keeps_its_gate(clean_
     first = ssd.infer(model, tokenizer, input_ids, "swift", 24, swift=stream)
     assert first["generate_ids"] == base and first["swift"]["skip_layers"] == ([3], [5])
     gate = stream.gate
-    assert "draft" in gate.seconds  # measured during the first input
+    assert "swift" in gate.seconds  # measured during the first input
     measured = dict(gate.seconds)
 
     # The same set: the gate keeps what it measured (the next input need not try the draft again).
@@ -307,7 +385,7 @@ def test_a_cached_stream_reads_the_entry_at_each_input_and_keeps_its_gate(clean_
     gate.forget = lambda kind: (forgotten.append(kind), original(kind))
     third = ssd.infer(model, tokenizer, input_ids, "swift", 24, swift=stream)
     assert third["generate_ids"] == base and third["swift"]["skip_layers"] == ([3, 7], [5])
-    assert forgotten == ["draft"] and third["swift"]["opt_steps"] == 0
+    assert forgotten == ["swift"] and third["swift"]["opt_steps"] == 0
 
 
 def test_a_given_gate_needs_gating_on(clean_model):
