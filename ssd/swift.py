@@ -15,8 +15,8 @@ after `max_tolerance_iter` iterations without improvement, or after
 set, stopping when the draft's confidence falls under 0.8 (up to 25 tokens).
 
 One `SwiftOptimizer` serves a stream of inputs (the paper's setting): its
-best set, its iteration counts, its budget and its `DraftGate` (what each kind
-of step was measured to pay) carry over from one prompt to the next. Each
+best set, its iteration counts and its `DraftGate` (what each kind of step
+was measured to pay) carry over from one prompt to the next. Each
 input drafts through a `SwiftDraft` proposer (`ssd.proposers`): before it
 offers its draft it lets the optimiser score a candidate on the text so far,
 then drafts with the best set as a `Draft` value; the model is never changed.
@@ -30,8 +30,9 @@ lookups, and the gate runs whichever commits tokens fastest. With no best
 set yet, the static draft and lookups decode (the paper's code starts from
 every other layer skipped, a draft that rarely pays). And optimising is paid
 for out of what drafting saved: an iteration runs only while the seconds
-(passes, when sampling) spent optimising are at most `opt_budget` times what
-the non-plain steps saved against the gate's measured plain step. Where
+(passes, when sampling) spent optimising on this input are at most
+`opt_budget` times what its non-plain steps saved against the gate's
+measured plain step, so each input pays for its own optimising. Where
 optimising pays it runs on as in the paper; where it does not, it stops
 spending. `opt_budget=None` optimises without a budget.
 
@@ -192,7 +193,7 @@ class SwiftOptimizer:
         self.fallback: Draft = model.default_draft  # the static draft, read at each input
         self.precision: str | None = model.default_draft.precision  # the candidates' weights, likewise
         # The budget, in the gate's units (seconds greedy, passes sampling): what optimising spent,
-        # and what every non-plain step saved against the gate's measured plain step, over the stream.
+        # and what every non-plain step saved against the gate's measured plain step, on this input.
         self.spent = 0.0
         self.saved = 0.0
         if cache_hit and self._read_cache():
@@ -244,6 +245,7 @@ class SwiftOptimizer:
         model's default draft as it is now."""
         self.inputs += 1
         self._input_step = 0
+        self.spent = self.saved = 0.0  # each input pays for its own optimising
         self.fallback = self.model.default_draft
         self.precision = self.fallback.precision
         if self.cache_hit:
