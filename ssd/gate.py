@@ -36,8 +36,8 @@ class DraftGate:
     kinds available at a step the fastest runs. Between a plain step and a
     draft (or between drafts), though, the choice decides how soon the next
     free lookup comes (a 12-token draft holds lookups off), so those are
-    compared over their episodes: the step and the lookup steps that follow it. An unmeasured
-    kind runs the first time it is available; a losing kind runs again after
+    compared over their episodes: the step and the lookup steps that follow
+    it. An unmeasured kind runs the first time it is available; a losing kind runs again after
     `interval` of the steps where it was available, and that interval doubles
     (up to `max_interval`) after each such probe that still loses. Which kind
     runs never changes the output.

@@ -58,12 +58,11 @@ from ssd.decoding import DraftConfig, EosTokenIds, GenerationResult, OnTokens, s
 from ssd.draft import Draft
 from ssd.gate import DraftGate, StepKind
 from ssd.lookup import lookup_proposers
-from ssd.low_bit import precision_bytes_share
 from ssd.modeling_llama import KVCache, LlamaForCausalLM
 from ssd.proposers import Outcome, Proposer, Step
 from ssd.sampling import Sampling
 from ssd.searching import bayesian_optimizer, variable_names
-from ssd.self_draft import AdaptiveThreshold, SelfDraft
+from ssd.self_draft import AdaptiveThreshold, SelfDraft, draft_passes
 from ssd.skip_layers import DEFAULT_PATH, read_skip_layers, save_skip_layers
 
 MIN_WINDOW = 1  # scored positions needed (two generated tokens) before a candidate is scored at all
@@ -190,8 +189,7 @@ class SwiftOptimizer:
         self._scratch: tuple[tuple, KVCache] | None = None  # (what it copied, cache) for `score`, see there
         self.gate = DraftGate() if config.draft.gate else None
         self._gated_set: tuple[list[int], list[int]] | None = None  # the set the gate measured as "swift"
-        self.fallback: Draft = model.default_draft  # the static draft, read at each input
-        self.precision: str | None = model.default_draft.precision  # the candidates' weights, likewise
+        self.precision: str | None = model.default_draft.precision  # the candidates' weights, read at each input
         # The budget, in the gate's units (seconds greedy, passes sampling): what optimising spent,
         # and what every non-plain step saved against the gate's measured plain step, on this input.
         self.spent = 0.0
@@ -241,13 +239,12 @@ class SwiftOptimizer:
 
     def begin_input(self) -> None:
         """A new input of the stream starts: the best set's score must be measured again on its text,
-        a cached set is read again, and the static draft and the candidates' precision are the
-        model's default draft as it is now."""
+        a cached set is read again, and the candidates run at the model's default draft precision as
+        it is now."""
         self.inputs += 1
         self._input_step = 0
         self.spent = self.saved = 0.0  # each input pays for its own optimising
-        self.fallback = self.model.default_draft
-        self.precision = self.fallback.precision
+        self.precision = self.model.default_draft.precision
         if self.cache_hit:
             self._read_cache()
         self._gate_follows_best()
@@ -288,19 +285,13 @@ class SwiftOptimizer:
             self._gate_follows_best()
         seconds = time.perf_counter() - start
         if candidate_score is not None:
-            self.spent += passes * self._pass_cost() if step.sampling is not None else seconds
+            self.spent += passes * draft_passes(self.draft(), self.model) if step.sampling is not None else seconds
         self.history.append(SwiftStep(
             len(self.history), self.inputs - 1, candidate_score is not None, window if candidate_score is not None else 0,
             candidate_score, self.best_score, seconds, passes, held,
         ))
 
-    def _pass_cost(self) -> float:
-        """One scoring pass in full-model passes, as the gate counts them when sampling: a draft of
-        `num_skipped` sub-layers at `precision` (`self_draft.draft_passes`)."""
-        depth = 1 - self.num_skipped / (2 * self.num_layers)
-        return depth * precision_bytes_share(self.precision, self.model.dtype)
-
-    def _iterate(self, cache: KVCache, committed: int, tokens: list[int], window: int) -> tuple[float, float]:
+    def _iterate(self, cache: KVCache, committed: int, tokens: list[int], window: int) -> tuple[float, int]:
         """One optimisation iteration: propose, score, keep if better, apply the stopping rules.
         Returns the candidate's score and the scoring passes run."""
         prompt_length = committed - (len(tokens) - 1)
@@ -437,7 +428,7 @@ def swift_generate(
         raise ValueError("the SwiftOptimizer belongs to another model")
     optimizer.begin_input()
     config = optimizer.config.draft
-    static = SelfDraft(model.prepare_draft(optimizer.fallback), config.max_step_draft, config.th_stop_draft,
+    static = SelfDraft(model.prepare_draft(model.default_draft), config.max_step_draft, config.th_stop_draft,
                        AdaptiveThreshold.of(config), skip_full_model=config.gate)
     proposers: list[Proposer] = [static, SwiftDraft(optimizer, config), *lookup_proposers(config)]
     result = speculative_decode(model, input_ids, max_new_tokens, eos_token_id, config, sampling, generator,
