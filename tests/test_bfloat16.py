@@ -22,6 +22,7 @@ from helpers import data_dir, random_skip_set, shared
 from ssd.cpu import cpu_has_native_bfloat16
 from ssd.data import task_prompts
 from ssd.loading import should_compile, should_pack_weights
+from ssd.modeling_llama import RMSNorm
 
 native_bfloat16_only = pytest.mark.skipif(
     not cpu_has_native_bfloat16(), reason="bfloat16 is emulated on this CPU; load_model decodes in float32 here"
@@ -82,6 +83,30 @@ def one_pass_equals_steps(model, input_ids, before: int) -> None:
     for layer in range(model.num_layers):
         assert torch.equal(step_cache.keys[layer], pass_cache.keys[layer])
         assert torch.equal(step_cache.values[layer], pass_cache.values[layer])
+
+
+@native_bfloat16_only
+@torch.no_grad()
+def test_compiled_norm_of_one_row_equals_the_rows_norm_among_others():
+    """A graph compiled for one row summed that row's squares split over the threads, so a step's norm
+    could part from the same row's in a verification (Qwen2.5-Coder-1.5B, hidden size 1536: 1 row in 13
+    in 5 of its 28 layers, flipping its tokens; about 1 random row in 300 here); `RMSNorm` runs one row
+    as two. Two threads, whatever the worker has: with one the sum is never split."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        norm = RMSNorm(1536, 1e-6).to(torch.bfloat16)
+        norm.weight.normal_(1, 0.5)
+        compiled = torch.compile(norm, dynamic=True)
+        # Values spread over many magnitudes, so that float32 sums taken in another order round differently.
+        x = (torch.randn(1, 4096, 1536) * torch.exp(torch.randn(1, 4096, 1536) * 2)).to(torch.bfloat16)
+        rows = torch.cat([compiled(x[:, i : i + 1]) for i in range(x.shape[1])], dim=1)
+        together = compiled(x)
+    finally:
+        torch.set_num_threads(threads)
+    differing = [i for i in range(x.shape[1]) if not torch.equal(rows[0, i], together[0, i])]
+    assert not differing, f"{len(differing)} of {x.shape[1]} rows differ alone and together"
 
 
 @native_bfloat16_only
