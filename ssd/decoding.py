@@ -354,7 +354,8 @@ def speculative_decode(
         proposal = offered[kind].propose(kind, step) if kind != "plain" else None
         drafts = proposal.tokens if proposal is not None else []
         verify_input = torch.tensor([[sequence[-1], *drafts]], device=input_ids.device)
-        target_logits = model(verify_input, cache, step.committed)[0]
+        hidden = [] if proposal is not None and proposal.keep_hidden else None
+        target_logits = model(verify_input, cache, step.committed, hidden_states=hidden)[0]
         draft_probs = proposal.probs if proposal is not None else None
         accepted, next_token = verify_drafts(target_logits, drafts, draft_probs, sampling, generator)
         new_tokens = output.commit(drafts[:accepted] + [next_token])
@@ -362,7 +363,7 @@ def speculative_decode(
         cost = time.perf_counter() - start if sampling is None else 1.0 + (proposal.passes if proposal else 0.0)
         if gate is not None:
             gate.record(kind, kinds, accepted + 1, cost)
-        outcome = Outcome(kind, proposal, accepted, new_tokens, cost)
+        outcome = Outcome(kind, proposal, accepted, new_tokens, cost, hidden)
         for proposer in proposers:
             proposer.observe(outcome, step)
         result.num_verifications += 1

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
+from ssd.clasp import clasp_proposers
 from ssd.clock import timed
 from ssd.decoding import (
     DraftConfig,
@@ -52,6 +53,7 @@ class DraftingMethod:
 DRAFTING_METHODS: dict[str, DraftingMethod] = {
     "essg": DraftingMethod(default_proposers, samples=False),
     "sss": DraftingMethod(default_proposers),
+    "clasp": DraftingMethod(clasp_proposers),
 }
 
 

@@ -340,7 +340,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
 
     def forward(
         self, input_ids: torch.Tensor, cache: KVCache, start_pos: int, last_only: bool = False,
-        draft: Draft | None = None, head: DraftHead | None = None,
+        draft: Draft | None = None, head: DraftHead | None = None, hidden_states: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Logits for `input_ids` ([batch, T]) placed at positions start_pos .. start_pos+T-1, by the full
         model (`draft=None`) or by `draft`: its skipped sub-layers left out, on its precision's copies.
@@ -350,7 +350,8 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         bfloat16 on a CPU they are masked rather than sliced off, see below). `last_only`: the
         last position's logits alone (a prefill needs no more; the LM head over
         a long prompt would cost more than the prompt's layers). `head`: score
-        only its tokens (logits over `head.token_ids`, not the vocabulary).
+        only its tokens (logits over `head.token_ids`, not the vocabulary). `hidden_states`: a list
+        to append the residual stream to, entering each layer and leaving the last (`ssd.clasp`).
         """
         length = input_ids.shape[1]
         end = start_pos + length
@@ -378,10 +379,14 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
             start_pos, length, cache.max_len, row_invariant, self.products.padded_rows)
         graphs = self._compiled.graphs if compiled else None
         for i, layer in enumerate(self.model.layers):
+            if hidden_states is not None:
+                hidden_states.append(x)
             x = layer(
                 x, cos, sin, cache.keys[i], cache.values[i], start_pos, key_len, i in draft.attention, i in draft.mlp,
                 low_bit[i], graphs,
             )
+        if hidden_states is not None:
+            hidden_states.append(x)
         if last_only:
             x = x[:, -1:]
         x = self.model.norm(x)

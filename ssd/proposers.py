@@ -62,25 +62,31 @@ class Proposal:
     None means the tokens are certain (q is 1 at each), as a lookup's are.
     `passes`: what proposing cost, in full-model passes; when sampling the gate
     is charged these instead of wall seconds, so that which kind runs, and so
-    the random numbers drawn, never depend on timing.
+    the random numbers drawn, never depend on timing. `keep_hidden`: the loop
+    keeps the verification's residual stream at every layer for `Outcome.hidden`
+    (CLaSp's selection reads it); otherwise none is kept.
     """
 
     tokens: list[int]
     probs: torch.Tensor | None = None
     passes: float = 0.0
+    keep_hidden: bool = False
 
 
 @dataclass(frozen=True)
 class Outcome:
     """What a step's verification returned: the kind that ran, its proposal (None for a plain step),
     how many of its tokens were accepted, the tokens committed (accepted ones and the bonus), and
-    what the step cost in the gate's units: wall seconds when greedy, model passes when sampling."""
+    what the step cost in the gate's units: wall seconds when greedy, model passes when sampling.
+    `hidden`: where the proposal asked for it, the full model's residual stream entering each layer
+    and leaving the last (L+1 tensors of [1, rows, hidden]), over the verified rows."""
 
     kind: StepKind
     proposal: Proposal | None
     accepted: int
     new_tokens: list[int]
     cost: float
+    hidden: list[torch.Tensor] | None = None
 
 
 @runtime_checkable
