@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from ssd.generation import generate, method_names
 from ssd.loading import check_load_arguments, dtype_name, load_model, parse_device, parse_dtype
 from ssd.logs import without_message
 from ssd.reports import format_table
+from ssd.skip_layers import DEFAULT_PATH as SKIP_LAYERS_PATH
 from ssd.swift import SwiftConfig, SwiftOptimizer
 from ssd.timing import Method, Run, run_side_by_side, summarise
 
@@ -45,9 +48,10 @@ DEFAULT_METHODS = ("hf", "hf-pld", "base", "essg", "self-draft", "sss")
 
 def bench_methods() -> tuple[str, ...]:
     """Stock generate's methods, then every method of `ssd.generate` (`ssd.method_names`: a method
-    registered with `ssd.register_method` is benched too) and "self-draft" (essg with lookups off)."""
+    registered with `ssd.register_method` is benched too), "self-draft" (essg with lookups off) and
+    "swift-cached" (SWIFT from the set `skip_layers.json` stores for the model and task, `swift_method`)."""
     ours = method_names()
-    return (*STOCK_METHODS, *ours[:2], "self-draft", *ours[2:])
+    return (*STOCK_METHODS, *ours[:2], "self-draft", *ours[2:], "swift-cached")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -218,15 +222,24 @@ def ssd_method(model, method: str, max_new_tokens: int, **kwargs) -> Method:
     return run
 
 
-def swift_method(model, max_new_tokens: int) -> Method:
-    """SWIFT as the paper runs it: one optimiser per task stream, starting cold (no cache read or written)."""
+def swift_method(model, max_new_tokens: int, cached: bool = False) -> Method:
+    """SWIFT as the paper runs it: one optimiser per task stream, starting cold (no cache read or
+    written); `cached`: from the set `skip_layers.json` stores for the model and task (read only: the
+    stream writes to a copy), cold where there is none."""
     optimizers = {}
+    copies = tempfile.TemporaryDirectory() if cached else None
 
     def run(input_ids, task):
         if task not in optimizers:
-            optimizers[task] = SwiftOptimizer(model, SwiftConfig())
+            if cached:
+                path = Path(copies.name) / f"{task}.json"
+                shutil.copyfile(SKIP_LAYERS_PATH, path)
+                optimizers[task] = SwiftOptimizer(model, SwiftConfig(), task=task, cache_hit=True, skip_layers_path=path)
+            else:
+                optimizers[task] = SwiftOptimizer(model, SwiftConfig())
         return ssd_method(model, "swift", max_new_tokens, swift=optimizers[task])(input_ids, task)
 
+    run.copies = copies  # the copies live as long as the method
     return run
 
 
@@ -251,8 +264,8 @@ def ours(model, name: str, max_new_tokens: int) -> Method:
     if name == "sss":
         return ssd_method(model, "sss", max_new_tokens, do_sample=True, top_k=0,
                           generator=torch.Generator(model.device).manual_seed(0))
-    if name == "swift":
-        return swift_method(model, max_new_tokens)
+    if name in ("swift", "swift-cached"):
+        return swift_method(model, max_new_tokens, cached=name == "swift-cached")
     if name == "self-draft":
         return ssd_method(model, "essg", max_new_tokens, ngram_size=0)
     return ssd_method(model, name, max_new_tokens)

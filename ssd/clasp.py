@@ -45,7 +45,7 @@ class ClaspConfig:
     while their cost is at most this share of what drafting saved on the input (None: always)."""
 
     skip_share: float = 0.1
-    interval: int = 4
+    interval: int = 16
     budget: float | None = 0.5
 
     def __post_init__(self):

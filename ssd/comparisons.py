@@ -64,7 +64,7 @@ def compare_skip_sets(
     return [{"set": row.pop("method"), **row} for row in summarise(records) if row["method"] != "base"]
 
 
-SWIFT_METHODS = ("base", "draft & verify", "swift cold", "swift cached")
+SWIFT_METHODS = ("base", "draft & verify", "swift cold", "swift cached", "clasp")
 
 
 def compare_swift(
@@ -78,15 +78,16 @@ def compare_swift(
     progress: bool = True,
     **draft_kwargs,
 ) -> tuple[list[dict], dict[str, SwiftOptimizer]]:
-    """Greedy base, Draft & Verify (essg with the model's own skip set), SWIFT cold start and SWIFT
-    cached, alternating per prompt.
+    """Greedy base, Draft & Verify (essg with the model's own skip set), SWIFT cold start, SWIFT
+    cached and CLaSp-style selection (`ssd.clasp`, cold: it keeps nothing between prompts), alternating
+    per prompt.
 
     Per task, the cold start is one optimiser over the task's prompts, starting
     from nothing and saving its best set under the task's cache key after each
     prompt; the cached method is another stream over the same prompts with
     `cache_hit=True`, started after the first cold prompt and reading the entry
     as it stands at each prompt (the set the cold stream found so far).
-    `draft_kwargs` (`DraftConfig` fields) apply to Draft & Verify and to SWIFT's draft.
+    `draft_kwargs` (`DraftConfig` fields) apply to Draft & Verify, clasp and SWIFT's draft.
     Returns one record per (prompt, method), with SWIFT's statistics, and each task's cold optimiser.
     """
     config = dataclasses.replace(config, draft=dataclasses.replace(config.draft, **draft_kwargs))
@@ -104,6 +105,7 @@ def compare_swift(
         "draft & verify": _method(model, "essg", max_new_tokens, **draft_kwargs),
         "swift cold": swift(cold, False),
         "swift cached": swift(cached, True),  # its stream starts after the cold one saved an entry
+        "clasp": _method(model, "clasp", max_new_tokens, **draft_kwargs),
     }
     # The warm-up must not touch SWIFT's cache: only the plain methods warm up.
     warm_up = tokenizer(WARM_UP, return_tensors="pt").input_ids.to(model.device)
