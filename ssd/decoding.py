@@ -363,7 +363,7 @@ def speculative_decode(
         cost = time.perf_counter() - start if sampling is None else 1.0 + (proposal.passes if proposal else 0.0)
         if gate is not None:
             gate.record(kind, kinds, accepted + 1, cost)
-        outcome = Outcome(kind, proposal, accepted, new_tokens, cost, hidden)
+        outcome = Outcome(kind, proposal, accepted, new_tokens, cost, hidden, target_logits)
         for proposer in proposers:
             proposer.observe(outcome, step)
         result.num_verifications += 1

@@ -32,6 +32,7 @@ from ssd.decoding import (
 from ssd.draft import Draft
 from ssd.modeling_llama import LlamaForCausalLM
 from ssd.proposers import Proposer
+from ssd.recycling import recycling_proposers
 from ssd.sampling import Sampling
 from ssd.skip_layers import DEFAULT_PATH
 from ssd.swift import SwiftConfig, SwiftOptimizer, swift_generate
@@ -54,6 +55,7 @@ DRAFTING_METHODS: dict[str, DraftingMethod] = {
     "essg": DraftingMethod(default_proposers, samples=False),
     "sss": DraftingMethod(default_proposers),
     "clasp": DraftingMethod(clasp_proposers),
+    "recycling": DraftingMethod(recycling_proposers),
 }
 
 

@@ -79,7 +79,8 @@ class Outcome:
     how many of its tokens were accepted, the tokens committed (accepted ones and the bonus), and
     what the step cost in the gate's units: wall seconds when greedy, model passes when sampling.
     `hidden`: where the proposal asked for it, the full model's residual stream entering each layer
-    and leaving the last (L+1 tensors of [1, rows, hidden]), over the verified rows."""
+    and leaving the last (L+1 tensors of [1, rows, hidden]), over the verified rows. `logits`: the
+    verification's ([rows, vocab]; row i follows input i of `[last token, *proposal.tokens]`)."""
 
     kind: StepKind
     proposal: Proposal | None
@@ -87,6 +88,7 @@ class Outcome:
     new_tokens: list[int]
     cost: float
     hidden: list[torch.Tensor] | None = None
+    logits: torch.Tensor | None = None
 
 
 @runtime_checkable
@@ -104,5 +106,6 @@ class Proposer(Protocol):
         ...
 
     def observe(self, outcome: Outcome, step: Step) -> None:
-        """Every step's outcome, whichever proposer ran; `step` is the step as it was proposed."""
+        """Every step's outcome, whichever proposer ran; `step` is the step as it was proposed, but its
+        `sequence` already holds the committed tokens (the verified input began at `step.committed`)."""
         ...

@@ -1,0 +1,121 @@
+"""Token Recycling: the successor table learns from verifications' logits, and its chains decode exactly."""
+
+import pytest
+import torch
+
+import ssd
+import ssd.decoding
+from helpers import ALPHA, NEAR_TIE_FLOAT32, accept_everything, assert_same_tokens, chi_square_p_value, sample_counts
+from ssd.decoding import DraftConfig, speculative_decode
+from ssd.recycling import Recycler, SuccessorTable, recycling_proposers
+from ssd.sampling import Sampling, logits_to_probs
+
+ALONE = DraftConfig(gate=False, ngram_size=0)  # with only a Recycler, each step recycles when the table has a chain
+
+
+def test_table_keeps_each_inputs_latest_top_successors():
+    table = SuccessorTable(k=2)
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0], [5.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 9.0]])
+    table.update([7, 1], logits)  # the third row has no input token here: it is not read
+    assert table.rows == {7: [1, 3], 1: [0, 2]}
+    assert table.chain(7, 5) == [1, 0]  # 7 -> 1 -> 0, which has no row
+    table.update([7], torch.tensor([[0.0, 0.0, 4.0, 0.0]]))
+    assert table.rows[7][0] == 2 and table.chain(7, 1) == [2]
+    assert table.chain(3, 4) == []
+
+
+@pytest.mark.parametrize("max_tokens", [0, -1, True, 1.5])
+def test_bad_max_tokens_are_refused(max_tokens):
+    with pytest.raises(ValueError):
+        Recycler(max_tokens)
+
+
+def test_recycled_chains_decode_exactly(embedded, prompts, base_tokens):
+    """Recycled drafts alone (plain steps where the table has no chain): output equals base's, and
+    some recycled tokens are accepted."""
+    model, tokenizer = embedded
+    accepted = 0
+    for prompt in prompts[::3]:
+        input_ids = tokenizer(prompt, return_tensors="pt").input_ids
+        recycler = Recycler()
+        result = speculative_decode(model, input_ids, 48, None, ALONE, None, None, proposers=[recycler])
+        assert recycler.proposed == result.num_drafted_tokens
+        accepted += recycler.accepted
+        assert_same_tokens(base_tokens(input_ids, 48), result.tokens, model, input_ids, NEAR_TIE_FLOAT32, "recycling")
+    assert accepted > 0
+
+
+def test_recycling_method_with_the_gate_equals_base(embedded, prompts, base_tokens):
+    model, tokenizer = embedded
+    model.set_draft_precision("int4")
+    input_ids = tokenizer(prompts[1], return_tensors="pt").input_ids
+    out = ssd.generate(model, input_ids, method="recycling", max_new_tokens=48, eos_token_id=[])
+    assert_same_tokens(base_tokens(input_ids, 48), out[0, input_ids.shape[1]:].tolist(), model, input_ids,
+                       NEAR_TIE_FLOAT32, "recycling, gated")
+    assert isinstance(recycling_proposers(model, DraftConfig())[0], Recycler)
+
+
+# --- sampling ------------------------------------------------------------------------------
+
+SAMPLING = Sampling(temperature=1.0, top_k=6)
+# As in test_sampling.py. The broken acceptance rule gets as many: a recycled draft is the full model's own
+# argmax after the first token, so accepting every draft samples greedy 2nd tokens, nearer the true marginal
+# than a skipped-layer draft's (seed 1234: p = 0.015 at 50 trials, 1.6e-5 at 100; the correct rule 0.78).
+TRIALS = 100
+PROMPT = "The three most important inventions of the"
+
+
+@torch.no_grad()
+def exact_second_token_marginal(model, input_ids) -> torch.Tensor:
+    """P(2nd token = y) = sum over t1 of p(t1 | prompt) p(y | prompt, t1), from the full model."""
+    cache = model.new_cache(input_ids.shape[1] + 1)
+    p1 = logits_to_probs(model(input_ids, cache, 0)[0, -1], SAMPLING)
+    marginal = torch.zeros_like(p1)
+    for t1 in torch.nonzero(p1).flatten().tolist():
+        p2 = logits_to_probs(model(torch.tensor([[t1]]), cache, input_ids.shape[1])[0, -1], SAMPLING)
+        marginal += p1[t1] * p2
+    return marginal
+
+
+def second_token_p_value(model, input_ids, expected, table: SuccessorTable, trials: int) -> float:
+    """Chi-square p-value of the sampled 2nd token, drafted from a table that earlier generations filled
+    (the successors of every first token the full model can sample)."""
+    generator = torch.Generator().manual_seed(1234)
+    recycled = 0
+
+    def draw() -> int:
+        nonlocal recycled
+        recycler = Recycler(max_tokens=1, table=table)
+        result = speculative_decode(model, input_ids, 3, None, ALONE, SAMPLING, generator, proposers=[recycler])
+        recycled += recycler.proposed
+        return result.tokens[1]
+
+    counts = sample_counts(draw, expected, trials)
+    if counts.sum() == trials:  # (sampling stops early only at a forbidden token: the verdict is settled)
+        assert recycled > trials / 2  # the 2nd token was really a recycled draft
+    return chi_square_p_value(counts, expected, trials)
+
+
+@pytest.fixture(scope="module")
+def sampling_setting(embedded):
+    model, tokenizer = embedded
+    input_ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    cache = model.new_cache(input_ids.shape[1] + 1)
+    with torch.no_grad():
+        p1 = logits_to_probs(model(input_ids, cache, 0)[0, -1], SAMPLING)
+        first = torch.nonzero(p1).flatten().tolist()
+        table = SuccessorTable()
+        for t1 in first:  # each possible first token's successors, as a verification of it would give
+            table.update([t1], model(torch.tensor([[t1]]), cache, input_ids.shape[1])[0])
+    return model, input_ids, exact_second_token_marginal(model, input_ids), table
+
+
+def test_recycled_sampling_keeps_the_distribution(sampling_setting):
+    model, input_ids, expected, table = sampling_setting
+    assert second_token_p_value(model, input_ids, expected, SuccessorTable(table.k, dict(table.rows)), TRIALS) > ALPHA
+
+
+def test_recycled_sampling_broken_acceptance_rule_is_detected(sampling_setting, monkeypatch):
+    model, input_ids, expected, table = sampling_setting
+    monkeypatch.setattr(ssd.decoding, "verify_drafts", accept_everything)
+    assert second_token_p_value(model, input_ids, expected, SuccessorTable(table.k, dict(table.rows)), TRIALS) < ALPHA
