@@ -227,7 +227,7 @@ def swift_method(model, max_new_tokens: int, cached: bool = False) -> Method:
     written); `cached`: from the set `skip_layers.json` stores for the model and task (read only: the
     stream writes to a copy), cold where there is none."""
     optimizers = {}
-    copies = tempfile.TemporaryDirectory() if cached else None
+    copies = tempfile.TemporaryDirectory() if cached else None  # removed with `run`, which holds it
 
     def run(input_ids, task):
         if task not in optimizers:
@@ -239,7 +239,6 @@ def swift_method(model, max_new_tokens: int, cached: bool = False) -> Method:
                 optimizers[task] = SwiftOptimizer(model, SwiftConfig())
         return ssd_method(model, "swift", max_new_tokens, swift=optimizers[task])(input_ids, task)
 
-    run.copies = copies  # the copies live as long as the method
     return run
 
 

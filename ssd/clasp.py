@@ -35,7 +35,7 @@ from ssd.gate import StepKind
 from ssd.low_bit import precision_bytes_share
 from ssd.modeling_llama import KVCache, LlamaDecoderLayer, LlamaForCausalLM, apply_rotary
 from ssd.proposers import Outcome, Proposal, Proposer, Step
-from ssd.self_draft import AdaptiveThreshold, SelfDraft, draft_passes
+from ssd.self_draft import AdaptiveThreshold, SelfDraft
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,25 @@ def stock_greedy(stock, input_ids, max_new_tokens, eos_token_id=None) -> list[in
 ALPHA = 1e-3
 
 
+@torch.no_grad()
+def exact_token_marginal(model, input_ids: torch.Tensor, sampling, n: int) -> torch.Tensor:
+    """P(the n-th new token = y) when sampling the full model with `sampling`: every earlier token it
+    can sample, summed over (n = 2: p(t1) p(y | t1); n = 3: over t1 and t2)."""
+    length = input_ids.shape[1]
+    cache = model.new_cache(length + n - 1)
+
+    def marginal(logits: torch.Tensor, depth: int) -> torch.Tensor:
+        p = logits_to_probs(logits, sampling)
+        if depth == n:
+            return p
+        total = torch.zeros_like(p)
+        for token in torch.nonzero(p).flatten().tolist():  # each path writes its own positions first
+            total += p[token] * marginal(model(torch.tensor([[token]]), cache, length + depth - 1)[0, -1], depth + 1)
+        return total
+
+    return marginal(model(input_ids, cache, 0)[0, -1], 1)
+
+
 def sample_counts(draw, expected: torch.Tensor, trials: int) -> torch.Tensor:
     """How often each token came out of `trials` calls of `draw()`. Sampling stops at the first token
     `expected` forbids: the chi-square p-value is 0 from then on, whatever the remaining trials give."""

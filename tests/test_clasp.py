@@ -7,10 +7,11 @@ import torch.nn.functional as F
 
 import ssd
 import ssd.decoding
-from helpers import ALPHA, NEAR_TIE_FLOAT32, accept_everything, assert_same_tokens, chi_square_p_value, sample_counts
+from helpers import (ALPHA, NEAR_TIE_FLOAT32, accept_everything, assert_same_tokens, chi_square_p_value, exact_token_marginal,
+                     sample_counts)
 from ssd.clasp import ClaspConfig, ClaspDraft, SubLayerWeights, clasp_proposers, select_skip_set
 from ssd.decoding import DraftConfig, speculative_decode
-from ssd.sampling import Sampling, logits_to_probs
+from ssd.sampling import Sampling
 from ssd.skip_layers import hand_made_set
 
 EVERY_STEP = ClaspConfig(interval=1, budget=None)  # a selection before every clasp step
@@ -107,21 +108,6 @@ SAMPLING = Sampling(temperature=1.0, top_k=6)
 TRIALS = 100  # as in test_sampling.py; the broken acceptance rule below is caught with 50
 
 
-@torch.no_grad()
-def exact_third_token_marginal(model, input_ids) -> torch.Tensor:
-    """P(3rd token = y), summing over the full model's first two tokens."""
-    n = input_ids.shape[1]
-    cache = model.new_cache(n + 2)
-    p1 = logits_to_probs(model(input_ids, cache, 0)[0, -1], SAMPLING)
-    marginal = torch.zeros_like(p1)
-    for t1 in torch.nonzero(p1).flatten().tolist():
-        p2 = logits_to_probs(model(torch.tensor([[t1]]), cache, n)[0, -1], SAMPLING)
-        for t2 in torch.nonzero(p2).flatten().tolist():
-            p3 = logits_to_probs(model(torch.tensor([[t2]]), cache, n + 1)[0, -1], SAMPLING)
-            marginal += p1[t1] * p2[t2] * p3
-    return marginal
-
-
 def third_token_p_value(model, input_ids, expected, trials: int) -> float:
     """Chi-square p-value of the sampled 3rd token: the first step drafts the 2nd with the static set
     and keeps its verification's hidden states; when that draft is rejected, the second step drafts the
@@ -148,7 +134,7 @@ def third_token_p_value(model, input_ids, expected, trials: int) -> float:
 def sampling_setting(embedded):
     model, tokenizer = embedded
     input_ids = tokenizer("The three most important inventions of the", return_tensors="pt").input_ids
-    return model, input_ids, exact_third_token_marginal(model, input_ids)
+    return model, input_ids, exact_token_marginal(model, input_ids, SAMPLING, 3)
 
 
 def test_clasp_sampling_keeps_the_distribution(sampling_setting):

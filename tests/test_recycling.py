@@ -5,7 +5,8 @@ import torch
 
 import ssd
 import ssd.decoding
-from helpers import ALPHA, NEAR_TIE_FLOAT32, accept_everything, assert_same_tokens, chi_square_p_value, sample_counts
+from helpers import (ALPHA, NEAR_TIE_FLOAT32, accept_everything, assert_same_tokens, chi_square_p_value, exact_token_marginal,
+                     sample_counts)
 from ssd.decoding import DraftConfig, speculative_decode
 from ssd.recycling import Recycler, SuccessorTable, recycling_proposers
 from ssd.sampling import Sampling, logits_to_probs
@@ -65,18 +66,6 @@ TRIALS = 100
 PROMPT = "The three most important inventions of the"
 
 
-@torch.no_grad()
-def exact_second_token_marginal(model, input_ids) -> torch.Tensor:
-    """P(2nd token = y) = sum over t1 of p(t1 | prompt) p(y | prompt, t1), from the full model."""
-    cache = model.new_cache(input_ids.shape[1] + 1)
-    p1 = logits_to_probs(model(input_ids, cache, 0)[0, -1], SAMPLING)
-    marginal = torch.zeros_like(p1)
-    for t1 in torch.nonzero(p1).flatten().tolist():
-        p2 = logits_to_probs(model(torch.tensor([[t1]]), cache, input_ids.shape[1])[0, -1], SAMPLING)
-        marginal += p1[t1] * p2
-    return marginal
-
-
 def second_token_p_value(model, input_ids, expected, table: SuccessorTable, trials: int) -> float:
     """Chi-square p-value of the sampled 2nd token, drafted from a table that earlier generations filled
     (the successors of every first token the full model can sample)."""
@@ -107,7 +96,7 @@ def sampling_setting(embedded):
         table = SuccessorTable()
         for t1 in first:  # each possible first token's successors, as a verification of it would give
             table.update([t1], model(torch.tensor([[t1]]), cache, input_ids.shape[1])[0])
-    return model, input_ids, exact_second_token_marginal(model, input_ids), table
+    return model, input_ids, exact_token_marginal(model, input_ids, SAMPLING, 2), table
 
 
 def test_recycled_sampling_keeps_the_distribution(sampling_setting):

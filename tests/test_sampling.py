@@ -5,7 +5,7 @@ import torch
 
 import ssd
 import ssd.decoding
-from helpers import ALPHA, accept_everything, chi_square_p_value, sample_counts
+from helpers import ALPHA, accept_everything, chi_square_p_value, exact_token_marginal, sample_counts
 from ssd.decoding import DraftConfig, self_speculative_sample, verify_drafts
 from ssd.sampling import Sampling, logits_to_probs, residual
 from ssd.skip_layers import hand_made_set
@@ -42,18 +42,6 @@ CONTROL_TRIALS = 50  # the broken rules fail with half the trials too
 UPPER_HALF = hand_made_set(30)  # the embedded model has 30 layers
 
 
-@torch.no_grad()
-def exact_second_token_marginal(model, input_ids) -> torch.Tensor:
-    """P(2nd token = y) = sum over t1 of p(t1 | prompt) p(y | prompt, t1), from the full model."""
-    cache = model.new_cache(input_ids.shape[1] + 1)
-    p1 = logits_to_probs(model(input_ids, cache, 0)[0, -1], SAMPLING)
-    marginal = torch.zeros_like(p1)
-    for t1 in torch.nonzero(p1).flatten().tolist():
-        p2 = logits_to_probs(model(torch.tensor([[t1]]), cache, input_ids.shape[1])[0, -1], SAMPLING)
-        marginal += p1[t1] * p2
-    return marginal
-
-
 def second_token_p_value(model, input_ids, expected: torch.Tensor, draft: DraftConfig, trials: int = TRIALS) -> float:
     """Chi-square p-value of sampled 2nd tokens (a drafted position) against the exact marginal."""
     generator = torch.Generator().manual_seed(1234)
@@ -82,7 +70,7 @@ def setting(embedded, request):
     model.set_skip_layers(*UPPER_HALF)
     model.set_draft_precision(PRECISIONS.get(request.param))
     input_ids = tokenizer(PROMPTS[request.param], return_tensors="pt").input_ids
-    return model, input_ids, exact_second_token_marginal(model, input_ids), DRAFTS[request.param]
+    return model, input_ids, exact_token_marginal(model, input_ids, SAMPLING, 2), DRAFTS[request.param]
 
 
 def test_sampled_distribution_matches_full_model(setting):
