@@ -80,6 +80,20 @@ class CompiledLayers:
                         model(torch.zeros(1, length, dtype=torch.long, device=model.device), cache, position, draft=draft)
         self.warm.update((kind, precision) for kind in kinds)
 
+    @torch.no_grad()
+    def warm_up_trees(self, model) -> None:
+        """Compile the full model's layer graph for token-tree verifications (`ssd.tree`): a tree's
+        mask is an input of its own, so its graph is another."""
+        if ("tree", None) in self.warm:
+            return
+        positions = (1, 2) if needs_row_invariance(model.lm_head.weight) else (2,)
+        tree = torch.ones(2, 2, dtype=torch.bool, device=model.device).tril()
+        with torch._dynamo.config.patch(recompile_limit=64):
+            cache = model.new_cache(8)
+            for position in positions:
+                model(torch.zeros(1, 2, dtype=torch.long, device=model.device), cache, position, tree=tree)
+        self.warm.add(("tree", None))
+
 
 def runs_compiled(start_pos: int, length: int, cache_len: int, row_invariant: bool, padded_rows: int) -> bool:
     """Whether a pass of `length` tokens at `start_pos` runs the compiled graphs.

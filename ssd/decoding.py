@@ -26,6 +26,7 @@ from ssd.modeling_llama import KVCache, LlamaForCausalLM
 from ssd.proposers import Outcome, Proposer, Step
 from ssd.sampling import Sampling, logits_to_probs, residual, sample
 from ssd.self_draft import AdaptiveThreshold, SelfDraft
+from ssd.tree import accept_path, ancestor_mask, keep_path
 
 
 @dataclass
@@ -172,6 +173,17 @@ class _Output:
         return new
 
 
+# Slots a generation's cache holds beyond its last token: a token tree's nodes sit there until its verification
+# keeps the accepted path (`ssd.tree`), so near the end of a generation a tree still fits.
+TREE_SLOTS = 64
+
+
+def generation_cache(model: LlamaForCausalLM, input_ids: torch.Tensor, max_new_tokens: int) -> KVCache:
+    """The cache of one generation, every decoding loop's alike: in bfloat16 on a CPU passes attend
+    over the whole cache, and a sum over more keys (zero weights included) rounds differently."""
+    return model.new_cache(min(input_ids.shape[1] + max_new_tokens + TREE_SLOTS, model.max_context))
+
+
 @torch.no_grad()
 def base_generate(
     model: LlamaForCausalLM,
@@ -184,7 +196,7 @@ def base_generate(
 ) -> GenerationResult:
     """Plain autoregressive decoding with the full model, one token per forward."""
     check_input_ids(model, input_ids, max_new_tokens)
-    cache = model.new_cache(input_ids.shape[1] + max_new_tokens)
+    cache = generation_cache(model, input_ids, max_new_tokens)
     output = _Output(max_new_tokens, eos_token_id, on_tokens)
     token = choose(prefill(model, input_ids, cache), sampling, generator)
     output.commit([int(token)])
@@ -337,7 +349,7 @@ def speculative_decode(
     else:
         gate.new_sequence()
     head = config.draft_head(model, input_ids)
-    cache = model.new_cache(input_ids.shape[1] + max_new_tokens)
+    cache = generation_cache(model, input_ids, max_new_tokens)
     output = _Output(max_new_tokens, eos_token_id, on_tokens)
     tokens = output.tokens  # grows as tokens are committed
     output.commit([int(choose(prefill(model, input_ids, cache), sampling, generator))])
@@ -353,17 +365,27 @@ def speculative_decode(
         kind = kinds[-1] if gate is None else gate.choose(kinds)
         proposal = offered[kind].propose(kind, step) if kind != "plain" else None
         drafts = proposal.tokens if proposal is not None else []
+        parents = proposal.parents if proposal is not None else None
+        if parents is not None and sampling is not None:
+            raise ValueError(f"{kind!r} proposed a token tree; trees are verified greedily only")
         verify_input = torch.tensor([[sequence[-1], *drafts]], device=input_ids.device)
         hidden = [] if proposal is not None and proposal.keep_hidden else None
-        target_logits = model(verify_input, cache, step.committed, hidden_states=hidden)[0]
-        draft_probs = proposal.probs if proposal is not None else None
-        accepted, next_token = verify_drafts(target_logits, drafts, draft_probs, sampling, generator)
-        new_tokens = output.commit(drafts[:accepted] + [next_token])
+        tree = ancestor_mask(parents, input_ids.device) if parents is not None else None
+        target_logits = model(verify_input, cache, step.committed, hidden_states=hidden, tree=tree)[0]
+        if tree is None:
+            draft_probs = proposal.probs if proposal is not None else None
+            accepted, next_token = verify_drafts(target_logits, drafts, draft_probs, sampling, generator)
+            path = None
+        else:
+            path, next_token = accept_path(target_logits.argmax(dim=-1).tolist(), drafts, parents)
+            keep_path(cache, step.committed, path)
+            accepted = len(path)
+        new_tokens = output.commit((drafts[:accepted] if path is None else [drafts[i] for i in path]) + [next_token])
         sequence += new_tokens
         cost = time.perf_counter() - start if sampling is None else 1.0 + (proposal.passes if proposal else 0.0)
         if gate is not None:
             gate.record(kind, kinds, accepted + 1, cost)
-        outcome = Outcome(kind, proposal, accepted, new_tokens, cost, hidden, target_logits)
+        outcome = Outcome(kind, proposal, accepted, new_tokens, cost, hidden, target_logits, path)
         for proposer in proposers:
             proposer.observe(outcome, step)
         result.num_verifications += 1

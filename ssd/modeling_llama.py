@@ -96,10 +96,12 @@ class LlamaAttention(nn.Module):
         self.v_proj = Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=qkv_bias)
         self.o_proj = Linear(self.n_heads * self.head_dim, config.hidden_size, bias=o_bias)
 
-    def forward(self, x, cos, sin, k_cache, v_cache, start_pos: int, key_len: int, low_bit: LowBitLayer | None = None):
+    def forward(self, x, cos, sin, k_cache, v_cache, start_pos: int, key_len: int, low_bit: LowBitLayer | None = None,
+                tree: torch.Tensor | None = None):
         """Writes this pass's keys and values at start_pos.., then attends over the cache's first
         `key_len` positions; query i sees those up to position start_pos+i (a causal mask, built inside
-        the pass so that a compiled graph keeps its lengths symbolic)."""
+        the pass so that a compiled graph keeps its lengths symbolic), or with a `tree` the slots
+        below start_pos and its ancestors' (`ssd.attention.attend`)."""
         batch, length, _ = x.shape
         if low_bit is None:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
@@ -113,7 +115,7 @@ class LlamaAttention(nn.Module):
         end = start_pos + length
         k_cache[:, :, start_pos:end] = k
         v_cache[:, :, start_pos:end] = v
-        y = attend(q, k_cache[:, :, :key_len], v_cache[:, :, :key_len], start_pos)
+        y = attend(q, k_cache[:, :, :key_len], v_cache[:, :, :key_len], start_pos, tree)
         y = y.transpose(1, 2).reshape(batch, length, -1)
         return self.o_proj(y) if low_bit is None else low_bit.o(y)
 
@@ -142,29 +144,32 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def attention_block(self, x, cos, sin, k_cache, v_cache, start_pos: int, key_len: int, low_bit: LowBitLayer | None):
+    def attention_block(self, x, cos, sin, k_cache, v_cache, start_pos: int, key_len: int, low_bit: LowBitLayer | None,
+                        tree: torch.Tensor | None = None):
         """`x + attention(norm(x))`, for a draft that skips the layer's MLP."""
-        return x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, start_pos, key_len, low_bit)
+        return x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, start_pos, key_len, low_bit, tree)
 
     def mlp_block(self, x, low_bit: LowBitLayer | None):
         """`x + mlp(norm(x))`, for a draft that skips the layer's attention."""
         return x + self.mlp(self.post_attention_layernorm(x), low_bit)
 
-    def both_blocks(self, x, cos, sin, k_cache, v_cache, start_pos: int, key_len: int, low_bit: LowBitLayer | None):
+    def both_blocks(self, x, cos, sin, k_cache, v_cache, start_pos: int, key_len: int, low_bit: LowBitLayer | None,
+                    tree: torch.Tensor | None = None):
         """The whole layer: one compiled graph instead of two where nothing is skipped."""
-        x = self.attention_block(x, cos, sin, k_cache, v_cache, start_pos, key_len, low_bit)
+        x = self.attention_block(x, cos, sin, k_cache, v_cache, start_pos, key_len, low_bit, tree)
         return self.mlp_block(x, low_bit)
 
     def forward(
         self, x, cos, sin, k_cache, v_cache, start_pos: int, key_len: int, skip_attention: bool, skip_mlp: bool,
-        low_bit: LowBitLayer | None = None, graphs: LayerGraphs | None = None,
+        low_bit: LowBitLayer | None = None, graphs: LayerGraphs | None = None, tree: torch.Tensor | None = None,
     ):
-        """The layer's two blocks, bar the skipped ones, on `low_bit` copies if given; `graphs`: compiled, if any."""
+        """The layer's two blocks, bar the skipped ones, on `low_bit` copies if given; `graphs`: compiled,
+        if any; `tree`: the pass's rows form a token tree (`ssd.tree`)."""
         graphs = graphs or EAGER_GRAPHS
         if not skip_attention and not skip_mlp:
-            return graphs.layer(self, x, cos, sin, k_cache, v_cache, start_pos, key_len, low_bit)
+            return graphs.layer(self, x, cos, sin, k_cache, v_cache, start_pos, key_len, low_bit, tree)
         if not skip_attention:
-            x = graphs.attention(self, x, cos, sin, k_cache, v_cache, start_pos, key_len, low_bit)
+            x = graphs.attention(self, x, cos, sin, k_cache, v_cache, start_pos, key_len, low_bit, tree)
         if not skip_mlp:
             x = graphs.mlp(self, x, low_bit)
         return x
@@ -270,6 +275,12 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
             self._compiled.warm_up(self, draft.precision, blocks=True)  # once per precision
         return draft
 
+    def prepare_trees(self) -> None:
+        """On a compiled model, compile the graph that verifies token trees (`ssd.tree`) now, before a
+        generation is timed; a tree proposer's maker calls it. Eager, nothing to do."""
+        if self.compiled:
+            self._compiled.warm_up_trees(self)
+
     def draft_head(self, token_ids: torch.Tensor) -> DraftHead:
         """A head scoring only `token_ids` (unique ids, any order), see `ssd.draft_head`."""
         return draft_head(self.lm_head.weight, self.low_bit.lm_head_int8, token_ids)
@@ -341,6 +352,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
     def forward(
         self, input_ids: torch.Tensor, cache: KVCache, start_pos: int, last_only: bool = False,
         draft: Draft | None = None, head: DraftHead | None = None, hidden_states: list[torch.Tensor] | None = None,
+        tree: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits for `input_ids` ([batch, T]) placed at positions start_pos .. start_pos+T-1, by the full
         model (`draft=None`) or by `draft`: its skipped sub-layers left out, on its precision's copies.
@@ -352,6 +364,8 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         a long prompt would cost more than the prompt's layers). `head`: score
         only its tokens (logits over `head.token_ids`, not the vocabulary). `hidden_states`: a list
         to append the residual stream to, entering each layer and leaving the last (`ssd.clasp`).
+        `tree` ([T, T] bool, `ssd.tree.ancestor_mask`): the rows are a token tree, not a sequence; row r
+        sits at position start_pos + its depth, sees its ancestors only, and writes slot start_pos + r.
         """
         length = input_ids.shape[1]
         end = start_pos + length
@@ -359,7 +373,12 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
             raise ValueError(f"positions up to {end} do not fit a cache of {cache.max_len}")
         x = self.model.embed_tokens(input_ids)
         cos, sin = self.rope_tables()
-        cos, sin = cos[start_pos:end].to(x.dtype), sin[start_pos:end].to(x.dtype)
+        if tree is None:
+            cos, sin = cos[start_pos:end], sin[start_pos:end]
+        else:
+            positions = start_pos - 1 + tree.sum(dim=-1)  # a row sees itself and each ancestor once
+            cos, sin = cos[positions], sin[positions]
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         # Query i sits at position start_pos+i and sees keys up to it. In bfloat16 on a
         # CPU, where `Linear` makes products batch-invariant, every pass after the
         # prefill (steps, verifications, drafts) attends over the whole cache, masked:
@@ -383,7 +402,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
                 hidden_states.append(x)
             x = layer(
                 x, cos, sin, cache.keys[i], cache.values[i], start_pos, key_len, i in draft.attention, i in draft.mlp,
-                low_bit[i], graphs,
+                low_bit[i], graphs, tree,
             )
         if hidden_states is not None:
             hidden_states.append(x)

@@ -8,9 +8,8 @@ any proposer's internals; a proposer knows nothing of the loop's but the
 `Step` it is shown. Output stays exact whatever is proposed: verification
 decides every committed token.
 
-A proposal is a chain of tokens. A tree of candidates (token trees, recycled
-drafts) is a proposal whose tokens also name their parents; chains stay as
-they are.
+A proposal is a chain of tokens, or a tree of them (`Proposal.parents`,
+`ssd.tree`): candidates that share a prefix, verified in the same one pass.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from ssd.draft_head import DraftHead
 from ssd.gate import StepKind
 from ssd.modeling_llama import KVCache, LlamaForCausalLM
 from ssd.sampling import Sampling
+from ssd.tree import check_parents
 
 
 @dataclass
@@ -53,6 +53,13 @@ class Step:
         """The tokens generated so far."""
         return self.sequence[self.prompt_length:]
 
+    @property
+    def tree_room(self) -> int:
+        """The most nodes a token tree may hold here: the cache's slots after the last token's, but one
+        (a pass that fills the cache runs eager, `ssd.compiled.runs_compiled`). Its depth is bounded by
+        `room`."""
+        return self.cache.max_len - self.committed - 2
+
 
 @dataclass(frozen=True)
 class Proposal:
@@ -64,19 +71,27 @@ class Proposal:
     is charged these instead of wall seconds, so that which kind runs, and so
     the random numbers drawn, never depend on timing. `keep_hidden`: the loop
     keeps the verification's residual stream at every layer for `Outcome.hidden`
-    (CLaSp's selection reads it); otherwise none is kept.
+    (CLaSp's selection reads it); otherwise none is kept. `parents`: the tokens
+    form a tree (`ssd.tree`): token i follows token `parents[i]` (-1: the last
+    committed one); None is a chain. Trees are verified greedily only.
     """
 
     tokens: list[int]
     probs: torch.Tensor | None = None
     passes: float = 0.0
     keep_hidden: bool = False
+    parents: list[int] | None = None
+
+    def __post_init__(self):
+        if self.parents is not None:
+            check_parents(self.parents, len(self.tokens))
 
 
 @dataclass(frozen=True)
 class Outcome:
     """What a step's verification returned: the kind that ran, its proposal (None for a plain step),
-    how many of its tokens were accepted, the tokens committed (accepted ones and the bonus), and
+    how many of its tokens were accepted (of a tree's, those on the accepted path: `path`, their
+    indices), the tokens committed (accepted ones and the bonus), and
     what the step cost in the gate's units: wall seconds when greedy, model passes when sampling.
     `hidden`: where the proposal asked for it, the full model's residual stream entering each layer
     and leaving the last (L+1 tensors of [1, rows, hidden]), over the verified rows. `logits`: the
@@ -89,6 +104,7 @@ class Outcome:
     cost: float
     hidden: list[torch.Tensor] | None = None
     logits: torch.Tensor | None = None
+    path: list[int] | None = None
 
 
 @runtime_checkable

@@ -7,13 +7,20 @@ token seen as an input, the `k` best successors of its latest verified row (`Out
 successor. This serves text that prompt lookup cannot (nothing is copied from the prompt) at no draft
 pass, so the gate can run it wherever its acceptance pays for the rows it adds to a verification.
 
-The paper verifies a static tree of the table's candidates (its top-k branches); `ssd` verifies chains
-(`ssd.proposers`), so a recycled proposal here is the chain of first successors, and the other `k - 1`
-successors are kept for trees. Drafts are certain tokens, as a lookup's are: sampling verifies them with a
-one-hot `q`, exactly.
+Greedy, the Recycler proposes trees of the table's candidates (`ssd.tree`), as the paper verifies: each
+node's children are its token's successors, and of all such paths the likeliest by observed acceptance
+per successor rank are kept, best first (`SuccessorTable.tree`); the gate chooses among a few tree sizes
+(`("recycle-tree", n)`) by what each commits per second, so the shape follows the acceptance and the size
+what a verification of that many rows costs on the machine. The paper's tree is static (its shape fixed
+offline); here the shape follows the ranks' acceptance as measured in the generation. Sampling keeps to
+chains (`("recycle", n)`, first successor after first successor): drafts are certain tokens, as a
+lookup's are, verified with a one-hot `q`, exactly.
 """
 
 from __future__ import annotations
+
+import heapq
+import itertools
 
 from dataclasses import dataclass, field
 
@@ -32,11 +39,51 @@ class SuccessorTable:
 
     k: int = 8
     rows: dict[int, list[int]] = field(default_factory=dict)
+    # How often the token that followed a tabled token was its successor of each rank (then "none").
+    rank_hits: list[int] = field(default_factory=lambda: [0] * 9)
 
     def update(self, tokens: list[int], logits: torch.Tensor) -> None:
         """`logits[i]` ([rows, vocab]) is the full model's next-token logits after input `tokens[i]`."""
         top = logits[: len(tokens)].topk(self.k, dim=-1).indices.tolist()
         self.rows.update(zip(tokens, top))
+
+    def count_ranks(self, tokens: list[int]) -> None:
+        """Count, for each token of a committed run that the table had a row for, which rank of that
+        row the token after it took (before `update` rewrites the rows)."""
+        if len(self.rank_hits) != self.k + 1:
+            self.rank_hits = [0] * (self.k + 1)
+        for before, after in zip(tokens, tokens[1:]):
+            if (successors := self.rows.get(before)) is not None:
+                self.rank_hits[successors.index(after) if after in successors else self.k] += 1
+
+    def rank_probabilities(self) -> list[float]:
+        """The chance that the next token is a tabled token's successor of each rank, as observed
+        (add-one smoothed: at first every rank and "none" alike)."""
+        total = sum(self.rank_hits) + len(self.rank_hits)
+        return [(hits + 1) / total for hits in self.rank_hits[: self.k]]
+
+    def tree(self, token: int, size: int, depth: int) -> tuple[list[int], list[int]]:
+        """The `size` likeliest nodes (tokens, parents) of the tree of successors below `token`, no
+        deeper than `depth`: a node's chance is the product of its path's rank probabilities, and
+        nodes are taken best first, so a parent always comes before its children."""
+        probabilities = self.rank_probabilities()
+        tokens, parents, depths = [], [], []
+        frontier: list[tuple[float, int, int, int]] = []  # (-chance, order, parent, token)
+        order = itertools.count()  # ties go to the node queued first
+
+        def expand(parent: int, chance: float) -> None:
+            if (parent < 0 or depths[parent] < depth) and (successors := self.rows.get(tokens[parent] if parent >= 0 else token)):
+                for rank, successor in enumerate(successors):
+                    heapq.heappush(frontier, (-chance * probabilities[rank], next(order), parent, successor))
+
+        expand(-1, 1.0)
+        while frontier and len(tokens) < size:
+            chance, _, parent, successor = heapq.heappop(frontier)
+            tokens.append(successor)
+            parents.append(parent)
+            depths.append(1 if parent < 0 else depths[parent] + 1)
+            expand(len(tokens) - 1, -chance)
+        return tokens, parents
 
     def chain(self, token: int, length: int) -> list[int]:
         """Up to `length` tokens after `token`, each the first successor of the one before."""
@@ -48,30 +95,42 @@ class SuccessorTable:
 
 
 class Recycler:
-    """Token Recycling as a proposer of chains: offers `("recycle", n)` when the table gives `n` tokens
-    after the last one (at most `max_tokens`), and learns from every verification's logits. `table`:
-    one to share over a stream of generations (None: a fresh one)."""
+    """Token Recycling as a proposer, learning from every verification's logits. Greedy, it offers
+    `("recycle-tree", n)` for each of `tree_sizes` (trees of up to n nodes, no deeper than
+    `max_depth`) once the table has a row for the last token; sampling, `("recycle", n)`: the chain
+    of first successors, up to `max_tokens`. `table`: one to share over a stream of generations
+    (None: a fresh one)."""
 
-    def __init__(self, max_tokens: int = 4, table: SuccessorTable | None = None):
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-            raise ValueError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
-        self.max_tokens = max_tokens
+    def __init__(self, max_tokens: int = 4, table: SuccessorTable | None = None, tree_sizes: tuple[int, ...] = (8, 16, 32),
+                 max_depth: int = 8):
+        for name, value in (("max_tokens", max_tokens), ("max_depth", max_depth), *(("a tree size", n) for n in tree_sizes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        self.max_tokens, self.tree_sizes, self.max_depth = max_tokens, tuple(tree_sizes), max_depth
         self.table = SuccessorTable() if table is None else table
         self.proposed = self.accepted = 0  # recycled tokens verified, and accepted, in this generation
-        self._chain: list[int] = []
 
     def offer(self, step: Step) -> list[StepKind]:
-        self._chain = self.table.chain(step.sequence[-1], min(self.max_tokens, step.room))
-        return [("recycle", len(self._chain))] if self._chain else []
+        if step.room < 1 or step.sequence[-1] not in self.table.rows:
+            return []
+        if step.sampling is None:
+            return [("recycle-tree", n) for n in self.tree_sizes]
+        return [("recycle", len(self.table.chain(step.sequence[-1], min(self.max_tokens, step.room))))]
 
     def propose(self, kind: StepKind, step: Step) -> Proposal:
-        return Proposal(self._chain)
+        if kind[0] == "recycle":
+            return Proposal(self.table.chain(step.sequence[-1], kind[1]))
+        size = min(kind[1], step.tree_room)
+        tokens, parents = self.table.tree(step.sequence[-1], size, min(self.max_depth, step.room))
+        return Proposal(tokens, parents=parents)
 
     def observe(self, outcome: Outcome, step: Step) -> None:
         drafts = outcome.proposal.tokens if outcome.proposal is not None else []
-        if outcome.logits is not None:  # the sequence has grown since: its token at `committed` was the input
+        # The sequence has grown since: its token at `committed` was the verification's first input.
+        self.table.count_ranks(step.sequence[step.committed:])
+        if outcome.logits is not None:
             self.table.update([step.sequence[step.committed], *drafts], outcome.logits)
-        if isinstance(outcome.kind, tuple) and outcome.kind[0] == "recycle":
+        if isinstance(outcome.kind, tuple) and outcome.kind[0] in ("recycle", "recycle-tree"):
             self.proposed += len(drafts)
             self.accepted += outcome.accepted
 
@@ -79,4 +138,5 @@ class Recycler:
 def recycling_proposers(model: LlamaForCausalLM, config: DraftConfig, draft: Draft | None = None) -> list[Proposer]:
     """`method="recycling"`: Token Recycling's chains beside `essg`'s proposers (the self-draft, then
     lookups). First in the gate's order, so that with the gate off they never run in the draft's place."""
+    model.prepare_trees()
     return [Recycler(), *default_proposers(model, config, draft)]

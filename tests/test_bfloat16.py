@@ -23,6 +23,8 @@ from ssd.cpu import cpu_has_native_bfloat16
 from ssd.data import task_prompts
 from ssd.loading import should_compile, should_pack_weights
 from ssd.modeling_llama import RMSNorm
+from ssd.tree import ancestor_mask, keep_path
+from test_tree import random_tree
 
 native_bfloat16_only = pytest.mark.skipif(
     not cpu_has_native_bfloat16(), reason="bfloat16 is emulated on this CPU; load_model decodes in float32 here"
@@ -125,3 +127,47 @@ def test_bfloat16_essg_equals_base(bf16_model, prompts, skip, precision):
         essg = ssd.infer(model, tokenizer, input_ids, "essg", MAX_NEW_TOKENS, gate=False, **lookups)
         assert essg["num_drafted_tokens"] > 0
         assert essg["generate_ids"] == base, f"bfloat16 essg ({skip}, {precision}) differs from base on {prompt[:60]!r}"
+
+
+@native_bfloat16_only
+@torch.no_grad()
+@pytest.mark.parametrize("index", [0, 4, 8])
+def test_tree_pass_equals_token_by_token(bf16_model, prompts, index):
+    """A token tree's rows along one path (its slots apart, random siblings and their children between
+    them) give the logits, and after `keep_path` the keys and values, of one-token steps bit for bit.
+    Without `tree_order` (the softmax summing each key in a chain's order) rows after a sibling parted
+    from the steps in the last bits."""
+    model, tokenizer = bf16_model
+    model.prepare_trees()
+    input_ids = tokenizer(prompts[index], return_tensors="pt").input_ids
+    length, n = input_ids.shape[1], 8
+    step_cache = model.new_cache(length + 64)
+    first = model(input_ids, step_cache, 0)[0, -1].argmax()
+    tree_cache = ssd.KVCache([k.clone() for k in step_cache.keys], [v.clone() for v in step_cache.values])
+    tokens, steps, token = [], [], first
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for i in range(n):
+            tokens.append(int(token))
+            steps.append(model(torch.tensor([[tokens[-1]]]), step_cache, length + i)[0, -1])
+            token = steps[-1].argmax()
+        for seed in range(4):
+            cache = ssd.KVCache([k.clone() for k in tree_cache.keys], [v.clone() for v in tree_cache.values])
+            nodes, parents, path = random_tree(tokens[1:], seed + 10 * index, model.config.vocab_size)
+            logits = model(torch.tensor([[tokens[0], *nodes]]), cache, length, tree=ancestor_mask(parents))[0]
+            assert torch.equal(logits[[0] + [i + 1 for i in path]], torch.stack(steps)), f"seed {seed}: a path row differs"
+            keep_path(cache, length, path)
+            end = length + n
+            for layer in range(model.num_layers):
+                assert torch.equal(cache.keys[layer][:, :, :end], step_cache.keys[layer][:, :, :end])
+                assert torch.equal(cache.values[layer][:, :, :end], step_cache.values[layer][:, :, :end])
+
+
+@native_bfloat16_only
+def test_bfloat16_recycling_trees_equal_base(bf16_model, prompts):
+    """The recycling method, trees included (gate on), decodes base's tokens bit for bit."""
+    model, tokenizer = bf16_model
+    for prompt in prompts[::3]:
+        input_ids = tokenizer(prompt, return_tensors="pt").input_ids
+        base = ssd.infer(model, tokenizer, input_ids, "base", MAX_NEW_TOKENS)["generate_ids"]
+        out = ssd.generate(model, input_ids, method="recycling", max_new_tokens=MAX_NEW_TOKENS, eos_token_id=[])
+        assert out[0, input_ids.shape[1]:].tolist() == base, f"bfloat16 recycling differs from base on {prompt[:60]!r}"

@@ -1,0 +1,131 @@
+"""Token trees: one pass scores every node as a step after its path would, the accepted path's keys and
+values land where step-by-step decoding puts them, and decoding with trees equals base."""
+
+import random
+
+import pytest
+import torch
+
+import ssd
+from helpers import NEAR_TIE_FLOAT32, assert_same_tokens, stock_greedy
+from ssd.decoding import DraftConfig, prefill, speculative_decode
+from ssd.proposers import Outcome, Proposal, Step
+from ssd.recycling import Recycler
+from ssd.sampling import Sampling
+from ssd.tree import accept_path, ancestor_mask, keep_path
+from test_cache import poison_beyond
+
+
+def test_ancestor_mask_and_greedy_path():
+    #       root
+    #      /    \
+    #    0:5    1:6
+    #    /  \     \
+    #  2:7  3:8   4:9
+    parents = [-1, -1, 0, 0, 1]
+    tokens = [5, 6, 7, 8, 9]
+    mask = ancestor_mask(parents)
+    assert mask.tolist()[4] == [True, True, False, False, True, False]  # node 3 (row 4): root, node 0, itself
+    assert mask.tolist()[5] == [True, False, True, False, False, True]
+    assert torch.equal(ancestor_mask([-1, 0, 1]), torch.ones(4, 4, dtype=torch.bool).tril())  # a chain is causal
+    # targets[r]: the argmax after row r (row 0 the root): root -> 6, then node 1 -> 9, then node 4 -> 3
+    assert accept_path([6, 0, 9, 0, 0, 3], tokens, parents) == ([1, 4], 3)
+    assert accept_path([5, 8, 0, 0, 2, 0], tokens, parents) == ([0, 3], 2)
+    assert accept_path([4, 0, 0, 0, 0, 0], tokens, parents) == ([], 4)
+
+
+@pytest.mark.parametrize("parents", [[0], [-1, 1], [-2], [-1, -1, 5]])
+def test_bad_trees_are_refused(parents):
+    with pytest.raises(ValueError, match="parent"):
+        Proposal(list(range(len(parents))), parents=parents)
+    with pytest.raises(ValueError, match="one parent per token"):
+        Proposal([1, 2], parents=[-1])
+
+
+def random_tree(path_tokens: list[int], seed: int, vocab: int) -> tuple[list[int], list[int], list[int]]:
+    """A tree holding `path_tokens` as one path, with random siblings (some with children of their own)
+    before each path node, so that the path's slots lie apart. Returns tokens, parents and the path."""
+    rng = random.Random(seed)
+    tokens, parents, path = [], [], []
+    parent = -1
+    for token in path_tokens:
+        for _ in range(rng.randint(0, 3)):
+            tokens.append(rng.randrange(vocab))
+            parents.append(parent)
+            if rng.random() < 0.5:
+                tokens.append(rng.randrange(vocab))
+                parents.append(len(tokens) - 2)
+        tokens.append(token)
+        parents.append(parent)
+        parent = len(tokens) - 1
+        path.append(parent)
+    return tokens, parents, path
+
+
+@torch.no_grad()
+def test_tree_pass_scores_each_path_as_the_whole_sequence(embedded, prompts):
+    """float32: a tree node's logits equal a prefill's over the prompt and its path; after `keep_path`
+    the cache below the new committed length equals that prefill's; nothing beyond the committed
+    length (poisoned with NaN) is read."""
+    model, tokenizer = embedded
+    input_ids = tokenizer(prompts[0], return_tensors="pt").input_ids
+    committed = input_ids.shape[1]
+    cache = model.new_cache(committed + 40)
+    last = int(prefill(model, input_ids, cache).argmax())
+    for seed in range(3):
+        path_tokens = [random.Random(seed).randrange(1000) for _ in range(5)]
+        tokens, parents, path = random_tree(path_tokens, seed, model.config.vocab_size)
+        poison_beyond(cache, committed)
+        logits = model(torch.tensor([[last, *tokens]]), cache, committed, tree=ancestor_mask(parents))[0]
+        assert torch.isfinite(logits).all(), "the tree pass read a stale key or value"
+        sequence = torch.cat([input_ids[0], torch.tensor([last, *path_tokens])])[None]
+        reference = model.new_cache(sequence.shape[1])
+        full = model(sequence, reference, 0)[0, committed:]
+        torch.testing.assert_close(logits[[0] + [i + 1 for i in path]], full, atol=1e-4, rtol=1e-4)
+        keep_path(cache, committed, path)
+        end = committed + 1 + len(path)
+        for layer in range(model.num_layers):
+            torch.testing.assert_close(cache.keys[layer][:, :, :end], reference.keys[layer][:, :, :end], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(cache.values[layer][:, :, :end], reference.values[layer][:, :, :end], atol=1e-5, rtol=1e-4)
+
+
+def test_recycled_trees_equal_base_and_stock_generate(embedded, stock, prompts, base_tokens):
+    """float32: trees of recycled candidates (alone: a plain step where the table has no row) give
+    base's tokens and stock transformers' greedy ones, and some trees are accepted past their root."""
+    model, tokenizer = embedded
+    accepted = 0
+    for prompt in prompts[:2]:
+        input_ids = tokenizer(prompt, return_tensors="pt").input_ids
+        recycler = Recycler(tree_sizes=(12,))
+        result = speculative_decode(model, input_ids, 48, None, DraftConfig(gate=False, ngram_size=0), None, None,
+                                    proposers=[recycler])
+        accepted += recycler.accepted
+        assert_same_tokens(base_tokens(input_ids, 48), result.tokens, model, input_ids, NEAR_TIE_FLOAT32, "recycled trees")
+        assert_same_tokens(stock_greedy(stock, input_ids, 48), result.tokens, model, input_ids, NEAR_TIE_FLOAT32,
+                           "recycled trees vs stock generate")
+    assert accepted > 0
+
+
+class FixedTree:
+    """A proposer that offers one tree every step (its tokens need not be right)."""
+
+    def offer(self, step: Step):
+        return [("tree", 2)] if step.room >= 1 else []
+
+    def propose(self, kind, step: Step) -> Proposal:
+        return Proposal([1, 2], parents=[-1, -1])
+
+    def observe(self, outcome: Outcome, step: Step) -> None:
+        pass
+
+
+def test_trees_are_verified_greedily_only(embedded, prompts):
+    model, tokenizer = embedded
+    input_ids = tokenizer(prompts[0], return_tensors="pt").input_ids
+    with pytest.raises(ValueError, match="greedily only"):
+        speculative_decode(model, input_ids, 4, None, DraftConfig(gate=False, ngram_size=0), Sampling(), None,
+                           proposers=[FixedTree()])
+    greedy = speculative_decode(model, input_ids, 4, None, DraftConfig(gate=False, ngram_size=0), None, None,
+                                proposers=[FixedTree()])
+    assert greedy.num_verifications >= 1 and len(greedy.tokens) == 4
+    assert ssd.generate(model, input_ids, method="base", max_new_tokens=4, eos_token_id=[])[0, input_ids.shape[1]:].tolist() == greedy.tokens
