@@ -3,6 +3,8 @@ grouped-query products that run on a CPU."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -36,11 +38,52 @@ def attention_path(device_type: str, n_queries: int, prefill: bool, masked: bool
     return "expanded" if grouped else "sdpa"
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int, tree: torch.Tensor | None = None) -> torch.Tensor:
+class TreeLayout(NamedTuple):
+    """Where the rows of a token-tree pass (`ssd.tree`) look, built once per pass (`tree_layout`).
+
+    The pass's T rows sit at slots start..start+T-1; row r sees the slots below `start` and those of
+    the pass's rows `ancestors[r]` marks ([T, T] bool: its ancestors and itself), `depth[r] + 1` of
+    them ([T, 1]). `order` ([T, T]): each row's window slots (offsets from `start`) in the order a
+    chain along its path holds them, its ancestors' by depth and its own, then the others; `inverse`:
+    where each slot sits in `order`."""
+
+    start: int
+    ancestors: torch.Tensor
+    depth: torch.Tensor
+    order: torch.Tensor
+    inverse: torch.Tensor
+
+    def mask(self, key_len: int) -> torch.Tensor:
+        """[T, S]: the slots each row sees, in slot order."""
+        n, device = self.ancestors.shape[0], self.ancestors.device
+        return torch.cat((torch.ones(n, self.start, dtype=torch.bool, device=device), self.ancestors,
+                          torch.zeros(n, key_len - self.start - n, dtype=torch.bool, device=device)), dim=1)
+
+    def path_mask(self, key_len: int) -> torch.Tensor:
+        """[T, S]: `mask` with each row's window in `order`'s order: its first start + depth + 1 slots."""
+        return torch.arange(key_len, device=self.depth.device) <= self.start + self.depth
+
+
+def tree_layout(tree: torch.Tensor, start_pos: int) -> TreeLayout:
+    """The layout of a tree pass whose T rows (`tree`: [T, T] bool, row r seeing row s where s is r or
+    an ancestor, `ssd.tree.ancestor_mask`) sit at slots start_pos.."""
+    order = torch.argsort((~tree).to(torch.int8), dim=-1, stable=True)  # parents come before children
+    depth = tree.sum(dim=-1, keepdim=True) - 1  # a row sees itself and each ancestor once
+    return TreeLayout(start_pos, tree, depth, order, torch.argsort(order, dim=-1))
+
+
+def permute_window(x: torch.Tensor, start: int, index: torch.Tensor) -> torch.Tensor:
+    """`x` ([..., T, S]) with each row's T entries from `start` on reordered by `index` ([T, T])."""
+    n = index.shape[-1]
+    window = x[..., start : start + n].gather(-1, index.expand(*x.shape[:-1], n))
+    return torch.cat((x[..., :start], window, x[..., start + n :]), dim=-1)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int, tree: TreeLayout | None = None) -> torch.Tensor:
     """Causal attention with grouped-query heads: q [B, H, T, D] for the pass's rows, k and v
     [B, KV, S, D] at cache slots 0..S-1, the pass's own rows at slots start_pos..; query i sees the
-    slots below start_pos and, of the pass's, those up to its own (`tree` None) or those `tree`
-    ([T, T] bool, `ssd.tree.ancestor_mask`) marks in its row."""
+    slots below start_pos and, of the pass's, those up to its own, or with a `tree` those of its
+    ancestors and its own."""
     n_queries, key_len = q.shape[2], k.shape[2]
     grouped = q.shape[1] != k.shape[1]
     # A one-token step over exactly its keys needs no mask.
@@ -50,9 +93,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int, tr
     if path == "causal":
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=grouped)
     if path == "grouped" and tree is not None:  # each row's keys in the order of a chain along its path
-        return grouped_attention(q, k, v, path_mask(tree, start_pos, key_len), tree_order(tree, start_pos, key_len))
+        return grouped_attention(q, k, v, tree.path_mask(key_len), tree)
     if tree is not None:
-        mask = tree_mask(tree, start_pos, key_len)
+        mask = tree.mask(key_len)
     else:
         mask = torch.ones(n_queries, key_len, dtype=torch.bool, device=q.device).tril(start_pos) if masked else None
     if path == "grouped":
@@ -63,39 +106,16 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int, tr
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=grouped)
 
 
-def tree_mask(tree: torch.Tensor, start_pos: int, key_len: int) -> torch.Tensor:
-    """[T, S]: the slots each row of a tree pass sees: the committed ones, and its ancestors' and its own."""
-    n = tree.shape[0]
-    committed = torch.ones(n, start_pos, dtype=torch.bool, device=tree.device)
-    later = torch.zeros(n, key_len - start_pos - n, dtype=torch.bool, device=tree.device)
-    return torch.cat((committed, tree, later), dim=1)
-
-
-def tree_order(tree: torch.Tensor, start_pos: int, key_len: int) -> torch.Tensor:
-    """[T, S]: each row's slots in the order that a chain along its path holds them: the committed
-    ones, its ancestors' (by depth: parents come before children) and its own, then the rest."""
-    n = tree.shape[0]
-    window = torch.argsort((~tree).to(torch.int8), dim=-1, stable=True) + start_pos
-    committed = torch.arange(start_pos, device=tree.device).expand(n, start_pos)
-    later = torch.arange(start_pos + n, key_len, device=tree.device).expand(n, key_len - start_pos - n)
-    return torch.cat((committed, window, later), dim=1)
-
-
-def path_mask(tree: torch.Tensor, start_pos: int, key_len: int) -> torch.Tensor:
-    """`tree_mask` in `tree_order`'s order: row r sees the first start_pos + depth(r) + 1 keys."""
-    positions = start_pos - 1 + tree.sum(dim=-1, keepdim=True)  # a row sees itself and each ancestor once
-    return torch.arange(key_len, device=tree.device) <= positions
-
-
-def grouped_attention(q, k, v, mask, order=None):
+def grouped_attention(q, k, v, mask, tree: TreeLayout | None = None):
     """Attention as two products, each KV head shared by its group of query heads; softmax in float32.
 
-    `order` ([T, S] slots, `tree_order`): each row's scores are read in that order for the softmax
-    (`mask` then applies to that order) and its weights written back to their slots. The softmax sums
-    a key's term in the vector lane its place picks, so a tree node after a sibling (its parent a slot
-    further back than in a chain) rounded differently from the same token decoded step by step
-    (bfloat16, SmolLM2); in a chain's order it sums as the step does. The product with the values
-    took the weights at either place alike (docs/numerics.md, "Token trees").
+    With a `tree`, each row's scores over the pass's slots are read in its path's chain order
+    (`TreeLayout.order`; `mask` then applies in that order) for the softmax, and its weights put
+    back in slot order. The softmax sums a key's term in the vector lane its place picks, so a tree
+    node after a sibling (its parent a slot further back than in a chain) rounded differently from
+    the same token decoded step by step (bfloat16, SmolLM2); in a chain's order it sums as the step
+    does. The product with the values took the weights at either place alike (docs/numerics.md,
+    "Token trees").
     """
     batch, n_heads, length, head_dim = q.shape
     n_kv = k.shape[1]
@@ -103,13 +123,12 @@ def grouped_attention(q, k, v, mask, order=None):
     # Query heads h = g*group .. g*group+group-1 use KV head g: stack them as rows.
     scores = (q.reshape(batch, n_kv, group * length, head_dim) @ k.transpose(-1, -2)).float() * head_dim**-0.5
     scores = scores.view(batch, n_kv, group, length, -1)
-    if order is not None:
-        order = order.expand_as(scores)
-        scores = scores.gather(-1, order)
+    if tree is not None:
+        scores = permute_window(scores, tree.start, tree.order)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = torch.softmax(scores, dim=-1)
-    if order is not None:
-        weights = torch.zeros_like(weights).scatter(-1, order, weights)
+    if tree is not None:
+        weights = permute_window(weights, tree.start, tree.inverse)
     weights = weights.flatten(2, 3).to(v.dtype)
     return (weights @ v).view(batch, n_heads, length, head_dim)

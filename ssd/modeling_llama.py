@@ -24,7 +24,7 @@ from torch import nn
 from transformers import LlamaConfig, PretrainedConfig, PreTrainedModel, Qwen2Config
 from transformers.activations import ACT2FN
 
-from ssd.attention import attend
+from ssd.attention import TreeLayout, attend, tree_layout
 from ssd.compiled import CompiledLayers, LayerGraphs, runs_compiled
 from ssd.cpu import Float32Products
 from ssd.draft import Draft
@@ -97,7 +97,7 @@ class LlamaAttention(nn.Module):
         self.o_proj = Linear(self.n_heads * self.head_dim, config.hidden_size, bias=o_bias)
 
     def forward(self, x, cos, sin, k_cache, v_cache, start_pos: int, key_len: int, low_bit: LowBitLayer | None = None,
-                tree: torch.Tensor | None = None):
+                tree: TreeLayout | None = None):
         """Writes this pass's keys and values at start_pos.., then attends over the cache's first
         `key_len` positions; query i sees those up to position start_pos+i (a causal mask, built inside
         the pass so that a compiled graph keeps its lengths symbolic), or with a `tree` the slots
@@ -145,7 +145,7 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def attention_block(self, x, cos, sin, k_cache, v_cache, start_pos: int, key_len: int, low_bit: LowBitLayer | None,
-                        tree: torch.Tensor | None = None):
+                        tree: TreeLayout | None = None):
         """`x + attention(norm(x))`, for a draft that skips the layer's MLP."""
         return x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, start_pos, key_len, low_bit, tree)
 
@@ -154,14 +154,14 @@ class LlamaDecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x), low_bit)
 
     def both_blocks(self, x, cos, sin, k_cache, v_cache, start_pos: int, key_len: int, low_bit: LowBitLayer | None,
-                    tree: torch.Tensor | None = None):
+                    tree: TreeLayout | None = None):
         """The whole layer: one compiled graph instead of two where nothing is skipped."""
         x = self.attention_block(x, cos, sin, k_cache, v_cache, start_pos, key_len, low_bit, tree)
         return self.mlp_block(x, low_bit)
 
     def forward(
         self, x, cos, sin, k_cache, v_cache, start_pos: int, key_len: int, skip_attention: bool, skip_mlp: bool,
-        low_bit: LowBitLayer | None = None, graphs: LayerGraphs | None = None, tree: torch.Tensor | None = None,
+        low_bit: LowBitLayer | None = None, graphs: LayerGraphs | None = None, tree: TreeLayout | None = None,
     ):
         """The layer's two blocks, bar the skipped ones, on `low_bit` copies if given; `graphs`: compiled,
         if any; `tree`: the pass's rows form a token tree (`ssd.tree`)."""
@@ -397,12 +397,13 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         compiled = self._compiled is not None and runs_compiled(
             start_pos, length, cache.max_len, row_invariant, self.products.padded_rows)
         graphs = self._compiled.graphs if compiled else None
+        layout = tree_layout(tree, start_pos) if tree is not None else None
         for i, layer in enumerate(self.model.layers):
             if hidden_states is not None:
                 hidden_states.append(x)
             x = layer(
                 x, cos, sin, cache.keys[i], cache.values[i], start_pos, key_len, i in draft.attention, i in draft.mlp,
-                low_bit[i], graphs, tree,
+                low_bit[i], graphs, layout,
             )
         if hidden_states is not None:
             hidden_states.append(x)
