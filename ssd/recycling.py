@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ssd.decoding import DraftConfig, default_proposers
+from ssd.decoding import DraftConfig
+from ssd.lookup import lookup_proposers
+from ssd.self_draft import AdaptiveThreshold, SelfDraft
 from ssd.draft import Draft
 from ssd.gate import StepKind
 from ssd.modeling_llama import LlamaForCausalLM
@@ -62,12 +64,16 @@ class SuccessorTable:
         total = sum(self.rank_hits) + len(self.rank_hits)
         return [(hits + 1) / total for hits in self.rank_hits[: self.k]]
 
-    def tree(self, token: int, size: int, depth: int) -> tuple[list[int], list[int]]:
+    def tree(self, token: int, size: int, depth: int, tokens: list[int] | None = None) -> tuple[list[int], list[int]]:
         """The `size` likeliest nodes (tokens, parents) of the tree of successors below `token`, no
         deeper than `depth`: a node's chance is the product of its path's rank probabilities, and
-        nodes are taken best first, so a parent always comes before its children."""
+        nodes are taken best first, so a parent always comes before its children. `tokens`: a chain
+        already proposed after `token`, which the tree continues from its last token (its nodes come
+        first, each the parent of the next)."""
         probabilities = self.rank_probabilities()
-        tokens, parents, depths = [], [], []
+        chain = list(tokens or [])
+        tokens, parents, depths = chain, list(range(-1, len(chain) - 1)), list(range(1, len(chain) + 1))
+        size += len(chain)
         frontier: list[tuple[float, int, int, int]] = []  # (-chance, order, parent, token)
         order = itertools.count()  # ties go to the node queued first
 
@@ -76,7 +82,7 @@ class SuccessorTable:
                 for rank, successor in enumerate(successors):
                     heapq.heappush(frontier, (-chance * probabilities[rank], next(order), parent, successor))
 
-        expand(-1, 1.0)
+        expand(len(chain) - 1, 1.0)
         while frontier and len(tokens) < size:
             chance, _, parent, successor = heapq.heappop(frontier)
             tokens.append(successor)
@@ -135,8 +141,39 @@ class Recycler:
             self.accepted += outcome.accepted
 
 
+class RecyclingDraft(SelfDraft):
+    """The self-draft whose chains, greedy, end in a tree of recycled successors of their last token
+    (`tail` nodes, `SuccessorTable.tree`): where the draft stopped (its exit threshold) the table
+    often knows what follows, at no pass. The draft-exit threshold learns from the chain's tokens only."""
+
+    def __init__(self, draft: Draft, max_step_draft: int, th_stop_draft: float, adaptive: AdaptiveThreshold | None,
+                 skip_full_model: bool, table: SuccessorTable, tail: int = 8):
+        super().__init__(draft, max_step_draft, th_stop_draft, adaptive, skip_full_model)
+        self.table, self.tail = table, tail
+        self._chain_length = 0
+
+    def propose(self, kind: StepKind, step: Step) -> Proposal:
+        proposal = super().propose(kind, step)
+        self._chain_length = len(proposal.tokens)
+        size = min(self.tail, step.tree_room - len(proposal.tokens))
+        deeper = step.room > len(proposal.tokens)
+        if step.sampling is not None or size < 1 or not deeper or proposal.tokens[-1] not in self.table.rows:
+            return proposal
+        tokens, parents = self.table.tree(step.sequence[-1], size, step.room, proposal.tokens)
+        return Proposal(tokens, passes=proposal.passes, parents=parents)
+
+    def observe(self, outcome: Outcome, step: Step) -> None:
+        if outcome.kind == self.kind and self.adaptive is not None:
+            accepted = min(outcome.accepted, self._chain_length)
+            self.th_stop_draft = self.adaptive.update(self.th_stop_draft, accepted, self._chain_length, self.max_step_draft)
+
+
 def recycling_proposers(model: LlamaForCausalLM, config: DraftConfig, draft: Draft | None = None) -> list[Proposer]:
     """`method="recycling"`: Token Recycling's chains beside `essg`'s proposers (the self-draft, then
     lookups). First in the gate's order, so that with the gate off they never run in the draft's place."""
     model.prepare_trees()
-    return [Recycler(), *default_proposers(model, config, draft)]
+    recycler = Recycler()
+    draft = model.default_draft if draft is None else draft
+    self_draft = RecyclingDraft(model.prepare_draft(draft), config.max_step_draft, config.th_stop_draft,
+                                AdaptiveThreshold.of(config), config.gate, recycler.table)
+    return [recycler, self_draft, *lookup_proposers(config)]
