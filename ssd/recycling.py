@@ -29,6 +29,7 @@ import torch
 from ssd.decoding import DraftConfig
 from ssd.lookup import lookup_proposers
 from ssd.self_draft import AdaptiveThreshold, SelfDraft
+from ssd.tree import RowCosts
 from ssd.draft import Draft
 from ssd.gate import StepKind
 from ssd.modeling_llama import LlamaForCausalLM
@@ -64,15 +65,17 @@ class SuccessorTable:
         total = sum(self.rank_hits) + len(self.rank_hits)
         return [(hits + 1) / total for hits in self.rank_hits[: self.k]]
 
-    def tree(self, token: int, size: int, depth: int, tokens: list[int] | None = None) -> tuple[list[int], list[int]]:
-        """The `size` likeliest nodes (tokens, parents) of the tree of successors below `token`, no
-        deeper than `depth`: a node's chance is the product of its path's rank probabilities, and
-        nodes are taken best first, so a parent always comes before its children. `tokens`: a chain
-        already proposed after `token`, which the tree continues from its last token (its nodes come
-        first, each the parent of the next)."""
+    def tree(self, token: int, size: int, depth: int, tokens: list[int] | None = None) -> tuple[list[int], list[int], list[float]]:
+        """The `size` likeliest nodes (tokens, parents, chances) of the tree of successors below
+        `token`, no deeper than `depth`: a node's chance of acceptance is taken as the product of its
+        path's rank probabilities, and nodes come best first, so a parent always comes before its
+        children and the first n nodes are the likeliest tree of n. `tokens`: a chain already
+        proposed after `token`, which the tree continues from its last token (its nodes come first,
+        each the parent of the next, with chance 1)."""
         probabilities = self.rank_probabilities()
         chain = list(tokens or [])
         tokens, parents, depths = chain, list(range(-1, len(chain) - 1)), list(range(1, len(chain) + 1))
+        chances = [1.0] * len(chain)
         size += len(chain)
         frontier: list[tuple[float, int, int, int]] = []  # (-chance, order, parent, token)
         order = itertools.count()  # ties go to the node queued first
@@ -88,8 +91,9 @@ class SuccessorTable:
             tokens.append(successor)
             parents.append(parent)
             depths.append(1 if parent < 0 else depths[parent] + 1)
+            chances.append(-chance)
             expand(len(tokens) - 1, -chance)
-        return tokens, parents
+        return tokens, parents, chances
 
     def chain(self, token: int, length: int) -> list[int]:
         """Up to `length` tokens after `token`, each the first successor of the one before."""
@@ -101,37 +105,60 @@ class SuccessorTable:
 
 
 class Recycler:
-    """Token Recycling as a proposer, learning from every verification's logits. Greedy, it offers
-    `("recycle-tree", n)` for each of `tree_sizes` (trees of up to n nodes, no deeper than
-    `max_depth`) once the table has a row for the last token; sampling, `("recycle", n)`: the chain
-    of first successors, up to `max_tokens`. `table`: one to share over a stream of generations
-    (None: a fresh one)."""
+    """Token Recycling as a proposer, learning from every verification's logits.
 
-    def __init__(self, max_tokens: int = 4, table: SuccessorTable | None = None, tree_sizes: tuple[int, ...] = (8, 16, 32),
+    Greedy, it offers one `("recycle-tree", n)` when the table has a row for the last token: of
+    `tree_sizes`, the tree of n nodes (no deeper than `max_depth`) expected to commit the most tokens
+    per second, by the nodes' chances (`SuccessorTable.tree`) and what verifying n + 1 rows has cost
+    in this generation (`RowCosts`, from every step whose proposal cost no pass); none when that is
+    under a plain step's rate. A size not yet measured is offered first. Sampling, `("recycle", n)`:
+    the chain of first successors, up to `max_tokens`. No `tree_sizes`: no trees. `table`: one to share
+    over a stream of generations (None: a fresh one)."""
+
+    def __init__(self, max_tokens: int = 4, table: SuccessorTable | None = None, tree_sizes: tuple[int, ...] = (4, 8, 16, 32),
                  max_depth: int = 8):
         for name, value in (("max_tokens", max_tokens), ("max_depth", max_depth), *(("a tree size", n) for n in tree_sizes)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        self.max_tokens, self.tree_sizes, self.max_depth = max_tokens, tuple(tree_sizes), max_depth
+        self.max_tokens, self.tree_sizes, self.max_depth = max_tokens, tuple(sorted(tree_sizes)), max_depth
         self.table = SuccessorTable() if table is None else table
+        self.costs = RowCosts()
         self.proposed = self.accepted = 0  # recycled tokens verified, and accepted, in this generation
+        self._tree: tuple[list[int], list[int], list[float]] = ([], [], [])
 
     def offer(self, step: Step) -> list[StepKind]:
         if step.room < 1 or step.sequence[-1] not in self.table.rows:
             return []
-        if step.sampling is None:
-            return [("recycle-tree", n) for n in self.tree_sizes]
-        return [("recycle", len(self.table.chain(step.sequence[-1], min(self.max_tokens, step.room))))]
+        if step.sampling is not None:
+            return [("recycle", len(self.table.chain(step.sequence[-1], min(self.max_tokens, step.room))))]
+        if not self.tree_sizes:
+            return []
+        largest = min(self.tree_sizes[-1], step.tree_room)
+        self._tree = self.table.tree(step.sequence[-1], largest, min(self.max_depth, step.room))
+        size = self.best_size(self._tree[2])
+        return [("recycle-tree", size)] if size else []
+
+    def best_size(self, chances: list[float]) -> int | None:
+        """The tree size that commits the most expected tokens per second, if that beats a plain step."""
+        sizes = [n for n in self.tree_sizes if n <= len(chances)] or [len(chances)]
+        unmeasured = [n for n in sizes if self.costs.seconds(n + 1) is None]
+        if unmeasured:
+            return unmeasured[0]
+        rate = {n: (1 + sum(chances[:n])) / self.costs.seconds(n + 1) for n in sizes}
+        best = max(rate, key=rate.get)
+        plain = self.costs.seconds(1)
+        return best if plain is None or rate[best] > 1 / plain else None
 
     def propose(self, kind: StepKind, step: Step) -> Proposal:
         if kind[0] == "recycle":
             return Proposal(self.table.chain(step.sequence[-1], kind[1]))
-        size = min(kind[1], step.tree_room)
-        tokens, parents = self.table.tree(step.sequence[-1], size, min(self.max_depth, step.room))
-        return Proposal(tokens, parents=parents)
+        tokens, parents, _ = self._tree
+        return Proposal(tokens[: kind[1]], parents=parents[: kind[1]])
 
     def observe(self, outcome: Outcome, step: Step) -> None:
         drafts = outcome.proposal.tokens if outcome.proposal is not None else []
+        if step.sampling is None and (outcome.proposal is None or outcome.proposal.passes == 0):
+            self.costs.record(len(drafts) + 1, outcome.cost)  # wall seconds of a verification alone
         # The sequence has grown since: its token at `committed` was the verification's first input.
         self.table.count_ranks(step.sequence[step.committed:])
         if outcome.logits is not None:
@@ -159,7 +186,7 @@ class RecyclingDraft(SelfDraft):
         deeper = step.room > len(proposal.tokens)
         if step.sampling is not None or size < 1 or not deeper or proposal.tokens[-1] not in self.table.rows:
             return proposal
-        tokens, parents = self.table.tree(step.sequence[-1], size, step.room, proposal.tokens)
+        tokens, parents, _ = self.table.tree(step.sequence[-1], size, step.room, proposal.tokens)
         return Proposal(tokens, passes=proposal.passes, parents=parents)
 
     def observe(self, outcome: Outcome, step: Step) -> None:

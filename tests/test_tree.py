@@ -129,3 +129,18 @@ def test_trees_are_verified_greedily_only(embedded, prompts):
                                 proposers=[FixedTree()])
     assert greedy.num_verifications >= 1 and len(greedy.tokens) == 4
     assert ssd.generate(model, input_ids, method="base", max_new_tokens=4, eos_token_id=[])[0, input_ids.shape[1]:].tolist() == greedy.tokens
+
+
+def test_breakdown_accounts_for_the_wall_time(embedded, prompts):
+    """`ssd.breakdown`: every step is logged under its kind, trees apart, and the kinds' shares of the
+    time and the rest add up to the whole."""
+    from ssd.breakdown import breakdown
+
+    model, tokenizer = embedded
+    input_ids = tokenizer(prompts[0], return_tensors="pt").input_ids
+    table, extra = breakdown(model, [input_ids], "recycling", 24)
+    assert abs(sum(row["share_of_time"] for row in table) - 1) < 1e-6
+    steps = sum(row["steps"] for row in table[:-1])
+    assert 24 / steps == pytest.approx(extra["summary"]["tokens_per_verification"])
+    assert {"plain"} <= {row["kind"] for row in table}
+    assert extra["verification_ms_by_rows"][1] > 0
