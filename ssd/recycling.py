@@ -28,7 +28,7 @@ import torch
 
 from ssd.decoding import DraftConfig
 from ssd.lookup import lookup_proposers
-from ssd.self_draft import AdaptiveThreshold, SelfDraft
+from ssd.self_draft import AdaptiveThreshold, SelfDraft, draft_passes
 from ssd.tree import RowCosts
 from ssd.draft import Draft
 from ssd.gate import StepKind
@@ -174,13 +174,19 @@ class RecyclingDraft(SelfDraft):
     often knows what follows, at no pass. The draft-exit threshold learns from the chain's tokens only."""
 
     def __init__(self, draft: Draft, max_step_draft: int, th_stop_draft: float, adaptive: AdaptiveThreshold | None,
-                 skip_full_model: bool, table: SuccessorTable, tail: int = 8):
+                 skip_full_model: bool, table: SuccessorTable, tail: int = 8, guesses: int = 1):
         super().__init__(draft, max_step_draft, th_stop_draft, adaptive, skip_full_model)
-        self.table, self.tail = table, tail
+        self.table, self.tail, self.guesses = table, tail, guesses
         self._chain_length = 0
 
     def propose(self, kind: StepKind, step: Step) -> Proposal:
-        proposal = super().propose(kind, step)
+        if step.sampling is None and self.guesses:
+            tokens, passes = draft_with_guesses(step.model, self.draft, step.cache, step.sequence[-1], step.committed,
+                                        min(self.max_step_draft, step.room), self.th_stop_draft, step.head,
+                                        lambda token, n: self.table.chain(token, min(n, self.guesses)))
+            proposal = Proposal(tokens, passes=passes * draft_passes(self.draft, step.model))
+        else:
+            proposal = super().propose(kind, step)
         self._chain_length = len(proposal.tokens)
         size = min(self.tail, step.tree_room - len(proposal.tokens))
         deeper = step.room > len(proposal.tokens)
@@ -193,6 +199,35 @@ class RecyclingDraft(SelfDraft):
         if outcome.kind == self.kind and self.adaptive is not None:
             accepted = min(outcome.accepted, self._chain_length)
             self.th_stop_draft = self.adaptive.update(self.th_stop_draft, accepted, self._chain_length, self.max_step_draft)
+
+
+@torch.no_grad()
+def draft_with_guesses(model, draft, cache, last_token: int, committed: int, max_tokens: int, th_stop_draft: float,
+                       head, guess) -> tuple[list[int], int]:
+    """Greedy drafting where each draft pass also checks a guessed continuation (`guess(token, n)`: up
+    to n tokens after `token`): the pass runs `[token, *guesses]` and keeps the draft's own argmax
+    after each input for as long as the guesses equal it, so one pass may draft several tokens. The
+    tokens are the draft's greedy chain as one-token passes would make it (up to the rounding of
+    several-row passes), stopping after the first whose top probability is under `th_stop_draft`,
+    and the number of passes run."""
+    tokens, token, passes = [], last_token, 0
+    while len(tokens) < max_tokens:
+        guesses = guess(token, max_tokens - len(tokens) - 1)
+        logits = model(torch.tensor([[token, *guesses]], device=model.device), cache, committed + len(tokens),
+                       draft=draft, head=head)[0]
+        passes += 1
+        confidence, ids = torch.softmax(logits, dim=-1).max(dim=-1)
+        if head is not None:
+            ids = head.token_ids[ids.to(head.token_ids.device)]
+        confidence, ids = confidence.tolist(), ids.tolist()
+        for i, drafted in enumerate(ids):
+            tokens.append(drafted)
+            if confidence[i] < th_stop_draft or len(tokens) == max_tokens:
+                return tokens, passes
+            if i == len(guesses) or drafted != guesses[i]:
+                break
+        token = tokens[-1]
+    return tokens, passes
 
 
 def recycling_proposers(model: LlamaForCausalLM, config: DraftConfig, draft: Draft | None = None) -> list[Proposer]:

@@ -108,3 +108,28 @@ def test_recycled_sampling_broken_acceptance_rule_is_detected(sampling_setting, 
     model, input_ids, expected, table = sampling_setting
     monkeypatch.setattr(ssd.decoding, "verify_drafts", accept_everything)
     assert second_token_p_value(model, input_ids, expected, SuccessorTable(table.k, dict(table.rows)), TRIALS) < ALPHA
+
+
+@torch.no_grad()
+def test_guessed_draft_passes_draft_the_drafts_own_chain(embedded, prompts):
+    """`draft_with_guesses`: right guesses (the draft's own next tokens) draft the same chain as one-token
+    passes in fewer passes; wrong ones cost a pass per token and change nothing."""
+    from ssd.recycling import draft_with_guesses
+    from ssd.self_draft import draft_tokens
+
+    model, tokenizer = embedded
+    draft = ssd.Draft.skipping(*ssd.skip_layers.hand_made_set(model.num_layers))
+    input_ids = tokenizer(prompts[0], return_tensors="pt").input_ids
+    cache = model.new_cache(input_ids.shape[1] + 20)
+    last = int(ssd.decoding.prefill(model, input_ids, cache).argmax())
+    committed = input_ids.shape[1]
+    chain, _ = draft_tokens(model, draft, cache, last, committed, 8, 0.0, None, None)
+    after = dict(zip([last, *chain], chain))  # the draft's own next token after each of its inputs
+
+    def right(token, n):
+        return [after[token]][:n] if token in after else []
+
+    guessed, passes = draft_with_guesses(model, draft, cache, last, committed, 8, 0.0, None, right)
+    assert guessed == chain and passes <= len(chain) // 2 + 1
+    wrong, passes = draft_with_guesses(model, draft, cache, last, committed, 8, 0.0, None, lambda token, n: [0][:n])
+    assert wrong == chain and passes == len(chain)
