@@ -4,7 +4,8 @@ For each method, on the bench's prompts: how many steps of each kind the gate ra
 committed per verification, their wall time, and what a verification of n rows cost when its proposal
 took no pass (plain steps, lookups, recycled trees), so that a draft step's time splits into its draft
 passes and its verification. What is left of the wall time (the prefill, the proposers' offers and
-bookkeeping, the loop) is shown as one line.
+bookkeeping, the loop) is shown as one line. First it times full-model passes of 1 to 64 rows on the
+first prompt: what rows cost on this machine.
 """
 
 from __future__ import annotations
@@ -83,6 +84,25 @@ def breakdown(model, prompts: list[torch.Tensor], method: str, max_new_tokens: i
     return table, {"summary": summary, "verification_ms_by_rows": {r: 1000 * s for r, s in verification.items()}}
 
 
+@torch.no_grad()
+def row_costs(model, input_ids: torch.Tensor, rows: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64), repeats: int = 5) -> dict[int, float]:
+    """Seconds a full-model pass of n rows takes after `input_ids` (best of three runs of `repeats`)."""
+    cache = model.new_cache(input_ids.shape[1] + max(rows) + 2)
+    prefill(model, input_ids, cache)
+    costs = {}
+    for n in rows:
+        x = torch.randint(0, model.config.vocab_size, (1, n), device=model.device)
+        model(x, cache, input_ids.shape[1])
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            for _ in range(repeats):
+                model(x, cache, input_ids.shape[1])
+            best = min(best, (time.perf_counter() - start) / repeats)
+        costs[n] = best
+    return costs
+
+
 def nearest(costs: dict[int, float], rows: int) -> float:
     """A verification of `rows` rows as measured, or of the nearest row count measured."""
     if not costs:
@@ -105,6 +125,9 @@ def main(argv=None) -> None:
     texts = read_prompts_file(PROMPTS_FILE, CHAT_TASKS)[: args.num_prompts]
     prompts = [encode(tokenizer, task, text).to(model.device) for task, text in texts]
     speculative_decode(model, prompts[0], 8, None, DraftConfig(), None, None)  # warm
+    costs = row_costs(model, prompts[0])
+    print("a pass of n rows, in one-token steps: " + ", ".join(f"{n}: {c / costs[1]:.2f}" for n, c in costs.items())
+          + f" (a step: {1000 * costs[1]:.1f} ms)")
     for method in args.methods:
         table, extra = breakdown(model, prompts, method, args.max_new_tokens)
         summary = extra["summary"]
