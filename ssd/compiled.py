@@ -86,12 +86,15 @@ class CompiledLayers:
         mask is an input of its own, so its graph is another."""
         if ("tree", None) in self.warm:
             return
+        # Two sizes: on Qwen2.5-Coder-1.5B the first graph came out specialised to its size, and the
+        # second size makes Dynamo compile one for any.
         positions = (1, 2) if needs_row_invariance(model.lm_head.weight) else (2,)
-        tree = torch.ones(2, 2, dtype=torch.bool, device=model.device).tril()
         with torch._dynamo.config.patch(recompile_limit=64):
             cache = model.new_cache(8)
             for position in positions:
-                model(torch.zeros(1, 2, dtype=torch.long, device=model.device), cache, position, tree=tree)
+                for length in (2, 3):
+                    tree = torch.ones(length, length, dtype=torch.bool, device=model.device).tril()
+                    model(torch.zeros(1, length, dtype=torch.long, device=model.device), cache, position, tree=tree)
         self.warm.add(("tree", None))
 
 

@@ -2,26 +2,24 @@
 
 Every verification computes the full model's logits at each row it verifies; the top tokens there are
 likely successors of that row's input token, whatever the context. A `SuccessorTable` keeps, for each
-token seen as an input, the `k` best successors of its latest verified row (`Outcome.logits`), and a
-`Recycler` drafts by walking the table from the last committed token, first successor after first
-successor. This serves text that prompt lookup cannot (nothing is copied from the prompt) at no draft
-pass, so the gate can run it wherever its acceptance pays for the rows it adds to a verification.
+token seen as an input, the `k` best successors of its latest verified row (`Outcome.logits`), and
+how often each rank turned out to be the next token. This serves text that prompt lookup cannot
+(nothing is copied from the prompt), at no pass.
 
-Greedy, the Recycler proposes trees of the table's candidates (`ssd.tree`), as the paper verifies: each
-node's children are its token's successors, and of all such paths the likeliest by observed acceptance
-per successor rank are kept, best first (`SuccessorTable.tree`); the gate chooses among a few tree sizes
-(`("recycle-tree", n)`) by what each commits per second, so the shape follows the acceptance and the size
-what a verification of that many rows costs on the machine. The paper's tree is static (its shape fixed
-offline); here the shape follows the ranks' acceptance as measured in the generation. Sampling keeps to
-chains (`("recycle", n)`, first successor after first successor): drafts are certain tokens, as a
-lookup's are, verified with a one-hot `q`, exactly.
+Greedy, the `Recycler` proposes trees of the table's candidates (`ssd.tree`), as the paper verifies:
+each node's children are its token's successors, and the likeliest nodes by the ranks' observed
+acceptance are kept, best first (`SuccessorTable.tree`). The paper's tree is static (its shape fixed
+offline); here the shape follows the acceptance measured in the generation, and the size what a
+verification of that many rows has cost on the machine (`Recycler.best_size`). The `RecyclingDraft`
+lets the table help the self-draft: guesses each draft pass checks, and a recycled tail after its
+chain. Sampling keeps to chains (`("recycle", n)`, first successor after first successor): drafts are
+certain tokens, as a lookup's are, verified with a one-hot `q`, exactly.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-
 from dataclasses import dataclass, field
 
 import torch
@@ -169,9 +167,11 @@ class Recycler:
 
 
 class RecyclingDraft(SelfDraft):
-    """The self-draft whose chains, greedy, end in a tree of recycled successors of their last token
-    (`tail` nodes, `SuccessorTable.tree`): where the draft stopped (its exit threshold) the table
-    often knows what follows, at no pass. The draft-exit threshold learns from the chain's tokens only."""
+    """The self-draft, greedy, with the table's help: each draft pass also checks `guesses` recycled
+    tokens after its input (`draft_with_guesses`: a pass may draft more than one token), and the
+    chain ends in a tree of `tail` recycled successors of its last token (`SuccessorTable.tree`),
+    where the draft stopped at its exit threshold, at no pass. The exit threshold learns from the
+    chain's tokens only. Sampling, it drafts as `SelfDraft` does."""
 
     def __init__(self, draft: Draft, max_step_draft: int, th_stop_draft: float, adaptive: AdaptiveThreshold | None,
                  skip_full_model: bool, table: SuccessorTable, tail: int = 8, guesses: int = 1):
