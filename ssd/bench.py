@@ -14,6 +14,7 @@ provides them (else one line says they were skipped and how to add them).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig
 
-from ssd.checkpoints import resolve_checkpoint
+from ssd.checkpoints import named_gguf, resolve_checkpoint
 from ssd.data import DATA_DIR_ENV, TASKS, DataUnavailable, task_prompts
 from ssd.evaluation import apply_draft, check_draft_key
 from ssd.files import read_jsonl, write_json_atomic
@@ -40,6 +41,9 @@ EXTRA_TASKS = ("qa", "writing", "chat")
 CHAT_TASKS = ("chat",)  # sent through the tokenizer's chat template, as a user of a chat model does
 ALL_TASKS = (*TASKS, *EXTRA_TASKS)
 STOCK_METHODS = ("hf", "hf-pld", "hf-early-exit")  # stock generate and its two built-in speculative decoders
+# The peer a CPU user would pick instead: llama.cpp on the model's GGUF, from the optional `llama` extra
+# (pip install -e ".[llama]"). It computes with quantised activations, so its tokens may differ.
+PEER_METHODS = ("llama-cpp",)
 # Stock generate and prompt lookup, ours without and with drafts, and sampling. `--full` adds stock early exit
 # (slow on a model not trained for it: 0.2x generate on SmolLM2) and SWIFT's cold start (its optimisation
 # passes outweigh what they save on a few short prompts).
@@ -51,7 +55,7 @@ def bench_methods() -> tuple[str, ...]:
     registered with `ssd.register_method` is benched too), "self-draft" (essg with lookups off) and
     "swift-cached" (SWIFT from the set `skip_layers.json` stores for the model and task, `swift_method`)."""
     ours = method_names()
-    return (*STOCK_METHODS, *ours[:2], "self-draft", *ours[2:], "swift-cached")
+    return (*STOCK_METHODS, *PEER_METHODS, *ours[:2], "self-draft", *ours[2:], "swift-cached")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -98,6 +102,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--early-exit-layer must be >= 1, got {args.early_exit_layer}")
     if args.full and args.methods is not None:
         parser.error("--full runs every method; give --full or --methods, not both")
+    if args.full:  # every method, the optional peer where it is installed
+        methods = tuple(m for m in methods if m not in PEER_METHODS or llama_cpp_installed())
     args.methods = list(methods if args.full else args.methods or DEFAULT_METHODS)
     if unknown := sorted(set(args.tasks or ()) - set(ALL_TASKS)):
         parser.error(f"unknown tasks {unknown}; choose from {list(ALL_TASKS)}")
@@ -105,6 +111,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"unknown methods {unknown}; choose from {list(methods)}")
     if "base" not in args.methods:
         parser.error("--methods must include base: every speedup and identity is measured against it")
+    if "llama-cpp" in args.methods and not llama_cpp_installed():
+        parser.error('llama-cpp needs the optional llama extra: pip install -e ".[llama]" (llama-cpp-python, built from source)')
     for name in ("dtype", "also_dtype"):
         try:
             setattr(args, name, parse_dtype(getattr(args, name)))
@@ -212,6 +220,29 @@ def quiet_assistant_kwargs_notice():
     return without_message("transformers.generation.utils", ASSISTANT_KWARGS_NOTICE)
 
 
+def llama_cpp_installed() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def llama_cpp_method(name: str | None, max_new_tokens: int, context: int) -> Method:
+    """llama.cpp's greedy decoding (`llama-cpp-python`) of the model's GGUF, prefill included, on torch's
+    thread count, from the same token ids, exactly `max_new_tokens` tokens (no stop at EOS)."""
+    from llama_cpp import Llama
+
+    threads = torch.get_num_threads()
+    llm = Llama(str(named_gguf(name)), n_ctx=context, n_threads=threads, n_threads_batch=threads, verbose=False)
+
+    def run(input_ids, task):
+        tokens = []
+        for token in llm.generate(input_ids[0].tolist(), top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
+            tokens.append(token)
+            if len(tokens) == max_new_tokens:
+                break
+        return Run(tokens)
+
+    return run
+
+
 def ssd_method(model, method: str, max_new_tokens: int, **kwargs) -> Method:
     """`ssd.generate` with a fixed token count (no stop at EOS)."""
     def run(input_ids, task):
@@ -253,6 +284,10 @@ def build_methods(args, model, also=None) -> dict[str, Method]:
         for name in args.methods:
             if name in hf:
                 methods[name + suffix] = hf_method(stock, args.max_new_tokens, **hf[name])
+            elif name == "llama-cpp":
+                if not suffix:  # its own dtypes: one run, not one per --also-dtype
+                    context = min(model_.max_context, 4096)
+                    methods[name] = llama_cpp_method(args.model, args.max_new_tokens, context)
             else:
                 methods[name + suffix] = ours(model_, name, args.max_new_tokens)
     return methods
@@ -320,6 +355,8 @@ def main(argv=None) -> list[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:  # a bad model argument, a missing draft entry and missing data fail in seconds, before any load
+        if "llama-cpp" in args.methods:
+            named_gguf(args.model)
         check_load_arguments(args.model, compile=args.compile, pack_weights=args.pack_weights, device_map=args.device_map)
         if args.device_map is None:
             parse_device(args.device)

@@ -112,6 +112,18 @@ def qwen_coder_checkpoint() -> Path:
 NAMED_CHECKPOINTS = {EMBEDDED_KEY: embedded_checkpoint, QWEN_CODER_KEY: qwen_coder_checkpoint}
 
 
+def named_gguf(name: str | None) -> Path:
+    """The GGUF file a named model (None: the embedded one) was converted from, for a peer that reads
+    GGUF itself (the bench's llama.cpp); a hub id or folder has none here."""
+    if name in (None, EMBEDDED_KEY):
+        folder, file = embedded_model_path()
+        return folder / file
+    if name == QWEN_CODER_KEY:
+        return parted_gguf(QWEN_CODER, cache_dir() / f"{QWEN_CODER_KEY}.Q4_K_M.gguf")
+    raise ValueError(f"no GGUF known for {name!r}: llama.cpp runs the models that ship as GGUF "
+                     f"({EMBEDDED_KEY}, {QWEN_CODER_KEY})")
+
+
 def resolve_checkpoint(name_or_path: str | Path | None) -> str | Path:
     """A checkpoint's folder or hub id: None is the embedded model, a key of `NAMED_CHECKPOINTS` its folder
     (built on first use), anything else is returned as it is."""

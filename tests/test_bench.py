@@ -176,9 +176,24 @@ def test_what_is_missing_exits_with_a_message_before_the_model_loads(offline, mo
         bench.main(argv + ["--methods", "base"])
 
 
-def test_default_methods_and_full():
+def test_default_methods_and_full(monkeypatch):
     assert parse_args([]).methods == list(bench.DEFAULT_METHODS)
-    assert parse_args(["--full"]).methods == list(bench.bench_methods())
+    monkeypatch.setattr(bench, "llama_cpp_installed", lambda: False)  # the optional peer: see below
+    assert parse_args(["--full"]).methods == [m for m in bench.bench_methods() if m != "llama-cpp"]
     assert {"hf-early-exit", "swift"} <= set(bench.bench_methods()) - set(bench.DEFAULT_METHODS)
     with pytest.raises(SystemExit):
         parse_args(["--full", "--methods", "base"])
+
+
+def test_the_llama_cpp_peer_is_optional(capsys, monkeypatch):
+    """`llama-cpp` needs the `llama` extra: without it, asking for it is a clear error and `--full` leaves it
+    out; with it, `--full` includes it. A model with no GGUF is refused before any load."""
+    monkeypatch.setattr(bench, "llama_cpp_installed", lambda: False)
+    with pytest.raises(SystemExit):
+        parse_args(["--methods", "base", "llama-cpp"])
+    assert 'pip install -e ".[llama]"' in capsys.readouterr().err
+    assert "llama-cpp" not in parse_args(["--full"]).methods
+    monkeypatch.setattr(bench, "llama_cpp_installed", lambda: True)
+    assert "llama-cpp" in parse_args(["--full"]).methods
+    with pytest.raises(SystemExit, match="no GGUF known"):
+        bench.main(["--model", "/nonexistent/checkpoint", "--methods", "base", "llama-cpp"])
