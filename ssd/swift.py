@@ -54,10 +54,9 @@ import numpy as np
 import torch
 
 from ssd.checkpoints import model_key as key_of
-from ssd.decoding import DraftConfig, EosTokenIds, GenerationResult, OnTokens, speculative_decode
+from ssd.decoding import DraftConfig, EosTokenIds, GenerationResult, OnTokens, default_proposers, speculative_decode
 from ssd.draft import Draft
 from ssd.gate import DraftGate, StepKind
-from ssd.lookup import lookup_proposers
 from ssd.modeling_llama import KVCache, LlamaForCausalLM
 from ssd.proposers import Outcome, Proposer, Step
 from ssd.sampling import Sampling
@@ -428,9 +427,8 @@ def swift_generate(
         raise ValueError("the SwiftOptimizer belongs to another model")
     optimizer.begin_input()
     config = optimizer.config.draft
-    static = SelfDraft(model.prepare_draft(model.default_draft), config.max_step_draft, config.th_stop_draft,
-                       AdaptiveThreshold.of(config), skip_full_model=config.gate)
-    proposers: list[Proposer] = [static, SwiftDraft(optimizer, config), *lookup_proposers(config)]
+    static, *lookups = default_proposers(model, config)
+    proposers: list[Proposer] = [static, SwiftDraft(optimizer, config), *lookups]
     result = speculative_decode(model, input_ids, max_new_tokens, eos_token_id, config, sampling, generator,
                                 proposers=proposers, gate=optimizer.gate, on_tokens=on_tokens)
     optimizer.end_input()

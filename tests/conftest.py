@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import ssd
-from helpers import SHARED_MODELS, data_dir, shared, threads_per_worker
+from helpers import SAMPLED_PROMPT, SAMPLING, SHARED_MODELS, data_dir, exact_token_marginal, shared, threads_per_worker
 from ssd.checkpoints import embedded_checkpoint
 from ssd.data import task_prompts
 
@@ -97,3 +97,12 @@ def skip_layers(embedded):
     """Sets the embedded model's default skip set for one test (`default_drafts_per_test` clears it)."""
     model, _ = embedded
     return model.set_skip_layers
+
+
+@pytest.fixture(scope="session")
+def third_token_setting(embedded):
+    """(model, input_ids, the exact distribution of the 3rd sampled token) for the sampled tests of the
+    drafts that change between steps (SWIFT's and CLaSp's): computed once, however many use it."""
+    model, tokenizer = embedded
+    input_ids = tokenizer(SAMPLED_PROMPT, return_tensors="pt").input_ids
+    return model, input_ids, exact_token_marginal(model, input_ids, SAMPLING, 3)

@@ -14,7 +14,7 @@ from transformers import GenerationConfig, LlamaConfig
 import ssd.sampling
 from ssd.data import DATA_DIR_ENV
 from ssd.modeling_llama import LlamaForCausalLM
-from ssd.sampling import logits_to_probs
+from ssd.sampling import Sampling, logits_to_probs
 
 # Models that several tests share (`shared`). Their default draft (a value, `model.default_draft`) is the
 # one piece of their state a test may change; conftest's autouse fixtures put it back after every test
@@ -105,6 +105,11 @@ def stock_greedy(stock, input_ids, max_new_tokens, eos_token_id=None) -> list[in
 # Significance of the chi-square tests: a correct sampler fails one with probability 1e-3,
 # a broken rule must give a p-value below it.
 ALPHA = 1e-3
+
+# The sampled tests' setting: temperature 1 over the 6 likeliest tokens, so that 100 trials fill the
+# chi-square's cells, and one prompt for them all.
+SAMPLING = Sampling(temperature=1.0, top_k=6)
+SAMPLED_PROMPT = "The three most important inventions of the"
 
 
 @torch.no_grad()

@@ -7,11 +7,10 @@ import torch.nn.functional as F
 
 import ssd
 import ssd.decoding
-from helpers import (ALPHA, NEAR_TIE_FLOAT32, accept_everything, assert_same_tokens, chi_square_p_value, exact_token_marginal,
+from helpers import (ALPHA, NEAR_TIE_FLOAT32, SAMPLING, accept_everything, assert_same_tokens, chi_square_p_value,
                      sample_counts)
 from ssd.clasp import ClaspConfig, ClaspDraft, SubLayerWeights, clasp_proposers, select_skip_set
 from ssd.decoding import DraftConfig, speculative_decode
-from ssd.sampling import Sampling
 from ssd.skip_layers import hand_made_set
 
 EVERY_STEP = ClaspConfig(interval=1, budget=None)  # a selection before every clasp step
@@ -104,7 +103,6 @@ def test_bad_configs_are_refused(kwargs):
 
 # --- sampling ------------------------------------------------------------------------------
 
-SAMPLING = Sampling(temperature=1.0, top_k=6)
 TRIALS = 100  # as in test_sampling.py; the broken acceptance rule below is caught with 50
 
 
@@ -130,19 +128,10 @@ def third_token_p_value(model, input_ids, expected, trials: int) -> float:
     return chi_square_p_value(counts, expected, trials)
 
 
-@pytest.fixture(scope="module")
-def sampling_setting(embedded):
-    model, tokenizer = embedded
-    input_ids = tokenizer("The three most important inventions of the", return_tensors="pt").input_ids
-    return model, input_ids, exact_token_marginal(model, input_ids, SAMPLING, 3)
+def test_clasp_sampling_keeps_the_distribution(third_token_setting):
+    assert third_token_p_value(*third_token_setting, TRIALS) > ALPHA
 
 
-def test_clasp_sampling_keeps_the_distribution(sampling_setting):
-    model, input_ids, expected = sampling_setting
-    assert third_token_p_value(model, input_ids, expected, TRIALS) > ALPHA
-
-
-def test_clasp_broken_acceptance_rule_is_detected(sampling_setting, monkeypatch):
-    model, input_ids, expected = sampling_setting
+def test_clasp_broken_acceptance_rule_is_detected(third_token_setting, monkeypatch):
     monkeypatch.setattr(ssd.decoding, "verify_drafts", accept_everything)
-    assert third_token_p_value(model, input_ids, expected, 50) < ALPHA
+    assert third_token_p_value(*third_token_setting, 50) < ALPHA

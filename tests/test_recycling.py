@@ -5,11 +5,11 @@ import torch
 
 import ssd
 import ssd.decoding
-from helpers import (ALPHA, NEAR_TIE_FLOAT32, accept_everything, assert_same_tokens, chi_square_p_value, exact_token_marginal,
-                     sample_counts)
+from helpers import (ALPHA, NEAR_TIE_FLOAT32, SAMPLED_PROMPT, SAMPLING, accept_everything, assert_same_tokens,
+                     chi_square_p_value, exact_token_marginal, sample_counts)
 from ssd.decoding import DraftConfig, speculative_decode
 from ssd.recycling import Recycler, SuccessorTable, recycling_proposers
-from ssd.sampling import Sampling, logits_to_probs
+from ssd.sampling import logits_to_probs
 
 ALONE = DraftConfig(gate=False, ngram_size=0)  # with only a Recycler, each step recycles when the table has a chain
 
@@ -58,12 +58,10 @@ def test_recycling_method_with_the_gate_equals_base(embedded, prompts, base_toke
 
 # --- sampling ------------------------------------------------------------------------------
 
-SAMPLING = Sampling(temperature=1.0, top_k=6)
 # As in test_sampling.py. The broken acceptance rule gets as many: a recycled draft is the full model's own
 # argmax after the first token, so accepting every draft samples greedy 2nd tokens, nearer the true marginal
 # than a skipped-layer draft's (seed 1234: p = 0.015 at 50 trials, 1.6e-5 at 100; the correct rule 0.78).
 TRIALS = 100
-PROMPT = "The three most important inventions of the"
 
 
 def second_token_p_value(model, input_ids, expected, table: SuccessorTable, trials: int) -> float:
@@ -88,7 +86,7 @@ def second_token_p_value(model, input_ids, expected, table: SuccessorTable, tria
 @pytest.fixture(scope="module")
 def sampling_setting(embedded):
     model, tokenizer = embedded
-    input_ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    input_ids = tokenizer(SAMPLED_PROMPT, return_tensors="pt").input_ids
     cache = model.new_cache(input_ids.shape[1] + 1)
     with torch.no_grad():
         p1 = logits_to_probs(model(input_ids, cache, 0)[0, -1], SAMPLING)

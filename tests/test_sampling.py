@@ -5,12 +5,11 @@ import torch
 
 import ssd
 import ssd.decoding
-from helpers import ALPHA, accept_everything, chi_square_p_value, exact_token_marginal, sample_counts
+from helpers import ALPHA, SAMPLING, accept_everything, chi_square_p_value, exact_token_marginal, sample_counts
 from ssd.decoding import DraftConfig, self_speculative_sample, verify_drafts
 from ssd.sampling import Sampling, logits_to_probs, residual
 from ssd.skip_layers import hand_made_set
 
-SAMPLING = Sampling(temperature=1.0, top_k=6)
 # The 2nd token is drafted: by the self-draft (upper-half sub-layers skipped, int4
 # copies of the weights, the trimmed head), or (hybrid) copied after an n-gram
 # match, with q one-hot. (The full-precision layer-skipping draft samples through

@@ -8,7 +8,7 @@ import torch
 
 import ssd
 import ssd.decoding
-from helpers import (ALPHA, NEAR_TIE_FLOAT32, accept_everything, assert_same_tokens, chi_square_p_value, exact_token_marginal,
+from helpers import (ALPHA, NEAR_TIE_FLOAT32, SAMPLING, accept_everything, assert_same_tokens, chi_square_p_value,
                      sample_counts, stock_greedy)
 from ssd.proposers import Step
 from ssd.sampling import Sampling
@@ -274,7 +274,6 @@ def test_swift_stream_with_bayesian_proposals_equals_base(clean_model, prompts, 
 
 # --- sampling ------------------------------------------------------------------------------
 
-SAMPLING = Sampling(temperature=1.0, top_k=6)
 TRIALS = 100  # as in test_sampling.py; the broken acceptance rule below is caught with 50
 
 
@@ -293,22 +292,13 @@ def third_token_p_value(model, input_ids, expected, trials: int) -> float:
     return chi_square_p_value(counts, expected, trials)
 
 
-@pytest.fixture(scope="module")
-def sampling_setting(embedded):
-    model, tokenizer = embedded
-    input_ids = tokenizer("The three most important inventions of the", return_tensors="pt").input_ids
-    return model, input_ids, exact_token_marginal(model, input_ids, SAMPLING, 3)
+def test_swift_sampling_keeps_the_distribution(third_token_setting):
+    assert third_token_p_value(*third_token_setting, TRIALS) > ALPHA
 
 
-def test_swift_sampling_keeps_the_distribution(sampling_setting):
-    model, input_ids, expected = sampling_setting
-    assert third_token_p_value(model, input_ids, expected, TRIALS) > ALPHA
-
-
-def test_swift_broken_acceptance_rule_is_detected(sampling_setting, monkeypatch):
-    model, input_ids, expected = sampling_setting
+def test_swift_broken_acceptance_rule_is_detected(third_token_setting, monkeypatch):
     monkeypatch.setattr(ssd.decoding, "verify_drafts", accept_everything)
-    assert third_token_p_value(model, input_ids, expected, 50) < ALPHA
+    assert third_token_p_value(*third_token_setting, 50) < ALPHA
 
 
 # --- cache hit -----------------------------------------------------------------------------
