@@ -52,10 +52,12 @@ DEFAULT_METHODS = ("hf", "hf-pld", "base", "essg", "self-draft", "sss")
 
 def bench_methods() -> tuple[str, ...]:
     """Stock generate's methods, then every method of `ssd.generate` (`ssd.method_names`: a method
-    registered with `ssd.register_method` is benched too), "self-draft" (essg with lookups off) and
-    "swift-cached" (SWIFT from the set `skip_layers.json` stores for the model and task, `swift_method`)."""
+    registered with `ssd.register_method` is benched too), "self-draft" (essg with lookups off),
+    "essg-trees" (essg with token trees: up to 3 continuations of a lookup, the draft's 2 runners-up where
+    it stopped) and "swift-cached" (SWIFT from the set `skip_layers.json` stores for the model and task,
+    `swift_method`)."""
     ours = method_names()
-    return (*STOCK_METHODS, *PEER_METHODS, *ours[:2], "self-draft", *ours[2:], "swift-cached")
+    return (*STOCK_METHODS, *PEER_METHODS, *ours[:2], "self-draft", "essg-trees", *ours[2:], "swift-cached")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -302,6 +304,8 @@ def ours(model, name: str, max_new_tokens: int) -> Method:
         return swift_method(model, max_new_tokens, cached=name == "swift-cached")
     if name == "self-draft":
         return ssd_method(model, "essg", max_new_tokens, ngram_size=0)
+    if name == "essg-trees":
+        return ssd_method(model, "essg", max_new_tokens, lookup_ways=3, branches=2)
     return ssd_method(model, name, max_new_tokens)
 
 

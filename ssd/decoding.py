@@ -222,6 +222,12 @@ class DraftConfig:
     `ngram_size`: hybrid drafting. When the last `ngram_min`..`ngram_size`
     tokens occurred before in prompt or output, the draft is what followed
     them then (free), else the layer-skipping draft; 0 turns lookup off.
+    `lookup_ways`: greedy, where the matched n-gram occurred before with
+    different next tokens, up to this many of its continuations (latest
+    first) are verified together, as a token tree; 1: the latest alone.
+    `branches`: greedy, where the self-draft stopped at a token under its
+    threshold, its next `branches` likeliest tokens there are verified beside
+    that token, as a token tree (`SelfDraft`); 0: chains only.
     `short_lookup`: a lookup proposes at most this many tokens, unless the
     last two steps were lookups accepted in full (a copy running on): then
     up to `max_step_draft`. Where verifying 4 rows costs twice as much as 3
@@ -240,6 +246,9 @@ class DraftConfig:
     ngram_size: int = 3
     ngram_min: int = 1
     short_lookup: int | None = 2
+    lookup_ways: int = 1
+    branches: int = 0
+    exit_margin: float | None = None
 
     def __post_init__(self):
         if self.max_step_draft < 1:
@@ -252,6 +261,12 @@ class DraftConfig:
             raise ValueError(f"need ngram_size >= 0 and 1 <= ngram_min <= ngram_size, got {self.ngram_size}, {self.ngram_min}")
         if self.short_lookup is not None and self.short_lookup < 1:
             raise ValueError(f"short_lookup must be >= 1 or None, got {self.short_lookup}")
+        if isinstance(self.branches, bool) or not isinstance(self.branches, int) or self.branches < 0:
+            raise ValueError(f"branches must be an integer >= 0, got {self.branches!r}")
+        if isinstance(self.lookup_ways, bool) or not isinstance(self.lookup_ways, int) or self.lookup_ways < 1:
+            raise ValueError(f"lookup_ways must be an integer >= 1, got {self.lookup_ways!r}")
+        if self.exit_margin is not None and not self.exit_margin >= 0:
+            raise ValueError(f"exit_margin must be >= 0 or None, got {self.exit_margin!r}")
 
     def draft_head(self, model: LlamaForCausalLM, input_ids: torch.Tensor) -> DraftHead | None:
         """The draft's head for this prompt: frequent tokens plus the prompt's own (names, code identifiers)."""
@@ -305,8 +320,11 @@ def default_proposers(model: LlamaForCausalLM, config: DraftConfig, draft: Draft
     """Draft & Verify's self-draft (`draft`, None: the model's `default_draft`) and, unless
     `config.ngram_size` is 0, prompt lookup: the proposers of `essg` and `sss`."""
     draft = model.default_draft if draft is None else draft
+    if config.branches or config.lookup_ways > 1:
+        model.prepare_trees()
     self_draft = SelfDraft(model.prepare_draft(draft), config.max_step_draft, config.th_stop_draft,
-                           AdaptiveThreshold.of(config), skip_full_model=config.gate)
+                           AdaptiveThreshold.of(config), skip_full_model=config.gate, branches=config.branches,
+                           exit_margin=config.exit_margin)
     return [self_draft, *lookup_proposers(config)]
 
 

@@ -177,7 +177,6 @@ class RecyclingDraft(SelfDraft):
                  skip_full_model: bool, table: SuccessorTable, tail: int = 8, guesses: int = 1):
         super().__init__(draft, max_step_draft, th_stop_draft, adaptive, skip_full_model)
         self.table, self.tail, self.guesses = table, tail, guesses
-        self._chain_length = 0
 
     def propose(self, kind: StepKind, step: Step) -> Proposal:
         if step.sampling is None and self.guesses:
@@ -185,20 +184,15 @@ class RecyclingDraft(SelfDraft):
                                         min(self.max_step_draft, step.room), self.th_stop_draft, step.head,
                                         lambda token, n: self.table.chain(token, min(n, self.guesses)))
             proposal = Proposal(tokens, passes=passes * draft_passes(self.draft, step.model))
+            self.chain_length = len(tokens)
         else:
             proposal = super().propose(kind, step)
-        self._chain_length = len(proposal.tokens)
         size = min(self.tail, step.tree_room - len(proposal.tokens))
         deeper = step.room > len(proposal.tokens)
         if step.sampling is not None or size < 1 or not deeper or proposal.tokens[-1] not in self.table.rows:
             return proposal
         tokens, parents, _ = self.table.tree(step.sequence[-1], size, step.room, proposal.tokens)
         return Proposal(tokens, passes=proposal.passes, parents=parents)
-
-    def observe(self, outcome: Outcome, step: Step) -> None:
-        if outcome.kind == self.kind and self.adaptive is not None:
-            accepted = min(outcome.accepted, self._chain_length)
-            self.th_stop_draft = self.adaptive.update(self.th_stop_draft, accepted, self._chain_length, self.max_step_draft)
 
 
 @torch.no_grad()

@@ -64,23 +64,32 @@ def draft_tokens(
     sampling: Sampling | None,
     generator: torch.Generator | None,
     head: DraftHead | None = None,
-) -> tuple[list[int], torch.Tensor | None]:
+    alternatives: int = 0,
+    margin: bool = False,
+) -> tuple[list[int], torch.Tensor | None, list[int]]:
     """Up to `max_tokens` tokens from `draft`, stopping after the first
-    whose top probability is under `th_stop_draft`. Writes the cache only at
+    whose top probability is under `th_stop_draft` (greedy with `margin`: whose logit is less than
+    `th_stop_draft` above the runner-up's, where the full model's argmax may differ). Writes the cache only at
     positions >= `committed`, only in the layers the draft runs. `head`: the
     draft scores only these tokens (the others get probability 0).
 
-    Returns the tokens and, when sampling, their distributions `q` ([k, vocab]). Each token stays on
-    the device as the next step's input; greedy, the exit test is a step's one host sync, and the
-    tokens are read once, at the end.
+    Returns the tokens, when sampling their distributions `q` ([k, vocab]), and, greedy, where the
+    draft stopped at a token under the threshold, the next `alternatives` likeliest tokens at its
+    position, best first (the candidates for a branch there; none when the draft ran to `max_tokens`).
+    Each token stays on the device as the next step's input; greedy, the exit test is a step's one
+    host sync, and the tokens are read once, at the end.
     """
     if max_tokens < 1:
-        return [], None
-    tokens, probs = [], []
+        return [], None, []
+    tokens, probs, uncertain = [], [], None
     token = torch.tensor([[last_token]], device=model.device)
     for step in range(max_tokens):
         logits = model(token, cache, committed + step, draft=draft, head=head)[0, -1]
-        if sampling is None:
+        if sampling is None and margin:
+            top = logits.topk(2)
+            confidence, token = top.values[0] - top.values[1], top.indices[:1]
+            token = token if head is None else head.token_ids[token.to(head.token_ids.device)]
+        elif sampling is None:
             confidence, token = torch.softmax(logits, dim=-1).max(dim=-1)
             # A 1-element index, not a 0-d one (which PyTorch reads on the host).
             token = token if head is None else head.token_ids[token.view(1).to(head.token_ids.device)]
@@ -93,8 +102,15 @@ def draft_tokens(
         token = token.to(model.device).view(1, 1)  # a split model's head ids sit on the LM head's device
         tokens.append(token)
         if confidence < th_stop_draft:
+            uncertain = logits
             break
-    return torch.cat(tokens, dim=1)[0].tolist(), (torch.stack(probs) if probs else None)
+    drafted = torch.cat(tokens, dim=1)[0].tolist()
+    others = []
+    if uncertain is not None and sampling is None and alternatives > 0:
+        ranked = uncertain.topk(min(alternatives + 1, uncertain.shape[-1])).indices
+        ranked = (ranked if head is None else head.token_ids[ranked.to(head.token_ids.device)]).tolist()
+        others = [token for token in ranked if token != drafted[-1]][:alternatives]
+    return drafted, (torch.stack(probs) if probs else None), others
 
 
 class SelfDraft:
@@ -102,6 +118,12 @@ class SelfDraft:
     first whose top probability is under the draft-exit threshold, which `adaptive` updates after
     each of its verifications (None: fixed). Offers the kind "draft".
 
+    `branches` (greedy): where the draft stopped at a token under the threshold, the one it is least
+    sure of, its next `branches` likeliest tokens there join the proposal as that token's siblings, a
+    token tree (`ssd.tree`) verified in the same pass; 0, or sampling: a chain. The threshold learns
+    from the chain alone. `exit_margin` (greedy): stop after a token whose logit is less than this above
+    its runner-up's instead (a draft of the model's own weights is rejected where the two nearly tie,
+    whatever its top probability); that threshold stays fixed. None, or sampling: the threshold above.
     `skip_full_model`: offer nothing when the draft is the full model (it saves at most the trimmed
     head's share of a step, and its long drafts hold off lookups, which cost nothing); the gate sets it.
     A subclass may change `draft` between steps (SWIFT's does): each step drafts with the value then held.
@@ -110,9 +132,14 @@ class SelfDraft:
     kind: StepKind = "draft"
 
     def __init__(self, draft: Draft, max_step_draft: int, th_stop_draft: float,
-                 adaptive: AdaptiveThreshold | None = None, skip_full_model: bool = True):
+                 adaptive: AdaptiveThreshold | None = None, skip_full_model: bool = True, branches: int = 0,
+                 exit_margin: float | None = None):
+        if isinstance(branches, bool) or not isinstance(branches, int) or branches < 0:
+            raise ValueError(f"branches must be an integer >= 0, got {branches!r}")
         self.draft, self.max_step_draft, self.th_stop_draft = draft, max_step_draft, th_stop_draft
-        self.adaptive, self.skip_full_model = adaptive, skip_full_model
+        self.adaptive, self.skip_full_model, self.branches = adaptive, skip_full_model, branches
+        self.exit_margin = exit_margin
+        self.chain_length = 0  # the drafted chain of the latest proposal (its tree's first nodes)
 
     def offer(self, step: Step) -> list[StepKind]:
         if step.room < 1 or (self.skip_full_model and self.draft.is_full_model):
@@ -120,17 +147,27 @@ class SelfDraft:
         return [self.kind]
 
     def propose(self, kind: StepKind, step: Step) -> Proposal:
-        draft = self.draft
-        tokens, probs = draft_tokens(
+        draft, greedy = self.draft, step.sampling is None
+        by_margin = greedy and self.exit_margin is not None
+        tokens, probs, others = draft_tokens(
             step.model, draft, step.cache, step.sequence[-1], step.committed, min(self.max_step_draft, step.room),
-            self.th_stop_draft, step.sampling, step.generator, step.head,
+            self.exit_margin if by_margin else self.th_stop_draft, step.sampling, step.generator, step.head,
+            self.branches if greedy else 0, by_margin,
         )
-        return Proposal(tokens, probs, passes=len(tokens) * draft_passes(draft, step.model))
+        self.chain_length = len(tokens)
+        passes = len(tokens) * draft_passes(draft, step.model)
+        others = others[: max(step.tree_room - len(tokens), 0)]
+        if not others:
+            return Proposal(tokens, probs, passes=passes)
+        chain = list(range(-1, len(tokens) - 1))
+        return Proposal(tokens + others, passes=passes, parents=chain + [chain[-1]] * len(others))
 
     def observe(self, outcome: Outcome, step: Step) -> None:
-        if outcome.kind == self.kind and self.adaptive is not None:
-            drafted = len(outcome.proposal.tokens)
-            self.th_stop_draft = self.adaptive.update(self.th_stop_draft, outcome.accepted, drafted, self.max_step_draft)
+        by_margin = step.sampling is None and self.exit_margin is not None
+        if outcome.kind == self.kind and self.adaptive is not None and not by_margin:
+            chain = self.chain_length
+            accepted = outcome.accepted if outcome.path is None else sum(node < chain for node in outcome.path)
+            self.th_stop_draft = self.adaptive.update(self.th_stop_draft, min(accepted, chain), chain, self.max_step_draft)
 
 
 def draft_passes(draft: Draft, model: LlamaForCausalLM) -> float:

@@ -28,7 +28,7 @@ def test_cache_matches_prefill_after_rejections(embedded, prompts):
     rejections = 0
     for _ in range(steps):
         poison_beyond(cache, committed)  # whatever earlier steps left beyond n is stale
-        drafts, _ = draft_tokens(model, draft, cache, tokens[-1], committed, 5, 0.0, None, None)
+        drafts, _, _ = draft_tokens(model, draft, cache, tokens[-1], committed, 5, 0.0, None, None)
         poison_beyond(cache, committed)  # ... and so is everything the draft wrote
         verify_input = torch.tensor([[tokens[-1], *drafts]])
         target_logits = model(verify_input, cache, committed)[0]
@@ -62,7 +62,7 @@ def test_draft_writes_only_computed_layers_beyond_committed(embedded, prompts):
     token = int(prefill(model, input_ids, cache).argmax())
     before = [k.clone() for k in cache.keys]
     committed = input_ids.shape[1]
-    drafts, _ = draft_tokens(model, Draft.skipping(attention, mlp), cache, token, committed, 4, 0.0, None, None)
+    drafts, _, _ = draft_tokens(model, Draft.skipping(attention, mlp), cache, token, committed, 4, 0.0, None, None)
     for layer in range(model.num_layers):
         assert torch.equal(cache.keys[layer][:, :, :committed], before[layer][:, :, :committed])
         wrote = not torch.equal(cache.keys[layer][:, :, committed:], before[layer][:, :, committed:])

@@ -3,7 +3,7 @@
 import pytest
 
 from ssd.gate import DraftGate
-from ssd.lookup import NgramIndex
+from ssd.lookup import NgramIndex, trie
 
 PLAIN_DRAFT = ["plain", "draft"]
 
@@ -122,3 +122,18 @@ def test_new_sequence_closes_the_episode():
     gate.new_sequence()
     gate.record(("lookup", 1), kinds, 5, 1.0)  # the next generation's lookup is no part of that draft's episode
     assert (gate.episode_tokens["draft"], gate.episode_seconds["draft"]) == (2, 1.0)
+
+
+def test_ngram_index_keeps_a_continuation_per_next_token_latest_first():
+    tokens = [1, 2, 3, 1, 2, 4, 1, 2, 3, 1, 2]  # "1 2" went on with 3, 4, then 3 again
+    assert NgramIndex(tokens, max_n=2, ways=2).propose_all(3) == ([[3, 1, 2], [4, 1, 2]], 2)
+    assert NgramIndex(tokens, max_n=2, ways=3).propose_all(3) == ([[3, 1, 2], [4, 1, 2]], 2)  # two next tokens only
+    assert NgramIndex(tokens, max_n=2).propose_all(3) == ([[3, 1, 2]], 2)  # one way: the latest, as propose
+    assert NgramIndex(tokens, max_n=2).propose(3) == ([3, 1, 2], 2)
+
+
+def test_trie_shares_prefixes_and_puts_the_first_chain_first():
+    tokens, parents = trie([[3, 1, 2], [4, 1, 2], [3, 1, 5]])
+    assert tokens == [3, 1, 2, 4, 1, 2, 5]
+    assert parents == [-1, 0, 1, -1, 3, 4, 1]
+    assert trie([[7, 8]]) == ([7, 8], [-1, 0])

@@ -121,6 +121,10 @@ def test_draft_config_validation():
         DraftConfig(th_stop_draft=-0.1)
     with pytest.raises(ValueError, match="short_lookup"):
         DraftConfig(short_lookup=0)
+    for options in (dict(branches=-1), dict(branches=1.5), dict(lookup_ways=0), dict(lookup_ways=True),
+                    dict(exit_margin=-0.5), dict(exit_margin=float("nan"))):
+        with pytest.raises(ValueError, match=next(iter(options))):
+            DraftConfig(**options)
 
 
 # --- load_model: every argument checked before anything is read -------------------------------------

@@ -121,7 +121,7 @@ def test_guessed_draft_passes_draft_the_drafts_own_chain(embedded, prompts):
     cache = model.new_cache(input_ids.shape[1] + 20)
     last = int(ssd.decoding.prefill(model, input_ids, cache).argmax())
     committed = input_ids.shape[1]
-    chain, _ = draft_tokens(model, draft, cache, last, committed, 8, 0.0, None, None)
+    chain, _, _ = draft_tokens(model, draft, cache, last, committed, 8, 0.0, None, None)
     after = dict(zip([last, *chain], chain))  # the draft's own next token after each of its inputs
 
     def right(token, n):

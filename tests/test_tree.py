@@ -8,10 +8,11 @@ import torch
 
 import ssd
 from helpers import NEAR_TIE_FLOAT32, assert_same_tokens, stock_greedy
-from ssd.decoding import DraftConfig, prefill, speculative_decode
+from ssd.decoding import DraftConfig, default_proposers, prefill, speculative_decode
 from ssd.proposers import Outcome, Proposal, Step
 from ssd.recycling import Recycler
 from ssd.sampling import Sampling
+from ssd.self_draft import draft_tokens
 from ssd.tree import accept_path, ancestor_mask, keep_path
 from test_cache import poison_beyond
 
@@ -104,6 +105,61 @@ def test_recycled_trees_equal_base_and_stock_generate(embedded, stock, prompts, 
         assert_same_tokens(stock_greedy(stock, input_ids, 48), result.tokens, model, input_ids, NEAR_TIE_FLOAT32,
                            "recycled trees vs stock generate")
     assert accepted > 0
+
+
+class TreeCount:
+    """Offers nothing; counts the steps whose proposal was a tree."""
+
+    def __init__(self):
+        self.trees = 0
+
+    def offer(self, step: Step):
+        return []
+
+    def observe(self, outcome: Outcome, step: Step) -> None:
+        self.trees += outcome.path is not None
+
+
+@pytest.mark.parametrize("options", [dict(lookup_ways=3), dict(branches=2), dict(branches=2, exit_margin=0.5)],
+                         ids=["lookup-ways", "branches", "branches-by-margin"])
+def test_lookup_and_draft_trees_equal_base_and_stock_generate(embedded, stock, prompts, base_tokens, options):
+    """float32, gate off (each kind runs whenever offered): several lookup continuations, and the
+    self-draft's runners-up where it stopped, verified as trees, give base's tokens and stock
+    transformers' greedy ones."""
+    model, tokenizer = embedded
+    config = DraftConfig(gate=False, **options)
+    count = TreeCount()
+    for prompt in prompts[:2]:
+        input_ids = tokenizer(prompt, return_tensors="pt").input_ids
+        result = speculative_decode(model, input_ids, 48, None, config, None, None,
+                                    proposers=default_proposers(model, config) + [count])
+        assert_same_tokens(base_tokens(input_ids, 48), result.tokens, model, input_ids, NEAR_TIE_FLOAT32, str(options))
+        assert_same_tokens(stock_greedy(stock, input_ids, 48), result.tokens, model, input_ids, NEAR_TIE_FLOAT32,
+                           f"{options} vs stock generate")
+    assert count.trees > 0
+
+
+def test_draft_stops_by_margin_and_names_its_runners_up(embedded, prompts):
+    """`draft_tokens`: with `margin`, the exit compares the draft's top logit with its runner-up's (never
+    under 0: the draft runs to its length; under infinity: one token); where it stopped under the
+    threshold it names its next likeliest tokens there, none where it ran to its length."""
+    model, tokenizer = embedded
+    draft = model.prepare_draft(model.default_draft)
+    input_ids = tokenizer(prompts[0], return_tensors="pt").input_ids
+    committed = input_ids.shape[1]
+    cache = model.new_cache(committed + 8)
+    last = int(prefill(model, input_ids, cache).argmax())
+
+    def run(threshold: float, alternatives: int):
+        return draft_tokens(model, draft, cache, last, committed, 6, threshold, None, None, None, alternatives, True)
+
+    tokens, _, others = run(0.0, 3)
+    assert len(tokens) == 6 and others == []
+    tokens, _, others = run(float("inf"), 3)
+    with torch.no_grad():
+        ranked = model(torch.tensor([[last]]), cache, committed, draft=draft)[0, -1].topk(4).indices.tolist()
+    assert [*tokens, *others] == ranked
+    assert run(float("inf"), 0)[2] == []
 
 
 class FixedTree:
