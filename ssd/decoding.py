@@ -228,6 +228,9 @@ class DraftConfig:
     `branches`: greedy, where the self-draft stopped at a token under its
     threshold, its next `branches` likeliest tokens there are verified beside
     that token, as a token tree (`SelfDraft`); 0: chains only.
+    `exit_margin`: greedy, the self-draft stops after a token whose logit is
+    less than this above its runner-up's, instead of by top probability (the
+    threshold then stays fixed); None: by `th_stop_draft`.
     `short_lookup`: a lookup proposes at most this many tokens, unless the
     last two steps were lookups accepted in full (a copy running on): then
     up to `max_step_draft`. Where verifying 4 rows costs twice as much as 3

@@ -162,6 +162,23 @@ def test_draft_stops_by_margin_and_names_its_runners_up(embedded, prompts):
     assert run(float("inf"), 0)[2] == []
 
 
+def test_acceptance_signals_count_every_drafted_token(embedded, prompts):
+    """`ssd.acceptance`: one signal per new token but the first; the full model as its own draft agrees
+    with base at every one (each draft pass predicts the token base wrote after its input); the bins
+    count every signal once."""
+    from ssd.acceptance import MARGIN_BINS, PROBABILITY_BINS, by_bins, draft_signals
+
+    model, tokenizer = embedded
+    input_ids = tokenizer(prompts[0], return_tensors="pt").input_ids
+    full = draft_signals(model, input_ids, 12, ssd.Draft())
+    assert len(full) == 11 and all(s.accepted for s in full)
+    signals = draft_signals(model, input_ids, 12, model.prepare_draft(model.default_draft))
+    for field, bins in (("probability", PROBABILITY_BINS), ("margin", MARGIN_BINS)):
+        rows = by_bins(signals, field, bins)
+        assert sum(r["tokens"] for r in rows) == len(signals) == 11
+        assert sum(r["accepted"] * r["tokens"] for r in rows if r["tokens"]) == pytest.approx(sum(s.accepted for s in signals))
+
+
 class FixedTree:
     """A proposer that offers one tree every step (its tokens need not be right)."""
 
