@@ -97,8 +97,11 @@ def main(argv=None) -> None:
     signals = []
     for task, text in read_prompts_file(PROMPTS_FILE, CHAT_TASKS)[: args.num_prompts]:
         signals += draft_signals(model, encode(tokenizer, task, text).to(model.device), args.max_new_tokens, draft, config)
+    if not signals:
+        raise SystemExit("no drafted tokens to count: --max-new-tokens must be 2 or more")
     rejected = sum(not s.accepted for s in signals)
-    head = "the whole vocabulary" if args.full_head else f"a head of ids below {config.draft_vocab_size} and the prompt's"
+    trimmed = not args.full_head and config.draft_vocab_size < model.config.vocab_size
+    head = f"a head of ids below {config.draft_vocab_size} and the prompt's" if trimmed else "the whole vocabulary"
     print(f"draft {draft}, scoring {head}, {str(model.dtype).removeprefix('torch.')}: "
           f"{len(signals)} drafted tokens, {rejected} rejected (acceptance {1 - rejected / len(signals):.3f})\n")
     print_table("draft's top probability", by_bins(signals, "probability", PROBABILITY_BINS))

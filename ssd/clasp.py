@@ -194,7 +194,7 @@ class ClaspDraft(SelfDraft):
         self._selecting = passes
         proposal = super().propose(kind, step)
         keep = self.since + 1 >= self.config.interval and self.within_budget()
-        return Proposal(proposal.tokens, proposal.probs, proposal.passes + passes, keep_hidden=keep)
+        return Proposal(proposal.tokens, proposal.probs, proposal.passes + passes, keep_hidden=keep, parents=proposal.parents)
 
     def observe(self, outcome: Outcome, step: Step) -> None:
         super().observe(outcome, step)

@@ -27,9 +27,13 @@ class NgramIndex:
             # The n-grams ending at the current last token now have a continuation: `token`.
             end = len(self.tokens)
             for n in range(self.min_n, min(self.max_n, end) + 1):
-                starts = self.continuations.setdefault(tuple(self.tokens[end - n : end]), [])
-                # Latest first, one per next token: an older occurrence that went on with `token` goes.
-                starts[:] = [end, *(start for start in starts if self.tokens[start] != token)][: self.ways]
+                key = tuple(self.tokens[end - n : end])
+                starts = self.continuations.get(key)
+                if starts is None or self.ways == 1:
+                    self.continuations[key] = [end]
+                else:
+                    # Latest first, one per next token: an older occurrence that went on with `token` goes.
+                    starts[:] = [end, *(start for start in starts if self.tokens[start] != token)][: self.ways]
             self.tokens.append(token)
 
     def propose(self, max_tokens: int) -> tuple[list[int], int]:
@@ -77,7 +81,6 @@ class Lookup:
         self.short_lookup = short_lookup
         self.copied = 0  # lookups accepted in full in a row, just before this step
         self._continuations: list[list[int]] = []
-        self._depth = 0  # the longest continuation of the latest proposal
 
     def offer(self, step: Step) -> list[StepKind]:
         self.index.extend(step.sequence[len(self.index.tokens):])
@@ -89,7 +92,6 @@ class Lookup:
         continuations = [tokens[:cap] for tokens in self._continuations]
         if step.sampling is not None or len(continuations) == 1:
             continuations = continuations[:1]
-        self._depth = max(map(len, continuations))
         tokens, parents = trie(continuations)
         if len(continuations) == 1:
             return Proposal(tokens)
@@ -97,7 +99,15 @@ class Lookup:
 
     def observe(self, outcome: Outcome, step: Step) -> None:
         mine = isinstance(outcome.kind, tuple) and outcome.kind[0] == "lookup"
-        self.copied = self.copied + 1 if mine and outcome.accepted == self._depth else 0
+        self.copied = self.copied + 1 if mine and accepted_in_full(outcome) else 0
+
+
+def accepted_in_full(outcome: Outcome) -> bool:
+    """Whether the verification accepted a whole continuation: the chain, or a tree's path to a leaf."""
+    proposal = outcome.proposal
+    if proposal.parents is None:
+        return outcome.accepted == len(proposal.tokens)
+    return bool(outcome.path) and outcome.path[-1] not in proposal.parents
 
 
 def lookup_proposers(config) -> list[Lookup]:

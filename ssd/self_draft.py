@@ -75,7 +75,7 @@ def draft_tokens(
 
     Returns the tokens, when sampling their distributions `q` ([k, vocab]), and, greedy, where the
     draft stopped at a token under the threshold, the next `alternatives` likeliest tokens at its
-    position, best first (the candidates for a branch there; none when the draft ran to `max_tokens`).
+    position, best first (the candidates for a branch there; none when no token fell under it).
     Each token stays on the device as the next step's input; greedy, the exit test is a step's one
     host sync, and the tokens are read once, at the end.
     """
@@ -165,7 +165,8 @@ class SelfDraft:
     def observe(self, outcome: Outcome, step: Step) -> None:
         by_margin = step.sampling is None and self.exit_margin is not None
         if outcome.kind == self.kind and self.adaptive is not None and not by_margin:
-            chain = self.chain_length
+            # A tree's chain is its first `chain_length` nodes, the rest its branches.
+            chain = len(outcome.proposal.tokens) if outcome.path is None else self.chain_length
             accepted = outcome.accepted if outcome.path is None else sum(node < chain for node in outcome.path)
             self.th_stop_draft = self.adaptive.update(self.th_stop_draft, min(accepted, chain), chain, self.max_step_draft)
 

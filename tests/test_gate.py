@@ -3,7 +3,8 @@
 import pytest
 
 from ssd.gate import DraftGate
-from ssd.lookup import NgramIndex, trie
+from ssd.lookup import NgramIndex, accepted_in_full, trie
+from ssd.proposers import Outcome, Proposal
 
 PLAIN_DRAFT = ["plain", "draft"]
 
@@ -137,3 +138,15 @@ def test_trie_shares_prefixes_and_puts_the_first_chain_first():
     assert tokens == [3, 1, 2, 4, 1, 2, 5]
     assert parents == [-1, 0, 1, -1, 3, 4, 1]
     assert trie([[7, 8]]) == ([7, 8], [-1, 0])
+
+
+def test_a_lookup_counts_as_copied_when_a_whole_continuation_is_accepted():
+    """`short_lookup` lifts after lookups accepted in full: a chain's every token, or a tree's path to a leaf."""
+    tree = Proposal([3, 1, 4], parents=[-1, 0, -1])  # continuations 3 1 and 4
+    assert accepted_in_full(Outcome(("lookup", 2), tree, 1, [4, 9], 0.0, path=[2]))
+    assert accepted_in_full(Outcome(("lookup", 2), tree, 2, [3, 1, 9], 0.0, path=[0, 1]))
+    assert not accepted_in_full(Outcome(("lookup", 2), tree, 1, [3, 9], 0.0, path=[0]))
+    assert not accepted_in_full(Outcome(("lookup", 2), tree, 0, [9], 0.0, path=[]))
+    chain = Proposal([3, 1])
+    assert accepted_in_full(Outcome(("lookup", 2), chain, 2, [3, 1, 9], 0.0))
+    assert not accepted_in_full(Outcome(("lookup", 2), chain, 1, [3, 9], 0.0))

@@ -120,23 +120,23 @@ class TreeCount:
         self.trees += outcome.path is not None
 
 
-@pytest.mark.parametrize("options", [dict(lookup_ways=3), dict(branches=2), dict(branches=2, exit_margin=0.5)],
-                         ids=["lookup-ways", "branches", "branches-by-margin"])
-def test_lookup_and_draft_trees_equal_base_and_stock_generate(embedded, stock, prompts, base_tokens, options):
+def test_lookup_and_draft_trees_equal_base_and_stock_generate(embedded, stock, prompts, base_tokens):
     """float32, gate off (each kind runs whenever offered): several lookup continuations, and the
-    self-draft's runners-up where it stopped, verified as trees, give base's tokens and stock
-    transformers' greedy ones."""
+    self-draft's runners-up where it stopped (by top probability, and by margin), verified as trees,
+    give base's tokens and stock transformers' greedy ones."""
     model, tokenizer = embedded
-    config = DraftConfig(gate=False, **options)
-    count = TreeCount()
+    settings = [dict(lookup_ways=3), dict(branches=2), dict(branches=2, exit_margin=0.5)]
+    counts = [TreeCount() for _ in settings]
     for prompt in prompts[:2]:
         input_ids = tokenizer(prompt, return_tensors="pt").input_ids
-        result = speculative_decode(model, input_ids, 48, None, config, None, None,
-                                    proposers=default_proposers(model, config) + [count])
-        assert_same_tokens(base_tokens(input_ids, 48), result.tokens, model, input_ids, NEAR_TIE_FLOAT32, str(options))
-        assert_same_tokens(stock_greedy(stock, input_ids, 48), result.tokens, model, input_ids, NEAR_TIE_FLOAT32,
-                           f"{options} vs stock generate")
-    assert count.trees > 0
+        base, stock_tokens = base_tokens(input_ids, 48), stock_greedy(stock, input_ids, 48)
+        for options, count in zip(settings, counts):
+            config = DraftConfig(gate=False, **options)
+            result = speculative_decode(model, input_ids, 48, None, config, None, None,
+                                        proposers=default_proposers(model, config) + [count])
+            assert_same_tokens(base, result.tokens, model, input_ids, NEAR_TIE_FLOAT32, str(options))
+            assert_same_tokens(stock_tokens, result.tokens, model, input_ids, NEAR_TIE_FLOAT32, f"{options} vs stock generate")
+    assert all(count.trees > 0 for count in counts)
 
 
 def test_draft_stops_by_margin_and_names_its_runners_up(embedded, prompts):
