@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ssd.checks import check_count
 from ssd.decoding import DraftConfig, default_proposers
 from ssd.draft import Draft
 from ssd.gate import StepKind
@@ -51,8 +52,7 @@ class ClaspConfig:
     def __post_init__(self):
         if not 0 < self.skip_share < 1:
             raise ValueError(f"skip_share must be in (0, 1), got {self.skip_share!r}")
-        if isinstance(self.interval, bool) or not isinstance(self.interval, int) or self.interval < 1:
-            raise ValueError(f"interval must be an integer >= 1, got {self.interval!r}")
+        check_count("interval", self.interval)
         if self.budget is not None and (isinstance(self.budget, bool) or not isinstance(self.budget, (int, float))
                                         or self.budget < 0):
             raise ValueError(f"budget must be a number >= 0 or None, got {self.budget!r}")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ssd.checks import check_count
 from ssd.draft import Draft
 from ssd.draft_head import DraftHead
 from ssd.gate import DraftGate
@@ -135,8 +136,7 @@ def check_input_ids(model: LlamaForCausalLM, input_ids: torch.Tensor, max_new_to
 
 
 def check_max_new_tokens(max_new_tokens) -> None:
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    check_count("max_new_tokens", max_new_tokens)
 
 
 def eos_set(eos_token_id: EosTokenIds, vocab_size: int | None = None) -> frozenset[int]:
@@ -264,10 +264,8 @@ class DraftConfig:
             raise ValueError(f"need ngram_size >= 0 and 1 <= ngram_min <= ngram_size, got {self.ngram_size}, {self.ngram_min}")
         if self.short_lookup is not None and self.short_lookup < 1:
             raise ValueError(f"short_lookup must be >= 1 or None, got {self.short_lookup}")
-        if isinstance(self.branches, bool) or not isinstance(self.branches, int) or self.branches < 0:
-            raise ValueError(f"branches must be an integer >= 0, got {self.branches!r}")
-        if isinstance(self.lookup_ways, bool) or not isinstance(self.lookup_ways, int) or self.lookup_ways < 1:
-            raise ValueError(f"lookup_ways must be an integer >= 1, got {self.lookup_ways!r}")
+        check_count("branches", self.branches, 0)
+        check_count("lookup_ways", self.lookup_ways)
         if self.exit_margin is not None and not self.exit_margin >= 0:
             raise ValueError(f"exit_margin must be >= 0 or None, got {self.exit_margin!r}")
 

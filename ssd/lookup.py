@@ -91,10 +91,8 @@ class Lookup:
         cap = self.short_lookup if self.copied < 2 and self.short_lookup is not None else None
         continuations = [tokens[:cap] for tokens in self._continuations]
         if step.sampling is not None or len(continuations) == 1:
-            continuations = continuations[:1]
+            return Proposal(continuations[0])
         tokens, parents = trie(continuations)
-        if len(continuations) == 1:
-            return Proposal(tokens)
         return Proposal(tokens[: step.tree_room], parents=parents[: step.tree_room])
 
     def observe(self, outcome: Outcome, step: Step) -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ssd.checks import check_count
 from ssd.decoding import DraftConfig
 from ssd.lookup import lookup_proposers
 from ssd.self_draft import AdaptiveThreshold, SelfDraft, draft_passes
@@ -116,8 +117,7 @@ class Recycler:
     def __init__(self, max_tokens: int = 4, table: SuccessorTable | None = None, tree_sizes: tuple[int, ...] = (4, 8, 16, 32),
                  max_depth: int = 8):
         for name, value in (("max_tokens", max_tokens), ("max_depth", max_depth), *(("a tree size", n) for n in tree_sizes)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            check_count(name, value)
         self.max_tokens, self.tree_sizes, self.max_depth = max_tokens, tuple(sorted(tree_sizes)), max_depth
         self.table = SuccessorTable() if table is None else table
         self.costs = RowCosts()

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ssd.checks import check_count
 from ssd.draft import Draft
 from ssd.draft_head import DraftHead
 from ssd.gate import StepKind
@@ -134,8 +135,7 @@ class SelfDraft:
     def __init__(self, draft: Draft, max_step_draft: int, th_stop_draft: float,
                  adaptive: AdaptiveThreshold | None = None, skip_full_model: bool = True, branches: int = 0,
                  exit_margin: float | None = None):
-        if isinstance(branches, bool) or not isinstance(branches, int) or branches < 0:
-            raise ValueError(f"branches must be an integer >= 0, got {branches!r}")
+        check_count("branches", branches, 0)
         self.draft, self.max_step_draft, self.th_stop_draft = draft, max_step_draft, th_stop_draft
         self.adaptive, self.skip_full_model, self.branches = adaptive, skip_full_model, branches
         self.exit_margin = exit_margin
@@ -168,7 +168,7 @@ class SelfDraft:
             # A tree's chain is its first `chain_length` nodes, the rest its branches.
             chain = len(outcome.proposal.tokens) if outcome.path is None else self.chain_length
             accepted = outcome.accepted if outcome.path is None else sum(node < chain for node in outcome.path)
-            self.th_stop_draft = self.adaptive.update(self.th_stop_draft, min(accepted, chain), chain, self.max_step_draft)
+            self.th_stop_draft = self.adaptive.update(self.th_stop_draft, accepted, chain, self.max_step_draft)
 
 
 def draft_passes(draft: Draft, model: LlamaForCausalLM) -> float:

@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 from ssd.checkpoints import model_key as key_of
+from ssd.checks import check_count
 from ssd.decoding import DraftConfig, EosTokenIds, GenerationResult, OnTokens, default_proposers, speculative_decode
 from ssd.draft import Draft
 from ssd.gate import DraftGate, StepKind
@@ -99,9 +100,7 @@ class SwiftConfig:
 
     def __post_init__(self):
         for name in ("opt_interval", "bayes_interval", "context_window", "max_tolerance_iter", "max_opt_iter"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            check_count(name, getattr(self, name))
         if self.context_window < MIN_WINDOW:
             raise ValueError(f"context_window must be >= {MIN_WINDOW}, got {self.context_window}")
         if not 0 < self.skip_ratio < 1:
