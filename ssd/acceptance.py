@@ -55,7 +55,7 @@ def draft_signals(model: LlamaForCausalLM, input_ids: torch.Tensor, max_new_toke
         for (keys, values), (key, value) in zip(zip(cache.keys, cache.values), saved):
             keys[:, :, position], values[:, :, position] = key, value
         top = logits.topk(2)
-        token = top.indices[0] if head is None else head.token_ids[top.indices[0].to(head.token_ids.device)]
+        token = top.indices[0] if head is None else head.ids(top.indices[0])
         signals.append(Signal(float(torch.softmax(logits, dim=-1)[top.indices[0]]),
                               float(top.values[0] - top.values[1]), int(token) == int(sequence[0, position + 1])))
     return signals

@@ -22,19 +22,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, GenerationConfig
+from transformers import GenerationConfig
 
-from ssd.checkpoints import named_gguf, resolve_checkpoint
+from ssd.checkpoints import named_gguf
 from ssd.data import DATA_DIR_ENV, TASKS, DataUnavailable, task_prompts
 from ssd.evaluation import apply_draft, check_draft_key
 from ssd.files import read_jsonl, write_json_atomic
-from ssd.generation import generate, method_names
-from ssd.loading import check_load_arguments, dtype_name, load_model, parse_device, parse_dtype
+from ssd.generation import method_names
+from ssd.loading import check_load_arguments, dtype_name, load_model, parse_device, parse_dtype, stock_twin
 from ssd.logs import without_message
 from ssd.reports import format_table
 from ssd.skip_layers import DEFAULT_PATH as SKIP_LAYERS_PATH
 from ssd.swift import SwiftConfig, SwiftOptimizer
-from ssd.timing import Method, Run, run_side_by_side, summarise
+from ssd.timing import Method, Run, generate_method, run_side_by_side, summarise
 
 PROMPTS_FILE = Path(__file__).with_name("bench_prompts.jsonl")  # QA, writing and chat prompts, by task
 EXTRA_TASKS = ("qa", "writing", "chat")
@@ -70,7 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "(as METHOD@DTYPE; speedup over base@DTYPE; not compared with base for identity)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--device-map", default=None,
-                        help='accelerate\'s placement over several GPUs, e.g. "auto"; the stock model gets the same (overrides --device)')
+                        help='accelerate\'s placement over several GPUs, e.g. "auto"; stock generate runs on the same weights, placed alike (overrides --device)')
     parser.add_argument("--draft-precision", default="default", choices=["default", "none", "int8", "int4"],
                         help="precision of the weights the self-draft runs (default: load_model's choice, or the draft entry's)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -185,13 +185,6 @@ def encode(tokenizer, task: str, prompt: str) -> torch.Tensor:
 # --- the methods -------------------------------------------------------------
 
 
-def stock_model(name_or_path: str | None, dtype: torch.dtype, device: torch.device, device_map=None):
-    """The same checkpoint in stock transformers, placed as ours: by the same `device_map`, else on `device`."""
-    placement = {} if device_map is None else {"device_map": device_map}
-    stock = AutoModelForCausalLM.from_pretrained(resolve_checkpoint(name_or_path), dtype=dtype, **placement)
-    return (stock if device_map is not None else stock.to(device)).eval()
-
-
 def hf_method(stock, max_new_tokens: int, **assisted) -> Method:
     """Stock greedy `generate`; with `assisted` arguments, one of its speculative decoders.
 
@@ -245,16 +238,6 @@ def llama_cpp_method(name: str | None, max_new_tokens: int, context: int) -> Met
     return run
 
 
-def ssd_method(model, method: str, max_new_tokens: int, **kwargs) -> Method:
-    """`ssd.generate` with a fixed token count (no stop at EOS)."""
-    def run(input_ids, task):
-        out = generate(model, input_ids, method=method, max_new_tokens=max_new_tokens, eos_token_id=[],
-                           return_dict_in_generate=True, **kwargs)
-        return Run.of(out, drafts=method != "base")
-
-    return run
-
-
 def swift_method(model, max_new_tokens: int, cached: bool = False) -> Method:
     """SWIFT as the paper runs it: one optimiser per task stream, starting cold (no cache read or
     written); `cached`: from the set `skip_layers.json` stores for the model and task (read only: the
@@ -270,7 +253,7 @@ def swift_method(model, max_new_tokens: int, cached: bool = False) -> Method:
                 optimizers[task] = SwiftOptimizer(model, SwiftConfig(), task=task, cache_hit=True, skip_layers_path=path)
             else:
                 optimizers[task] = SwiftOptimizer(model, SwiftConfig())
-        return ssd_method(model, "swift", max_new_tokens, swift=optimizers[task])(input_ids, task)
+        return generate_method(model, "swift", max_new_tokens, swift=optimizers[task])(input_ids, task)
 
     return run
 
@@ -282,7 +265,7 @@ def build_methods(args, model, also=None) -> dict[str, Method]:
         hf = {"hf": {}, "hf-pld": {"prompt_lookup_num_tokens": args.prompt_lookup_tokens},
               "hf-early-exit": {"assistant_early_exit": args.early_exit_layer or model_.num_layers // 2}}
         if any(name in args.methods for name in hf):
-            stock = stock_model(args.model, model_.dtype, model_.device, args.device_map)
+            stock = stock_twin(model_)
         for name in args.methods:
             if name in hf:
                 methods[name + suffix] = hf_method(stock, args.max_new_tokens, **hf[name])
@@ -298,15 +281,15 @@ def build_methods(args, model, also=None) -> dict[str, Method]:
 def ours(model, name: str, max_new_tokens: int) -> Method:
     """One of ssd's methods by its bench name."""
     if name == "sss":
-        return ssd_method(model, "sss", max_new_tokens, do_sample=True, top_k=0,
+        return generate_method(model, "sss", max_new_tokens, do_sample=True, top_k=0,
                           generator=torch.Generator(model.device).manual_seed(0))
     if name in ("swift", "swift-cached"):
         return swift_method(model, max_new_tokens, cached=name == "swift-cached")
     if name == "self-draft":
-        return ssd_method(model, "essg", max_new_tokens, ngram_size=0)
+        return generate_method(model, "essg", max_new_tokens, ngram_size=0)
     if name == "essg-trees":
-        return ssd_method(model, "essg", max_new_tokens, lookup_ways=3, branches=2)
-    return ssd_method(model, name, max_new_tokens)
+        return generate_method(model, "essg", max_new_tokens, lookup_ways=3, branches=2)
+    return generate_method(model, name, max_new_tokens)
 
 
 def describe(model) -> str:
@@ -373,7 +356,7 @@ def main(argv=None) -> list[dict]:
     try:
         model, tokenizer, draft = load_with_draft(args, args.dtype)
         also = load_with_draft(args, args.also_dtype)[0] if args.also_dtype not in (None, model.dtype) else None
-    except OSError as error:  # a checkpoint that is not there, or not readable
+    except (OSError, ValueError, MemoryError) as error:  # a checkpoint not there or not readable, or too large
         raise SystemExit(f"python -m ssd.bench: error: {error}") from None
     prompts = [(task, encode(tokenizer, task, p).to(model.device)) for task, p in texts]
     methods = build_methods(args, model, also)

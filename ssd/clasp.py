@@ -120,9 +120,10 @@ def select_skip_set(model: LlamaForCausalLM, hidden: list[torch.Tensor], cache: 
     # skipped cost -> (state, skipped attention layers, skipped MLP layers)
     states: dict[int, tuple[torch.Tensor, tuple[int, ...], tuple[int, ...]]] = {0: (hidden[0], (), ())}
     for i, layer in enumerate(model.model.layers):
+        device = layer.self_attn.q_proj.weight.device  # a split model's layers sit on several devices
         costs = sorted(states)
-        x = torch.stack([states[j][0] for j in costs])
-        after_attention = candidate_attention(layer, x, cos, sin, cache, i, position, low_bit[i])
+        x = torch.stack([states[j][0] for j in costs]).to(device)
+        after_attention = candidate_attention(layer, x, cos.to(device), sin.to(device), cache, i, position, low_bit[i])
         mlp_inputs = torch.cat([after_attention, x]) if 0 < i < num_layers - 1 else after_attention
         after_mlp = mlp_inputs + layer.mlp(layer.post_attention_layernorm(mlp_inputs[None]), low_bit[i])[0]
         rows = len(costs)
@@ -133,7 +134,8 @@ def select_skip_set(model: LlamaForCausalLM, hidden: list[torch.Tensor], cache: 
             candidates += [(j + weights.mlp, after_attention[b], False, True) for b, j in enumerate(costs)]
             candidates += [(j + weights.attention + weights.mlp, x[b], True, True) for b, j in enumerate(costs)]
         candidates = [c for c in candidates if c[0] <= weights.capacity]
-        similarity = F.cosine_similarity(torch.stack([c[1] for c in candidates]).float(), hidden[i + 1].float()[None], dim=-1)
+        similarity = F.cosine_similarity(torch.stack([c[1] for c in candidates]).float(),
+                                         hidden[i + 1].to(device).float()[None], dim=-1)
         best: dict[int, tuple[float, int]] = {}
         for n, ((j, *_rest), value) in enumerate(zip(candidates, similarity.tolist())):
             if j not in best or value > best[j][0]:
@@ -147,7 +149,7 @@ def select_skip_set(model: LlamaForCausalLM, hidden: list[torch.Tensor], cache: 
         states = new_states
     most = max(states)
     state, attention, mlp = states[most]
-    similarity = float(F.cosine_similarity(state.float(), hidden[num_layers].float(), dim=0))
+    similarity = float(F.cosine_similarity(state.float(), hidden[num_layers].to(state.device).float(), dim=0))
     return Draft.skipping(attention, mlp, precision), similarity
 
 

@@ -9,28 +9,16 @@ from pathlib import Path
 import torch
 
 from ssd.draft import Draft
-from ssd.generation import generate
 from ssd.modeling_llama import LlamaForCausalLM
 from ssd.skip_layers import DEFAULT_PATH
 from ssd.swift import SwiftConfig, SwiftOptimizer
-from ssd.timing import Method, Run, run_side_by_side, summarise
+from ssd.timing import Method, generate_method, run_side_by_side, summarise
 
 WARM_UP = "Warm up."
 
 
 def _prompts(tokenizer, prompts: dict[str, list[str]], device) -> list[tuple[str, torch.Tensor]]:
     return [(task, tokenizer(p, return_tensors="pt").input_ids.to(device)) for task, texts in prompts.items() for p in texts]
-
-
-def _method(model, method: str, max_new_tokens: int, **kwargs) -> Method:
-    """`ssd.generate` for a fixed token count (no stop at EOS), as a harness method."""
-    def run(input_ids, task):
-        out = generate(model, input_ids, method=method, max_new_tokens=max_new_tokens, eos_token_id=[],
-                           return_dict_in_generate=True, **kwargs)
-        extra = {"swift": out.swift} if out.swift is not None else {}
-        return Run.of(out, drafts=method != "base", **extra)
-
-    return run
 
 
 def compare_skip_sets(
@@ -55,9 +43,9 @@ def compare_skip_sets(
 
     def with_set(attention, mlp, precision=model.get_draft_precision()) -> Method:
         draft = model.prepare_draft(Draft.skipping(attention, mlp, precision))
-        return _method(model, "essg", max_new_tokens, draft=draft, **draft_kwargs)
+        return generate_method(model, "essg", max_new_tokens, draft=draft, **draft_kwargs)
 
-    methods = {"base": _method(model, "base", max_new_tokens)}
+    methods = {"base": generate_method(model, "base", max_new_tokens)}
     methods.update({name: with_set(*skip_set) for name, skip_set in skip_sets.items()})
     warm_up = tokenizer(WARM_UP, return_tensors="pt").input_ids.to(model.device)
     records = run_side_by_side(_prompts(tokenizer, prompts, model.device), methods, warm_up, progress=progress)
@@ -97,15 +85,15 @@ def compare_swift(
         def run(input_ids, task):
             if task not in streams:
                 streams[task] = SwiftOptimizer(model, config, task, cache_hit, skip_layers_path, model_key)
-            return _method(model, "swift", max_new_tokens, swift=streams[task])(input_ids, task)
+            return generate_method(model, "swift", max_new_tokens, swift=streams[task])(input_ids, task)
         return run
 
     methods = {
-        "base": _method(model, "base", max_new_tokens),
-        "draft & verify": _method(model, "essg", max_new_tokens, **draft_kwargs),
+        "base": generate_method(model, "base", max_new_tokens),
+        "draft & verify": generate_method(model, "essg", max_new_tokens, **draft_kwargs),
         "swift cold": swift(cold, False),
         "swift cached": swift(cached, True),  # its stream starts after the cold one saved an entry
-        "clasp": _method(model, "clasp", max_new_tokens, **draft_kwargs),
+        "clasp": generate_method(model, "clasp", max_new_tokens, **draft_kwargs),
     }
     # The warm-up must not touch SWIFT's cache: only the plain methods warm up.
     warm_up = tokenizer(WARM_UP, return_tensors="pt").input_ids.to(model.device)

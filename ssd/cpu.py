@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,13 @@ def cpu_has_native_bfloat16() -> bool:
     """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX); elsewhere it is emulated."""
     flags = _flags(_cpuinfo())
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_name(cpuinfo: str | None = None) -> str:
+    """The CPU's model name from /proc/cpuinfo, or the machine's architecture where it has none."""
+    cpuinfo = _cpuinfo() if cpuinfo is None else cpuinfo
+    line = next((line for line in cpuinfo.splitlines() if line.startswith("model name")), None)
+    return line.split(":", 1)[1].strip() if line else platform.machine()
 
 
 def available_memory(meminfo: str | None = None) -> int | None:

@@ -388,9 +388,11 @@ def speculative_decode(
         if parents is not None and sampling is not None:
             raise ValueError(f"{kind!r} proposed a token tree; trees are verified greedily only")
         verify_input = torch.tensor([[sequence[-1], *drafts]], device=input_ids.device)
-        hidden = [] if proposal is not None and proposal.keep_hidden else None
+        keep_hidden = proposal is not None and proposal.keep_hidden
         tree = ancestor_mask(parents, input_ids.device) if parents is not None else None
-        target_logits = model(verify_input, cache, step.committed, hidden_states=hidden, tree=tree)[0]
+        target_logits, hidden = model(verify_input, cache, step.committed, hidden_states=True, tree=tree) \
+            if keep_hidden else (model(verify_input, cache, step.committed, tree=tree), None)
+        target_logits = target_logits[0]
         if tree is None:
             draft_probs = proposal.probs if proposal is not None else None
             accepted, next_token = verify_drafts(target_logits, drafts, draft_probs, sampling, generator)

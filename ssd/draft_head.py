@@ -31,10 +31,15 @@ class DraftHead:
             logits = [F.linear(x, block) for block in self.weights]
         return logits[0] if len(logits) == 1 else torch.cat(logits, dim=-1)
 
+    def ids(self, columns: torch.Tensor) -> torch.Tensor:
+        """The token ids of these logit columns, on the columns' device (a split model's head ids sit on
+        the LM head's device, its logits come back on the first)."""
+        return self.token_ids[columns.to(self.token_ids.device)].to(columns.device)
+
     def full_logits(self, logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
         """Scatter subset logits into the whole vocabulary; tokens outside get -inf (probability 0)."""
         full = logits.new_full((*logits.shape[:-1], vocab_size), float("-inf"))
-        full[..., self.token_ids] = logits
+        full[..., self.token_ids.to(logits.device)] = logits
         return full
 
 

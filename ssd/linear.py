@@ -13,12 +13,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssd.cpu import Float32Products, float32_products
+from ssd.device import rows_made_invariant
 from ssd.packed import PackedWeight, packed_linear
 
 
 def needs_row_invariance(x: torch.Tensor) -> bool:
-    """Half precision on a CPU: where `ssd` makes a row's result independent of the rows beside it."""
-    return x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16)
+    """Whether a pass over `x` makes each row's result independent of the rows beside it: the device rule
+    `ssd.device.rows_made_invariant` (half precision on a CPU)."""
+    return rows_made_invariant(x.device.type, x.dtype)
+
+
+# oneDNN's bfloat16 products give each row the result it gets alone for 2 to this many rows; above it, on
+# Intel CPUs with AMX, other kernels run (every row count from 33 to 64 differed at SmolLM2's shapes).
+INVARIANT_ROWS = 32
 
 
 class Linear(nn.Linear):
@@ -28,7 +35,9 @@ class Linear(nn.Linear):
       several-row one and rounds differently (measured on SmolLM2's down
       projection, K=1536: 25 of 160 rows differed; 2 to 16 rows always
       agreed), so verifying k drafts in one pass would disagree with decoding
-      them one at a time. A one-row product runs as two rows.
+      them one at a time. A one-row product runs as two rows, and one of 33 to
+      64 rows (a large token tree's verification) as two halves
+      (`INVARIANT_ROWS`); longer ones (prefills) need no invariance.
     - float32: by the CPU's measured rule (`products`, `ssd.cpu.float32_products`,
       read once per process from /proc/cpuinfo), one to `products.padded_rows` rows run as that many, so a row's result is the
       same whatever rows come with it (a step and a short verification compute
@@ -52,6 +61,9 @@ class Linear(nn.Linear):
         if needs_row_invariance(x):
             if n_rows == 1:
                 return self._half_precision(torch.cat((x, x), dim=-2))[..., :1, :]
+            if INVARIANT_ROWS < n_rows <= 2 * INVARIANT_ROWS:
+                half = n_rows // 2
+                return torch.cat((self._half_precision(x[..., :half, :]), self._half_precision(x[..., half:, :])), dim=-2)
             return self._half_precision(x)
         if x.dtype != torch.float32 or x.dim() != 3:
             return super().forward(x)

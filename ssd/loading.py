@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import torch
+from accelerate import dispatch_model
 from transformers import (
     AutoConfig,
     AutoTokenizer,
@@ -16,7 +17,8 @@ from transformers import (
 )
 
 from ssd.checkpoints import quiet_packed_gguf_advice, resolve_checkpoint
-from ssd.cpu import available_memory, cpu_has_native_bfloat16
+from ssd.cpu import available_memory
+from ssd.device import DeviceProfile
 from ssd.draft import Draft
 from ssd.modeling_llama import LlamaForCausalLM, model_class
 from ssd.packed import can_pack
@@ -52,43 +54,15 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def default_dtype(device: torch.device | str) -> torch.dtype:
-    """The dtype that decodes fastest on `device`.
-
-    GPUs: bfloat16 (float16 where it is missing). CPUs: bfloat16 where the CPU
-    has native bfloat16 arithmetic (AVX512-BF16 or AMX), float32 otherwise.
-    On a 2-core AMD EPYC with AVX512-BF16, both compiled, bfloat16 `base`
-    decoded SmolLM2-135M 1.34x faster than float32 and Qwen2.5-Coder-1.5B
-    about 2.8x (docs/numerics.md). Token identity with step-by-step decoding
-    holds in float32, and in bfloat16 on CPUs with native bfloat16.
-    """
-    if torch.device(device).type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_native_bfloat16() else torch.float32
-
-
-def cpu_compiler_available() -> bool:
-    """Inductor builds CPU kernels with a C++ compiler."""
-    return shutil.which(os.environ.get("CXX", "g++")) is not None
-
-
-def should_compile(model: LlamaForCausalLM) -> bool:
-    """Compile by default on a CPU, in float32, and in bfloat16 where the CPU has it natively: measured
-    faster there, and in bfloat16 a row's result stays independent of its pass (docs/numerics.md). GPUs
-    were not measured; emulated bfloat16 is not row-invariant to begin with."""
-    native = model.dtype == torch.float32 or model.dtype == torch.bfloat16 and cpu_has_native_bfloat16()
-    return model.device.type == "cpu" and native and cpu_compiler_available()
-
-
-def should_pack_weights(model: LlamaForCausalLM, available: int | None = None) -> bool:
-    """Pack the weights (`LlamaForCausalLM.pack_weights`) in bfloat16 on a CPU that has it natively,
-    where the copies take at most half the memory still available (`available`, bytes; None: this
-    machine's, `ssd.cpu.available_memory`): they take as much again as the linear weights, and a
-    model that fits once must not fail to load for them. On a 2-core AMD EPYC with AVX512-BF16,
-    compiled, a SmolLM2-135M step took 42 ms instead of 52, a 4-token verification 44 instead of 60
-    (one run, alternating). Not measured where bfloat16 is emulated; `load_model` picks float32
-    there anyway."""
-    if not (can_pack(model.device, model.dtype) and cpu_has_native_bfloat16()):
+def should_pack_weights(model: LlamaForCausalLM, profile: DeviceProfile | None = None,
+                        available: int | None = None) -> bool:
+    """Pack the weights (`LlamaForCausalLM.pack_weights`) where the device's profile says so
+    (`DeviceProfile.packs`: bfloat16 on a CPU that has it natively) and oneDNN can, when the copies take
+    at most half the memory still available (`available`, bytes; None: this machine's,
+    `ssd.cpu.available_memory`): they take as much again as the linear weights, and a model that fits
+    once must not fail to load for them. `profile`: None is the model's device's."""
+    profile = profile or DeviceProfile.of(model.device)
+    if not (profile.packs(model.dtype) and can_pack(model.device, model.dtype)):
         return False
     available = available_memory() if available is None else available
     copies = sum(module.weight.nbytes for module in model.linears())
@@ -183,18 +157,68 @@ def refuse_offload(device_map: dict) -> None:
                          f"layer. Use more GPUs, a smaller dtype, or max_memory that fits the model.")
 
 
-def exactness_caveat(device: torch.device, dtype: torch.dtype) -> str | None:
-    """Why greedy self-speculative output may part from step-by-step decoding on this device, or None.
+def free_memory(device: torch.device, device_map=None) -> int | None:
+    """Bytes free for a model placed on `device`, or by `device_map` (a strategy over several GPUs: all
+    of them together; a map: the devices it names); None where it cannot be told (a CPU outside Linux)."""
+    if device_map is None:
+        places = {str(device)}
+    elif isinstance(device_map, dict):
+        places = {str(place) for place in device_map.values()}
+    elif device_map in DEVICE_MAP_STRATEGIES:
+        places = {f"cuda:{i}" for i in range(torch.cuda.device_count())} if torch.cuda.is_available() else {"cpu"}
+    else:
+        places = {str(device_map)}
+    devices = {torch.device(int(p) if p.isdigit() else p) for p in places}
+    total = 0
+    for place in devices:
+        if place.type == "cuda":
+            total += torch.cuda.mem_get_info(place)[0]
+        elif (available := available_memory()) is None:
+            return None
+        else:
+            total += available
+    return total
 
-    On a CPU `ssd` makes a token's logits independent of the other rows of its pass in half precision
-    (docs/numerics.md), and float32 leaves differences in the last bits (a flip needs a near-tie).
-    On a GPU neither holds by construction: kernels are chosen by row count in every dtype.
-    """
-    if device.type == "cpu":
-        return None
-    return (f"on {device.type} in {dtype_name(dtype)}, a verification pass and a one-token "
-            f"step run different kernels, so greedy self-speculative output can part from step-by-step "
-            f"decoding where two tokens are near-tied (more often in half precision); docs/numerics.md")
+
+def weight_bytes(config, dtype: torch.dtype) -> int:
+    """What a checkpoint's weights take in `dtype`, counted on the meta device (nothing is allocated)."""
+    with torch.device("meta"):
+        model = model_class(config)(config)
+    return sum(p.numel() for p in model.parameters()) * dtype.itemsize
+
+
+def check_memory(config, dtype: torch.dtype, device: torch.device, device_map=None, name="the model") -> None:
+    """Refuse, before loading, a model whose weights alone exceed the memory free where it goes: loading
+    it would fail after minutes, or swap."""
+    need, have = weight_bytes(config, dtype), free_memory(device, device_map)
+    if have is not None and need > have:
+        where = f"device_map={device_map!r}" if device_map is not None else str(device)
+        raise MemoryError(f"{name} needs about {need / 2**30:.1f} GiB for its {dtype_name(dtype)} weights and "
+                          f"{where} has {have / 2**30:.1f} GiB free: use a smaller dtype, or more GPUs "
+                          f"(device_map='auto')")
+
+
+def stock_twin(model: LlamaForCausalLM):
+    """Stock transformers' model of `model`'s checkpoint on `model`'s own weight tensors: built on the meta
+    device, then given the very tensors `model` holds, so stock `generate` runs beside ours with no second
+    copy (a 13B model loaded twice would not fit one GPU). A model placed by accelerate gets the same
+    placement and hooks. Its products run transformers' kernels on the same weights: it is the same model
+    stock `from_pretrained` would load."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        stock = AutoModelForCausalLM.from_config(model.config)
+    result = stock.load_state_dict(model.state_dict(), strict=False, assign=True)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(f"stock transformers' {type(stock).__name__} does not take this model's weights: missing "
+                         f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}")
+    with torch.device(model.model.embed_tokens.weight.device):  # frequencies: a buffer, not in the state dict
+        stock.model.rotary_emb = type(stock.model.rotary_emb)(config=model.config)
+    stock.generation_config = copy.deepcopy(model.generation_config)
+    device_map = getattr(model, "hf_device_map", None)
+    if device_map is not None and hasattr(model, "_hf_hook"):
+        stock = dispatch_model(stock, device_map, force_hooks=True)
+    return stock.eval()
 
 
 def checkpoint_generation_config(name_or_path, hub: dict, config) -> GenerationConfig:
@@ -208,19 +232,13 @@ def checkpoint_generation_config(name_or_path, hub: dict, config) -> GenerationC
     return GenerationConfig.from_model_config(config)
 
 
-def default_draft_precision(model: LlamaForCausalLM) -> str | None:
-    """The draft precision `load_model` sets: `"int4"` on a CPU, `"int8"` there if int4's kernel cannot
-    take the model's weight shapes, None (the model's own weights) on other devices, where no low-bit
-    draft was measured.
-
-    Measured on a 2-core AVX2-only AMD EPYC, float32, 5 chat prompts, 96 tokens, lookups off, side by
-    side (before q/k/v and gate/up were fused into one product each): the int4 draft decoded 1.23x
-    faster than `base`, int8 1.12x (a draft step cost about 0.47 and 0.62 of a full step; acceptance
-    0.93 and 0.91). The int4 copies add about 103 MiB to the float32 model's 513 MiB.
-    """
-    if model.device.type != "cpu":
-        return None
-    for precision in ("int4", "int8"):
+def default_draft_precision(model: LlamaForCausalLM, profile: DeviceProfile | None = None) -> str | None:
+    """The draft precision `load_model` sets: the first of the profile's `default_draft_precisions`
+    (int4, then int8, on a CPU) whose kernel takes the model's weight shapes; None (the model's own
+    weights) where none does, and on a GPU, where no low-bit draft was measured (docs/benchmarks.md).
+    `profile`: None is the model's device's."""
+    profile = profile or DeviceProfile.of(model.device)
+    for precision in profile.default_draft_precisions:
         try:
             model.set_draft_precision(precision)  # builds its copies: refused when a shape does not fit
         except ValueError:
@@ -250,10 +268,10 @@ def load_model(
     `subfolder`, `cache_dir`, `local_files_only`, ...) go to the config, the
     weights and the tokenizer alike; other keyword arguments go to the weights'
     `from_pretrained` only. `dtype`: a torch dtype or its name (float32,
-    bfloat16, float16); None is `default_dtype`'s rule for the device (a
+    bfloat16, float16); None is the device's (`DeviceProfile.dtype`; a
     `device_map` naming one device: that device's). `compile`: the layer blocks through `torch.compile`
     (`LlamaForCausalLM.compile_blocks`); None compiles where that was
-    measured faster and exact (`should_compile`: on a CPU with a C++
+    measured faster and exact (`DeviceProfile.compiles`: on a CPU with a C++
     compiler, float32, and bfloat16 where the CPU has it natively); it
     compiles before returning (about a minute on 2 cores). `draft_precision`:
     the weights the self-draft runs (`set_draft_precision`); `"default"` is
@@ -282,10 +300,12 @@ def load_model(
         model_cls = model_class(config)
     except ValueError as error:
         raise ValueError(f"{name_or_path}: {error}") from None
+    profile = DeviceProfile.of(device)
+    dtype = dtype or profile.dtype
+    check_memory(config, dtype, device, device_map, str(name_or_path))
     # The tokenizer before the weights: a missing tokenizer then fails in seconds, not after the load.
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, **tokenizer_hub_kwargs(hub))
     placed_by_accelerate = "device_map" in from_pretrained_kwargs
-    dtype = dtype or default_dtype(device)
     with quiet_packed_gguf_advice():
         model = model_cls.from_pretrained(name_or_path, config=config, dtype=dtype, **from_pretrained_kwargs)
     if placed_by_accelerate:
@@ -293,17 +313,17 @@ def load_model(
     else:
         model.to(device)
     model.eval()
-    caveat = exactness_caveat(model.device, model.dtype)
+    caveat = profile.exactness_caveat(model.dtype)
     if caveat:
         logger.warning(caveat)
     model.tokenizer = tokenizer
     model.generation_config = checkpoint_generation_config(name_or_path, hub, config)
     if draft_precision == "default":
-        default_draft_precision(model)
+        default_draft_precision(model, profile)
     else:
         model.set_draft_precision(draft_precision)
-    if pack_weights if pack_weights is not None else should_pack_weights(model):
+    if pack_weights if pack_weights is not None else should_pack_weights(model, profile):
         model.pack_weights()
-    if compile if compile is not None else should_compile(model):
+    if compile if compile is not None else profile.compiles(model.dtype):
         model.compile_blocks()
     return model, tokenizer

@@ -351,9 +351,9 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
 
     def forward(
         self, input_ids: torch.Tensor, cache: KVCache, start_pos: int, last_only: bool = False,
-        draft: Draft | None = None, head: DraftHead | None = None, hidden_states: list[torch.Tensor] | None = None,
+        draft: Draft | None = None, head: DraftHead | None = None, hidden_states: bool = False,
         tree: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits for `input_ids` ([batch, T]) placed at positions start_pos .. start_pos+T-1, by the full
         model (`draft=None`) or by `draft`: its skipped sub-layers left out, on its precision's copies.
 
@@ -362,8 +362,10 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         bfloat16 on a CPU they are masked rather than sliced off, see below). `last_only`: the
         last position's logits alone (a prefill needs no more; the LM head over
         a long prompt would cost more than the prompt's layers). `head`: score
-        only its tokens (logits over `head.token_ids`, not the vocabulary). `hidden_states`: a list
-        to append the residual stream to, entering each layer and leaving the last (`ssd.clasp`).
+        only its tokens (logits over `head.token_ids`, not the vocabulary). `hidden_states`: also return
+        the residual stream entering each layer and leaving the last (`ssd.clasp`), as `(logits, states)`:
+        returned, not appended to a list the caller passes, because accelerate's hooks hand `forward` copies
+        of its list arguments.
         `tree` ([T, T] bool, `ssd.tree.ancestor_mask`): the rows are a token tree, not a sequence; row r
         sits at position start_pos + its depth, sees its ancestors only, and writes slot start_pos + r.
         """
@@ -398,24 +400,27 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
             start_pos, length, cache.max_len, row_invariant, self.products.padded_rows)
         graphs = self._compiled.graphs if compiled else None
         layout = tree_layout(tree, start_pos) if tree is not None else None
+        states = []
         for i, layer in enumerate(self.model.layers):
-            if hidden_states is not None:
-                hidden_states.append(x)
+            if hidden_states:
+                states.append(x)
             x = layer(
                 x, cos, sin, cache.keys[i], cache.values[i], start_pos, key_len, i in draft.attention, i in draft.mlp,
                 low_bit[i], graphs, layout,
             )
-        if hidden_states is not None:
-            hidden_states.append(x)
+        if hidden_states:
+            states.append(x)
         if last_only:
             x = x[:, -1:]
         x = self.model.norm(x)
         if head is None and precision is None:
-            return self.lm_head(x).float()  # through accelerate's hook when the model is dispatched
-        # The draft heads' weights are rows of the LM head or its int8 copy, on its device, not modules
-        # that accelerate's hooks move inputs for (a split model may put the norm on another device).
-        x = x.to(self.lm_head.weight.device)
-        return (head(x, precision) if head is not None else self.low_bit.lm_head_int8(x)).float()
+            logits = self.lm_head(x).float()  # through accelerate's hook when the model is dispatched
+        else:
+            # The draft heads' weights are rows of the LM head or its int8 copy, on its device, not modules
+            # that accelerate's hooks move inputs for (a split model may put the norm on another device).
+            x = x.to(self.lm_head.weight.device)
+            logits = (head(x, precision) if head is not None else self.low_bit.lm_head_int8(x)).float()
+        return (logits, states) if hidden_states else logits
 
 
 class Qwen2ForCausalLM(LlamaForCausalLM):

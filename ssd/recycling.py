@@ -212,7 +212,7 @@ def draft_with_guesses(model, draft, cache, last_token: int, committed: int, max
         passes += 1
         confidence, ids = torch.softmax(logits, dim=-1).max(dim=-1)
         if head is not None:
-            ids = head.token_ids[ids.to(head.token_ids.device)]
+            ids = head.ids(ids)
         confidence, ids = confidence.tolist(), ids.tolist()
         for i, drafted in enumerate(ids):
             tokens.append(drafted)

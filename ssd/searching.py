@@ -297,7 +297,7 @@ class LayerSkippingSearching:
             logits = self.model(sequence, cache, 0, draft=draft, head=head)[0, prompt_length - 1 : -1]
             top_prob, top_token = torch.softmax(logits, dim=-1).max(dim=-1)
             if head is not None:
-                top_token = head.token_ids[top_token]
+                top_token = head.ids(top_token)
             matches.append((top_token == sequence[0, prompt_length:]).cpu())
             confidences.append(top_prob.cpu())
         return matches, confidences

@@ -89,18 +89,18 @@ def draft_tokens(
         if sampling is None and margin:
             top = logits.topk(2)
             confidence, token = top.values[0] - top.values[1], top.indices[:1]
-            token = token if head is None else head.token_ids[token.to(head.token_ids.device)]
+            token = token if head is None else head.ids(token)
         elif sampling is None:
             confidence, token = torch.softmax(logits, dim=-1).max(dim=-1)
             # A 1-element index, not a 0-d one (which PyTorch reads on the host).
-            token = token if head is None else head.token_ids[token.view(1).to(head.token_ids.device)]
+            token = token if head is None else head.ids(token.view(1))
         else:
             if head is not None:
                 logits = head.full_logits(logits, model.config.vocab_size)
             q = logits_to_probs(logits, sampling)
             confidence, token = q.max(), sample(q, generator)
             probs.append(q)
-        token = token.to(model.device).view(1, 1)  # a split model's head ids sit on the LM head's device
+        token = token.to(model.device).view(1, 1)
         tokens.append(token)
         if confidence < th_stop_draft:
             uncertain = logits
@@ -109,7 +109,7 @@ def draft_tokens(
     others = []
     if uncertain is not None and sampling is None and alternatives > 0:
         ranked = uncertain.topk(min(alternatives + 1, uncertain.shape[-1])).indices
-        ranked = (ranked if head is None else head.token_ids[ranked.to(head.token_ids.device)]).tolist()
+        ranked = (ranked if head is None else head.ids(ranked)).tolist()
         others = [token for token in ranked if token != drafted[-1]][:alternatives]
     return drafted, (torch.stack(probs) if probs else None), others
 

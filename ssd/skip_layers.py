@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ssd.device import DeviceProfile
 from ssd.draft import Draft
 from ssd.files import write_json_atomic
 from ssd.low_bit import PRECISIONS
@@ -71,12 +72,17 @@ def load_draft(key: str, path: str | Path = DEFAULT_PATH, num_layers: int | None
     return draft
 
 
-def apply_skip_layers(model: LlamaForCausalLM, key: str, path: str | Path = DEFAULT_PATH) -> Draft:
+def apply_skip_layers(model: LlamaForCausalLM, key: str, path: str | Path = DEFAULT_PATH,
+                      profile: DeviceProfile | None = None) -> Draft:
     """Set the model's default draft to the one stored under `key`; an entry that names no draft precision
-    keeps the model's. Returns the draft set."""
+    keeps the model's. A precision without a kernel on the device (int4 on a GPU) gives way to the best
+    one the device has, with the same skip set, in one log line (`DeviceProfile.fit_draft`; `profile`:
+    None is the model's device's). Returns the draft set."""
     draft = load_draft(key, path, model.num_layers)
     if "draft_precision" not in read_skip_layers(path)[key]:
         draft = draft.replace(precision=model.default_draft.precision)
+    profile = profile or DeviceProfile.of(model.device)
+    draft = profile.fit_draft(draft, f"skip_layers.json entry {key!r}")
     model.set_draft(draft)
     return draft
 

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ssd.clock import timed
-from ssd.generation import GenerateOutput
+from ssd.generation import GenerateOutput, generate
 
 WARM_UP_TASK = "warm-up"  # the task name methods see during the untimed warm-up
 
@@ -50,6 +50,21 @@ class Run:
 
 
 Method = Callable[[torch.Tensor, str], Run]  # (input_ids [1, T], task) -> Run
+
+
+def generate_method(model, method: str, max_new_tokens: int, **kwargs) -> Method:
+    """`ssd.generate` as a harness method: exactly `max_new_tokens` tokens (no stop at EOS), greedy unless
+    `kwargs` say `do_sample=True`, so a checkpoint's own sampling defaults (LLaMA-2's `do_sample: true`)
+    never turn a greedy comparison into sampling; SWIFT's statistics go into the record where it ran."""
+    kwargs = {"do_sample": False, **kwargs}
+
+    def run(input_ids, task):
+        out = generate(model, input_ids, method=method, max_new_tokens=max_new_tokens, eos_token_id=[],
+                       return_dict_in_generate=True, **kwargs)
+        extra = {"swift": out.swift} if out.swift is not None else {}
+        return Run.of(out, drafts=method != "base", **extra)
+
+    return run
 
 
 def time_call(method: Method, input_ids: torch.Tensor, task: str) -> tuple[Run, float]:

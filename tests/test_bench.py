@@ -9,8 +9,9 @@ from transformers import GenerationConfig
 
 from helpers import NEAR_TIE_FLOAT32, assert_same_tokens
 from ssd import bench
-from ssd.bench import PROMPTS_FILE, encode, load_prompts, parse_args, read_prompts_file, skipped_line, stock_model
+from ssd.bench import PROMPTS_FILE, encode, load_prompts, parse_args, read_prompts_file, skipped_line
 from ssd.data import DATA_DIR_ENV
+from ssd.loading import stock_twin
 
 
 @pytest.mark.parametrize(
@@ -127,14 +128,18 @@ def test_stock_generate_runs_quietly_for_a_fixed_length(stock):
     assert quiet == [] and any(m.startswith(ASSISTANT_KWARGS_NOTICE) for m in recorder.messages)
 
 
-def test_the_stock_model_is_placed_by_the_same_device_map(monkeypatch):
-    """`--device-map` reaches the stock model's `from_pretrained` (as it reaches `load_model`), not `.to(device)`."""
-    calls = []
-    load = bench.AutoModelForCausalLM.from_pretrained
-    monkeypatch.setattr(bench.AutoModelForCausalLM, "from_pretrained",
-                        lambda *args, **kwargs: calls.append(kwargs) or load(*args, **kwargs))
-    stock = stock_model(None, torch.float32, torch.device("cpu"), device_map={"": "cpu"})
-    assert calls[-1]["device_map"] == {"": "cpu"} and stock.device.type == "cpu"
+def test_stock_generate_runs_on_our_own_weights(embedded, stock):
+    """`hf` and `hf-pld` run stock transformers' model on ssd's own weight tensors (no second copy: a 13B
+    model loaded twice does not fit one GPU), and it generates what the model stock `from_pretrained`
+    loads generates."""
+    from ssd.bench import hf_method
+
+    model, tokenizer = embedded
+    twin = stock_twin(model)
+    ours = {p.data_ptr() for p in model.parameters()}
+    assert type(twin) is type(stock) and all(p.data_ptr() in ours for p in twin.parameters())
+    input_ids = encode(tokenizer, "chat", read_prompts_file(PROMPTS_FILE, ("chat",))[1][1])
+    assert hf_method(twin, 20)(input_ids, "chat").tokens == hf_method(stock, 20)(input_ids, "chat").tokens
     assert parse_args(["--device-map", "auto"]).device_map == "auto"
 
 

@@ -21,7 +21,8 @@ import ssd
 from helpers import data_dir, random_skip_set, shared
 from ssd.cpu import cpu_has_native_bfloat16
 from ssd.data import task_prompts
-from ssd.loading import should_compile, should_pack_weights
+from ssd.device import DeviceProfile
+from ssd.loading import should_pack_weights
 from ssd.modeling_llama import RMSNorm
 from ssd.tree import ancestor_mask, keep_path
 from test_tree import random_tree
@@ -51,7 +52,7 @@ def test_one_pass_equals_token_by_token(bf16_model, prompts, index):
     which compiled graphs specialise. Where load_model compiled the model, the graphs it
     compiled at load serve every pass (no recompilation)."""
     model, tokenizer = bf16_model
-    assert model.compiled == should_compile(model)
+    assert model.compiled == DeviceProfile.of(model.device).compiles(model.dtype)
     assert model.weights_packed == should_pack_weights(model)
     if index == "cnndm-long":
         if data_dir() is None:

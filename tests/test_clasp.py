@@ -27,8 +27,7 @@ def clasp_only(model, config: DraftConfig, clasp: ClaspConfig = EVERY_STEP, star
 def test_hidden_states_are_the_residual_stream(embedded):
     model, tokenizer = embedded
     input_ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
-    hidden = []
-    logits = model(input_ids, model.new_cache(input_ids.shape[1]), 0, hidden_states=hidden)
+    logits, hidden = model(input_ids, model.new_cache(input_ids.shape[1]), 0, hidden_states=True)
     assert len(hidden) == model.num_layers + 1
     assert torch.equal(hidden[0], model.model.embed_tokens(input_ids))
     assert torch.equal(model.lm_head(model.model.norm(hidden[-1])).float(), logits)
@@ -44,16 +43,14 @@ def test_selected_state_is_the_drafts_own(embedded, prompts, precision):
     input_ids = tokenizer(prompts[0], return_tensors="pt").input_ids
     position = input_ids.shape[1] - 1
     cache = model.new_cache(input_ids.shape[1])
-    hidden = []
-    model(input_ids, cache, 0, hidden_states=hidden)
+    _, hidden = model(input_ids, cache, 0, hidden_states=True)
     weights = SubLayerWeights.of(model, 0.1)
     draft, similarity = select_skip_set(model, [h[0, -1] for h in hidden], cache, position, precision, weights)
     skipped = weights.attention * len(draft.attention) + weights.mlp * len(draft.mlp)
     assert 0 < skipped <= weights.capacity
     assert not {0, model.num_layers - 1} & (draft.attention | draft.mlp)
     assert draft.precision == precision
-    draft_hidden = []
-    model(input_ids[:, -1:], cache, position, draft=draft, hidden_states=draft_hidden)
+    _, draft_hidden = model(input_ids[:, -1:], cache, position, draft=draft, hidden_states=True)
     real = float(F.cosine_similarity(draft_hidden[-1][0, -1], hidden[-1][0, -1], dim=0))
     assert abs(real - similarity) < 1e-3, (real, similarity)
     assert 0.5 < similarity < 1.0

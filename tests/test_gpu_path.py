@@ -15,7 +15,8 @@ from transformers import LlamaConfig
 import ssd.modeling_llama
 from ssd.attention import attend, attention_path
 from ssd.modeling_llama import LlamaForCausalLM
-from ssd.loading import exactness_caveat, refuse_offload
+from ssd.device import DeviceProfile
+from ssd.loading import refuse_offload
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
@@ -114,9 +115,10 @@ def test_load_model_refuses_an_offloading_device_map_before_loading(tmp_path, mo
 
 
 def test_exactness_caveat_names_the_device_and_dtype():
-    assert exactness_caveat(torch.device("cpu"), torch.float32) is None
-    assert exactness_caveat(torch.device("cpu"), torch.bfloat16) is None
-    caveat = exactness_caveat(torch.device("cuda", 0), torch.bfloat16)
+    cpu = DeviceProfile.of("cpu")
+    assert cpu.exactness_caveat(torch.float32) is None
+    assert cpu.exactness_caveat(torch.bfloat16) is None
+    caveat = DeviceProfile.cuda().exactness_caveat(torch.bfloat16)
     assert "cuda" in caveat and "bfloat16" in caveat and "near-tied" in caveat
 
 

@@ -16,7 +16,7 @@ from ssd.cpu import AMD_PRODUCTS, INTEL_PRODUCTS, float32_products, mkl_code_pat
 from ssd.decoding import prefill
 from ssd.linear import Linear
 from ssd.modeling_llama import LlamaForCausalLM, Qwen2ForCausalLM, model_class
-from ssd.loading import default_dtype, should_compile
+from ssd.device import DeviceProfile
 
 TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
             max_position_embeddings=256)
@@ -152,10 +152,9 @@ def test_few_row_float32_products_do_not_depend_on_the_other_rows(products, monk
 
 
 @pytest.mark.parametrize("native_bfloat16, dtype", [(True, torch.bfloat16), (False, torch.float32)])
-def test_default_dtype_on_cpu(native_bfloat16, dtype, monkeypatch):
+def test_default_dtype_on_cpu(native_bfloat16, dtype):
     """bfloat16 only where the CPU computes it natively: elsewhere it is emulated and not row-invariant."""
-    monkeypatch.setattr(ssd.loading, "cpu_has_native_bfloat16", lambda: native_bfloat16)
-    assert default_dtype("cpu") == dtype
+    assert DeviceProfile("cpu", "a described CPU", native_bfloat16, ("int8", "int4")).dtype == dtype
 
 
 @torch.no_grad()
@@ -165,7 +164,7 @@ def test_compiled_passes_agree_with_eager_ones(embedded, prompts, skip_layers):
     the graphs compiled at load serve every pass a generation makes (sliced inputs, a verification
     that fills the cache, drafts with a skip set), with no recompilation inside a timed generation."""
     model, tokenizer = embedded
-    assert model.compiled == should_compile(model)
+    assert model.compiled == DeviceProfile.of(model.device).compiles(model.dtype)
     if not model.compiled:
         pytest.skip("load_model left the model eager here (no C++ compiler)")
     input_ids = tokenizer(prompts[0], return_tensors="pt").input_ids

@@ -11,6 +11,7 @@ from transformers import LlamaConfig
 import ssd
 from ssd.linear import Linear
 from ssd.modeling_llama import LlamaForCausalLM
+from ssd.device import DeviceProfile
 from ssd.loading import should_pack_weights
 from ssd.packed import _PACKED, can_pack
 
@@ -73,18 +74,18 @@ def test_pack_weights_refuses_float32_and_keeps_the_model(embedded):
     assert not model.weights_packed and model.packed_nbytes == 0
 
 
-def test_load_model_packs_only_what_fits_in_memory(monkeypatch):
+def test_load_model_packs_only_what_fits_in_memory():
     """The rule `load_model` follows: bfloat16 on a CPU with native bfloat16, the copies in at most half
     the memory left."""
     config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2)
     model = LlamaForCausalLM(config).to(torch.bfloat16)
     copies = sum(m.weight.nbytes for m in model.linears())
-    monkeypatch.setattr(ssd.loading, "cpu_has_native_bfloat16", lambda: True)
-    assert should_pack_weights(model, available=2 * copies)
-    assert not should_pack_weights(model, available=2 * copies - 1)
-    assert not should_pack_weights(model.float(), available=2 * copies)
-    monkeypatch.setattr(ssd.loading, "cpu_has_native_bfloat16", lambda: False)
-    assert not should_pack_weights(model.to(torch.bfloat16), available=2 * copies)
+    native = DeviceProfile("cpu", "a described CPU", True, ("int8", "int4"))
+    assert should_pack_weights(model, native, available=2 * copies)
+    assert not should_pack_weights(model, native, available=2 * copies - 1)
+    assert not should_pack_weights(model.float(), native, available=2 * copies)
+    emulated = DeviceProfile("cpu", "a described CPU", False, ("int8", "int4"))
+    assert not should_pack_weights(model.to(torch.bfloat16), emulated, available=2 * copies)
     assert ssd.cpu.available_memory("MemTotal:  4096 kB\nMemAvailable:   2048 kB\n") == 2048 * 1024
     assert ssd.cpu.available_memory("MemTotal:  4096 kB\n") is None
