@@ -1,53 +1,60 @@
-"""The GPU check: exactness and the costs that decide self-speculative speedups, in a few minutes.
+"""The first contact with a GPU: does the README's path run there, is the output exact, what do steps cost.
 
-    python scripts/gpu_check.py                       # on a CUDA GPU: under 5 minutes on one H200
-    python scripts/gpu_check.py --device cpu --tiny   # the same code on a CPU, tiny models (CI runs it)
+    python scripts/gpu_check.py                       # on a CUDA GPU (several: the hooks check spreads over them)
+    python scripts/gpu_check.py --device cpu --tiny   # the same checks on a CPU, tiny models (CI runs it)
 
-1. Exactness. A small random LLaMA with grouped-query attention, initialised
-   with a large scale so its logits are far from flat: `base`, `essg` (two
-   skip sets, lookups on and off) and stock transformers' greedy `generate`
-   on random prompts. float32 must be identical; bfloat16 reports its
-   identity rate. Every divergence is listed with its position and the top-2
-   logit margin of the full model there.
-2. Costs. Random models of Llama-2-7B and 13B shape in bfloat16, built on the
-   meta device and materialised on the target device (random init of 13B on
-   a CPU takes minutes): ms per token of stock `generate` and of `ssd`'s
-   `base` (eager, and compiled when asked), ms per verification of 1..16
-   rows, and ms per draft step with the paper's llama-2-13b skip set and, where
-   a kernel exists, the int8/int4 self-draft. Random weights time a model
-   honestly: the work does not depend on the values.
-3. The speedup these costs allow at draft acceptance 0.8, 0.9 and 0.95
-   (each drafted token accepted independently with that probability, the
-   best draft length from 1 to 16).
+Each check is a row of one table (printed, and written with the whole report as JSON, `--output`); a
+check that fails says why in its row and the others still run. The exit status is 1 if one failed.
 
-Imports only torch, transformers and `ssd`'s model and decoding modules. Prints
-tables and writes JSON (`--output`).
+1. The device: torch, CUDA and compute capability, native bfloat16
+   (`torch.cuda.is_bf16_supported(including_emulation=False)`), and what `ssd` picks there
+   (`ssd.device.DeviceProfile`: dtype, low-bit draft kernels).
+2. The demo: `python -m ssd.bench` on the embedded model, as `scripts/demo.sh` runs it, with one chat
+   prompt, 16 tokens, `base`, `essg` and `sss`, and the package's defaults for the device.
+3. A checkpoint that samples by default: LLaMA-2's `generation_config` on a random model; the bench's
+   runners must decode greedily, `essg` equal to `base`.
+4. Several devices: a small random grouped-query model under accelerate's hooks, each block an entry of
+   the device map (over every GPU when there are several), through every method: the greedy ones and
+   stock `generate` on the same weights equal `base`; `sss` runs.
+5. Exactness rates: `base`, `essg` (two skip sets, lookups on and off) and stock greedy `generate` on
+   random prompts, float32 and bfloat16, at Llama-2-7B's shape (`--tiny`: a small one). A random model
+   initialised with a large scale has logits far from flat; every divergence is listed with its position
+   and the full model's top-2 logit margin there.
+6. Costs at Llama-2-7B's shape in bfloat16 (random weights time a model honestly: the work does not
+   depend on the values), device synchronised: stock `generate` and `base` per token, eager and
+   compiled; a step; verifications of 1..16 rows; a draft step at each low-bit precision with a kernel
+   (and with the paper's Llama-2-13B skip set, `--shapes llama-2-13b`); and the speedups those costs
+   allow at draft acceptance 0.8, 0.9 and 0.95 (each drafted token accepted independently).
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
+import tempfile
 import time
+import traceback
 from pathlib import Path
 
+import accelerate
 import torch
 from transformers import GenerationConfig, LlamaConfig
-from transformers import LlamaForCausalLM as StockLlama
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ssd  # noqa: E402
+from ssd import bench  # noqa: E402
 from ssd.clock import median_seconds  # noqa: E402
-from ssd.files import write_json_atomic  # noqa: E402
 from ssd.cpu import available_memory  # noqa: E402
-from ssd.loading import dtype_name, parse_device  # noqa: E402
+from ssd.device import DeviceProfile  # noqa: E402
+from ssd.files import write_json_atomic  # noqa: E402
+from ssd.loading import dtype_name, parse_device, stock_twin, weight_bytes  # noqa: E402
 from ssd.low_bit import PRECISIONS  # noqa: E402
 from ssd.modeling_llama import LlamaForCausalLM  # noqa: E402
 from ssd.reports import format_table  # noqa: E402
 from ssd.searching import chain_speedup  # noqa: E402
 from ssd.skip_layers import load_draft  # noqa: E402
+from ssd.timing import generate_method  # noqa: E402
 
 SHAPES = {  # Llama-2's shapes (7B and 13B have no grouped-query attention)
     "llama-2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
@@ -57,22 +64,33 @@ SHAPES = {  # Llama-2's shapes (7B and 13B have no grouped-query attention)
 }
 TINY_SHAPES = {"tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
                             num_key_value_heads=2, vocab_size=512)}
-EXACTNESS_SHAPE = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=8, num_attention_heads=8,
-                       num_key_value_heads=2, vocab_size=2048, max_position_embeddings=512)
+# Random models for exactness: std 1.6/sqrt(hidden) puts logits far from flat (0.1 at hidden 256).
+EXACTNESS_SHAPES = {
+    "llama-2-7b": dict(SHAPES["llama-2-7b"], initializer_range=0.025),
+    "small": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=8, num_attention_heads=8,
+                  num_key_value_heads=2, vocab_size=2048, initializer_range=0.1),
+}
+# The hooks check's model: grouped-query attention, 8 layers to spread over the devices.
+HOOKS_SHAPE = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=8, num_attention_heads=8,
+                   num_key_value_heads=2, vocab_size=2048, initializer_range=0.1)
 # What an int8 and an int4 copy of a layer weight take together, scales included (low_bit.py).
 LOW_BIT_BYTES_PER_WEIGHT = 1 + 0.5 + 0.125
-SKIP_SETS = {"upper attention": ([5, 6], []), "mixed": ([3, 6], [4, 5])}  # of EXACTNESS_SHAPE's 8 layers
+SKIP_SETS = {"upper attention": ([5, 6], []), "mixed": ([3, 6], [4, 5])}  # of an 8-layer model
 ACCEPTANCE = (0.8, 0.9, 0.95)
+# LLaMA-2's generation_config.json (meta-llama/Llama-2-7b-hf, -13b-hf): sampling by default.
+LLAMA_2_GENERATION = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0, do_sample=True, temperature=0.6,
+                          top_p=0.9, max_length=4096)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tiny", action="store_true", help="tiny models and few prompts (CI on a CPU)")
-    parser.add_argument("--shapes", nargs="+", default=None, choices=list(SHAPES), help=f"cost models (default: {list(SHAPES)})")
+    parser.add_argument("--shapes", nargs="+", default=None, choices=list(SHAPES),
+                        help="cost models (default: llama-2-7b)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="also time ssd's compiled blocks (default: on, but not with --tiny)")
-    parser.add_argument("--prompts", type=int, default=None, help="exactness prompts (default: 8, tiny: 2)")
+    parser.add_argument("--prompts", type=int, default=None, help="exactness prompts (default: 4, tiny: 2)")
     parser.add_argument("--output", type=Path, default=Path("results/gpu_check.json"))
     args = parser.parse_args(argv)
     try:
@@ -91,11 +109,10 @@ def cost_dtype(device: torch.device) -> torch.dtype:
 def bytes_needed(shape: dict, dtype: torch.dtype) -> int:
     """About what one cost model holds at its peak: its weights, and the int8 and int4 copies of its layers
     that its draft timings build (counted on the meta device: nothing is allocated)."""
+    config = LlamaConfig(**shape, tie_word_embeddings=False)
     with torch.device("meta"):
-        model = LlamaForCausalLM(LlamaConfig(**shape, tie_word_embeddings=False))
-    weights = sum(p.numel() for p in model.parameters())
-    layers = sum(p.numel() for p in model.model.layers.parameters())
-    return int(weights * dtype.itemsize + layers * LOW_BIT_BYTES_PER_WEIGHT)
+        layers = sum(p.numel() for p in LlamaForCausalLM(config).model.layers.parameters())
+    return int(weight_bytes(config, dtype) + layers * LOW_BIT_BYTES_PER_WEIGHT)
 
 
 def bytes_available(device: torch.device) -> int | None:
@@ -103,17 +120,21 @@ def bytes_available(device: torch.device) -> int | None:
     return torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory()
 
 
-def refuse_what_cannot_fit(shapes: dict, device: torch.device) -> None:
-    """Exit at once, with the estimate and what to run instead, where a cost model cannot fit the device:
-    one model at a time is built, so the largest must fit."""
+def refuse_what_cannot_fit(shapes: dict, exactness_shape: dict, device: torch.device) -> None:
+    """Exit at once, with the estimate and what to run instead, where a model cannot fit the device: one
+    model at a time is built, so the largest must fit (a cost model, or the float32 exactness model)."""
     dtype = cost_dtype(device)
-    name, need = max(((name, bytes_needed(shape, dtype)) for name, shape in shapes.items()), key=lambda item: item[1])
+    needs = {f"the {name} cost model": (bytes_needed(shape, dtype), f"{dtype_name(dtype)} weights and their int8/int4 "
+                                         f"draft copies") for name, shape in shapes.items()}
+    config = LlamaConfig(**{k: v for k, v in exactness_shape.items() if k != "initializer_range"}, tie_word_embeddings=False)
+    needs["the exactness model"] = (weight_bytes(config, torch.float32), "float32 weights")
+    what, (need, detail) = max(needs.items(), key=lambda item: item[1][0])
     have = bytes_available(device)
     if have is not None and need > 0.9 * have:
         raise SystemExit(
-            f"gpu_check: the {name} cost model needs about {need / 2**30:.1f} GiB on {device} ({dtype_name(dtype)} "
-            f"weights and their int8/int4 draft copies), and {device} has {have / 2**30:.1f} GiB free. "
-            f"Run with --tiny (tiny models, a minute on a CPU), or --shapes with a smaller model on a larger device."
+            f"gpu_check: {what} needs about {need / 2**30:.1f} GiB on {device} ({detail}), and {device} has "
+            f"{have / 2**30:.1f} GiB free. Run with --tiny (tiny models, a minute on a CPU), or --shapes with a "
+            f"smaller model on a larger device."
         )
 
 
@@ -122,18 +143,121 @@ def timed(run, device: torch.device, repeats: int) -> float:
     return median_seconds(run, device, repeats) * 1000
 
 
-# --- 1. exactness ----------------------------------------------------------------------
+@torch.no_grad()
+def random_llama(shape: dict, device: torch.device, dtype: torch.dtype, max_len: int = 4096, seed: int = 0):
+    """A random model of `shape` (its `initializer_range` the weights' std, default 0.02; norms 1), built on
+    the meta device and materialised on `device`: random init of 7B on a CPU would take minutes."""
+    shape = dict(shape)
+    std = shape.pop("initializer_range", 0.02)
+    config = LlamaConfig(**shape, max_position_embeddings=max(4096, max_len), tie_word_embeddings=False)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config).to(dtype)
+    model = model.to_empty(device=device).eval()
+    generator = torch.Generator(device).manual_seed(seed)
+    for name, parameter in model.named_parameters():
+        if name.endswith("norm.weight"):
+            parameter.fill_(1.0)
+        else:
+            parameter.normal_(0.0, std, generator=generator)
+    model.generation_config = GenerationConfig(eos_token_id=None, pad_token_id=0)
+    return model
+
+
+# --- 1. the device -------------------------------------------------------------------------
+
+
+def device_facts(device: torch.device) -> dict:
+    profile = DeviceProfile.of(device)
+    facts = {"device": str(device), "hardware": profile.name, "torch": torch.__version__,
+             "native bfloat16": profile.native_bfloat16, "dtype ssd picks": dtype_name(profile.dtype),
+             "low-bit draft kernels": list(profile.low_bit), "compiles by default": profile.compiles(profile.dtype)}
+    if device.type == "cuda":
+        facts |= {"cuda": torch.version.cuda, "compute capability": ".".join(map(str, profile.capability)),
+                  "is_bf16_supported(including_emulation=False)": torch.cuda.is_bf16_supported(including_emulation=False),
+                  "gpus": torch.cuda.device_count()}
+    return facts
+
+
+def describe_device(facts: dict) -> str:
+    cuda = (f", CUDA {facts['cuda']}, capability {facts['compute capability']}, {facts['gpus']} GPU(s), "
+            f"is_bf16_supported(including_emulation=False) {facts['is_bf16_supported(including_emulation=False)']}"
+            if "cuda" in facts else "")
+    return (f"{facts['hardware']}, torch {facts['torch']}{cuda}; ssd picks {facts['dtype ssd picks']}, "
+            f"low-bit drafts {facts['low-bit draft kernels'] or 'none'}, compile {facts['compiles by default']}")
+
+
+# --- 2. the demo ---------------------------------------------------------------------------
+
+
+def check_demo(device: torch.device, tiny: bool, folder: Path) -> dict:
+    """`python -m ssd.bench` as the demo runs it, small: its rows over all tasks."""
+    argv = ["--device", str(device), "--tasks", "chat", "--num-prompts", "1", "--max-new-tokens", "16",
+            "--methods", "base", "essg", "sss", "--output", str(folder / "gpu_check_demo")]
+    rows = bench.main(argv + (["--no-compile"] if tiny else []))
+    by_method = {row["method"]: row for row in rows if row["task"] == "all"}
+    essg = by_method["essg"]
+    return {"rows": rows, "ok": essg["new_tokens"] == 16 and by_method["sss"]["new_tokens"] == 16,
+            "summary": f"essg {essg['speedup']:.2f}x base, identical on {essg['identical']}/{essg['prompts']}; "
+                       f"sss {by_method['sss']['speedup']:.2f}x"}
+
+
+# --- 3. a checkpoint that samples by default --------------------------------------------------
 
 
 @torch.no_grad()
-def exactness_models(device: torch.device, dtype: torch.dtype, tiny: bool):
-    """Ours and stock transformers', sharing one set of random weights (std 0.1: logits far from flat)."""
-    shape = {**EXACTNESS_SHAPE, **({"hidden_size": 128, "intermediate_size": 256} if tiny else {})}
-    config = LlamaConfig(**shape, initializer_range=0.1, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    ours = LlamaForCausalLM(config).to(device=device, dtype=dtype).eval()
-    ours.generation_config = GenerationConfig(eos_token_id=None, pad_token_id=0)
-    return ours, stock_sharing_weights(ours, device)
+def check_sampling_defaults(device: torch.device) -> dict:
+    model = random_llama(HOOKS_SHAPE, device, torch.float32)
+    model.generation_config = GenerationConfig(**LLAMA_2_GENERATION)
+    ids = torch.randint(0, model.config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(3)).to(device)
+    draft = ssd.Draft.skipping(*SKIP_SETS["mixed"])
+    base = generate_method(model, "base", 16)(ids, "t").tokens
+    essg = generate_method(model, "essg", 16, draft=draft, gate=False)(ids, "t").tokens
+    return {"ok": base == essg, "summary": "the bench's runners decode greedily: essg " +
+            ("equals base" if base == essg else f"parts from base at new token {first_divergence(base, essg)}")}
+
+
+# --- 4. several devices ----------------------------------------------------------------------
+
+
+def spread_map(model: LlamaForCausalLM, device: torch.device) -> dict:
+    """A device map with every block its own entry: on a GPU, layer i on GPU i * n // L of n."""
+    count = torch.cuda.device_count() if device.type == "cuda" and device.index is None else 1
+    place = (lambda i: f"cuda:{i * count // model.num_layers}") if count > 1 else (lambda i: str(device))
+    return {"model.embed_tokens": place(0), **{f"model.layers.{i}": place(i) for i in range(model.num_layers)},
+            "model.norm": place(model.num_layers - 1), "lm_head": place(model.num_layers - 1)}
+
+
+@torch.no_grad()
+def check_hooks(device: torch.device, new_tokens: int) -> dict:
+    model = random_llama(HOOKS_SHAPE, torch.device("cpu"), torch.float32, seed=1)
+    device_map = spread_map(model, device)
+    model = accelerate.dispatch_model(model, device_map, force_hooks=True)
+    model.set_skip_layers(*SKIP_SETS["mixed"])
+    ids = torch.randint(0, model.config.vocab_size, (1, 24), generator=torch.Generator().manual_seed(2)).to(model.device)
+    base = generate_method(model, "base", new_tokens)(ids, "t").tokens
+    runs = {
+        "essg": generate_method(model, "essg", new_tokens, gate=False),
+        "essg trees": generate_method(model, "essg", new_tokens, lookup_ways=3, branches=2),
+        "clasp": generate_method(model, "clasp", new_tokens, gate=False),
+        "recycling": generate_method(model, "recycling", new_tokens),
+        "swift": generate_method(model, "swift", new_tokens, swift=ssd.SwiftConfig(context_window=8, max_opt_iter=4)),
+        "stock generate": bench.hf_method(stock_twin(model), new_tokens),
+    }
+    parted = {}
+    for name, run in runs.items():
+        tokens = run(ids, "t").tokens
+        if tokens != base:
+            parted[name] = first_divergence(base, tokens)
+    sampled = generate_method(model, "sss", new_tokens, do_sample=True,
+                              generator=torch.Generator(model.device).manual_seed(0))(ids, "t").tokens
+    devices = sorted(set(device_map.values()))
+    identical = [name for name in runs if name not in parted]
+    return {"devices": devices, "parted": parted, "ok": len(sampled) == new_tokens and not parted,
+            "summary": f"over {len(devices)} device(s) {devices}: equal to base: {', '.join(identical) or 'none'}"
+                       + (f"; parted (at new token): {parted}" if parted else "") + "; sss ran"}
+
+
+# --- 5. exactness --------------------------------------------------------------------------
 
 
 @torch.no_grad()
@@ -144,17 +268,19 @@ def margin_at(model: LlamaForCausalLM, sequence: torch.Tensor, position: int) ->
     return float(top[0] - top[1])
 
 
-def first_divergence(reference: torch.Tensor, other: torch.Tensor) -> int | None:
+def first_divergence(reference, other) -> int | None:
+    reference, other = torch.as_tensor(reference), torch.as_tensor(other)
     n = min(len(reference), len(other))
-    different = (reference[:n] != other[:n]).nonzero()
+    different = (reference[:n].cpu() != other[:n].cpu()).nonzero()
     if len(different):
         return int(different[0])
     return None if len(reference) == len(other) else n
 
 
 @torch.no_grad()
-def check_exactness(device: torch.device, dtype: torch.dtype, prompts: int, new_tokens: int, tiny: bool) -> dict:
-    ours, stock = exactness_models(device, dtype, tiny)
+def check_exactness(device: torch.device, dtype: torch.dtype, shape_name: str, prompts: int, new_tokens: int) -> dict:
+    ours = random_llama(EXACTNESS_SHAPES[shape_name], device, dtype)
+    stock = stock_twin(ours)
     generator = torch.Generator().manual_seed(1)
     runs, divergences = 0, []
     for p in range(prompts):
@@ -175,49 +301,23 @@ def check_exactness(device: torch.device, dtype: torch.dtype, prompts: int, new_
             if at is not None:
                 divergences.append({"prompt": p, "method": name, "position": at - ids.shape[1],
                                     "margin": margin_at(ours, base, at) if at < len(base) else None})
-    return {"dtype": dtype_name(dtype), "runs": runs, "identical": runs - len(divergences),
+    del ours, stock
+    return {"dtype": dtype_name(dtype), "shape": shape_name, "runs": runs, "identical": runs - len(divergences),
             "identity_rate": (runs - len(divergences)) / runs, "divergences": divergences}
 
 
-# --- 2. costs ----------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def random_model(shape: dict, device: torch.device, dtype: torch.dtype, max_len: int) -> LlamaForCausalLM:
-    """A random model of `shape`, built on the meta device and materialised on `device`."""
-    config = LlamaConfig(**shape, max_position_embeddings=max(4096, max_len), tie_word_embeddings=False)
-    with torch.device("meta"):
-        model = LlamaForCausalLM(config).to(dtype)
-    model = model.to_empty(device=device).eval()
-    generator = torch.Generator(device).manual_seed(0)
-    for name, parameter in model.named_parameters():
-        if name.endswith("norm.weight"):
-            parameter.fill_(1.0)
-        else:
-            parameter.normal_(0.0, 0.02, generator=generator)
-    model.generation_config = GenerationConfig(eos_token_id=None, pad_token_id=0)
-    return model
-
-
-def stock_sharing_weights(model: LlamaForCausalLM, device: torch.device) -> StockLlama:
-    """Stock transformers' LLaMA on `model`'s own weight tensors: built on the meta device, no second copy."""
-    with torch.device("meta"):
-        stock = StockLlama(model.config)
-    stock.load_state_dict(model.state_dict(), strict=False, assign=True)
-    with torch.device(device):  # its frequencies are a buffer, not in the state dict
-        stock.model.rotary_emb = type(stock.model.rotary_emb)(model.config)
-    return stock.eval()
+# --- 6. costs ----------------------------------------------------------------------------
 
 
 @torch.no_grad()
 def measure_costs(name: str, shape: dict, device: torch.device, dtype: torch.dtype, compile_blocks: bool,
                   tiny: bool) -> dict:
     context, tokens, repeats = (64, 8, 3) if tiny else (512, 32, 5)
-    model = random_model(shape, device, dtype, context + tokens + 32)
+    model = random_llama(shape, device, dtype, context + tokens + 32)
     ids = torch.randint(0, shape["vocab_size"], (1, context), device=device)
     costs = {"model": name, "dtype": dtype_name(dtype)}
 
-    stock = stock_sharing_weights(model, device)
+    stock = stock_twin(model)
     costs["stock generate ms/token"] = timed(lambda: stock.generate(
         ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=tokens, min_new_tokens=tokens,
         pad_token_id=0), device, 1) / tokens
@@ -256,6 +356,7 @@ def measure_costs(name: str, shape: dict, device: torch.device, dtype: torch.dty
             costs["compile s"] = time.perf_counter() - start
             costs["base compiled ms/token"] = timed(lambda: ssd.generate(
                 model, ids, method="base", max_new_tokens=tokens, eos_token_id=[]), device, 1) / tokens
+            costs["step compiled ms"] = timed(lambda: model(step, cache, context), device, repeats)
     return costs
 
 
@@ -269,57 +370,93 @@ def speedups(costs: dict) -> dict:
     return table
 
 
+def describe_costs(c: dict) -> str:
+    step = c["step ms"]
+    compiled = c.get("base compiled ms/token", "not timed")
+    compiled = f"{compiled:.2f}" if isinstance(compiled, float) else compiled
+    parts = [f"step {step:.2f} ms" + (f" ({c['step compiled ms']:.2f} compiled)" if "step compiled ms" in c else ""),
+             f"ms/token: stock generate {c['stock generate ms/token']:.2f}, base {c['base ms/token']:.2f}, "
+             f"base compiled {compiled}",
+             f"verify 4/16 rows: {c['verify ms'][4] / step:.2f}/{c['verify ms'][16] / step:.2f} steps"]
+    for draft, ms in c["draft ms"].items():
+        if isinstance(ms, float):
+            best = c["predicted speedup"][draft][0.9]
+            parts.append(f"{draft} draft {ms / step:.2f} step (at acceptance 0.9: {best[0]:.2f}x, k={best[1]})")
+        else:
+            parts.append(f"{draft}: {ms}")
+    return "; ".join(parts)
+
+
 # --- report ------------------------------------------------------------------------------
 
 
-def markdown(rows: list[list], header: list[str]) -> str:
-    """`ssd.reports.format_table` over rows given as lists."""
-    return format_table([dict(zip(header, row)) for row in rows], header)
+def run_check(report: dict, name: str, check) -> dict | None:
+    """One check: its result, or its error, in the report; the other checks run either way."""
+    start = time.perf_counter()
+    try:
+        result = check()
+    except Exception as error:  # a first-contact check reports what fails and goes on
+        report["checks"].append({"check": name, "result": f"FAILED: {type(error).__name__}: {error}"[:400], "ok": False,
+                                 "seconds": time.perf_counter() - start, "traceback": traceback.format_exc()})
+        print(f"{name}: FAILED ({type(error).__name__}: {error})", flush=True)
+        return None
+    row = {"check": name, "result": result.pop("summary"), "ok": result.get("ok", True),
+           "seconds": time.perf_counter() - start}
+    report["checks"].append(row)
+    report[name] = result
+    print(f"{name}: {row['result']}", flush=True)
+    return result
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
-    prompts = args.prompts or (2 if args.tiny else 8)
-    new_tokens = 16 if args.tiny else 64
-    shapes = TINY_SHAPES if args.tiny else {name: SHAPES[name] for name in (args.shapes or SHAPES)}
-    refuse_what_cannot_fit(shapes, device)
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    report = {"device": str(device), "hardware": gpu, "torch": torch.__version__, "exactness": [], "costs": []}
+    prompts = args.prompts or (2 if args.tiny else 4)
+    new_tokens = 16 if args.tiny else 32
+    shapes = TINY_SHAPES if args.tiny else {name: SHAPES[name] for name in (args.shapes or ["llama-2-7b"])}
+    exactness_shape = "small" if args.tiny else "llama-2-7b"
+    refuse_what_cannot_fit(shapes, EXACTNESS_SHAPES[exactness_shape], device)
+    report = {"device": str(device), "checks": []}
     start = time.perf_counter()
 
+    facts = device_facts(device)
+    report["facts"] = facts
+    report["checks"].append({"check": "device", "result": describe_device(facts), "ok": True})
+    with tempfile.TemporaryDirectory() as folder:
+        run_check(report, "demo bench (embedded model, 1 chat prompt, 16 tokens)", lambda: check_demo(device, args.tiny, Path(folder)))
+    run_check(report, "LLaMA-2 generation_config (do_sample: true)", lambda: check_sampling_defaults(device))
+    run_check(report, "accelerate's hooks, every method", lambda: check_hooks(device, new_tokens))
+    report["exactness"] = []
     for dtype in (torch.float32, torch.bfloat16):
-        result = check_exactness(device, dtype, prompts, new_tokens, args.tiny)
-        report["exactness"].append(result)
-        print(f"exactness, {result['dtype']}: {result['identical']}/{result['runs']} identical to base", flush=True)
-        for d in result["divergences"]:
-            print(f"  prompt {d['prompt']}, {d['method']}: parts at new token {d['position']}, "
-                  f"top-2 margin {d['margin']}")
-    for name, shape in shapes.items():
-        costs = measure_costs(name, shape, device, cost_dtype(device),
-                              args.compile if args.compile is not None else not args.tiny, args.tiny)
-        costs["predicted speedup"] = speedups(costs)
-        report["costs"].append(costs)
+        def exactness(dtype=dtype):
+            result = check_exactness(device, dtype, exactness_shape, prompts, new_tokens)
+            report["exactness"].append(result)
+            worst = ", ".join(f"{d['method']} at {d['position']} (margin {d['margin']:.3g})" for d in result["divergences"][:3]
+                              if d["margin"] is not None)
+            return {"ok": dtype != torch.float32 or device.type != "cpu" or result["identical"] == result["runs"],
+                    "summary": f"{result['identical']}/{result['runs']} identical to base" + (f"; e.g. {worst}" if worst else "")}
+        run_check(report, f"exactness, {dtype_name(dtype)}, {exactness_shape} shape", exactness)
         if device.type == "cuda":
-            torch.cuda.empty_cache()  # the model is gone with measure_costs' frame
-        print(f"costs, {name}: step {costs['step ms']:.2f} ms", flush=True)
+            torch.cuda.empty_cache()
+    report["costs"] = []
+    for name, shape in shapes.items():
+        def costs(name=name, shape=shape):
+            result = measure_costs(name, shape, device, cost_dtype(device),
+                                   args.compile if args.compile is not None else not args.tiny, args.tiny)
+            result["predicted speedup"] = speedups(result)
+            report["costs"].append(result)
+            return {"summary": describe_costs(result)}
+        run_check(report, f"costs, {name}, {dtype_name(cost_dtype(device))}", costs)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
-    rows = [[c["model"], c["dtype"], c["stock generate ms/token"], c["base ms/token"], c.get("base compiled ms/token", "-"),
-             c["step ms"], c["verify ms"][4] / c["step ms"], c["verify ms"][16] / c["step ms"],
-             *[c["draft ms"][d] / c["step ms"] if isinstance(c["draft ms"].get(d), float) else "-"
-               for d in ("paper skip set", *PRECISIONS)]] for c in report["costs"]]
-    print("\n" + markdown(rows, ["model", "dtype", "stock ms/token", "base ms/token", "base compiled", "step ms",
-                                 "verify 4 / step", "verify 16 / step", "paper draft / step",
-                                 *[f"{p} draft / step" for p in PRECISIONS]]))
-    rows = [[c["model"], draft, *[f"{s:.2f}x (k={k})" for s, k in by_rate.values()]]
-            for c in report["costs"] for draft, by_rate in c["predicted speedup"].items()]
-    print("\npredicted speedup over base at draft acceptance " + ", ".join(map(str, ACCEPTANCE)) + "\n")
-    print(markdown(rows, ["model", "draft", *[f"a={a}" for a in ACCEPTANCE]]))
     report["seconds"] = time.perf_counter() - start
+    rows = [{"check": row["check"], "ok": "yes" if row["ok"] else "NO", "result": row["result"]} for row in report["checks"]]
+    print("\n" + format_table(rows, ["check", "ok", "result"]))
     write_json_atomic(args.output, report)
     print(f"\n{report['seconds']:.0f} s; wrote {args.output}")
     return report
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(0 if all(row["ok"] for row in main()["checks"]) else 1)

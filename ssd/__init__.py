@@ -16,6 +16,7 @@ from ssd.decoding import (
     exact_self_speculative_generate,
     self_speculative_sample,
 )
+from ssd.device import DeviceProfile
 from ssd.draft import Draft
 from ssd.generation import GenerateOutput, generate, method_names, register_method
 from ssd.inference import infer
@@ -27,6 +28,7 @@ from ssd.skip_layers import apply_skip_layers, load_draft, save_skip_layers
 from ssd.swift import SwiftConfig, SwiftOptimizer, swift_generate
 
 __all__ = [
+    "DeviceProfile",
     "Draft",
     "DraftConfig",
     "GenerateOutput",

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
 
 from ssd.bench import CHAT_TASKS, PROMPTS_FILE, encode, read_prompts_file
+from ssd.clock import timed
 from ssd.decoding import DraftConfig, prefill, speculative_decode
 from ssd.generation import DRAFTING_METHODS
 from ssd.loading import load_model
@@ -52,14 +52,11 @@ def breakdown(model, prompts: list[torch.Tensor], method: str, max_new_tokens: i
     """Rows by kind of step, and verification seconds by rows verified, for `method` over `prompts`."""
     log, wall, prefills, tokens = StepLog(), 0.0, 0.0, 0
     for input_ids in prompts:
-        start = time.perf_counter()
-        prefill(model, input_ids, model.new_cache(input_ids.shape[1]))
-        prefills += time.perf_counter() - start
+        prefills += timed(lambda: prefill(model, input_ids, model.new_cache(input_ids.shape[1])), model.device)[1]
         proposers = DRAFTING_METHODS[method].proposers(model, DraftConfig(), None)
-        start = time.perf_counter()
-        result = speculative_decode(model, input_ids, max_new_tokens, None, DraftConfig(), None, None,
-                                    proposers=[*proposers, log])
-        wall += time.perf_counter() - start
+        result, seconds = timed(lambda: speculative_decode(model, input_ids, max_new_tokens, None, DraftConfig(), None,
+                                                           None, proposers=[*proposers, log]), model.device)
+        wall += seconds
         tokens += len(result.tokens)
     by_rows = defaultdict(list)
     for _, rows, _, seconds, free in log.steps:
@@ -93,13 +90,12 @@ def row_costs(model, input_ids: torch.Tensor, rows: tuple[int, ...] = (1, 2, 4, 
     for n in rows:
         x = torch.randint(0, model.config.vocab_size, (1, n), device=model.device)
         model(x, cache, input_ids.shape[1])
-        best = float("inf")
-        for _ in range(3):
-            start = time.perf_counter()
+
+        def passes(x=x):
             for _ in range(repeats):
                 model(x, cache, input_ids.shape[1])
-            best = min(best, (time.perf_counter() - start) / repeats)
-        costs[n] = best
+
+        costs[n] = min(timed(passes, model.device)[1] for _ in range(3)) / repeats
     return costs
 
 

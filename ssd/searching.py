@@ -24,6 +24,7 @@ same log starts from all of them, so an interruption loses nothing finished.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,11 +33,14 @@ from tqdm.auto import tqdm
 
 from ssd.clock import median_seconds, timed
 from ssd.decoding import DraftConfig, base_generate, exact_self_speculative_generate
+from ssd.device import DeviceProfile
 from ssd.draft import Draft
 from ssd.draft_head import DraftHead
 from ssd.files import append_jsonl, read_jsonl
 from ssd.low_bit import PRECISIONS
 from ssd.modeling_llama import LlamaForCausalLM
+
+logger = logging.getLogger(__name__)
 
 OBJECTIVES = ("predicted", "tokens_per_second")
 
@@ -222,6 +226,18 @@ def bayesian_optimizer(names: list[str], kappa: float, alpha: float, seed: int):
     return optimizer
 
 
+def runnable_precisions(precisions: tuple[str | None, ...], profile: DeviceProfile) -> tuple[str | None, ...]:
+    """The searched precisions that have a kernel on the device (int4 has none on a GPU): the others are
+    left out, in one log line, so that one setting searches wherever it runs."""
+    runnable = tuple(p for p in precisions if p is None or p in profile.low_bit)
+    if dropped := [p for p in precisions if p not in runnable]:
+        logger.warning(f"draft precisions {dropped} have no kernel on {profile.type}: searching {list(runnable)}")
+    if not runnable:
+        raise ValueError(f"none of the draft precisions {list(precisions)} runs on {profile.type}; add None "
+                         f"(the model's own weights)")
+    return runnable
+
+
 class LayerSkippingSearching:
     """Finds the draft (skip set and precision) that maximises an objective over a few prompts.
 
@@ -244,7 +260,7 @@ class LayerSkippingSearching:
             raise ValueError("the search needs at least one prompt")
         self.model, self.config, self.objective = model, evaluate_config, objective
         self.num_layers = model.num_layers
-        self.precisions = evaluate_config.precisions
+        self.precisions = runnable_precisions(evaluate_config.precisions, DeviceProfile.of(model.device))
         self.names = variable_names(self.num_layers, self.precisions)
         self.log_path = Path(log_path) if log_path is not None else None
         self.prompts = [

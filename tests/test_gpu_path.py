@@ -123,13 +123,20 @@ def test_exactness_caveat_names_the_device_and_dtype():
 
 
 def test_gpu_check_runs_on_a_cpu(tmp_path):
+    """Every first-contact check passes here: the demo's bench, LLaMA-2's sampling defaults, every method under
+    accelerate's hooks, float32 exactness, the costs."""
     report = load_gpu_check().main(["--device", "cpu", "--tiny", "--output", str(tmp_path / "check.json")])
     assert json.loads((tmp_path / "check.json").read_text())["device"] == "cpu"
+    assert all(row["ok"] for row in report["checks"]), report["checks"]
+    assert [row["check"].split(" ")[0] for row in report["checks"]] == [
+        "device", "demo", "LLaMA-2", "accelerate's", "exactness,", "exactness,", "costs,"]
+    assert report["accelerate's hooks, every method"]["parted"] == {}
     float32 = next(r for r in report["exactness"] if r["dtype"] == "float32")
     assert float32["runs"] > 0 and float32["identical"] == float32["runs"], float32["divergences"]
     (costs,) = report["costs"]
     assert set(costs["verify ms"]) == set(range(1, 17)) and costs["step ms"] > 0
     assert set(costs["predicted speedup"]) == {"int8", "int4"}  # the CPU has both kernels
+    assert report["facts"]["dtype ssd picks"] == str(ssd.DeviceProfile.of("cpu").dtype).removeprefix("torch.")
 
 
 def load_gpu_check():
@@ -147,10 +154,10 @@ def test_gpu_check_refuses_what_cannot_fit_at_once(tmp_path, monkeypatch, capsys
     assert 13.0e9 * 4 < need < 13.1e9 * 4 + 13e9 * 2  # its 13.0B weights, plus at most 2 bytes each of copies
     monkeypatch.setattr(gpu_check, "bytes_available", lambda device: 24 * 2**30)
     with pytest.raises(SystemExit, match=r"the llama-2-13b cost model needs about 6\d\.\d GiB on cpu .* 24.0 GiB free.*--tiny"):
-        gpu_check.main(["--device", "cpu", "--output", str(tmp_path / "check.json")])
+        gpu_check.main(["--device", "cpu", "--shapes", "llama-2-13b", "--output", str(tmp_path / "check.json")])
     assert not (tmp_path / "check.json").exists()
     monkeypatch.setattr(gpu_check, "bytes_available", lambda device: 2**40)
-    gpu_check.refuse_what_cannot_fit(gpu_check.SHAPES, torch.device("cpu"))  # fits: no exit
+    gpu_check.refuse_what_cannot_fit(gpu_check.SHAPES, gpu_check.EXACTNESS_SHAPES["llama-2-7b"], torch.device("cpu"))
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -162,3 +169,24 @@ def test_gpu_check_flags(argv, message, capsys):
     with pytest.raises(SystemExit):
         load_gpu_check().parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+@torch.no_grad()
+def test_the_breakdown_waits_for_the_device_around_what_it_times(monkeypatch):
+    """`python -m ssd.breakdown` times prefills, generations and passes of n rows through `ssd.clock.timed`,
+    which synchronises the device before and after (on a GPU, timing without it measures kernel launches)."""
+    from helpers import tiny_llama
+
+    import ssd.breakdown
+    import ssd.clock
+
+    waits = []
+    monkeypatch.setattr(ssd.clock, "synchronize", lambda device: waits.append(device))
+    model = tiny_llama()
+    input_ids = torch.tensor([[1, 5, 9, 4, 7, 8]])
+    costs = ssd.breakdown.row_costs(model, input_ids, rows=(1, 2, 4), repeats=2)
+    assert set(costs) == {1, 2, 4} and len(waits) == 2 * 3 * 3  # before and after each of 3 runs per row count
+    waits.clear()
+    table, extra = ssd.breakdown.breakdown(model, [input_ids], "essg", 8)
+    assert len(waits) == 2 * 2  # the prefill and the generation
+    assert extra["summary"]["tokens_per_second"] > 0
