@@ -8,6 +8,12 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from ssd.cpu import cpu_has_amx
+from ssd.device import rows_made_invariant
+
+# Read once: compiled graphs take it as a constant.
+AMX = cpu_has_amx()
+
 
 def attention_path(device_type: str, n_queries: int, prefill: bool, masked: bool, grouped: bool) -> str:
     """Which attention computes a pass, by device and kind of pass (prefill, one-token step,
@@ -130,5 +136,12 @@ def grouped_attention(q, k, v, mask, tree: TreeLayout | None = None):
     weights = torch.softmax(scores, dim=-1)
     if tree is not None:
         weights = permute_window(weights, tree.start, tree.inverse)
+    if AMX and rows_made_invariant(v.device.type, v.dtype):
+        # In float32, each output sums its terms key by key in the keys' order, so a tree row, whose keys
+        # lie apart, sums what the same row's step sums, the gaps adding zeros; AMX's bfloat16 products
+        # sum keys in adjacent pairs, and a gap regroups them. As columns: a product's columns run alike
+        # whatever their number, its rows not beyond 32 (group * length: 39 in a 13-token verification).
+        values = v.float().transpose(-1, -2) @ weights.flatten(2, 3).transpose(-1, -2)
+        return values.transpose(-1, -2).to(v.dtype).reshape(batch, n_heads, length, head_dim)
     weights = weights.flatten(2, 3).to(v.dtype)
     return (weights @ v).view(batch, n_heads, length, head_dim)

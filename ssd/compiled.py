@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ssd.draft import Draft
-from ssd.linear import needs_row_invariance
+from ssd.linear import INVARIANT_ROWS, needs_row_invariance
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,11 @@ class CompiledLayers:
         # passes are kept row-invariant (`forward`), position 1 runs compiled too. A draft at the full
         # precision runs the full model's graphs. Skipping layer 0's attention, then its MLP, runs
         # each single-block graph.
-        positions = (1, 2) if needs_row_invariance(model.lm_head.weight) else (2,)
+        row_invariant = needs_row_invariance(model.lm_head.weight)
+        positions = (1, 2) if row_invariant else (2,)
+        # Row-invariant passes of more than INVARIANT_ROWS rows run their products in halves (`Linear`), a
+        # graph of their own: the full model's (verifications of long drafts and trees) is made here too.
+        lengths = (1, 2, INVARIANT_ROWS + 1) if row_invariant and precision is None else (1, 2)
         drafts = [Draft(precision=precision)] if "layer" in kinds else []
         drafts += [Draft({0}, precision=precision), Draft(mlp={0}, precision=precision)] if "blocks" in kinds else []
         # Dynamo keeps one list of graphs per function, shared by every model in the process (two
@@ -74,9 +78,9 @@ class CompiledLayers:
         # new shapes eager. The graphs are all made here, so the limit is lifted here only.
         with torch._dynamo.config.patch(recompile_limit=64):
             for draft in drafts:
-                cache = model.new_cache(8)
+                cache = model.new_cache(2 * INVARIANT_ROWS + 8)
                 for position in positions:
-                    for length in (1, 2):
+                    for length in lengths if draft.is_full_model else (1, 2):
                         model(torch.zeros(1, length, dtype=torch.long, device=model.device), cache, position, draft=draft)
         self.warm.update((kind, precision) for kind in kinds)
 
@@ -88,11 +92,13 @@ class CompiledLayers:
             return
         # Two sizes: on Qwen2.5-Coder-1.5B the first graph came out specialised to its size, and the
         # second size makes Dynamo compile one for any.
-        positions = (1, 2) if needs_row_invariance(model.lm_head.weight) else (2,)
+        row_invariant = needs_row_invariance(model.lm_head.weight)
+        positions = (1, 2) if row_invariant else (2,)
+        lengths = (2, 3, INVARIANT_ROWS + 1) if row_invariant else (2, 3)  # the last: products in halves (`Linear`)
         with torch._dynamo.config.patch(recompile_limit=64):
-            cache = model.new_cache(8)
+            cache = model.new_cache(2 * INVARIANT_ROWS + 8)
             for position in positions:
-                for length in (2, 3):
+                for length in lengths:
                     tree = torch.ones(length, length, dtype=torch.bool, device=model.device).tril()
                     model(torch.zeros(1, length, dtype=torch.long, device=model.device), cache, position, tree=tree)
         self.warm.add(("tree", None))

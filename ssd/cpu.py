@@ -29,6 +29,12 @@ def cpu_has_native_bfloat16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles: there oneDNN runs bfloat16 products of more than 32 rows on other
+    kernels than shorter ones (docs/numerics.md)."""
+    return "amx_bf16" in _flags(_cpuinfo())
+
+
 def cpu_name(cpuinfo: str | None = None) -> str:
     """The CPU's model name from /proc/cpuinfo, or the machine's architecture where it has none."""
     cpuinfo = _cpuinfo() if cpuinfo is None else cpuinfo

@@ -11,6 +11,7 @@ import torch
 from accelerate import dispatch_model
 from transformers import (
     AutoConfig,
+    AutoModelForCausalLM,
     AutoTokenizer,
     GenerationConfig,
     PreTrainedTokenizerBase,
@@ -204,8 +205,6 @@ def stock_twin(model: LlamaForCausalLM):
     copy (a 13B model loaded twice would not fit one GPU). A model placed by accelerate gets the same
     placement and hooks. Its products run transformers' kernels on the same weights: it is the same model
     stock `from_pretrained` would load."""
-    from transformers import AutoModelForCausalLM
-
     with torch.device("meta"):
         stock = AutoModelForCausalLM.from_config(model.config)
     result = stock.load_state_dict(model.state_dict(), strict=False, assign=True)
