@@ -17,14 +17,16 @@ check that fails says why in its row and the others still run. The exit status i
    the device map (over every GPU when there are several), through every method: the greedy ones and
    stock `generate` on the same weights equal `base`; `sss` runs.
 5. Exactness rates: `base`, `essg` (two skip sets, lookups on and off) and stock greedy `generate` on
-   random prompts, float32 and bfloat16, at Llama-2-7B's shape (`--tiny`: a small one). A random model
+   random prompts, in float32 and in the device's half precision (bfloat16, or float16 before Ampere), at
+   Llama-2-7B's shape where its float32 weights fit (else, and with `--tiny`, a small one). A random model
    initialised with a large scale has logits far from flat; every divergence is listed with its position
    and the full model's top-2 logit margin there.
-6. Costs at Llama-2-7B's shape in bfloat16 (random weights time a model honestly: the work does not
+6. Costs at Llama-2-7B's shape in the dtype `ssd` picks (random weights time a model honestly: the work does not
    depend on the values), device synchronised: stock `generate` and `base` per token, eager and
    compiled; a step; verifications of 1..16 rows; a draft step at each low-bit precision with a kernel
    (and with the paper's Llama-2-13B skip set, `--shapes llama-2-13b`); and the speedups those costs
-   allow at draft acceptance 0.8, 0.9 and 0.95 (each drafted token accepted independently).
+   allow at draft acceptance 0.8, 0.9 and 0.95 (each drafted token accepted independently). A model that
+   does not fit the device's free memory is skipped, saying so.
 """
 
 from __future__ import annotations
@@ -45,10 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ssd  # noqa: E402
 from ssd import bench  # noqa: E402
 from ssd.clock import median_seconds  # noqa: E402
-from ssd.cpu import available_memory  # noqa: E402
-from ssd.device import DeviceProfile  # noqa: E402
 from ssd.files import write_json_atomic  # noqa: E402
-from ssd.loading import dtype_name, parse_device, stock_twin, weight_bytes  # noqa: E402
+from ssd.device import DeviceProfile, dtype_name  # noqa: E402
+from ssd.loading import free_memory, parse_device, stock_twin, weight_bytes  # noqa: E402
 from ssd.low_bit import PRECISIONS  # noqa: E402
 from ssd.modeling_llama import LlamaForCausalLM  # noqa: E402
 from ssd.reports import format_table  # noqa: E402
@@ -73,8 +74,8 @@ EXACTNESS_SHAPES = {
 # The hooks check's model: grouped-query attention, 8 layers to spread over the devices.
 HOOKS_SHAPE = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=8, num_attention_heads=8,
                    num_key_value_heads=2, vocab_size=2048, initializer_range=0.1)
-# What an int8 and an int4 copy of a layer weight take together, scales included (low_bit.py).
-LOW_BIT_BYTES_PER_WEIGHT = 1 + 0.5 + 0.125
+# What a low-bit copy of a layer weight takes per weight, scales included (low_bit.py).
+LOW_BIT_BYTES_PER_WEIGHT = {"int8": 1.0, "int4": 0.5 + 0.125}
 SKIP_SETS = {"upper attention": ([5, 6], []), "mixed": ([3, 6], [4, 5])}  # of an 8-layer model
 ACCEPTANCE = (0.8, 0.9, 0.95)
 # LLaMA-2's generation_config.json (meta-llama/Llama-2-7b-hf, -13b-hf): sampling by default.
@@ -102,43 +103,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def cost_dtype(device: torch.device) -> torch.dtype:
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
-def bytes_needed(shape: dict, dtype: torch.dtype) -> int:
-    """About what one cost model holds at its peak: its weights, and the int8 and int4 copies of its layers
-    that its draft timings build (counted on the meta device: nothing is allocated)."""
-    config = LlamaConfig(**shape, tie_word_embeddings=False)
+def bytes_needed(shape: dict, dtype: torch.dtype, low_bit: tuple[str, ...] = ()) -> int:
+    """What one random model of `shape` holds at its peak: its weights, and the copies of its layers at
+    each of `low_bit`'s precisions that its draft timings build (counted on the meta device)."""
+    config = LlamaConfig(**{k: v for k, v in shape.items() if k != "initializer_range"}, tie_word_embeddings=False)
     with torch.device("meta"):
         layers = sum(p.numel() for p in LlamaForCausalLM(config).model.layers.parameters())
-    return int(weight_bytes(config, dtype) + layers * LOW_BIT_BYTES_PER_WEIGHT)
+    copies = sum(LOW_BIT_BYTES_PER_WEIGHT[precision] for precision in low_bit)
+    return int(weight_bytes(config, dtype) + layers * copies)
 
 
 def bytes_available(device: torch.device) -> int | None:
     """Free memory on `device`; None where it cannot be told (a CPU outside Linux)."""
-    return torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory()
+    return free_memory(device)
 
 
-def refuse_what_cannot_fit(shapes: dict, exactness_shape: dict, device: torch.device) -> None:
-    """Exit at once, with the estimate and what to run instead, where a model cannot fit the device: one
-    model at a time is built, so the largest must fit (a cost model, or the float32 exactness model)."""
-    dtype = cost_dtype(device)
-    needs = {f"the {name} cost model": (bytes_needed(shape, dtype), f"{dtype_name(dtype)} weights and their int8/int4 "
-                                         f"draft copies") for name, shape in shapes.items()}
-    config = LlamaConfig(**{k: v for k, v in exactness_shape.items() if k != "initializer_range"}, tie_word_embeddings=False)
-    needs["the exactness model"] = (weight_bytes(config, torch.float32), "float32 weights")
-    what, (need, detail) = max(needs.items(), key=lambda item: item[1][0])
+def too_large(what: str, need: int, device: torch.device) -> str | None:
+    """Why `what` cannot be built on `device` (needing `need` bytes, with a tenth to spare), or None."""
     have = bytes_available(device)
-    if have is not None and need > 0.9 * have:
-        raise SystemExit(
-            f"gpu_check: {what} needs about {need / 2**30:.1f} GiB on {device} ({detail}), and {device} has "
-            f"{have / 2**30:.1f} GiB free. Run with --tiny (tiny models, a minute on a CPU), or --shapes with a "
-            f"smaller model on a larger device."
-        )
+    if have is None or need <= 0.9 * have:
+        return None
+    return f"{what} needs about {need / 2**30:.1f} GiB on {device}, which has {have / 2**30:.1f} GiB free"
 
 
-def timed(run, device: torch.device, repeats: int) -> float:
+def exactness_shape(device: torch.device, tiny: bool) -> tuple[str, str | None]:
+    """The exactness model's shape: Llama-2-7B's where its float32 weights fit, else the small one (and why)."""
+    if tiny:
+        return "small", None
+    why = too_large("Llama-2-7B's shape in float32", bytes_needed(EXACTNESS_SHAPES["llama-2-7b"], torch.float32), device)
+    return ("small", why) if why else ("llama-2-7b", None)
+
+
+def median_ms(run, device: torch.device, repeats: int) -> float:
     """Median milliseconds of `run()` after one warm-up (`ssd.clock.median_seconds`)."""
     return median_seconds(run, device, repeats) * 1000
 
@@ -206,14 +202,17 @@ def check_demo(device: torch.device, tiny: bool, folder: Path) -> dict:
 
 @torch.no_grad()
 def check_sampling_defaults(device: torch.device) -> dict:
+    """The bench's runners on a model whose generation_config samples: `base` must be greedy decoding, and
+    `essg` must run (it refused to: "essg is greedy")."""
     model = random_llama(HOOKS_SHAPE, device, torch.float32)
     model.generation_config = GenerationConfig(**LLAMA_2_GENERATION)
     ids = torch.randint(0, model.config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(3)).to(device)
-    draft = ssd.Draft.skipping(*SKIP_SETS["mixed"])
+    greedy = ssd.generate(model, ids, method="base", do_sample=False, max_new_tokens=16, eos_token_id=[])[0, 16:].tolist()
     base = generate_method(model, "base", 16)(ids, "t").tokens
-    essg = generate_method(model, "essg", 16, draft=draft, gate=False)(ids, "t").tokens
-    return {"ok": base == essg, "summary": "the bench's runners decode greedily: essg " +
-            ("equals base" if base == essg else f"parts from base at new token {first_divergence(base, essg)}")}
+    essg = generate_method(model, "essg", 16, draft=ssd.Draft.skipping(*SKIP_SETS["mixed"]), gate=False)(ids, "t").tokens
+    parted = first_divergence(base, essg)
+    return {"ok": base == greedy and len(essg) == 16, "summary": f"the bench's base is greedy: {base == greedy}; essg ran"
+            + (", equal to base" if parted is None else f", parting from base at new token {parted}")}
 
 
 # --- 4. several devices ----------------------------------------------------------------------
@@ -252,7 +251,7 @@ def check_hooks(device: torch.device, new_tokens: int) -> dict:
                               generator=torch.Generator(model.device).manual_seed(0))(ids, "t").tokens
     devices = sorted(set(device_map.values()))
     identical = [name for name in runs if name not in parted]
-    return {"devices": devices, "parted": parted, "ok": len(sampled) == new_tokens and not parted,
+    return {"devices": devices, "parted": parted, "ok": len(sampled) == new_tokens and (device.type != "cpu" or not parted),
             "summary": f"over {len(devices)} device(s) {devices}: equal to base: {', '.join(identical) or 'none'}"
                        + (f"; parted (at new token): {parted}" if parted else "") + "; sss ran"}
 
@@ -318,21 +317,21 @@ def measure_costs(name: str, shape: dict, device: torch.device, dtype: torch.dty
     costs = {"model": name, "dtype": dtype_name(dtype)}
 
     stock = stock_twin(model)
-    costs["stock generate ms/token"] = timed(lambda: stock.generate(
+    costs["stock generate ms/token"] = median_ms(lambda: stock.generate(
         ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=tokens, min_new_tokens=tokens,
         pad_token_id=0), device, 1) / tokens
 
-    costs["base ms/token"] = timed(lambda: ssd.generate(model, ids, method="base", max_new_tokens=tokens,
+    costs["base ms/token"] = median_ms(lambda: ssd.generate(model, ids, method="base", max_new_tokens=tokens,
                                                           eos_token_id=[]), device, 1) / tokens
     cache = model.new_cache(context + 32)
     model(ids, cache, 0)
     step = torch.zeros((1, 1), dtype=torch.long, device=device)
-    costs["step ms"] = timed(lambda: model(step, cache, context), device, repeats)
-    costs["verify ms"] = {k: timed(lambda k=k: model(torch.zeros((1, k), dtype=torch.long, device=device), cache, context),
+    costs["step ms"] = median_ms(lambda: model(step, cache, context), device, repeats)
+    costs["verify ms"] = {k: median_ms(lambda k=k: model(torch.zeros((1, k), dtype=torch.long, device=device), cache, context),
                                    device, repeats) for k in range(1, 17)}
 
     def draft_ms(draft: ssd.Draft) -> float:
-        return timed(lambda: model(step, cache, context, draft=draft), device, repeats)
+        return median_ms(lambda: model(step, cache, context, draft=draft), device, repeats)
 
     drafts = {}
     if name == "llama-2-13b":
@@ -354,9 +353,9 @@ def measure_costs(name: str, shape: dict, device: torch.device, dtype: torch.dty
             costs["base compiled ms/token"] = f"compile failed: {type(error).__name__}: {str(error).splitlines()[0]}"
         else:
             costs["compile s"] = time.perf_counter() - start
-            costs["base compiled ms/token"] = timed(lambda: ssd.generate(
+            costs["base compiled ms/token"] = median_ms(lambda: ssd.generate(
                 model, ids, method="base", max_new_tokens=tokens, eos_token_id=[]), device, 1) / tokens
-            costs["step compiled ms"] = timed(lambda: model(step, cache, context), device, repeats)
+            costs["step compiled ms"] = median_ms(lambda: model(step, cache, context), device, repeats)
     return costs
 
 
@@ -390,63 +389,72 @@ def describe_costs(c: dict) -> str:
 # --- report ------------------------------------------------------------------------------
 
 
-def run_check(report: dict, name: str, check) -> dict | None:
-    """One check: its result, or its error, in the report; the other checks run either way."""
+def run_check(report: dict, output: Path, name: str, check) -> dict | None:
+    """One check: its result, or its error, in the report (written at once: a crash later loses nothing);
+    the other checks run either way."""
     start = time.perf_counter()
     try:
         result = check()
     except Exception as error:  # a first-contact check reports what fails and goes on
+        result = None
         report["checks"].append({"check": name, "result": f"FAILED: {type(error).__name__}: {error}"[:400], "ok": False,
                                  "seconds": time.perf_counter() - start, "traceback": traceback.format_exc()})
-        print(f"{name}: FAILED ({type(error).__name__}: {error})", flush=True)
-        return None
-    row = {"check": name, "result": result.pop("summary"), "ok": result.get("ok", True),
-           "seconds": time.perf_counter() - start}
-    report["checks"].append(row)
-    report[name] = result
-    print(f"{name}: {row['result']}", flush=True)
+    else:
+        report["checks"].append({"check": name, "result": result.pop("summary"), "ok": result.get("ok", True),
+                                 "seconds": time.perf_counter() - start})
+        report[name] = result
+    print(f"{name}: {report['checks'][-1]['result']}", flush=True)
+    write_json_atomic(output, report)
     return result
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
+    profile = DeviceProfile.of(device)
     prompts = args.prompts or (2 if args.tiny else 4)
     new_tokens = 16 if args.tiny else 32
     shapes = TINY_SHAPES if args.tiny else {name: SHAPES[name] for name in (args.shapes or ["llama-2-7b"])}
-    exactness_shape = "small" if args.tiny else "llama-2-7b"
-    refuse_what_cannot_fit(shapes, EXACTNESS_SHAPES[exactness_shape], device)
     report = {"device": str(device), "checks": []}
     start = time.perf_counter()
+
+    def check(name, run):
+        return run_check(report, args.output, name, run)
 
     facts = device_facts(device)
     report["facts"] = facts
     report["checks"].append({"check": "device", "result": describe_device(facts), "ok": True})
     with tempfile.TemporaryDirectory() as folder:
-        run_check(report, "demo bench (embedded model, 1 chat prompt, 16 tokens)", lambda: check_demo(device, args.tiny, Path(folder)))
-    run_check(report, "LLaMA-2 generation_config (do_sample: true)", lambda: check_sampling_defaults(device))
-    run_check(report, "accelerate's hooks, every method", lambda: check_hooks(device, new_tokens))
+        check("demo bench (embedded model, 1 chat prompt, 16 tokens)", lambda: check_demo(device, args.tiny, Path(folder)))
+    check("LLaMA-2 generation_config (do_sample: true)", lambda: check_sampling_defaults(device))
+    check("accelerate's hooks, every method", lambda: check_hooks(device, new_tokens))
     report["exactness"] = []
-    for dtype in (torch.float32, torch.bfloat16):
+    shape_name, smaller = exactness_shape(device, args.tiny)
+    for dtype in (torch.float32, profile.dtype if profile.dtype != torch.float32 else torch.bfloat16):
         def exactness(dtype=dtype):
-            result = check_exactness(device, dtype, exactness_shape, prompts, new_tokens)
+            result = check_exactness(device, dtype, shape_name, prompts, new_tokens)
             report["exactness"].append(result)
             worst = ", ".join(f"{d['method']} at {d['position']} (margin {d['margin']:.3g})" for d in result["divergences"][:3]
                               if d["margin"] is not None)
             return {"ok": dtype != torch.float32 or device.type != "cpu" or result["identical"] == result["runs"],
-                    "summary": f"{result['identical']}/{result['runs']} identical to base" + (f"; e.g. {worst}" if worst else "")}
-        run_check(report, f"exactness, {dtype_name(dtype)}, {exactness_shape} shape", exactness)
+                    "summary": f"{result['identical']}/{result['runs']} identical to base" + (f"; e.g. {worst}" if worst else "")
+                               + (f" (the small shape: {smaller})" if smaller else "")}
+        check(f"exactness, {dtype_name(dtype)}, {shape_name} shape", exactness)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     report["costs"] = []
     for name, shape in shapes.items():
         def costs(name=name, shape=shape):
-            result = measure_costs(name, shape, device, cost_dtype(device),
+            why = too_large(f"the {name} cost model ({dtype_name(profile.dtype)}, with its low-bit draft copies)",
+                            bytes_needed(shape, profile.dtype, profile.low_bit), device)
+            if why:
+                return {"summary": f"skipped: {why}", "skipped": True}
+            result = measure_costs(name, shape, device, profile.dtype,
                                    args.compile if args.compile is not None else not args.tiny, args.tiny)
             result["predicted speedup"] = speedups(result)
             report["costs"].append(result)
             return {"summary": describe_costs(result)}
-        run_check(report, f"costs, {name}, {dtype_name(cost_dtype(device))}", costs)
+        check(f"costs, {name}, {dtype_name(profile.dtype)}", costs)
         if device.type == "cuda":
             torch.cuda.empty_cache()
 

@@ -8,11 +8,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ssd.cpu import cpu_has_amx
+from ssd import cpu
 from ssd.device import rows_made_invariant
-
-# Read once: compiled graphs take it as a constant.
-AMX = cpu_has_amx()
 
 
 def attention_path(device_type: str, n_queries: int, prefill: bool, masked: bool, grouped: bool) -> str:
@@ -136,7 +133,7 @@ def grouped_attention(q, k, v, mask, tree: TreeLayout | None = None):
     weights = torch.softmax(scores, dim=-1)
     if tree is not None:
         weights = permute_window(weights, tree.start, tree.inverse)
-    if AMX and rows_made_invariant(v.device.type, v.dtype):
+    if cpu.AMX and rows_made_invariant(v.device.type, v.dtype):
         # In float32, each output sums its terms key by key in the keys' order, so a tree row, whose keys
         # lie apart, sums what the same row's step sums, the gaps adding zeros; AMX's bfloat16 products
         # sum keys in adjacent pairs, and a gap regroups them. As columns: a product's columns run alike

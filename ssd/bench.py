@@ -29,7 +29,8 @@ from ssd.data import DATA_DIR_ENV, TASKS, DataUnavailable, task_prompts
 from ssd.evaluation import apply_draft, check_draft_key
 from ssd.files import read_jsonl, write_json_atomic
 from ssd.generation import method_names
-from ssd.loading import check_load_arguments, dtype_name, load_model, parse_device, parse_dtype, stock_twin
+from ssd.device import dtype_name
+from ssd.loading import check_load_arguments, load_model, parse_device, parse_dtype, stock_twin
 from ssd.logs import without_message
 from ssd.reports import format_table
 from ssd.skip_layers import DEFAULT_PATH as SKIP_LAYERS_PATH

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ssd import cpu
 from ssd.draft import Draft
 from ssd.linear import INVARIANT_ROWS, needs_row_invariance
 
@@ -68,9 +69,9 @@ class CompiledLayers:
         # each single-block graph.
         row_invariant = needs_row_invariance(model.lm_head.weight)
         positions = (1, 2) if row_invariant else (2,)
-        # Row-invariant passes of more than INVARIANT_ROWS rows run their products in halves (`Linear`), a
-        # graph of their own: the full model's (verifications of long drafts and trees) is made here too.
-        lengths = (1, 2, INVARIANT_ROWS + 1) if row_invariant and precision is None else (1, 2)
+        # On AMX, row-invariant passes of more than INVARIANT_ROWS rows run their products in halves
+        # (`Linear`), a graph of their own: the full model's (long verifications, trees) is made here too.
+        lengths = (1, 2, INVARIANT_ROWS + 1) if row_invariant and cpu.AMX else (1, 2)
         drafts = [Draft(precision=precision)] if "layer" in kinds else []
         drafts += [Draft({0}, precision=precision), Draft(mlp={0}, precision=precision)] if "blocks" in kinds else []
         # Dynamo keeps one list of graphs per function, shared by every model in the process (two
@@ -94,7 +95,7 @@ class CompiledLayers:
         # second size makes Dynamo compile one for any.
         row_invariant = needs_row_invariance(model.lm_head.weight)
         positions = (1, 2) if row_invariant else (2,)
-        lengths = (2, 3, INVARIANT_ROWS + 1) if row_invariant else (2, 3)  # the last: products in halves (`Linear`)
+        lengths = (2, 3, INVARIANT_ROWS + 1) if row_invariant and cpu.AMX else (2, 3)  # the last: `Linear`'s halves
         with torch._dynamo.config.patch(recompile_limit=64):
             cache = model.new_cache(2 * INVARIANT_ROWS + 8)
             for position in positions:

@@ -29,10 +29,14 @@ def cpu_has_native_bfloat16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def cpu_has_amx() -> bool:
+def cpu_has_amx(cpuinfo: str | None = None) -> bool:
     """Whether this CPU has AMX tiles: there oneDNN runs bfloat16 products of more than 32 rows on other
-    kernels than shorter ones (docs/numerics.md)."""
-    return "amx_bf16" in _flags(_cpuinfo())
+    kernels than shorter ones, and sums keys in adjacent pairs (docs/numerics.md)."""
+    return "amx_bf16" in _flags(_cpuinfo() if cpuinfo is None else cpuinfo)
+
+
+# Read once, at import: compiled graphs take it as a constant (`ssd.linear`, `ssd.attention`).
+AMX = cpu_has_amx()
 
 
 def cpu_name(cpuinfo: str | None = None) -> str:

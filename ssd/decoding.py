@@ -390,8 +390,8 @@ def speculative_decode(
         verify_input = torch.tensor([[sequence[-1], *drafts]], device=input_ids.device)
         keep_hidden = proposal is not None and proposal.keep_hidden
         tree = ancestor_mask(parents, input_ids.device) if parents is not None else None
-        target_logits, hidden = model(verify_input, cache, step.committed, hidden_states=True, tree=tree) \
-            if keep_hidden else (model(verify_input, cache, step.committed, tree=tree), None)
+        out = model(verify_input, cache, step.committed, hidden_states=keep_hidden, tree=tree)
+        target_logits, hidden = out if keep_hidden else (out, None)
         target_logits = target_logits[0]
         if tree is None:
             draft_probs = proposal.probs if proposal is not None else None

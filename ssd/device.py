@@ -30,6 +30,11 @@ CPU_DRAFT_PRECISIONS = ("int4", "int8")
 PRECISION_ORDER = ("int4", "int8", None)
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """`torch.bfloat16` -> `"bfloat16"`."""
+    return str(dtype).removeprefix("torch.")
+
+
 def rows_made_invariant(device_type: str, dtype: torch.dtype) -> bool:
     """Half precision on a CPU: there `ssd` makes a row's result independent of the rows beside it
     (`ssd.linear`, docs/numerics.md). GPU kernels are chosen by row count, and nothing is done there."""
@@ -85,10 +90,6 @@ class DeviceProfile:
             return torch.bfloat16 if self.native_bfloat16 else torch.float16
         return torch.bfloat16 if self.native_bfloat16 else torch.float32
 
-    def row_invariant(self, dtype: torch.dtype) -> bool:
-        """Whether a pass in `dtype` makes each row's result independent of its pass (`rows_made_invariant`)."""
-        return rows_made_invariant(self.type, dtype)
-
     def compiles(self, dtype: torch.dtype) -> bool:
         """Compile by default: on a CPU with a C++ compiler, in float32, and in bfloat16 where it is native
         (measured faster there, and row-invariant). GPUs were not measured."""
@@ -107,12 +108,13 @@ class DeviceProfile:
         return tuple(p for p in CPU_DRAFT_PRECISIONS if p in self.low_bit) if self.type == "cpu" else ()
 
     def draft_precision(self, precision: str | None) -> str | None:
-        """`precision` where it has a kernel here, else the cheapest one after it that has (None, the
-        model's own weights, always runs)."""
+        """`precision` where it has a kernel here, else the cheapest one after it that this device drafts
+        with by default (`default_draft_precisions`), else None, the model's own weights. On a GPU int4
+        falls to None: its int8 kernel exists in recent PyTorch but was never measured (a naive loop)."""
         if precision is None or precision in self.low_bit:
             return precision
         later = PRECISION_ORDER[PRECISION_ORDER.index(precision) + 1 :]
-        return next(p for p in later if p is None or p in self.low_bit)
+        return next(p for p in later if p is None or p in self.default_draft_precisions)
 
     def fit_draft(self, draft: Draft, source: str = "the draft") -> Draft:
         """`draft` with a precision this device runs: its skip set kept, its precision the best the device
@@ -133,18 +135,15 @@ class DeviceProfile:
         """
         if self.type == "cpu":
             return None
-        return (f"on {self.type} in {str(dtype).removeprefix('torch.')}, a verification pass and a one-token "
+        return (f"on {self.type} in {dtype_name(dtype)}, a verification pass and a one-token "
                 f"step run different kernels, so greedy self-speculative output can part from step-by-step "
                 f"decoding where two tokens are near-tied (more often in half precision); docs/numerics.md")
-
-    def describe(self) -> str:
-        capability = f", compute capability {self.capability[0]}.{self.capability[1]}" if self.capability else ""
-        return (f"{self.type} ({self.name}{capability}): bfloat16 {'native' if self.native_bfloat16 else 'emulated'}, "
-                f"low-bit drafts {list(self.low_bit) or 'none'}, default dtype {str(self.dtype).removeprefix('torch.')}")
 
 
 @functools.lru_cache(maxsize=None)
 def _profile(device_type: str, index: int | None) -> DeviceProfile:
+    if device_type not in ("cpu", "cuda"):
+        raise ValueError(f"ssd runs on 'cpu' or 'cuda' devices, got {device_type!r}")
     device = torch.device(device_type, index) if index is not None else torch.device(device_type)
     low_bit = tuple(p for p in PRECISIONS if _has_kernel(p, device))
     if device.type == "cuda":

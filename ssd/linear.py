@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssd import cpu
 from ssd.cpu import Float32Products, float32_products
 from ssd.device import rows_made_invariant
 from ssd.packed import PackedWeight, packed_linear
@@ -24,7 +25,8 @@ def needs_row_invariance(x: torch.Tensor) -> bool:
 
 
 # oneDNN's bfloat16 products give each row the result it gets alone for 2 to this many rows; above it, on
-# Intel CPUs with AMX, other kernels run (every row count from 33 to 64 differed at SmolLM2's shapes).
+# Intel CPUs with AMX, other kernels run (every row count from 33 to 64 differed at SmolLM2's shapes; on
+# an AMD EPYC with AVX512-BF16, 2 to 64 rows agreed).
 INVARIANT_ROWS = 32
 
 
@@ -35,9 +37,9 @@ class Linear(nn.Linear):
       several-row one and rounds differently (measured on SmolLM2's down
       projection, K=1536: 25 of 160 rows differed; 2 to 16 rows always
       agreed), so verifying k drafts in one pass would disagree with decoding
-      them one at a time. A one-row product runs as two rows, and one of 33 to
-      64 rows (a large token tree's verification) as two halves
-      (`INVARIANT_ROWS`); longer ones (prefills) need no invariance.
+      them one at a time. A one-row product runs as two rows, and on a CPU
+      with AMX one of 33 to 64 rows (a large token tree's verification) as two
+      halves (`INVARIANT_ROWS`); longer ones (prefills) need no invariance.
     - float32: by the CPU's measured rule (`products`, `ssd.cpu.float32_products`,
       read once per process from /proc/cpuinfo), one to `products.padded_rows` rows run as that many, so a row's result is the
       same whatever rows come with it (a step and a short verification compute
@@ -61,7 +63,7 @@ class Linear(nn.Linear):
         if needs_row_invariance(x):
             if n_rows == 1:
                 return self._half_precision(torch.cat((x, x), dim=-2))[..., :1, :]
-            if INVARIANT_ROWS < n_rows <= 2 * INVARIANT_ROWS:
+            if cpu.AMX and INVARIANT_ROWS < n_rows <= 2 * INVARIANT_ROWS:
                 half = n_rows // 2
                 return torch.cat((self._half_precision(x[..., :half, :]), self._half_precision(x[..., half:, :])), dim=-2)
             return self._half_precision(x)

@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import torch
-from accelerate import dispatch_model
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -19,7 +18,7 @@ from transformers import (
 
 from ssd.checkpoints import quiet_packed_gguf_advice, resolve_checkpoint
 from ssd.cpu import available_memory
-from ssd.device import DeviceProfile
+from ssd.device import DeviceProfile, dtype_name
 from ssd.draft import Draft
 from ssd.modeling_llama import LlamaForCausalLM, model_class
 from ssd.packed import can_pack
@@ -44,11 +43,6 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     if name not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)} (by name or as torch dtypes) or None, got {name!r}")
     return DTYPES[name]
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """`torch.bfloat16` -> `"bfloat16"`."""
-    return str(dtype).removeprefix("torch.")
 
 
 def default_device() -> torch.device:
@@ -216,7 +210,9 @@ def stock_twin(model: LlamaForCausalLM):
     stock.generation_config = copy.deepcopy(model.generation_config)
     device_map = getattr(model, "hf_device_map", None)
     if device_map is not None and hasattr(model, "_hf_hook"):
-        stock = dispatch_model(stock, device_map, force_hooks=True)
+        from accelerate import dispatch_model  # here: `import ssd` does not pay for accelerate
+
+        stock = dispatch_model(stock, device_map, force_hooks=True, skip_keys=stock._skip_keys_device_placement)
     return stock.eval()
 
 

@@ -61,7 +61,8 @@ def generate_method(model, method: str, max_new_tokens: int, **kwargs) -> Method
     def run(input_ids, task):
         out = generate(model, input_ids, method=method, max_new_tokens=max_new_tokens, eos_token_id=[],
                        return_dict_in_generate=True, **kwargs)
-        extra = {"swift": out.swift} if out.swift is not None else {}
+        # SWIFT's statistics without its per-step history (the optimiser keeps that).
+        extra = {"swift": {k: v for k, v in out.swift.items() if k != "history"}} if out.swift is not None else {}
         return Run.of(out, drafts=method != "base", **extra)
 
     return run

@@ -15,7 +15,7 @@ import ssd.modeling_llama
 from ssd import bench
 from ssd.comparisons import compare_skip_sets
 from ssd.cpu import cpu_has_native_bfloat16
-from ssd.device import DeviceProfile
+from ssd.device import DeviceProfile, rows_made_invariant
 from ssd.loading import default_draft_precision, should_pack_weights, stock_twin, weight_bytes
 from ssd.searching import LayerSkippingSearching, SearchConfig
 from ssd.skip_layers import apply_skip_layers, hand_made_set, save_skip_layers
@@ -37,7 +37,7 @@ def test_a_gpu_decodes_in_its_native_half_precision(profile, dtype):
 @pytest.mark.parametrize("profile", [AMPERE, VOLTA])
 def test_a_gpu_runs_eager_unpacked_and_without_row_invariance(profile):
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        assert not profile.compiles(dtype) and not profile.packs(dtype) and not profile.row_invariant(dtype)
+        assert not profile.compiles(dtype) and not profile.packs(dtype) and not rows_made_invariant("cuda", dtype)
         assert "near-tied" in profile.exactness_caveat(dtype)
     assert profile.default_draft_precisions == ()  # no low-bit draft was measured on a GPU
 
@@ -48,7 +48,7 @@ def test_a_cpu_profile(native):
     assert cpu.dtype == (torch.bfloat16 if native else torch.float32)
     assert cpu.compiles(torch.float32) and cpu.compiles(torch.bfloat16) == native
     assert cpu.packs(torch.bfloat16) == native and not cpu.packs(torch.float32)
-    assert cpu.row_invariant(torch.bfloat16) and not cpu.row_invariant(torch.float32)
+    assert rows_made_invariant("cpu", torch.bfloat16) and not rows_made_invariant("cpu", torch.float32)
     assert cpu.default_draft_precisions == ("int4", "int8") and cpu.exactness_caveat(torch.bfloat16) is None
     assert not DeviceProfile("cpu", "no compiler", native, (), compiler=False).compiles(torch.float32)
 
@@ -60,10 +60,12 @@ def test_this_machines_cpu():
 
 
 @pytest.mark.parametrize("profile, asked, got", [
-    (AMPERE, "int4", "int8"), (VOLTA, "int4", None), (VOLTA, "int8", None), (AMPERE, "int8", "int8"),
+    (AMPERE, "int4", None), (VOLTA, "int4", None), (VOLTA, "int8", None), (AMPERE, "int8", "int8"),
     (AMPERE, None, None), (DeviceProfile.of("cpu"), "int4", "int4"),
+    (DeviceProfile("cpu", "int8 only", False, ("int8",)), "int4", "int8"),
 ])
-def test_a_precision_without_a_kernel_falls_to_the_best_the_device_has(profile, asked, got):
+def test_a_precision_without_a_kernel_falls_to_the_best_the_device_drafts_with(profile, asked, got):
+    """On a GPU int4 falls to the model's own weights: its int8 kernel was never measured there."""
     assert profile.draft_precision(asked) == got
 
 
@@ -77,7 +79,8 @@ def test_bad_profiles_are_refused():
 def test_the_embedded_models_loading_defaults_under_a_gpus_profile(embedded):
     """The real model: on a described GPU it keeps its own weights for the draft, and packs nothing."""
     model, _ = embedded
-    assert default_draft_precision(model, AMPERE) is None and model.get_draft_precision() is None
+    before = model.default_draft
+    assert default_draft_precision(model, AMPERE) is None and model.default_draft == before
     assert not should_pack_weights(model, AMPERE)
 
 
@@ -98,7 +101,7 @@ def test_a_draft_the_device_runs_is_kept_as_it_is(caplog):
     draft = ssd.Draft.skipping([3], [4], "int4")
     with caplog.at_level(logging.WARNING, logger="ssd.device"):
         assert DeviceProfile.of("cpu").fit_draft(draft) is draft
-        assert AMPERE.fit_draft(draft) == draft.replace(precision="int8")
+        assert AMPERE.fit_draft(draft) == draft.replace(precision=None)
     assert len(caplog.records) == 1
 
 

@@ -5,6 +5,7 @@ offload refused, the exactness caveat, and `scripts/gpu_check.py` in its tiny se
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 
 import accelerate
@@ -146,18 +147,20 @@ def load_gpu_check():
     return gpu_check
 
 
-def test_gpu_check_refuses_what_cannot_fit_at_once(tmp_path, monkeypatch, capsys):
-    """Llama-2-13B's cost model in float32 on a device with 24 GiB free: refused with the estimate and the
-    flag to use, before any model is built (nothing is written)."""
+def test_gpu_check_skips_what_cannot_fit(monkeypatch):
+    """On a device with 24 GiB free: Llama-2-13B's cost model (float32 weights, int8 and int4 copies) is
+    refused with its estimate, and exactness runs on the small shape, saying why, before anything is built."""
     gpu_check = load_gpu_check()
-    need = gpu_check.bytes_needed(gpu_check.SHAPES["llama-2-13b"], torch.float32)
+    need = gpu_check.bytes_needed(gpu_check.SHAPES["llama-2-13b"], torch.float32, ("int8", "int4"))
     assert 13.0e9 * 4 < need < 13.1e9 * 4 + 13e9 * 2  # its 13.0B weights, plus at most 2 bytes each of copies
+    assert gpu_check.bytes_needed(gpu_check.SHAPES["llama-2-13b"], torch.bfloat16) < 13.1e9 * 2  # no copies asked
     monkeypatch.setattr(gpu_check, "bytes_available", lambda device: 24 * 2**30)
-    with pytest.raises(SystemExit, match=r"the llama-2-13b cost model needs about 6\d\.\d GiB on cpu .* 24.0 GiB free.*--tiny"):
-        gpu_check.main(["--device", "cpu", "--shapes", "llama-2-13b", "--output", str(tmp_path / "check.json")])
-    assert not (tmp_path / "check.json").exists()
+    why = gpu_check.too_large("the llama-2-13b cost model", need, torch.device("cpu"))
+    assert re.fullmatch(r"the llama-2-13b cost model needs about 6\d\.\d GiB on cpu, which has 24\.0 GiB free", why)
+    shape, why = gpu_check.exactness_shape(torch.device("cpu"), tiny=False)
+    assert shape == "small" and "Llama-2-7B's shape in float32 needs about 2" in why
     monkeypatch.setattr(gpu_check, "bytes_available", lambda device: 2**40)
-    gpu_check.refuse_what_cannot_fit(gpu_check.SHAPES, gpu_check.EXACTNESS_SHAPES["llama-2-7b"], torch.device("cpu"))
+    assert gpu_check.exactness_shape(torch.device("cpu"), tiny=False) == ("llama-2-7b", None)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -190,3 +193,30 @@ def test_the_breakdown_waits_for_the_device_around_what_it_times(monkeypatch):
     table, extra = ssd.breakdown.breakdown(model, [input_ids], "essg", 8)
     assert len(waits) == 2 * 2  # the prefill and the generation
     assert extra["summary"]["tokens_per_second"] > 0
+
+
+@pytest.mark.parametrize("amx", [False, True])
+def test_grouped_attention_on_every_cpu_path_computes_attention(monkeypatch, amx):
+    """Both CPU paths of the values product (AMX's float32 columns, and plain bfloat16), a chain and a token
+    tree, against attention written out in float64, in bfloat16: whichever CPU runs the tests."""
+    from ssd import cpu
+    from ssd.attention import grouped_attention, tree_layout
+    from ssd.tree import ancestor_mask
+
+    monkeypatch.setattr(cpu, "AMX", amx)
+    torch.manual_seed(0)
+    start, n, keys = 20, 6, 40
+    q = torch.randn(1, 4, n, 16).to(torch.bfloat16)
+    k, v = (torch.randn(1, 2, keys, 16).to(torch.bfloat16) for _ in range(2))
+    chain = torch.ones(n, keys, dtype=torch.bool).tril(start)
+    expected = reference_attention(q, k, v, start)
+    torch.testing.assert_close(grouped_attention(q, k, v, chain).double(), expected, atol=2e-2, rtol=2e-2)
+    parents = [-1, 0, 0, 1, 2]  # five drafts after the last token, two branches
+    layout = tree_layout(ancestor_mask(parents), start)
+    got = grouped_attention(q, k, v, layout.path_mask(keys), layout).double()
+    for row in range(n):  # each row attends to the slots below start and its ancestors' (and its own)
+        seen = [*range(start), *(start + i for i in range(n) if layout.ancestors[row, i])]
+        weights = torch.softmax((q[:, :, row : row + 1].double() @ k[:, :, seen].double().repeat_interleave(2, 1)
+                                 .transpose(-1, -2)) / 4, dim=-1)
+        torch.testing.assert_close(got[:, :, row : row + 1], weights @ v[:, :, seen].double().repeat_interleave(2, 1),
+                                   atol=2e-2, rtol=2e-2)
