@@ -251,7 +251,8 @@ def check_hooks(device: torch.device, new_tokens: int) -> dict:
                               generator=torch.Generator(model.device).manual_seed(0))(ids, "t").tokens
     devices = sorted(set(device_map.values()))
     identical = [name for name in runs if name not in parted]
-    return {"devices": devices, "parted": parted, "ok": len(sampled) == new_tokens and (device.type != "cpu" or not parted),
+    ours_parted = set(parted) - {"stock generate"}  # stock kernels may part at a near-tie even on a CPU
+    return {"devices": devices, "parted": parted, "ok": len(sampled) == new_tokens and (device.type != "cpu" or not ours_parted),
             "summary": f"over {len(devices)} device(s) {devices}: equal to base: {', '.join(identical) or 'none'}"
                        + (f"; parted (at new token): {parted}" if parted else "") + "; sss ran"}
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import GenerationConfig, LlamaConfig
 
+from helpers import NEAR_TIE_FLOAT32, assert_same_tokens
 import ssd
 import ssd.loading
 import ssd.modeling_llama
@@ -140,7 +141,11 @@ def test_the_bench_decodes_greedily_whatever_the_checkpoint_says(samples_by_defa
     input_ids = bench.encode(tokenizer, "chat", "Name three rivers in Europe.")
     expected = base_tokens(input_ids, 12)
     for name, method in bench.build_methods(args, model).items():
-        assert method(input_ids, "chat").tokens == expected, name
+        tokens = method(input_ids, "chat").tokens
+        if name == "hf":  # stock kernels: float32 may part at a near-tie
+            assert_same_tokens(expected, tokens, model, input_ids, NEAR_TIE_FLOAT32, name)
+        else:
+            assert tokens == expected, name
     sampled = bench.ours(model, "sss", 12)(input_ids, "chat").tokens
     assert len(sampled) == 12
 
@@ -179,8 +184,9 @@ GREEDY_SETTINGS = {
 def test_every_method_under_accelerates_hooks_equals_base(dispatched, prompts, base_tokens):
     model, tokenizer = dispatched
     input_ids = tokenizer(prompts[0], return_tensors="pt").input_ids
-    expected = base_tokens(input_ids, 24)  # the undispatched model's
-    assert ssd.generate(model, input_ids, method="base", max_new_tokens=24, eos_token_id=[])[0, -24:].tolist() == expected
+    expected = ssd.generate(model, input_ids, method="base", max_new_tokens=24, eos_token_id=[])[0, -24:].tolist()
+    # The undispatched model is compiled, this one eager: float32 may part at a near-tie.
+    assert_same_tokens(base_tokens(input_ids, 24), expected, model, input_ids, NEAR_TIE_FLOAT32, "dispatched base")
     for label, options in GREEDY_SETTINGS.items():
         method = label.split(",")[0]
         swift = {"swift": ssd.SwiftConfig(context_window=8, max_opt_iter=4)} if method == "swift" else {}
@@ -192,7 +198,9 @@ def test_every_method_under_accelerates_hooks_equals_base(dispatched, prompts, b
                          return_dict_in_generate=True)
     assert clasp.tokens == expected  # its selection runs on the verification's hidden states
     twin = stock_twin(model)  # the bench's stock generate, on the same weights, placed alike
-    assert hasattr(twin, "_hf_hook") and bench.hf_method(twin, 24)(input_ids, "t").tokens == expected
+    assert hasattr(twin, "_hf_hook")
+    stock = bench.hf_method(twin, 24)(input_ids, "t").tokens
+    assert_same_tokens(expected, stock, model, input_ids, NEAR_TIE_FLOAT32, "stock generate under hooks")
 
 
 @torch.no_grad()

@@ -131,7 +131,7 @@ def test_gpu_check_runs_on_a_cpu(tmp_path):
     assert all(row["ok"] for row in report["checks"]), report["checks"]
     assert [row["check"].split(" ")[0] for row in report["checks"]] == [
         "device", "demo", "LLaMA-2", "accelerate's", "exactness,", "exactness,", "costs,"]
-    assert report["accelerate's hooks, every method"]["parted"] == {}
+    assert set(report["accelerate's hooks, every method"]["parted"]) <= {"stock generate"}
     float32 = next(r for r in report["exactness"] if r["dtype"] == "float32")
     assert float32["runs"] > 0 and float32["identical"] == float32["runs"], float32["divergences"]
     (costs,) = report["costs"]
