@@ -49,7 +49,7 @@ from ssd import bench  # noqa: E402
 from ssd.clock import median_seconds  # noqa: E402
 from ssd.files import write_json_atomic  # noqa: E402
 from ssd.device import DeviceProfile, dtype_name  # noqa: E402
-from ssd.loading import free_memory, parse_device, stock_twin, weight_bytes  # noqa: E402
+from ssd.loading import free_memory, parse_device, stock_twin  # noqa: E402
 from ssd.low_bit import PRECISIONS  # noqa: E402
 from ssd.modeling_llama import LlamaForCausalLM  # noqa: E402
 from ssd.reports import format_table  # noqa: E402
@@ -108,9 +108,11 @@ def bytes_needed(shape: dict, dtype: torch.dtype, low_bit: tuple[str, ...] = ())
     each of `low_bit`'s precisions that its draft timings build (counted on the meta device)."""
     config = LlamaConfig(**{k: v for k, v in shape.items() if k != "initializer_range"}, tie_word_embeddings=False)
     with torch.device("meta"):
-        layers = sum(p.numel() for p in LlamaForCausalLM(config).model.layers.parameters())
+        model = LlamaForCausalLM(config)
+    weights = sum(p.numel() for p in model.parameters())
+    layers = sum(p.numel() for p in model.model.layers.parameters())
     copies = sum(LOW_BIT_BYTES_PER_WEIGHT[precision] for precision in low_bit)
-    return int(weight_bytes(config, dtype) + layers * copies)
+    return int(weights * dtype.itemsize + layers * copies)
 
 
 def bytes_available(device: torch.device) -> int | None:

@@ -63,15 +63,8 @@ class CompiledLayers:
         kinds = [kind for kind in ("layer", "blocks")[: 1 + blocks] if (kind, precision) not in self.warm]
         if not kinds:
             return
-        # Sizes 0 and 1 are specialised: 2 rows stand for more, position 2 for any later one. Where
-        # passes are kept row-invariant (`forward`), position 1 runs compiled too. A draft at the full
-        # precision runs the full model's graphs. Skipping layer 0's attention, then its MLP, runs
-        # each single-block graph.
-        row_invariant = needs_row_invariance(model.lm_head.weight)
-        positions = (1, 2) if row_invariant else (2,)
-        # On AMX, row-invariant passes of more than INVARIANT_ROWS rows run their products in halves
-        # (`Linear`), a graph of their own: the full model's (long verifications, trees) is made here too.
-        lengths = (1, 2, INVARIANT_ROWS + 1) if row_invariant and cpu.AMX else (1, 2)
+        # Skipping layer 0's attention, then its MLP, runs each single-block graph; a draft at the full
+        # precision runs the full model's graphs.
         drafts = [Draft(precision=precision)] if "layer" in kinds else []
         drafts += [Draft({0}, precision=precision), Draft(mlp={0}, precision=precision)] if "blocks" in kinds else []
         # Dynamo keeps one list of graphs per function, shared by every model in the process (two
@@ -79,9 +72,10 @@ class CompiledLayers:
         # new shapes eager. The graphs are all made here, so the limit is lifted here only.
         with torch._dynamo.config.patch(recompile_limit=64):
             for draft in drafts:
+                positions, lengths = warm_shapes(model, (1, 2), draft.is_full_model)
                 cache = model.new_cache(2 * INVARIANT_ROWS + 8)
                 for position in positions:
-                    for length in lengths if draft.is_full_model else (1, 2):
+                    for length in lengths:
                         model(torch.zeros(1, length, dtype=torch.long, device=model.device), cache, position, draft=draft)
         self.warm.update((kind, precision) for kind in kinds)
 
@@ -93,9 +87,7 @@ class CompiledLayers:
             return
         # Two sizes: on Qwen2.5-Coder-1.5B the first graph came out specialised to its size, and the
         # second size makes Dynamo compile one for any.
-        row_invariant = needs_row_invariance(model.lm_head.weight)
-        positions = (1, 2) if row_invariant else (2,)
-        lengths = (2, 3, INVARIANT_ROWS + 1) if row_invariant and cpu.AMX else (2, 3)  # the last: `Linear`'s halves
+        positions, lengths = warm_shapes(model, (2, 3), full_model=True)
         with torch._dynamo.config.patch(recompile_limit=64):
             cache = model.new_cache(2 * INVARIANT_ROWS + 8)
             for position in positions:
@@ -103,6 +95,19 @@ class CompiledLayers:
                     tree = torch.ones(length, length, dtype=torch.bool, device=model.device).tril()
                     model(torch.zeros(1, length, dtype=torch.long, device=model.device), cache, position, tree=tree)
         self.warm.add(("tree", None))
+
+
+def warm_shapes(model, lengths: tuple[int, ...], full_model: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The start positions and row counts a warm-up runs so that every later pass finds its graph. Sizes
+    0 and 1 are specialised: 2 rows stand for more, position 2 for any later one; where passes are kept
+    row-invariant (`forward`), position 1 runs compiled too. On AMX the full model's passes of more than
+    `INVARIANT_ROWS` rows (long verifications, trees) run their products in halves (`Linear`), a graph
+    of their own."""
+    row_invariant = needs_row_invariance(model.lm_head.weight)
+    positions = (1, 2) if row_invariant else (2,)
+    if full_model and row_invariant and cpu.AMX:
+        lengths = (*lengths, INVARIANT_ROWS + 1)
+    return positions, lengths
 
 
 def runs_compiled(start_pos: int, length: int, cache_len: int, row_invariant: bool, padded_rows: int) -> bool:

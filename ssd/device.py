@@ -107,18 +107,22 @@ class DeviceProfile:
         where no low-bit draft was measured."""
         return tuple(p for p in CPU_DRAFT_PRECISIONS if p in self.low_bit) if self.type == "cpu" else ()
 
+    def runs(self, precision: str | None) -> bool:
+        """Whether a draft at `precision` has a kernel here (None, the model's own weights, always has)."""
+        return precision is None or precision in self.low_bit
+
     def draft_precision(self, precision: str | None) -> str | None:
         """`precision` where it has a kernel here, else the cheapest one after it that this device drafts
         with by default (`default_draft_precisions`), else None, the model's own weights. On a GPU int4
         falls to None: its int8 kernel exists in recent PyTorch but was never measured (a naive loop)."""
-        if precision is None or precision in self.low_bit:
+        if self.runs(precision):
             return precision
         later = PRECISION_ORDER[PRECISION_ORDER.index(precision) + 1 :]
         return next(p for p in later if p is None or p in self.default_draft_precisions)
 
     def fit_draft(self, draft: Draft, source: str = "the draft") -> Draft:
-        """`draft` with a precision this device runs: its skip set kept, its precision the best the device
-        has (`draft_precision`), said in one log line when it changes."""
+        """`draft` with a precision this device runs: its skip set kept, its precision `draft_precision`'s
+        choice, said in one log line when it changes."""
         precision = self.draft_precision(draft.precision)
         if precision == draft.precision:
             return draft

@@ -229,7 +229,7 @@ def bayesian_optimizer(names: list[str], kappa: float, alpha: float, seed: int):
 def runnable_precisions(precisions: tuple[str | None, ...], profile: DeviceProfile) -> tuple[str | None, ...]:
     """The searched precisions that have a kernel on the device (int4 has none on a GPU): the others are
     left out, in one log line, so that one setting searches wherever it runs."""
-    runnable = tuple(p for p in precisions if p is None or p in profile.low_bit)
+    runnable = tuple(p for p in precisions if profile.runs(p))
     if dropped := [p for p in precisions if p not in runnable]:
         logger.warning(f"draft precisions {dropped} have no kernel on {profile.type}: searching {list(runnable)}")
     if not runnable:

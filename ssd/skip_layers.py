@@ -75,9 +75,9 @@ def load_draft(key: str, path: str | Path = DEFAULT_PATH, num_layers: int | None
 def apply_skip_layers(model: LlamaForCausalLM, key: str, path: str | Path = DEFAULT_PATH,
                       profile: DeviceProfile | None = None) -> Draft:
     """Set the model's default draft to the one stored under `key`; an entry that names no draft precision
-    keeps the model's. A precision without a kernel on the device (int4 on a GPU) gives way to the best
-    one the device has, with the same skip set, in one log line (`DeviceProfile.fit_draft`; `profile`:
-    None is the model's device's). Returns the draft set."""
+    keeps the model's. A precision without a kernel on the device (int4 on a GPU) gives way to
+    `DeviceProfile.draft_precision`'s choice, with the same skip set, in one log line (`fit_draft`;
+    `profile`: None is the model's device's). Returns the draft set."""
     draft = load_draft(key, path, model.num_layers)
     if "draft_precision" not in read_skip_layers(path)[key]:
         draft = draft.replace(precision=model.default_draft.precision)
