@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from helpers import data_dir, threads_per_worker
-from ssd.data import DATA_DIR_ENV
+from ssd.tools.data import DATA_DIR_ENV
 
 os.environ.setdefault("SSD_NOTEBOOK_PARAMS", str(Path(__file__).with_name("ci_params.json")))
 # Under pytest-xdist a notebook's kernel shares the cores with the other workers: its share of threads.

@@ -8,8 +8,8 @@ check that fails says why in its row and the others still run. The exit status i
 
 1. The device: torch, CUDA and compute capability, native bfloat16
    (`torch.cuda.is_bf16_supported(including_emulation=False)`), and what `ssd` picks there
-   (`ssd.device.DeviceProfile`: dtype, low-bit draft kernels).
-2. The demo: `python -m ssd.bench` on the embedded model, as `scripts/demo.sh` runs it, with one chat
+   (`ssd.fast.device.DeviceProfile`: dtype, low-bit draft kernels).
+2. The demo: `python -m ssd.tools.bench` on the embedded model, as `scripts/demo.sh` runs it, with one chat
    prompt, 16 tokens, `base`, `essg` and `sss`, and the package's defaults for the device.
 3. A checkpoint that samples by default: LLaMA-2's `generation_config` on a random model; the bench's
    runners must decode greedily, `essg` equal to `base`.
@@ -45,17 +45,17 @@ from transformers import GenerationConfig, LlamaConfig
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ssd  # noqa: E402
-from ssd import bench  # noqa: E402
-from ssd.clock import median_seconds  # noqa: E402
-from ssd.files import write_json_atomic  # noqa: E402
-from ssd.device import DeviceProfile, dtype_name  # noqa: E402
-from ssd.loading import free_memory, parse_device, stock_twin  # noqa: E402
-from ssd.low_bit import PRECISIONS  # noqa: E402
-from ssd.modeling_llama import LlamaForCausalLM  # noqa: E402
-from ssd.reports import format_table  # noqa: E402
-from ssd.searching import chain_speedup  # noqa: E402
-from ssd.skip_layers import load_draft  # noqa: E402
-from ssd.timing import generate_method  # noqa: E402
+from ssd.tools import bench  # noqa: E402
+from ssd.core.clock import median_seconds  # noqa: E402
+from ssd.core.files import write_json_atomic  # noqa: E402
+from ssd.fast.device import DeviceProfile, dtype_name  # noqa: E402
+from ssd.loading.model import free_memory, parse_device, stock_twin  # noqa: E402
+from ssd.fast.low_bit import PRECISIONS  # noqa: E402
+from ssd.core.modeling_llama import LlamaForCausalLM  # noqa: E402
+from ssd.tools.reports import format_table  # noqa: E402
+from ssd.core.searching import chain_speedup  # noqa: E402
+from ssd.core.skip_layers import load_draft  # noqa: E402
+from ssd.tools.timing import generate_method  # noqa: E402
 
 SHAPES = {  # Llama-2's shapes (7B and 13B have no grouped-query attention)
     "llama-2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
@@ -137,7 +137,7 @@ def exactness_shape(device: torch.device, tiny: bool) -> tuple[str, str | None]:
 
 
 def median_ms(run, device: torch.device, repeats: int) -> float:
-    """Median milliseconds of `run()` after one warm-up (`ssd.clock.median_seconds`)."""
+    """Median milliseconds of `run()` after one warm-up (`ssd.core.clock.median_seconds`)."""
     return median_seconds(run, device, repeats) * 1000
 
 
@@ -188,7 +188,7 @@ def describe_device(facts: dict) -> str:
 
 
 def check_demo(device: torch.device, tiny: bool, folder: Path) -> dict:
-    """`python -m ssd.bench` as the demo runs it, small: its rows over all tasks."""
+    """`python -m ssd.tools.bench` as the demo runs it, small: its rows over all tasks."""
     argv = ["--device", str(device), "--tasks", "chat", "--num-prompts", "1", "--max-new-tokens", "16",
             "--methods", "base", "essg", "sss", "--output", str(folder / "gpu_check_demo")]
     rows = bench.main(argv + (["--no-compile"] if tiny else []))

@@ -1,31 +1,31 @@
 """Self-speculative decoding for LLaMA-family models: draft with the same model
 skipping some sub-layers, verify in one full pass, output unchanged."""
 
-# The one setting `import ssd` makes: MKL's code path (`MKL_CBWR`, `ssd.cpu.mkl_code_path`), which on
+# The one setting `import ssd` makes: MKL's code path (`MKL_CBWR`, `ssd.fast.cpu.mkl_code_path`), which on
 # AMD CPUs decides how fast the few-row products of decoding run. MKL reads it once, when it first
 # runs, so it is set here, before any model can run; a value the user set is kept. Every other
 # per-CPU choice is made when a model is built, and shows in its repr (`LlamaForCausalLM.products`).
-from ssd.cpu import use_fast_mkl_path
+from ssd.fast.cpu import use_fast_mkl_path
 
 use_fast_mkl_path()
 
-from ssd.decoding import (
+from ssd.core.decoding import (
     DraftConfig,
     GenerationResult,
     base_generate,
     exact_self_speculative_generate,
     self_speculative_sample,
 )
-from ssd.device import DeviceProfile
-from ssd.draft import Draft
+from ssd.fast.device import DeviceProfile
+from ssd.core.draft import Draft
 from ssd.generation import GenerateOutput, generate, method_names, register_method
 from ssd.inference import infer
-from ssd.modeling_llama import KVCache, LlamaForCausalLM
-from ssd.loading import load_model
-from ssd.proposers import Outcome, Proposal, Proposer, Step
-from ssd.sampling import Sampling
-from ssd.skip_layers import apply_skip_layers, load_draft, save_skip_layers
-from ssd.swift import SwiftConfig, SwiftOptimizer, swift_generate
+from ssd.core.modeling_llama import KVCache, LlamaForCausalLM
+from ssd.loading.model import load_model
+from ssd.core.proposers import Outcome, Proposal, Proposer, Step
+from ssd.core.sampling import Sampling
+from ssd.core.skip_layers import apply_skip_layers, load_draft, save_skip_layers
+from ssd.methods.swift import SwiftConfig, SwiftOptimizer, swift_generate
 
 __all__ = [
     "DeviceProfile",

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
-from ssd.clasp import clasp_proposers
-from ssd.clock import timed
-from ssd.decoding import (
+from ssd.methods.clasp import clasp_proposers
+from ssd.core.clock import timed
+from ssd.core.decoding import (
     DraftConfig,
     GenerationResult,
     base_generate,
@@ -29,13 +29,13 @@ from ssd.decoding import (
     eos_set,
     speculative_decode,
 )
-from ssd.draft import Draft
-from ssd.modeling_llama import LlamaForCausalLM
-from ssd.proposers import Proposer
-from ssd.recycling import recycling_proposers
-from ssd.sampling import Sampling
-from ssd.skip_layers import DEFAULT_PATH
-from ssd.swift import SwiftConfig, SwiftOptimizer, swift_generate
+from ssd.core.draft import Draft
+from ssd.core.modeling_llama import LlamaForCausalLM
+from ssd.core.proposers import Proposer
+from ssd.methods.recycling import recycling_proposers
+from ssd.core.sampling import Sampling
+from ssd.core.skip_layers import DEFAULT_PATH
+from ssd.methods.swift import SwiftConfig, SwiftOptimizer, swift_generate
 
 # Builds one generation's proposers from the model, the draft settings and the `draft=` given (or None).
 ProposerFactory = Callable[[LlamaForCausalLM, DraftConfig, Draft | None], list[Proposer]]

@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
-from ssd.decoding import check_max_new_tokens
+from ssd.core.decoding import check_max_new_tokens
 from ssd.generation import generate, method_names, swift_optimizer
-from ssd.modeling_llama import LlamaForCausalLM
-from ssd.swift import SwiftConfig, SwiftOptimizer
+from ssd.core.modeling_llama import LlamaForCausalLM
+from ssd.methods.swift import SwiftConfig, SwiftOptimizer
 
 
 def infer(
@@ -33,7 +33,7 @@ def infer(
 ) -> dict:
     """Generate from a prompt with `base` (autoregressive), `essg` (exact greedy
     self-speculative), `sss` (self-speculative sampling) or `swift` (skip set
-    optimised on the fly, `ssd.swift`; greedy, or sampled with `do_sample=True`).
+    optimised on the fly, `ssd.methods.swift`; greedy, or sampled with `do_sample=True`).
 
     `draft_kwargs` are `DraftConfig`'s: max_step_draft, th_stop_draft,
     auto_th_stop_draft, auto_parameters, draft_vocab_size, gate, ngram_size,

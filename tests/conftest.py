@@ -6,8 +6,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import ssd
 from helpers import SAMPLED_PROMPT, SAMPLING, SHARED_MODELS, data_dir, exact_token_marginal, shared, threads_per_worker
-from ssd.checkpoints import embedded_checkpoint
-from ssd.data import task_prompts
+from ssd.loading.checkpoints import embedded_checkpoint
+from ssd.tools.data import task_prompts
 
 torch.set_num_threads(threads_per_worker())  # under pytest-xdist (scripts/test.sh) workers share the cores
 

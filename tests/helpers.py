@@ -11,10 +11,10 @@ import torch
 from scipy.stats import chisquare
 from transformers import GenerationConfig, LlamaConfig
 
-import ssd.sampling
-from ssd.data import DATA_DIR_ENV
-from ssd.modeling_llama import LlamaForCausalLM
-from ssd.sampling import Sampling, logits_to_probs
+import ssd.core.sampling
+from ssd.tools.data import DATA_DIR_ENV
+from ssd.core.modeling_llama import LlamaForCausalLM
+from ssd.core.sampling import Sampling, logits_to_probs
 
 # Models that several tests share (`shared`). Their default draft (a value, `model.default_draft`) is the
 # one piece of their state a test may change; conftest's autouse fixtures put it back after every test
@@ -160,4 +160,4 @@ def chi_square_p_value(counts: torch.Tensor, expected: torch.Tensor, trials: int
 def accept_everything(target_logits, drafts, draft_probs, sampling, generator):
     """A broken `verify_drafts`: every draft accepted, so tokens follow the draft's distribution."""
     p = logits_to_probs(target_logits, sampling)
-    return len(drafts), int(ssd.sampling.sample(p[len(drafts)], generator))
+    return len(drafts), int(ssd.core.sampling.sample(p[len(drafts)], generator))

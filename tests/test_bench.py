@@ -1,4 +1,4 @@
-"""`python -m ssd.bench`: argument errors are clear, prompts files are read strictly, summaries add up."""
+"""`python -m ssd.tools.bench`: argument errors are clear, prompts files are read strictly, summaries add up."""
 
 import json
 import logging
@@ -8,10 +8,10 @@ import torch
 from transformers import GenerationConfig
 
 from helpers import NEAR_TIE_FLOAT32, assert_same_tokens
-from ssd import bench
-from ssd.bench import PROMPTS_FILE, encode, load_prompts, parse_args, read_prompts_file, skipped_line
-from ssd.data import DATA_DIR_ENV
-from ssd.loading import stock_twin
+from ssd.tools import bench
+from ssd.tools.bench import PROMPTS_FILE, encode, load_prompts, parse_args, read_prompts_file, skipped_line
+from ssd.tools.data import DATA_DIR_ENV
+from ssd.loading.model import stock_twin
 
 
 @pytest.mark.parametrize(
@@ -73,7 +73,7 @@ def test_chat_prompts_go_through_the_chat_template(tokenizer):
 def test_stock_generate_on_a_chat_prompt_equals_base(embedded, stock, base_tokens):
     """A chat prompt holds `<|im_end|>`, the embedded model's pad id: the stock method must not mask it
     as padding (it did, and parted from base at the 17th token of this prompt)."""
-    from ssd.bench import hf_method
+    from ssd.tools.bench import hf_method
 
     model, tokenizer = embedded
     input_ids = encode(tokenizer, "chat", read_prompts_file(PROMPTS_FILE, ("chat",))[1][1])
@@ -100,7 +100,7 @@ def test_stock_generate_runs_quietly_for_a_fixed_length(stock):
     the assisted decoder's own config-plus-kwargs notice dropped; the same call unfiltered does warn."""
     from transformers.utils import logging as hf_logging
 
-    from ssd.bench import ASSISTANT_KWARGS_NOTICE, hf_method
+    from ssd.tools.bench import ASSISTANT_KWARGS_NOTICE, hf_method
 
     class Recorder(logging.Handler):
         def __init__(self):
@@ -132,7 +132,7 @@ def test_stock_generate_runs_on_our_own_weights(embedded, stock):
     """`hf` and `hf-pld` run stock transformers' model on ssd's own weight tensors (no second copy: a 13B
     model loaded twice does not fit one GPU), and it generates what the model stock `from_pretrained`
     loads generates."""
-    from ssd.bench import hf_method
+    from ssd.tools.bench import hf_method
 
     model, tokenizer = embedded
     twin = stock_twin(model)

@@ -1,12 +1,12 @@
 """bfloat16 on CPU: a token's logits do not depend on how many tokens share the forward, so essg equals base.
 
 One-row products take another kernel than several-row ones and round
-differently; `ssd.modeling_llama.Linear` runs one row as two. Without that,
+differently; `ssd.core.modeling_llama.Linear` runs one row as two. Without that,
 essg left base's path at bfloat16 near-ties on 3 of 5 prompts.
 
 essg == base is claimed, and tested, where `load_model` picks bfloat16:
 CPUs with native bfloat16 (AVX512-BF16, AMX), where it also compiles the
-layer blocks and packs the weights (`ssd.packed`). Elsewhere bfloat16 is emulated, through other kernels,
+layer blocks and packs the weights (`ssd.fast.packed`). Elsewhere bfloat16 is emulated, through other kernels,
 `load_model` picks float32, and bfloat16
 essg is not guaranteed to equal base, nor one pass to equal steps bit
 for bit: on an AVX2-only EPYC essg parted from base although the one-pass
@@ -19,12 +19,12 @@ import torch
 
 import ssd
 from helpers import data_dir, random_skip_set, shared
-from ssd.cpu import cpu_has_native_bfloat16
-from ssd.data import task_prompts
-from ssd.device import DeviceProfile
-from ssd.loading import should_pack_weights
-from ssd.modeling_llama import RMSNorm
-from ssd.tree import ancestor_mask, keep_path
+from ssd.fast.cpu import cpu_has_native_bfloat16
+from ssd.tools.data import task_prompts
+from ssd.fast.device import DeviceProfile
+from ssd.loading.model import should_pack_weights
+from ssd.core.modeling_llama import RMSNorm
+from ssd.methods.tree import ancestor_mask, keep_path
 from test_tree import random_tree
 
 native_bfloat16_only = pytest.mark.skipif(
@@ -117,7 +117,7 @@ def test_compiled_norm_of_one_row_equals_the_rows_norm_among_others():
 def test_bfloat16_essg_equals_base(bf16_model, prompts, skip, precision):
     """Drafts with skipped sub-layers, low-bit copies of the weights, or both."""
     model, tokenizer = bf16_model
-    sets = {"none": ([], []), "hand-made": ssd.skip_layers.hand_made_set(model.num_layers), "random30": random_skip_set(model.num_layers, 0.3, seed=2)}
+    sets = {"none": ([], []), "hand-made": ssd.core.skip_layers.hand_made_set(model.num_layers), "random30": random_skip_set(model.num_layers, 0.3, seed=2)}
     model.set_skip_layers(*sets[skip])
     model.set_draft_precision(precision)
     for prompt in prompts if (skip, precision) == ("hand-made", None) else prompts[::2]:

@@ -4,8 +4,8 @@ and the full model never reads a key or value a draft wrote."""
 import torch
 
 from ssd import Draft
-from ssd.decoding import prefill, verify_drafts
-from ssd.self_draft import draft_tokens
+from ssd.core.decoding import prefill, verify_drafts
+from ssd.core.self_draft import draft_tokens
 from helpers import random_skip_set
 
 

@@ -13,9 +13,9 @@ from transformers import AutoModelForCausalLM
 
 import ssd
 from helpers import NEAR_TIE_FLOAT32, assert_same_tokens, data_dir, shared, stock_greedy
-from ssd.checkpoints import QWEN_CODER, QWEN_CODER_KEY, PartedGGUF, parted_gguf, qwen_coder_checkpoint
-from ssd.data import task_prompts
-from ssd.modeling_llama import Qwen2ForCausalLM
+from ssd.loading.checkpoints import QWEN_CODER, QWEN_CODER_KEY, PartedGGUF, parted_gguf, qwen_coder_checkpoint
+from ssd.tools.data import task_prompts
+from ssd.core.modeling_llama import Qwen2ForCausalLM
 
 CHUNKS = [b"GGUF" + os.urandom(1000), os.urandom(1000), os.urandom(37)]
 
@@ -54,7 +54,7 @@ def test_a_damaged_file_is_reported_and_rebuilt(parted, damage, caplog):
     else:
         data[500] ^= 1  # same size, another hash
     target.write_bytes(bytes(data))
-    with caplog.at_level(logging.WARNING, logger="ssd.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="ssd.loading.checkpoints"):
         assert parted_gguf(spec, target).read_bytes() == b"".join(CHUNKS)
     assert "rebuilding" in caplog.text and ("bytes" if damage == "truncated" else "sha256") in caplog.text
 

@@ -6,12 +6,12 @@ import torch
 import torch.nn.functional as F
 
 import ssd
-import ssd.decoding
+import ssd.core.decoding
 from helpers import (ALPHA, NEAR_TIE_FLOAT32, SAMPLING, accept_everything, assert_same_tokens, chi_square_p_value,
                      sample_counts)
-from ssd.clasp import ClaspConfig, ClaspDraft, SubLayerWeights, clasp_proposers, select_skip_set
-from ssd.decoding import DraftConfig, speculative_decode
-from ssd.skip_layers import hand_made_set
+from ssd.methods.clasp import ClaspConfig, ClaspDraft, SubLayerWeights, clasp_proposers, select_skip_set
+from ssd.core.decoding import DraftConfig, speculative_decode
+from ssd.core.skip_layers import hand_made_set
 
 EVERY_STEP = ClaspConfig(interval=1, budget=None)  # a selection before every clasp step
 
@@ -130,5 +130,5 @@ def test_clasp_sampling_keeps_the_distribution(third_token_setting):
 
 
 def test_clasp_broken_acceptance_rule_is_detected(third_token_setting, monkeypatch):
-    monkeypatch.setattr(ssd.decoding, "verify_drafts", accept_everything)
+    monkeypatch.setattr(ssd.core.decoding, "verify_drafts", accept_everything)
     assert third_token_p_value(*third_token_setting, 50) < ALPHA

@@ -1,13 +1,13 @@
-"""The notebooks' side-by-side comparisons (`ssd.comparisons`), on the embedded model with small settings:
+"""The notebooks' side-by-side comparisons (`ssd.tools.comparisons`), on the embedded model with small settings:
 what search.ipynb and swift.ipynb tabulate, checked here rather than only through nbval."""
 
 import pytest
 
 import ssd
-from ssd.checkpoints import model_key
-from ssd.comparisons import SWIFT_METHODS, compare_skip_sets, compare_swift, summarize_swift
-from ssd.skip_layers import hand_made_set, read_skip_layers
-from ssd.swift import cache_key
+from ssd.loading.checkpoints import model_key
+from ssd.tools.comparisons import SWIFT_METHODS, compare_skip_sets, compare_swift, summarize_swift
+from ssd.core.skip_layers import hand_made_set, read_skip_layers
+from ssd.methods.swift import cache_key
 
 MAX_NEW_TOKENS = 16
 

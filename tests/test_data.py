@@ -5,7 +5,7 @@ import json
 import pytest
 
 from helpers import data_dir
-from ssd.data import (
+from ssd.tools.data import (
     DATA_DIR_ENV,
     DataUnavailable,
     clip_summarization_prompt,

@@ -1,4 +1,4 @@
-"""The device policy (`ssd.device`): a GPU's rules checked on this CPU by describing a GPU, a stored draft
+"""The device policy (`ssd.fast.device`): a GPU's rules checked on this CPU by describing a GPU, a stored draft
 whose precision a device lacks, a checkpoint that samples by default, and a model under accelerate's
 hooks (as `device_map` places one over several GPUs) through every method."""
 
@@ -11,15 +11,15 @@ from transformers import GenerationConfig, LlamaConfig
 
 from helpers import NEAR_TIE_FLOAT32, assert_same_tokens
 import ssd
-import ssd.loading
-import ssd.modeling_llama
-from ssd import bench
-from ssd.comparisons import compare_skip_sets
-from ssd.cpu import cpu_has_native_bfloat16
-from ssd.device import DeviceProfile, rows_made_invariant
-from ssd.loading import default_draft_precision, should_pack_weights, stock_twin, weight_bytes
-from ssd.searching import LayerSkippingSearching, SearchConfig
-from ssd.skip_layers import apply_skip_layers, hand_made_set, save_skip_layers
+import ssd.loading.model
+import ssd.core.modeling_llama
+from ssd.tools import bench
+from ssd.tools.comparisons import compare_skip_sets
+from ssd.fast.cpu import cpu_has_native_bfloat16
+from ssd.fast.device import DeviceProfile, rows_made_invariant
+from ssd.loading.model import default_draft_precision, should_pack_weights, stock_twin, weight_bytes
+from ssd.core.searching import LayerSkippingSearching, SearchConfig
+from ssd.core.skip_layers import apply_skip_layers, hand_made_set, save_skip_layers
 
 # LLaMA-2's generation_config.json (meta-llama/Llama-2-7b-hf and -13b-hf): sampling by default.
 LLAMA_2_GENERATION = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0, do_sample=True, temperature=0.6,
@@ -91,16 +91,16 @@ def test_a_stored_int4_entry_on_a_gpu_keeps_its_skip_set(embedded, tmp_path, cap
     model, _ = embedded
     path = tmp_path / "skip_layers.json"
     save_skip_layers("searched", [3, 5], [4], path, draft_precision="int4")
-    with caplog.at_level(logging.WARNING, logger="ssd.device"):
+    with caplog.at_level(logging.WARNING, logger="ssd.fast.device"):
         draft = apply_skip_layers(model, "searched", path, profile=VOLTA)
     assert draft == ssd.Draft.skipping([3, 5], [4], None) == model.default_draft
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "ssd.device"]
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "ssd.fast.device"]
     assert "'searched'" in line and "'int4'" in line and "cuda" in line
 
 
 def test_a_draft_the_device_runs_is_kept_as_it_is(caplog):
     draft = ssd.Draft.skipping([3], [4], "int4")
-    with caplog.at_level(logging.WARNING, logger="ssd.device"):
+    with caplog.at_level(logging.WARNING, logger="ssd.fast.device"):
         assert DeviceProfile.of("cpu").fit_draft(draft) is draft
         assert AMPERE.fit_draft(draft) == draft.replace(precision=None)
     assert len(caplog.records) == 1
@@ -116,8 +116,8 @@ def test_a_model_that_cannot_fit_is_refused_before_loading(monkeypatch):
     def no_loading(*args, **kwargs):
         raise AssertionError("the weights were loaded before the memory check")
 
-    monkeypatch.setattr(ssd.modeling_llama.LlamaForCausalLM, "from_pretrained", no_loading)
-    monkeypatch.setattr(ssd.loading, "available_memory", lambda: 100 * 2**20)
+    monkeypatch.setattr(ssd.core.modeling_llama.LlamaForCausalLM, "from_pretrained", no_loading)
+    monkeypatch.setattr(ssd.loading.model, "available_memory", lambda: 100 * 2**20)
     with pytest.raises(MemoryError, match=r"needs about 0\.5 GiB for its float32 weights and cpu has 0\.1 GiB free"):
         ssd.load_model(dtype="float32", device="cpu")
 

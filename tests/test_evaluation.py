@@ -1,4 +1,4 @@
-"""ssd.evaluation: methods, generation over examples, ROUGE-2, HumanEval execution, pass@k, tables, files.
+"""ssd.tools.evaluation: methods, generation over examples, ROUGE-2, HumanEval execution, pass@k, tables, files.
 
 Real embedded model where a model is needed; no timing asserts.
 """
@@ -10,12 +10,12 @@ import statistics
 import matplotlib
 import pytest
 
-from ssd import evaluation as ev
-from ssd import reports, scoring
-from ssd.checkpoints import QWEN_CODER_KEY
-from ssd.data import Example, load_examples, task_examples
-from ssd.loading import parse_dtype
-from ssd.skip_layers import hand_made_set, read_skip_layers
+from ssd.tools import evaluation as ev
+from ssd.tools import reports, scoring
+from ssd.loading.checkpoints import QWEN_CODER_KEY
+from ssd.tools.data import Example, load_examples, task_examples
+from ssd.loading.model import parse_dtype
+from ssd.core.skip_layers import hand_made_set, read_skip_layers
 
 matplotlib.use("Agg")
 

@@ -5,8 +5,8 @@ import torch
 
 import ssd
 from helpers import NEAR_TIE_FLOAT32, assert_same_tokens, random_skip_set, stock_greedy
-from ssd.decoding import DraftConfig
-from ssd.skip_layers import hand_made_set
+from ssd.core.decoding import DraftConfig
+from ssd.core.skip_layers import hand_made_set
 
 MAX_NEW_TOKENS = 64
 NUM_LAYERS = 30  # SmolLM2-135M; checked against the model below

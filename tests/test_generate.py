@@ -12,8 +12,8 @@ from transformers import GenerationConfig, TextIteratorStreamer
 from transformers.generation.streamers import BaseStreamer
 
 import ssd
-import ssd.decoding
-from ssd.swift import SwiftConfig, SwiftOptimizer
+import ssd.core.decoding
+from ssd.methods.swift import SwiftConfig, SwiftOptimizer
 
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
 REPEATING = "one two three four five six seven eight nine ten. one two three four five six seven eight nine ten. one two"
@@ -180,6 +180,6 @@ def test_seeded_sampling_reproduces_whatever_the_timing(embedded, monkeypatch):
     first = sample(1)
     jitter = random.Random(0)
     clock = itertools.accumulate(jitter.expovariate(10.0) for _ in iter(int, 1))
-    monkeypatch.setattr(ssd.decoding, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    monkeypatch.setattr(ssd.core.decoding, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
     assert torch.equal(sample(1), first) and torch.equal(sample(1), first)
     assert not torch.equal(sample(2), first)

@@ -13,11 +13,11 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
-import ssd.modeling_llama
-from ssd.attention import attend, attention_path
-from ssd.modeling_llama import LlamaForCausalLM
-from ssd.device import DeviceProfile
-from ssd.loading import refuse_offload
+import ssd.core.modeling_llama
+from ssd.core.attention import attend, attention_path
+from ssd.core.modeling_llama import LlamaForCausalLM
+from ssd.fast.device import DeviceProfile
+from ssd.loading.model import refuse_offload
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
@@ -58,7 +58,7 @@ def test_every_attention_path_computes_causal_attention(monkeypatch, path, start
     """Each path, forced, on a CPU: prefill, verification, one-token step, and a pass over a longer cache."""
     if path == "causal" and start_pos != 0:
         pytest.skip("is_causal serves prefills only")
-    monkeypatch.setattr(ssd.attention, "attention_path", lambda *args: path)
+    monkeypatch.setattr(ssd.core.attention, "attention_path", lambda *args: path)
     torch.manual_seed(0)
     q, k, v = torch.randn(1, 4, n_queries, 16), torch.randn(1, 2, key_len, 16), torch.randn(1, 2, key_len, 16)
     got = attend(q, k, v, start_pos)
@@ -110,7 +110,7 @@ def test_load_model_refuses_an_offloading_device_map_before_loading(tmp_path, mo
     def no_loading(*args, **kwargs):
         raise AssertionError("the weights were loaded before the device map was refused")
 
-    monkeypatch.setattr(ssd.modeling_llama.LlamaForCausalLM, "from_pretrained", no_loading)
+    monkeypatch.setattr(ssd.core.modeling_llama.LlamaForCausalLM, "from_pretrained", no_loading)
     with pytest.raises(ValueError, match=r"offloaded \(to disk"):
         ssd.load_model(device_map={"model": "cpu", "lm_head": "disk"}, offload_folder=str(tmp_path))
 
@@ -176,21 +176,21 @@ def test_gpu_check_flags(argv, message, capsys):
 
 @torch.no_grad()
 def test_the_breakdown_waits_for_the_device_around_what_it_times(monkeypatch):
-    """`python -m ssd.breakdown` times prefills, generations and passes of n rows through `ssd.clock.timed`,
+    """`python -m ssd.tools.breakdown` times prefills, generations and passes of n rows through `ssd.core.clock.timed`,
     which synchronises the device before and after (on a GPU, timing without it measures kernel launches)."""
     from helpers import tiny_llama
 
-    import ssd.breakdown
-    import ssd.clock
+    import ssd.tools.breakdown
+    import ssd.core.clock
 
     waits = []
-    monkeypatch.setattr(ssd.clock, "synchronize", lambda device: waits.append(device))
+    monkeypatch.setattr(ssd.core.clock, "synchronize", lambda device: waits.append(device))
     model = tiny_llama()
     input_ids = torch.tensor([[1, 5, 9, 4, 7, 8]])
-    costs = ssd.breakdown.row_costs(model, input_ids, rows=(1, 2, 4), repeats=2)
+    costs = ssd.tools.breakdown.row_costs(model, input_ids, rows=(1, 2, 4), repeats=2)
     assert set(costs) == {1, 2, 4} and len(waits) == 2 * 3 * 3  # before and after each of 3 runs per row count
     waits.clear()
-    table, extra = ssd.breakdown.breakdown(model, [input_ids], "essg", 8)
+    table, extra = ssd.tools.breakdown.breakdown(model, [input_ids], "essg", 8)
     assert len(waits) == 2 * 2  # the prefill and the generation
     assert extra["summary"]["tokens_per_second"] > 0
 
@@ -199,9 +199,9 @@ def test_the_breakdown_waits_for_the_device_around_what_it_times(monkeypatch):
 def test_grouped_attention_on_every_cpu_path_computes_attention(monkeypatch, amx):
     """Both CPU paths of the values product (AMX's float32 columns, and plain bfloat16), a chain and a token
     tree, against attention written out in float64, in bfloat16: whichever CPU runs the tests."""
-    from ssd import cpu
-    from ssd.attention import grouped_attention, tree_layout
-    from ssd.tree import ancestor_mask
+    from ssd.fast import cpu
+    from ssd.core.attention import grouped_attention, tree_layout
+    from ssd.methods.tree import ancestor_mask
 
     monkeypatch.setattr(cpu, "AMX", amx)
     torch.manual_seed(0)

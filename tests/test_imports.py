@@ -10,22 +10,33 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "ssd"
 
 
+def module_name(path: Path) -> str:
+    """`ssd/core/decoding.py` -> `core.decoding`; a package's `__init__.py` -> the package's name."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def imports_of(path: Path) -> set[str]:
-    """The ssd modules a file imports, at any depth of the file (lazy imports included)."""
+    """The ssd modules a file imports (names below `ssd.`), at any depth of the file (lazy imports included)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ssd."):
-            found.add(node.module.removeprefix("ssd."))
+            module = node.module.removeprefix("ssd.")
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)  # a module imported from a package
         elif isinstance(node, ast.ImportFrom) and node.module == "ssd":
-            found.update(alias.name for alias in node.names if (PACKAGE / f"{alias.name}.py").exists())
+            found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.Import):
             found.update(a.name.removeprefix("ssd.") for a in node.names if a.name.startswith("ssd."))
     return found
 
 
 def import_graph() -> dict[str, set[str]]:
-    modules = {p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
-    return {m: imports_of(PACKAGE / f"{m}.py") & modules for m in modules}
+    """Each module's ssd imports, by short name (`decoding`, not `core.decoding`): every module name is unique."""
+    paths = {module_name(p): p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
+    short = {name: name.rsplit(".", 1)[-1] for name in paths}
+    assert len(set(short.values())) == len(short), "two ssd modules share a name"
+    return {short[m]: {short[i] for i in imports_of(p) if i in paths} for m, p in paths.items()}
 
 
 def test_no_import_cycle():
@@ -42,8 +53,8 @@ def test_no_import_cycle():
 
 def test_the_graph_sees_lazy_imports(tmp_path):
     module = tmp_path / "m.py"
-    module.write_text("def f():\n    from ssd.swift import SwiftConfig\n")
-    assert imports_of(module) == {"swift"}
+    module.write_text("def f():\n    from ssd.methods.swift import SwiftConfig\n")
+    assert "methods.swift" in imports_of(module)
 
 
 def test_import_ssd_leaves_the_experiment_libraries_alone():

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import ssd
-import ssd.notebook
+import ssd.tools.notebook
 from helpers import tiny_llama
-from ssd.data import DataUnavailable, get_task, load_examples
-from ssd.decoding import DraftConfig
+from ssd.tools.data import DataUnavailable, get_task, load_examples
+from ssd.core.decoding import DraftConfig
 
 
 @pytest.mark.parametrize(
@@ -148,8 +148,8 @@ def test_load_model_refuses_bad_arguments_before_reading_anything(kwargs, error,
     def no_reading(*args, **kwargs):
         raise AssertionError("a checkpoint was read before the arguments were checked")
 
-    monkeypatch.setattr(ssd.loading.AutoConfig, "from_pretrained", no_reading)
-    monkeypatch.setattr(ssd.loading, "resolve_checkpoint", no_reading)
+    monkeypatch.setattr(ssd.loading.model.AutoConfig, "from_pretrained", no_reading)
+    monkeypatch.setattr(ssd.loading.model, "resolve_checkpoint", no_reading)
     with pytest.raises(error, match=message):
         ssd.load_model(**kwargs)
 
@@ -224,12 +224,12 @@ def test_bad_draft_settings_leave_the_draft_as_it_was(call, error, message):
     ("/nonexistent/params.json", FileNotFoundError, "neither JSON nor a file: /nonexistent/params.json"),
 ])
 def test_bad_notebook_overrides_fail_before_any_cell_runs(monkeypatch, overrides, error, message):
-    monkeypatch.setenv(ssd.notebook.ENV, overrides)
+    monkeypatch.setenv(ssd.tools.notebook.ENV, overrides)
     with pytest.raises(error, match=message):
-        ssd.notebook.parameters("evaluate_sum", n_samples=8, thresholds=[0.6], model=None)
+        ssd.tools.notebook.parameters("evaluate_sum", n_samples=8, thresholds=[0.6], model=None)
 
 
 def test_notebook_overrides_of_the_right_kind_apply(monkeypatch):
-    monkeypatch.setenv(ssd.notebook.ENV, '{"evaluate_sum": {"n_samples": 2, "thresholds": [], "model": "x", "rate": 1}}')
-    params = ssd.notebook.parameters("evaluate_sum", n_samples=8, thresholds=[0.6], model=None, rate=0.5)
+    monkeypatch.setenv(ssd.tools.notebook.ENV, '{"evaluate_sum": {"n_samples": 2, "thresholds": [], "model": "x", "rate": 1}}')
+    params = ssd.tools.notebook.parameters("evaluate_sum", n_samples=8, thresholds=[0.6], model=None, rate=0.5)
     assert (params.n_samples, params.thresholds, params.model, params.rate) == (2, [], "x", 1)

@@ -15,10 +15,10 @@ from transformers import AutoTokenizer, LlamaConfig
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 import ssd
-import ssd.loading
-from ssd.checkpoints import PACKED_GGUF_ADVICE, PACKED_GGUF_ADVICE_LOGGER, embedded_checkpoint, embedded_model_path
-from ssd.modeling_llama import LlamaForCausalLM
-from ssd.loading import HUB_KWARGS
+import ssd.loading.model
+from ssd.loading.checkpoints import PACKED_GGUF_ADVICE, PACKED_GGUF_ADVICE_LOGGER, embedded_checkpoint, embedded_model_path
+from ssd.core.modeling_llama import LlamaForCausalLM
+from ssd.loading.model import HUB_KWARGS
 
 SUBFOLDER = "sub"
 GGUF_NAME = "tiny.gguf"
@@ -96,9 +96,9 @@ def messages(records):
 
 
 def spy(monkeypatch, name, calls):
-    """Record the keyword arguments `ssd.loading` passes to `name.from_pretrained`, and still load for real.
+    """Record the keyword arguments `ssd.loading.model` passes to `name.from_pretrained`, and still load for real.
 
-    Only `ssd.loading`' own calls: transformers' inner ones (`AutoTokenizer` reads a config too) are not
+    Only `ssd.loading.model`' own calls: transformers' inner ones (`AutoTokenizer` reads a config too) are not
     recorded. The weights' call goes to ssd's model class (`model_class`), spied on the class itself.
     """
     if name == "LlamaForCausalLM":
@@ -110,13 +110,13 @@ def spy(monkeypatch, name, calls):
 
         monkeypatch.setattr(LlamaForCausalLM, "from_pretrained", classmethod(load_weights))
         return
-    original = getattr(ssd.loading, name).from_pretrained
+    original = getattr(ssd.loading.model, name).from_pretrained
 
     def from_pretrained(*args, **kwargs):
         calls[name] = kwargs
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(ssd.loading, name, SimpleNamespace(from_pretrained=from_pretrained))
+    monkeypatch.setattr(ssd.loading.model, name, SimpleNamespace(from_pretrained=from_pretrained))
 
 
 SPIED = ("AutoConfig", "AutoTokenizer", "LlamaForCausalLM")

@@ -7,9 +7,9 @@ import torch
 from helpers import NEAR_TIE_FLOAT32, assert_same_tokens, tiny_llama
 
 import ssd
-from ssd.linear import Linear
-from ssd.low_bit import INT4_GROUP_SIZE, Int8Weight, precision_bytes_share, quantise
-from ssd.skip_layers import hand_made_set
+from ssd.fast.linear import Linear
+from ssd.fast.low_bit import INT4_GROUP_SIZE, Int8Weight, precision_bytes_share, quantise
+from ssd.core.skip_layers import hand_made_set
 
 UPPER_HALF = hand_made_set(30)  # the embedded model has 30 layers
 MAX_NEW_TOKENS = 48
@@ -146,4 +146,4 @@ def test_swift_optimises_skip_sets_on_top_of_the_quantised_draft(embedded, promp
 
 def test_load_model_drafts_in_int4_on_a_cpu(embedded):
     model, _ = embedded
-    assert ssd.loading.default_draft_precision(model) == "int4" == model.get_draft_precision()
+    assert ssd.loading.model.default_draft_precision(model) == "int4" == model.get_draft_precision()

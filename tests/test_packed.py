@@ -1,4 +1,4 @@
-"""bfloat16 products on packed weights (`ssd.packed`): the same rows as the plain product's kernel, each
+"""bfloat16 products on packed weights (`ssd.fast.packed`): the same rows as the plain product's kernel, each
 row independent of the others, and never a stale or missing copy used silently."""
 
 import gc
@@ -9,11 +9,11 @@ import torch.nn.functional as F
 from transformers import LlamaConfig
 
 import ssd
-from ssd.linear import Linear
-from ssd.modeling_llama import LlamaForCausalLM
-from ssd.device import DeviceProfile
-from ssd.loading import should_pack_weights
-from ssd.packed import _PACKED, can_pack
+from ssd.fast.linear import Linear
+from ssd.core.modeling_llama import LlamaForCausalLM
+from ssd.fast.device import DeviceProfile
+from ssd.loading.model import should_pack_weights
+from ssd.fast.packed import _PACKED, can_pack
 
 pytestmark = pytest.mark.skipif(
     not can_pack(torch.device("cpu"), torch.bfloat16), reason="oneDNN has no bfloat16 kernels on this CPU"
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(
 def packed_linear(in_features: int, out_features: int, seed: int = 0) -> Linear:
     torch.manual_seed(seed)
     linear = Linear(in_features, out_features, bias=False).to(torch.bfloat16)
-    linear.packed = ssd.packed.pack(linear.weight)
+    linear.packed = ssd.fast.packed.pack(linear.weight)
     return linear
 
 
@@ -87,5 +87,5 @@ def test_load_model_packs_only_what_fits_in_memory():
     assert not should_pack_weights(model.float(), native, available=2 * copies)
     emulated = DeviceProfile("cpu", "a described CPU", False, ("int8", "int4"))
     assert not should_pack_weights(model.to(torch.bfloat16), emulated, available=2 * copies)
-    assert ssd.cpu.available_memory("MemTotal:  4096 kB\nMemAvailable:   2048 kB\n") == 2048 * 1024
-    assert ssd.cpu.available_memory("MemTotal:  4096 kB\n") is None
+    assert ssd.fast.cpu.available_memory("MemTotal:  4096 kB\nMemAvailable:   2048 kB\n") == 2048 * 1024
+    assert ssd.fast.cpu.available_memory("MemTotal:  4096 kB\n") is None

@@ -7,7 +7,7 @@ import torch
 import ssd
 import ssd.generation
 from helpers import tiny_llama
-from ssd.bench import parse_args
+from ssd.tools.bench import parse_args
 
 
 class Echo:

@@ -4,12 +4,12 @@ import pytest
 import torch
 
 import ssd
-import ssd.decoding
+import ssd.core.decoding
 from helpers import (ALPHA, NEAR_TIE_FLOAT32, SAMPLED_PROMPT, SAMPLING, accept_everything, assert_same_tokens,
                      chi_square_p_value, exact_token_marginal, sample_counts)
-from ssd.decoding import DraftConfig, speculative_decode
-from ssd.recycling import Recycler, SuccessorTable, recycling_proposers
-from ssd.sampling import logits_to_probs
+from ssd.core.decoding import DraftConfig, speculative_decode
+from ssd.methods.recycling import Recycler, SuccessorTable, recycling_proposers
+from ssd.core.sampling import logits_to_probs
 
 ALONE = DraftConfig(gate=False, ngram_size=0)  # with only a Recycler, each step recycles when the table has a chain
 
@@ -104,7 +104,7 @@ def test_recycled_sampling_keeps_the_distribution(sampling_setting):
 
 def test_recycled_sampling_broken_acceptance_rule_is_detected(sampling_setting, monkeypatch):
     model, input_ids, expected, table = sampling_setting
-    monkeypatch.setattr(ssd.decoding, "verify_drafts", accept_everything)
+    monkeypatch.setattr(ssd.core.decoding, "verify_drafts", accept_everything)
     assert second_token_p_value(model, input_ids, expected, SuccessorTable(table.k, dict(table.rows)), TRIALS) < ALPHA
 
 
@@ -112,14 +112,14 @@ def test_recycled_sampling_broken_acceptance_rule_is_detected(sampling_setting, 
 def test_guessed_draft_passes_draft_the_drafts_own_chain(embedded, prompts):
     """`draft_with_guesses`: right guesses (the draft's own next tokens) draft the same chain as one-token
     passes in fewer passes; wrong ones cost a pass per token and change nothing."""
-    from ssd.recycling import draft_with_guesses
-    from ssd.self_draft import draft_tokens
+    from ssd.methods.recycling import draft_with_guesses
+    from ssd.core.self_draft import draft_tokens
 
     model, tokenizer = embedded
-    draft = ssd.Draft.skipping(*ssd.skip_layers.hand_made_set(model.num_layers))
+    draft = ssd.Draft.skipping(*ssd.core.skip_layers.hand_made_set(model.num_layers))
     input_ids = tokenizer(prompts[0], return_tensors="pt").input_ids
     cache = model.new_cache(input_ids.shape[1] + 20)
-    last = int(ssd.decoding.prefill(model, input_ids, cache).argmax())
+    last = int(ssd.core.decoding.prefill(model, input_ids, cache).argmax())
     committed = input_ids.shape[1]
     chain, _, _ = draft_tokens(model, draft, cache, last, committed, 8, 0.0, None, None)
     after = dict(zip([last, *chain], chain))  # the draft's own next token after each of its inputs

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 import ssd
-import ssd.decoding
+import ssd.core.decoding
 from helpers import ALPHA, SAMPLING, accept_everything, chi_square_p_value, exact_token_marginal, sample_counts
-from ssd.decoding import DraftConfig, self_speculative_sample, verify_drafts
-from ssd.sampling import Sampling, logits_to_probs, residual
-from ssd.skip_layers import hand_made_set
+from ssd.core.decoding import DraftConfig, self_speculative_sample, verify_drafts
+from ssd.core.sampling import Sampling, logits_to_probs, residual
+from ssd.core.skip_layers import hand_made_set
 
 # The 2nd token is drafted: by the self-draft (upper-half sub-layers skipped, int4
 # copies of the weights, the trimmed head), or (hybrid) copied after an n-gram
@@ -80,7 +80,7 @@ def test_sampled_distribution_matches_full_model(setting):
 def test_broken_acceptance_rule_is_detected(setting, monkeypatch):
     """Accepting every draft samples the draft's distribution: the same test must fail."""
     model, input_ids, expected, draft = setting
-    monkeypatch.setattr(ssd.decoding, "verify_drafts", accept_everything)
+    monkeypatch.setattr(ssd.core.decoding, "verify_drafts", accept_everything)
     assert second_token_p_value(model, input_ids, expected, draft, CONTROL_TRIALS) < ALPHA
 
 
@@ -99,7 +99,7 @@ def test_wrong_residual_is_detected(setting, monkeypatch):
     probability 0.43 and 0.11; measured p = 0.19 and 0.91 at 100 trials, 0.45 (hybrid) at 400.
     The unit test below pins residual down exactly instead.)"""
     model, input_ids, expected, draft = setting
-    monkeypatch.setattr(ssd.decoding, "residual", abs_residual)
+    monkeypatch.setattr(ssd.core.decoding, "residual", abs_residual)
     assert second_token_p_value(model, input_ids, expected, draft, CONTROL_TRIALS) < ALPHA
 
 

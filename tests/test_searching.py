@@ -4,9 +4,9 @@ import pytest
 import torch
 from helpers import tiny_llama
 
-from ssd.decoding import DraftConfig
-from ssd.files import read_jsonl
-from ssd.searching import (
+from ssd.core.decoding import DraftConfig
+from ssd.core.files import read_jsonl
+from ssd.core.searching import (
     LayerSkippingSearching,
     SearchConfig,
     chain_speedup,

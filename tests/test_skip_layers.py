@@ -6,8 +6,8 @@ import pytest
 
 import ssd
 from helpers import tiny_llama
-from ssd.files import append_jsonl, read_jsonl
-from ssd.skip_layers import (DEFAULT_PATH, apply_skip_layers, hand_made_set, load_draft, read_skip_layers,
+from ssd.core.files import append_jsonl, read_jsonl
+from ssd.core.skip_layers import (DEFAULT_PATH, apply_skip_layers, hand_made_set, load_draft, read_skip_layers,
                              save_skip_layers)
 
 

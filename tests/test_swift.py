@@ -7,12 +7,12 @@ import pytest
 import torch
 
 import ssd
-import ssd.decoding
+import ssd.core.decoding
 from helpers import (ALPHA, NEAR_TIE_FLOAT32, SAMPLING, accept_everything, assert_same_tokens, chi_square_p_value,
                      sample_counts, stock_greedy)
-from ssd.proposers import Step
-from ssd.sampling import Sampling
-from ssd.swift import SwiftConfig, SwiftOptimizer, cache_key, swift_generate
+from ssd.core.proposers import Step
+from ssd.core.sampling import Sampling
+from ssd.methods.swift import SwiftConfig, SwiftOptimizer, cache_key, swift_generate
 
 MAX_NEW_TOKENS = 40
 # Small windows and few iterations keep the tests fast; gate off so every step really drafts.
@@ -182,15 +182,15 @@ def test_the_budget_holds_optimisation_until_drafting_has_saved_for_it(clean_mod
     optimizer.optimize(step)
     assert optimizer.iterations == 1 and optimizer.history[-1].held, "nothing saved yet: held"
     # A draft step committed 3 tokens for 0.03 s: it saved 3 x 0.02 - 0.03 = 0.03 s.
-    draft = ssd.proposers.Outcome("draft", None, 2, [1, 2, 3], 0.03)
+    draft = ssd.core.proposers.Outcome("draft", None, 2, [1, 2, 3], 0.03)
     optimizer.credit(draft, sampling=False)
     assert optimizer.saved == pytest.approx(0.03)
     optimizer.spent = 0.015  # pretend the first iteration took 15 ms: within 0.5 x 0.03
     optimizer.optimize(step)
     assert optimizer.iterations == 2 and not optimizer.history[-1].held
     # A plain step saves nothing; a losing draft step takes back what it lost.
-    optimizer.credit(ssd.proposers.Outcome("plain", None, 0, [4], 0.02), sampling=False)
-    optimizer.credit(ssd.proposers.Outcome("swift", None, 0, [5], 0.05), sampling=False)
+    optimizer.credit(ssd.core.proposers.Outcome("plain", None, 0, [4], 0.02), sampling=False)
+    optimizer.credit(ssd.core.proposers.Outcome("swift", None, 0, [5], 0.05), sampling=False)
     assert optimizer.saved == pytest.approx(0.03 - 0.03)
     stats = optimizer.stats()
     assert (stats["opt_steps"], stats["budget_held"], stats["opt_passes"]) == (2, 1, 2)
@@ -215,7 +215,7 @@ def test_the_budget_counts_passes_when_sampling(clean_model):
     optimizer.optimize(sampled)
     share = 1 - optimizer.num_skipped / (2 * model.num_layers)  # one scoring pass of the full-precision model
     assert optimizer.spent == pytest.approx(share)
-    optimizer.credit(ssd.proposers.Outcome("draft", None, 3, [1, 2, 3, 4], 2.5), sampling=True)
+    optimizer.credit(ssd.core.proposers.Outcome("draft", None, 3, [1, 2, 3, 4], 2.5), sampling=True)
     assert optimizer.saved == pytest.approx(4 - 2.5)
 
 
@@ -297,7 +297,7 @@ def test_swift_sampling_keeps_the_distribution(third_token_setting):
 
 
 def test_swift_broken_acceptance_rule_is_detected(third_token_setting, monkeypatch):
-    monkeypatch.setattr(ssd.decoding, "verify_drafts", accept_everything)
+    monkeypatch.setattr(ssd.core.decoding, "verify_drafts", accept_everything)
     assert third_token_p_value(*third_token_setting, 50) < ALPHA
 
 
@@ -367,6 +367,6 @@ def test_a_given_gate_needs_gating_on(clean_model):
     model, tokenizer = clean_model
     input_ids = tokenizer("Hello", return_tensors="pt").input_ids
     with pytest.raises(ValueError, match="gate is False"):
-        ssd.decoding.exact_self_speculative_generate(
-            model, input_ids, 4, None, ssd.DraftConfig(gate=False), gate=ssd.decoding.DraftGate()
+        ssd.core.decoding.exact_self_speculative_generate(
+            model, input_ids, 4, None, ssd.DraftConfig(gate=False), gate=ssd.core.decoding.DraftGate()
         )

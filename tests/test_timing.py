@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from ssd.timing import WARM_UP_TASK, Run, run_side_by_side, summarise
+from ssd.tools.timing import WARM_UP_TASK, Run, run_side_by_side, summarise
 
 
 def record(prompt, task, method, seconds, identical=True, verifications=None, drafted=None, accepted=None):

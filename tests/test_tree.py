@@ -8,12 +8,12 @@ import torch
 
 import ssd
 from helpers import NEAR_TIE_FLOAT32, assert_same_tokens, stock_greedy
-from ssd.decoding import DraftConfig, default_proposers, prefill, speculative_decode
-from ssd.proposers import Outcome, Proposal, Step
-from ssd.recycling import Recycler
-from ssd.sampling import Sampling
-from ssd.self_draft import draft_tokens
-from ssd.tree import accept_path, ancestor_mask, keep_path
+from ssd.core.decoding import DraftConfig, default_proposers, prefill, speculative_decode
+from ssd.core.proposers import Outcome, Proposal, Step
+from ssd.methods.recycling import Recycler
+from ssd.core.sampling import Sampling
+from ssd.core.self_draft import draft_tokens
+from ssd.methods.tree import accept_path, ancestor_mask, keep_path
 from test_cache import poison_beyond
 
 
@@ -163,10 +163,10 @@ def test_draft_stops_by_margin_and_names_its_runners_up(embedded, prompts):
 
 
 def test_acceptance_signals_count_every_drafted_token(embedded, prompts):
-    """`ssd.acceptance`: one signal per new token but the first; the full model as its own draft agrees
+    """`ssd.tools.acceptance`: one signal per new token but the first; the full model as its own draft agrees
     with base at every one (each draft pass predicts the token base wrote after its input); the bins
     count every signal once."""
-    from ssd.acceptance import MARGIN_BINS, PROBABILITY_BINS, by_bins, draft_signals
+    from ssd.tools.acceptance import MARGIN_BINS, PROBABILITY_BINS, by_bins, draft_signals
 
     model, tokenizer = embedded
     input_ids = tokenizer(prompts[0], return_tensors="pt").input_ids
@@ -205,9 +205,9 @@ def test_trees_are_verified_greedily_only(embedded, prompts):
 
 
 def test_breakdown_accounts_for_the_wall_time(embedded, prompts):
-    """`ssd.breakdown`: every step is logged under its kind, trees apart, and the kinds' shares of the
+    """`ssd.tools.breakdown`: every step is logged under its kind, trees apart, and the kinds' shares of the
     time and the rest add up to the whole."""
-    from ssd.breakdown import breakdown
+    from ssd.tools.breakdown import breakdown
 
     model, tokenizer = embedded
     input_ids = tokenizer(prompts[0], return_tensors="pt").input_ids

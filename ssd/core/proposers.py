@@ -1,0 +1,127 @@
+"""The proposer protocol: every way of drafting tokens plugs into the decoding loop through it.
+
+Each step, the loop asks every proposer what it can `offer` (kinds of step, the
+gate's keys), lets the gate (`ssd.methods.gate`) choose one kind among those and a
+plain step, asks that kind's proposer to `propose` tokens, verifies them in one
+full pass, and tells every proposer the `Outcome`. The loop knows nothing of
+any proposer's internals; a proposer knows nothing of the loop's but the
+`Step` it is shown. Output stays exact whatever is proposed: verification
+decides every committed token.
+
+A proposal is a chain of tokens, or a tree of them (`Proposal.parents`,
+`ssd.methods.tree`): candidates that share a prefix, verified in the same one pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from ssd.fast.draft_head import DraftHead
+from ssd.methods.gate import StepKind
+from ssd.core.modeling_llama import KVCache, LlamaForCausalLM
+from ssd.core.sampling import Sampling
+from ssd.methods.tree import check_parents
+
+
+@dataclass
+class Step:
+    """What a proposer may read at a step.
+
+    `sequence`: the prompt and every committed token; its last token sits at
+    position `committed` and is not yet in the cache (positions below hold the
+    full model's keys and values). `room`: the most tokens a proposal may hold.
+    `head`: the generation's trimmed draft head, if any (`DraftConfig.draft_head`).
+    A proposer may run passes of its own and write the cache at positions from
+    `committed` on; positions below must be left as found.
+    """
+
+    model: LlamaForCausalLM
+    cache: KVCache
+    sequence: list[int]
+    prompt_length: int
+    committed: int
+    room: int
+    sampling: Sampling | None
+    generator: torch.Generator | None
+    head: DraftHead | None = None
+
+    @property
+    def output(self) -> list[int]:
+        """The tokens generated so far."""
+        return self.sequence[self.prompt_length:]
+
+    @property
+    def tree_room(self) -> int:
+        """The most nodes a token tree may hold here: the cache's slots after the last token's, but one
+        (a pass that fills the cache runs eager, `ssd.fast.compiled.runs_compiled`). Its depth is bounded by
+        `room`."""
+        return self.cache.max_len - self.committed - 2
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """Tokens to verify after the last committed one.
+
+    `probs` ([k, vocab]): the draft's distribution of each token when sampling;
+    None means the tokens are certain (q is 1 at each), as a lookup's are.
+    `passes`: what proposing cost, in full-model passes; when sampling the gate
+    is charged these instead of wall seconds, so that which kind runs, and so
+    the random numbers drawn, never depend on timing. `keep_hidden`: the loop
+    keeps the verification's residual stream at every layer for `Outcome.hidden`
+    (CLaSp's selection reads it); otherwise none is kept. `parents`: the tokens
+    form a tree (`ssd.methods.tree`): token i follows token `parents[i]` (-1: the last
+    committed one); None is a chain. Trees are verified greedily only.
+    """
+
+    tokens: list[int]
+    probs: torch.Tensor | None = None
+    passes: float = 0.0
+    keep_hidden: bool = False
+    parents: list[int] | None = None
+
+    def __post_init__(self):
+        if self.parents is not None:
+            check_parents(self.parents, len(self.tokens))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a step's verification returned: the kind that ran, its proposal (None for a plain step),
+    how many of its tokens were accepted (of a tree's, those on the accepted path: `path`, their
+    indices), the tokens committed (accepted ones and the bonus), and
+    what the step cost in the gate's units: wall seconds when greedy, model passes when sampling.
+    `hidden`: where the proposal asked for it, the full model's residual stream entering each layer
+    and leaving the last (L+1 tensors of [1, rows, hidden]), over the verified rows. `logits`: the
+    verification's ([rows, vocab]; row i follows input i of `[last token, *proposal.tokens]`)."""
+
+    kind: StepKind
+    proposal: Proposal | None
+    accepted: int
+    new_tokens: list[int]
+    cost: float
+    hidden: list[torch.Tensor] | None = None
+    logits: torch.Tensor | None = None
+    path: list[int] | None = None
+
+
+@runtime_checkable
+class Proposer(Protocol):
+    """One way of proposing tokens. One instance serves one generation (or, like SWIFT's, holds
+    state carried over a stream of them)."""
+
+    def offer(self, step: Step) -> list[StepKind]:
+        """The kinds of step this proposer can run now; none to sit the step out. Kinds are the gate's
+        keys: two proposers never offer the same one."""
+        ...
+
+    def propose(self, kind: StepKind, step: Step) -> Proposal:
+        """Tokens for `kind`, one of those offered at this step, at most `step.room` of them."""
+        ...
+
+    def observe(self, outcome: Outcome, step: Step) -> None:
+        """Every step's outcome, whichever proposer ran; `step` is the step as it was proposed, but its
+        `sequence` already holds the committed tokens (the verified input began at `step.committed`)."""
+        ...

@@ -1,0 +1,392 @@
+"""Bayesian search for the draft: the sub-layers it skips (Draft & Verify, section 3.2) and the
+precision of the weights it runs (`ssd.fast.low_bit`).
+
+One variable in [0, 1] per sub-layer, all L attention sub-layers then all L
+MLP sub-layers; a sub-layer is skipped when its variable is above 0.5. When
+more than one precision is searched, one more variable picks it: [0, 1] cut
+into equal parts, one per precision. A Gaussian-process optimiser
+(`bayes_opt`) maximises one of two objectives:
+
+- `"predicted"` (default): the speedup over autoregressive decoding that the
+  draft's acceptance predicts. One teacher-forced draft pass over text the
+  full model generated gives, at every position at once, whether the draft's
+  argmax equals the full model's token and how confident it was; replaying
+  the draft/verify loop over those gives tokens per verification, and each
+  sub-layer's measured cost, at the draft's precision, gives the cost of
+  drafting. Deterministic, and it charges each kind of sub-layer what it
+  measurably costs on the device.
+- `"tokens_per_second"`: the paper's, wall-clock tokens per second of exact
+  self-speculative decoding on the prompts. Noisy on a shared machine.
+
+Every evaluation is appended to a JSONL log as it finishes; a search given the
+same log starts from all of them, so an interruption loses nothing finished.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ssd.core.clock import median_seconds, timed
+from ssd.core.decoding import DraftConfig, base_generate, exact_self_speculative_generate
+from ssd.fast.device import DeviceProfile
+from ssd.core.draft import Draft
+from ssd.fast.draft_head import DraftHead
+from ssd.core.files import append_jsonl, read_jsonl
+from ssd.fast.low_bit import PRECISIONS
+from ssd.core.modeling_llama import LlamaForCausalLM
+
+logger = logging.getLogger(__name__)
+
+OBJECTIVES = ("predicted", "tokens_per_second")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How candidate skip sets are evaluated and proposed."""
+
+    max_new_tokens: int = 32  # text generated per prompt (paper: 32)
+    # The layer-skipping draft on its own (no gate, no n-gram lookup): the search scores skip sets.
+    draft: DraftConfig = field(default_factory=lambda: DraftConfig(auto_th_stop_draft=False, gate=False, ngram_size=0))
+    alpha: float = 1e-2  # GP noise term (paper: 1e-2)
+    kappa: float = 2.576  # UCB exploration
+    seed: int = 0
+    # Draft precisions searched beside the skip set (None: the model's own weights); one: no variable for it.
+    precisions: tuple[str | None, ...] = (None, *PRECISIONS)
+
+    def __post_init__(self):
+        if (not self.precisions or any(p not in (None, *PRECISIONS) for p in self.precisions)
+                or len(set(self.precisions)) < len(self.precisions)):
+            raise ValueError(f"precisions must be a non-empty tuple of distinct ones from {(None, *PRECISIONS)}, "
+                             f"got {self.precisions}")
+
+
+# --- variables <-> skip sets ---------------------------------------------------
+
+
+PRECISION_VARIABLE = "precision"
+
+
+def variable_names(num_layers: int, precisions: tuple = (None,)) -> list[str]:
+    """`a00..` for attention, `m00..` for MLP, zero-padded so they sort in layer order; then `precision`
+    when there is a choice of precisions."""
+    width = len(str(num_layers - 1))
+    names = [f"a{i:0{width}d}" for i in range(num_layers)] + [f"m{i:0{width}d}" for i in range(num_layers)]
+    return names + ([PRECISION_VARIABLE] if len(precisions) > 1 else [])
+
+
+def params_to_skip_layers(params: dict[str, float], num_layers: int) -> tuple[list[int], list[int]]:
+    names = variable_names(num_layers)
+    attention = [i for i in range(num_layers) if params[names[i]] > 0.5]
+    mlp = [i for i in range(num_layers) if params[names[num_layers + i]] > 0.5]
+    return attention, mlp
+
+
+def params_to_precision(params: dict[str, float], precisions: tuple) -> str | None:
+    if len(precisions) == 1:
+        return precisions[0]
+    return precisions[min(int(params[PRECISION_VARIABLE] * len(precisions)), len(precisions) - 1)]
+
+
+def skip_layers_to_params(attention, mlp, num_layers: int, precision=None, precisions: tuple = (None,)) -> dict[str, float]:
+    """The variables of a draft: 0 or 1 per sub-layer, and the middle of the precision's part."""
+    names = variable_names(num_layers)
+    skipped = {names[i] for i in attention} | {names[num_layers + i] for i in mlp}
+    params = {name: 1.0 if name in skipped else 0.0 for name in names}
+    if len(precisions) > 1:
+        params[PRECISION_VARIABLE] = (precisions.index(precision) + 0.5) / len(precisions)
+    return params
+
+
+# --- costs and the predicted speedup ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepCosts:
+    """Forward costs relative to one full decoding step, measured on the model's device."""
+
+    fixed: float  # a draft step's embeddings, final norm and (trimmed) LM head
+    attention: float  # one attention sub-layer
+    mlp: float  # one MLP sub-layer
+    verify: tuple[float, ...]  # verify[k]: a full forward over k+1 tokens
+
+    def draft(self, num_layers: int, attention: list[int], mlp: list[int]) -> float:
+        return self.fixed + self.attention * (num_layers - len(attention)) + self.mlp * (num_layers - len(mlp))
+
+
+@torch.no_grad()
+def measure_step_costs(
+    model: LlamaForCausalLM, max_tokens: int, head: DraftHead | None = None, precisions: tuple[str | None, ...] = (None,),
+    context: int = 256, repeats: int = 8,
+) -> dict[str | None, StepCosts]:
+    """Time a full decoding step and full forwards over 1..max_tokens+1 tokens once, then, at each of
+    `precisions`, draft steps (with `head`) with nothing, every attention and every MLP sub-layer skipped.
+
+    Each pass runs as decoding runs it: full passes as the model (not a draft with nothing skipped), so
+    with the attention decoding's verifications use, and no pass fills the cache, so the compiled
+    blocks serve every pass when the model is compiled.
+    """
+    context = min(context, model.max_context - max_tokens - 2)
+    cache = model.new_cache(context + max_tokens + 2)
+    model(torch.zeros((1, context), dtype=torch.long, device=model.device), cache, 0)
+    one = torch.zeros((1, 1), dtype=torch.long, device=model.device)
+    all_layers = range(model.num_layers)
+
+    def seconds(tokens: torch.Tensor, draft: Draft | None = None) -> float:
+        scored_by = head if draft is not None else None
+        return median_seconds(lambda: model(tokens, cache, context, draft=draft, head=scored_by), tokens.device, repeats)
+
+    full = seconds(one)
+    verify = tuple(seconds(torch.zeros((1, k + 1), dtype=torch.long, device=model.device)) / full for k in range(max_tokens + 1))
+    costs = {}
+    for precision in precisions:
+        draft = seconds(one, Draft(precision=precision))
+        no_attention = seconds(one, Draft(frozenset(all_layers), precision=precision))
+        no_mlp = seconds(one, Draft(mlp=frozenset(all_layers), precision=precision))
+        attention = max(draft - no_attention, 0.0) / model.num_layers / full
+        mlp = max(draft - no_mlp, 0.0) / model.num_layers / full
+        fixed = max(draft / full - model.num_layers * (attention + mlp), 0.0)
+        costs[precision] = StepCosts(fixed, attention, mlp, verify)
+    return costs
+
+
+def predicted_speedup(matches: list[torch.Tensor], confidences: list[torch.Tensor], draft: DraftConfig,
+                      draft_cost: float, verify_cost: tuple[float, ...]) -> float:
+    """Replay the draft/verify loop over teacher-forced predictions; tokens per unit of full-step time.
+
+    `matches[s][t]`: the draft's argmax at position t of sequence s equals the
+    full model's token; `confidences[s][t]`: the draft's top probability there.
+    After a mismatch the draft goes on until its confidence drops under the
+    threshold (teacher-forced confidences stand in for those of its own
+    continuation); those tokens cost drafting time and are all rejected.
+    """
+    tokens, cost = 0, 0.0
+    for match, confidence in zip(matches, confidences):
+        match, confidence = match.tolist(), confidence.tolist()
+        t = 0
+        while t < len(match):
+            drafted = accepted = 0
+            matching = True
+            while t + drafted < len(match) and drafted < draft.max_step_draft:
+                position = t + drafted
+                drafted += 1
+                matching = matching and bool(match[position])
+                accepted += matching
+                if confidence[position] < draft.th_stop_draft:
+                    break
+            tokens += accepted + 1
+            cost += drafted * draft_cost + verify_cost[drafted]
+            t += accepted + 1
+    return tokens / cost
+
+
+def chain_speedup(acceptance: float, draft_cost: float, verify_cost: tuple[float, ...]) -> tuple[float, int]:
+    """`predicted_speedup`'s expectation where every drafted token is accepted independently with
+    probability `acceptance` and each step drafts k tokens: (speedup over base, the best k). Expected
+    tokens per step (1 - a^(k+1)) / (1 - a), cost k * draft_cost + verify_cost[k], in full-step units
+    (`verify_cost[k]`: verifying k drafts, k + 1 rows). For a device whose acceptance is not yet known
+    (`scripts/gpu_check.py`)."""
+    best = (0.0, 0)
+    for k in range(1, len(verify_cost)):
+        tokens = (1 - acceptance ** (k + 1)) / (1 - acceptance)
+        best = max(best, (tokens / (k * draft_cost + verify_cost[k]), k))
+    return best
+
+
+# --- the search ----------------------------------------------------------------
+
+
+def bayesian_optimizer(names: list[str], kappa: float, alpha: float, seed: int):
+    """A `bayes_opt.BayesianOptimization` over [0, 1] for each name (`alpha`: the GP's noise term),
+    suggesting by an upper confidence bound whose maximum is polished from one L-BFGS start instead of
+    ten: with 2L = 60 variables, bayes_opt's default took 8 s per suggestion on a 2-core CPU, three
+    times an evaluation; one start takes 0.3 s. bayes_opt is imported here, so that `import ssd` does
+    not pay for it (about 2 s)."""
+    from bayes_opt import BayesianOptimization
+    from bayes_opt.acquisition import UpperConfidenceBound
+
+    class OneStartUpperConfidenceBound(UpperConfidenceBound):
+        def suggest(self, gp, target_space, n_random=10_000, n_smart=10, fit_gp=True, random_state=None):
+            return super().suggest(gp, target_space, n_random=n_random, n_smart=1, fit_gp=fit_gp,
+                                   random_state=random_state)
+
+    optimizer = BayesianOptimization(
+        f=None,
+        pbounds={name: (0.0, 1.0) for name in names},
+        acquisition_function=OneStartUpperConfidenceBound(kappa=kappa),
+        random_state=seed,
+        verbose=0,
+        allow_duplicate_points=True,
+    )
+    optimizer.set_gp_params(alpha=alpha)
+    return optimizer
+
+
+def runnable_precisions(precisions: tuple[str | None, ...], profile: DeviceProfile) -> tuple[str | None, ...]:
+    """The searched precisions that have a kernel on the device (int4 has none on a GPU): the others are
+    left out, in one log line, so that one setting searches wherever it runs."""
+    runnable = tuple(p for p in precisions if profile.runs(p))
+    if dropped := [p for p in precisions if p not in runnable]:
+        logger.warning(f"draft precisions {dropped} have no kernel on {profile.type}: searching {list(runnable)}")
+    if not runnable:
+        raise ValueError(f"none of the draft precisions {list(precisions)} runs on {profile.type}; add None "
+                         f"(the model's own weights)")
+    return runnable
+
+
+class LayerSkippingSearching:
+    """Finds the draft (skip set and precision) that maximises an objective over a few prompts.
+
+    `prompts`: token id tensors `[1, T]` or strings. `log_path`: a JSONL file
+    of evaluations; given an existing one, the search resumes from it.
+    """
+
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        tokenizer,
+        prompts,
+        evaluate_config: SearchConfig = SearchConfig(),
+        objective: str = "predicted",
+        log_path: str | Path | None = None,
+    ):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        if not prompts:
+            raise ValueError("the search needs at least one prompt")
+        self.model, self.config, self.objective = model, evaluate_config, objective
+        self.num_layers = model.num_layers
+        self.precisions = runnable_precisions(evaluate_config.precisions, DeviceProfile.of(model.device))
+        self.names = variable_names(self.num_layers, self.precisions)
+        self.log_path = Path(log_path) if log_path is not None else None
+        self.prompts = [
+            tokenizer(p, return_tensors="pt").input_ids.to(model.device) if isinstance(p, str) else p.to(model.device)
+            for p in prompts
+        ]
+        config = evaluate_config
+        self.optimizer = bayesian_optimizer(self.names, config.kappa, config.alpha, config.seed)
+        self.history: list[dict] = []
+        logged = read_jsonl(self.log_path, log=True) if self.log_path else []
+        for record in logged:  # refuse a foreign log before any costly preparation
+            # The precision variable's ranges depend on which precisions are searched.
+            if (record["objective"] != objective or record.get("variables") != self.names
+                    or record.get("precisions") != list(self.precisions)):
+                raise ValueError(
+                    f"{self.log_path} logs a {record['objective']!r} search over other variables; this is a "
+                    f"{objective!r} search over {self.num_layers} layers and precisions {self.precisions}: "
+                    f"use another log file"
+                )
+        # Copies for every searched precision, before the draft heads are built: a head gathers its
+        # low-bit rows from the model's copy of the LM head. The model's own precision is kept.
+        for precision in self.precisions:
+            model.prepare_draft(Draft(precision=precision))
+        self.sequences, self.costs = [], {}  # for the predicted speedup: prepared on first use
+        if objective == "predicted":
+            self._prepare_predicted()
+        for record in logged:
+            params = dict(zip(self.names, record["params"]))
+            self._register(record["attention"], record["mlp"], record["draft_precision"], record["score"], params, log=False)
+
+    # -- objectives --
+
+    def _prepare_predicted(self) -> None:
+        """Full-model text for each prompt (teacher-forcing targets) and the measured step costs at each precision."""
+        self.sequences = []
+        for input_ids in tqdm(self.prompts, desc="full-model text"):
+            generated = base_generate(self.model, input_ids, self.config.max_new_tokens).tokens
+            sequence = torch.cat([input_ids[0], torch.tensor(generated, device=input_ids.device)])[None]
+            self.sequences.append((sequence, input_ids.shape[1], self.config.draft.draft_head(self.model, input_ids)))
+        head = self.sequences[0][2]
+        self.costs = measure_step_costs(self.model, self.config.draft.max_step_draft, head, self.precisions)
+
+    @torch.no_grad()
+    def acceptance(self, attention: list[int], mlp: list[int], precision: str | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per generated position: does the teacher-forced draft's argmax match, and its top probability."""
+        matches, confidences = [], []
+        draft = Draft.skipping(attention, mlp, precision)
+        for sequence, prompt_length, head in self.sequences:
+            cache = self.model.new_cache(sequence.shape[1])
+            logits = self.model(sequence, cache, 0, draft=draft, head=head)[0, prompt_length - 1 : -1]
+            top_prob, top_token = torch.softmax(logits, dim=-1).max(dim=-1)
+            if head is not None:
+                top_token = head.ids(top_token)
+            matches.append((top_token == sequence[0, prompt_length:]).cpu())
+            confidences.append(top_prob.cpu())
+        return matches, confidences
+
+    def predict(self, attention: list[int], mlp: list[int], precision: str | None = None) -> float:
+        """The speedup over base decoding that the draft's teacher-forced acceptance and costs predict."""
+        if precision not in self.precisions:
+            raise ValueError(f"precision {precision!r} is not searched here; searched: {self.precisions}")
+        if not self.costs:
+            self._prepare_predicted()
+        matches, confidences = self.acceptance(attention, mlp, precision)
+        costs = self.costs[precision]
+        draft_cost = costs.draft(self.num_layers, attention, mlp)
+        return predicted_speedup(matches, confidences, self.config.draft, draft_cost, costs.verify)
+
+    def evaluate(self, attention: list[int], mlp: list[int], precision: str | None = None) -> float:
+        """The objective for one draft (higher is better)."""
+        if self.objective == "predicted":
+            return self.predict(attention, mlp, precision)
+        tokens, seconds = 0, 0.0
+        draft = self.model.prepare_draft(Draft.skipping(attention, mlp, precision))
+        for input_ids in self.prompts:
+            result, elapsed = timed(lambda: exact_self_speculative_generate(
+                self.model, input_ids, self.config.max_new_tokens, None, self.config.draft, draft=draft
+            ), input_ids.device)
+            seconds += elapsed
+            tokens += len(result.tokens)
+        return tokens / seconds
+
+    # -- search --
+
+    def _register(self, attention, mlp, precision, score: float, params: dict | None = None, log: bool = True) -> None:
+        """Tell the optimiser the raw variables it proposed (0/1 for a probed set), and log it."""
+        params = params or skip_layers_to_params(attention, mlp, self.num_layers, precision, self.precisions)
+        self.optimizer.register(params=params, target=score)
+        record = {"attention": list(attention), "mlp": list(mlp), "draft_precision": precision, "score": score,
+                  "objective": self.objective, "variables": self.names, "precisions": list(self.precisions),
+                  "params": [float(params[name]) for name in self.names]}
+        self.history.append(record)
+        if log and self.log_path is not None:
+            append_jsonl(self.log_path, record)
+
+    def probe(self, attention, mlp, precision: str | None = None) -> float:
+        """Evaluate a known draft now and tell the optimiser (the paper seeds good sets this way)."""
+        score = self.evaluate(list(attention), list(mlp), precision)  # bad input raises before anything is logged
+        self._register(sorted(attention), sorted(mlp), precision, score)
+        return score
+
+    def search(self, n_iter: int) -> tuple[list[int], list[int]]:
+        """`n_iter` more evaluations proposed by the Gaussian process; returns the best skip set so far
+        (its precision: `best_draft_precision`)."""
+        progress = tqdm(range(n_iter), desc="search")
+        for _ in progress:
+            params = self.optimizer.suggest()
+            attention, mlp = params_to_skip_layers(params, self.num_layers)
+            precision = params_to_precision(params, self.precisions)
+            self._register(attention, mlp, precision, self.evaluate(attention, mlp, precision), params)
+            progress.set_postfix(best=f"{self.best_score:.4g}", skipped=len(attention) + len(mlp), precision=precision)
+        return self.get_solution()
+
+    @property
+    def best_score(self) -> float:
+        return max(record["score"] for record in self.history)
+
+    def _best(self) -> dict:
+        if not self.history:
+            raise ValueError("nothing evaluated yet: call probe() or search() first")
+        return max(self.history, key=lambda record: record["score"])
+
+    def get_solution(self) -> tuple[list[int], list[int]]:
+        best = self._best()
+        return best["attention"], best["mlp"]
+
+    @property
+    def best_draft_precision(self) -> str | None:
+        return self._best()["draft_precision"]

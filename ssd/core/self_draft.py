@@ -1,0 +1,177 @@
+"""The self-draft: the same model with sub-layers skipped and/or on low-bit weights (a `Draft`), as a proposer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ssd.core.checks import check_count
+from ssd.core.draft import Draft
+from ssd.fast.draft_head import DraftHead
+from ssd.methods.gate import StepKind
+from ssd.fast.low_bit import precision_bytes_share
+from ssd.core.modeling_llama import KVCache, LlamaForCausalLM
+from ssd.core.proposers import Outcome, Proposal, Step
+from ssd.core.sampling import Sampling, logits_to_probs, sample
+
+
+@dataclass
+class AdaptiveThreshold:
+    """Draft & Verify's draft-exit threshold update (paper defaults).
+
+    `m = b1*m + (1-b1)*accepted/drafted`; raise the threshold by `e` while `m`
+    is under the target `a`, hold it when the draft ran its full length, lower
+    it otherwise; smooth with `b2`. `every`: update every this many steps.
+    """
+
+    every: int = 1
+    b1: float = 0.5
+    b2: float = 0.9
+    e: float = 0.01
+    a: float = 0.90
+    matchness: float = field(default=0.0, init=False)
+    steps: int = field(default=0, init=False)
+
+    @classmethod
+    def of(cls, config) -> AdaptiveThreshold | None:
+        """The update a `DraftConfig` asks for (its `auto_parameters`), or None for a fixed threshold."""
+        return cls(*config.auto_parameters) if config.auto_th_stop_draft else None
+
+    def update(self, threshold: float, accepted: int, drafted: int, max_step_draft: int) -> float:
+        self.steps += 1
+        self.matchness = self.b1 * self.matchness + (1 - self.b1) * accepted / drafted
+        if self.steps % self.every:
+            return threshold
+        if self.matchness < self.a:
+            target = threshold + self.e
+        elif drafted == max_step_draft:
+            target = threshold
+        else:
+            target = threshold - self.e
+        return self.b2 * threshold + (1 - self.b2) * target
+
+
+
+@torch.no_grad()
+def draft_tokens(
+    model: LlamaForCausalLM,
+    draft: Draft,
+    cache: KVCache,
+    last_token: int,
+    committed: int,
+    max_tokens: int,
+    th_stop_draft: float,
+    sampling: Sampling | None,
+    generator: torch.Generator | None,
+    head: DraftHead | None = None,
+    alternatives: int = 0,
+    margin: bool = False,
+) -> tuple[list[int], torch.Tensor | None, list[int]]:
+    """Up to `max_tokens` tokens from `draft`, stopping after the first
+    whose top probability is under `th_stop_draft` (greedy with `margin`: whose logit is less than
+    `th_stop_draft` above the runner-up's, where the full model's argmax may differ). Writes the cache only at
+    positions >= `committed`, only in the layers the draft runs. `head`: the
+    draft scores only these tokens (the others get probability 0).
+
+    Returns the tokens, when sampling their distributions `q` ([k, vocab]), and, greedy, where the
+    draft stopped at a token under the threshold, the next `alternatives` likeliest tokens at its
+    position, best first (the candidates for a branch there; none when no token fell under it).
+    Each token stays on the device as the next step's input; greedy, the exit test is a step's one
+    host sync, and the tokens are read once, at the end.
+    """
+    if max_tokens < 1:
+        return [], None, []
+    tokens, probs, uncertain = [], [], None
+    token = torch.tensor([[last_token]], device=model.device)
+    for step in range(max_tokens):
+        logits = model(token, cache, committed + step, draft=draft, head=head)[0, -1]
+        if sampling is None and margin:
+            top = logits.topk(2)
+            confidence, token = top.values[0] - top.values[1], top.indices[:1]
+            token = token if head is None else head.ids(token)
+        elif sampling is None:
+            confidence, token = torch.softmax(logits, dim=-1).max(dim=-1)
+            # A 1-element index, not a 0-d one (which PyTorch reads on the host).
+            token = token if head is None else head.ids(token.view(1))
+        else:
+            if head is not None:
+                logits = head.full_logits(logits, model.config.vocab_size)
+            q = logits_to_probs(logits, sampling)
+            confidence, token = q.max(), sample(q, generator)
+            probs.append(q)
+        token = token.to(model.device).view(1, 1)
+        tokens.append(token)
+        if confidence < th_stop_draft:
+            uncertain = logits
+            break
+    drafted = torch.cat(tokens, dim=1)[0].tolist()
+    others = []
+    if uncertain is not None and sampling is None and alternatives > 0:
+        ranked = uncertain.topk(min(alternatives + 1, uncertain.shape[-1])).indices
+        ranked = (ranked if head is None else head.ids(ranked)).tolist()
+        others = [token for token in ranked if token != drafted[-1]][:alternatives]
+    return drafted, (torch.stack(probs) if probs else None), others
+
+
+class SelfDraft:
+    """Draft & Verify's drafting: `draft` proposes up to `max_step_draft` tokens, stopping after the
+    first whose top probability is under the draft-exit threshold, which `adaptive` updates after
+    each of its verifications (None: fixed). Offers the kind "draft".
+
+    `branches` (greedy): where the draft stopped at a token under the threshold, the one it is least
+    sure of, its next `branches` likeliest tokens there join the proposal as that token's siblings, a
+    token tree (`ssd.methods.tree`) verified in the same pass; 0, or sampling: a chain. The threshold learns
+    from the chain alone. `exit_margin` (greedy): stop after a token whose logit is less than this above
+    its runner-up's instead (a draft of the model's own weights is rejected where the two nearly tie,
+    whatever its top probability); that threshold stays fixed. None, or sampling: the threshold above.
+    `skip_full_model`: offer nothing when the draft is the full model (it saves at most the trimmed
+    head's share of a step, and its long drafts hold off lookups, which cost nothing); the gate sets it.
+    A subclass may change `draft` between steps (SWIFT's does): each step drafts with the value then held.
+    """
+
+    kind: StepKind = "draft"
+
+    def __init__(self, draft: Draft, max_step_draft: int, th_stop_draft: float,
+                 adaptive: AdaptiveThreshold | None = None, skip_full_model: bool = True, branches: int = 0,
+                 exit_margin: float | None = None):
+        check_count("branches", branches, 0)
+        self.draft, self.max_step_draft, self.th_stop_draft = draft, max_step_draft, th_stop_draft
+        self.adaptive, self.skip_full_model, self.branches = adaptive, skip_full_model, branches
+        self.exit_margin = exit_margin
+        self.chain_length = 0  # the drafted chain of the latest proposal (its tree's first nodes)
+
+    def offer(self, step: Step) -> list[StepKind]:
+        if step.room < 1 or (self.skip_full_model and self.draft.is_full_model):
+            return []
+        return [self.kind]
+
+    def propose(self, kind: StepKind, step: Step) -> Proposal:
+        draft, greedy = self.draft, step.sampling is None
+        by_margin = greedy and self.exit_margin is not None
+        tokens, probs, others = draft_tokens(
+            step.model, draft, step.cache, step.sequence[-1], step.committed, min(self.max_step_draft, step.room),
+            self.exit_margin if by_margin else self.th_stop_draft, step.sampling, step.generator, step.head,
+            self.branches if greedy else 0, by_margin,
+        )
+        self.chain_length = len(tokens)
+        passes = len(tokens) * draft_passes(draft, step.model)
+        others = others[: max(step.tree_room - len(tokens), 0)]
+        if not others:
+            return Proposal(tokens, probs, passes=passes)
+        chain = list(range(-1, len(tokens) - 1))
+        return Proposal(tokens + others, passes=passes, parents=chain + [chain[-1]] * len(others))
+
+    def observe(self, outcome: Outcome, step: Step) -> None:
+        by_margin = step.sampling is None and self.exit_margin is not None
+        if outcome.kind == self.kind and self.adaptive is not None and not by_margin:
+            # A tree's chain is its first `chain_length` nodes, the rest its branches.
+            chain = len(outcome.proposal.tokens) if outcome.path is None else self.chain_length
+            accepted = outcome.accepted if outcome.path is None else sum(node < chain for node in outcome.path)
+            self.th_stop_draft = self.adaptive.update(self.th_stop_draft, accepted, chain, self.max_step_draft)
+
+
+def draft_passes(draft: Draft, model: LlamaForCausalLM) -> float:
+    """One draft token's cost in full-model passes: the share of sub-layers it runs, times the share of
+    weight bytes its precision reads. Deterministic, unlike wall time."""
+    return draft.depth(model.num_layers) * precision_bytes_share(draft.precision, model.dtype)

@@ -1,0 +1,122 @@
+"""Side-by-side comparisons for the notebooks: skip sets against base (the search's held-out check), and
+SWIFT against base and Draft & Verify. Both run on the one harness, `ssd.tools.timing`."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from ssd.core.draft import Draft
+from ssd.core.modeling_llama import LlamaForCausalLM
+from ssd.core.skip_layers import DEFAULT_PATH
+from ssd.methods.swift import SwiftConfig, SwiftOptimizer
+from ssd.tools.timing import Method, generate_method, run_side_by_side, summarise
+
+WARM_UP = "Warm up."
+
+
+def _prompts(tokenizer, prompts: dict[str, list[str]], device) -> list[tuple[str, torch.Tensor]]:
+    return [(task, tokenizer(p, return_tensors="pt").input_ids.to(device)) for task, texts in prompts.items() for p in texts]
+
+
+def compare_skip_sets(
+    model: LlamaForCausalLM,
+    tokenizer,
+    prompts: dict[str, list[str]],
+    skip_sets: dict[str, tuple],
+    max_new_tokens: int = 128,
+    progress: bool = True,
+    **draft_kwargs,
+) -> list[dict]:
+    """essg with each draft against base, alternating per prompt; one row per (draft, task) and per
+    draft over all tasks ("all"). A draft is `(attention, mlp)`, at the model's draft precision, or
+    `(attention, mlp, precision)`.
+
+    Row fields: set, task, prompts, speedup (over base), tokens_per_second,
+    matchness, drafted (tokens), tokens_per_verification, identical (prompts
+    whose output equals base's). Skip sets are compared on their own drafts:
+    n-gram lookup is off unless `draft_kwargs` turn it on.
+    """
+    draft_kwargs = {"ngram_size": 0, **draft_kwargs}
+
+    def with_set(attention, mlp, precision=model.get_draft_precision()) -> Method:
+        draft = model.prepare_draft(Draft.skipping(attention, mlp, precision))
+        return generate_method(model, "essg", max_new_tokens, draft=draft, **draft_kwargs)
+
+    methods = {"base": generate_method(model, "base", max_new_tokens)}
+    methods.update({name: with_set(*skip_set) for name, skip_set in skip_sets.items()})
+    warm_up = tokenizer(WARM_UP, return_tensors="pt").input_ids.to(model.device)
+    records = run_side_by_side(_prompts(tokenizer, prompts, model.device), methods, warm_up, progress=progress)
+    return [{"set": row.pop("method"), **row} for row in summarise(records) if row["method"] != "base"]
+
+
+SWIFT_METHODS = ("base", "draft & verify", "swift cold", "swift cached", "clasp")
+
+
+def compare_swift(
+    model: LlamaForCausalLM,
+    tokenizer,
+    prompts: dict[str, list[str]],
+    config: SwiftConfig = SwiftConfig(),
+    max_new_tokens: int = 128,
+    skip_layers_path: str | Path = DEFAULT_PATH,
+    model_key: str | None = None,
+    progress: bool = True,
+    **draft_kwargs,
+) -> tuple[list[dict], dict[str, SwiftOptimizer]]:
+    """Greedy base, Draft & Verify (essg with the model's own skip set), SWIFT cold start, SWIFT
+    cached and CLaSp-style selection (`ssd.methods.clasp`, cold: it keeps nothing between prompts), alternating
+    per prompt.
+
+    Per task, the cold start is one optimiser over the task's prompts, starting
+    from nothing and saving its best set under the task's cache key after each
+    prompt; the cached method is another stream over the same prompts with
+    `cache_hit=True`, started after the first cold prompt and reading the entry
+    as it stands at each prompt (the set the cold stream found so far).
+    `draft_kwargs` (`DraftConfig` fields) apply to Draft & Verify, clasp and SWIFT's draft.
+    Returns one record per (prompt, method), with SWIFT's statistics, and each task's cold optimiser.
+    """
+    config = dataclasses.replace(config, draft=dataclasses.replace(config.draft, **draft_kwargs))
+    cold, cached = {}, {}
+
+    def swift(streams: dict, cache_hit: bool) -> Method:
+        def run(input_ids, task):
+            if task not in streams:
+                streams[task] = SwiftOptimizer(model, config, task, cache_hit, skip_layers_path, model_key)
+            return generate_method(model, "swift", max_new_tokens, swift=streams[task])(input_ids, task)
+        return run
+
+    methods = {
+        "base": generate_method(model, "base", max_new_tokens),
+        "draft & verify": generate_method(model, "essg", max_new_tokens, **draft_kwargs),
+        "swift cold": swift(cold, False),
+        "swift cached": swift(cached, True),  # its stream starts after the cold one saved an entry
+        "clasp": generate_method(model, "clasp", max_new_tokens, **draft_kwargs),
+    }
+    # The warm-up must not touch SWIFT's cache: only the plain methods warm up.
+    warm_up = tokenizer(WARM_UP, return_tensors="pt").input_ids.to(model.device)
+    for name in ("base", "draft & verify"):
+        methods[name](warm_up, "warm-up")
+    records = run_side_by_side(_prompts(tokenizer, prompts, model.device), methods, None, progress=progress)
+    for r in records:
+        stats = r.pop("swift", None) or {}
+        r.update(steps=stats.get("steps"), opt_steps=stats.get("opt_steps"), opt_seconds=stats.get("opt_seconds"),
+                 opt_passes=stats.get("opt_passes"), budget_held=stats.get("budget_held"),
+                 best_score=stats.get("best_score"), cache_hit=stats.get("cache_hit"))
+    return records, cold
+
+
+def summarize_swift(records: list[dict]) -> list[dict]:
+    """`ssd.tools.timing.summarise`'s rows per (method, task) and over all tasks, plus SWIFT's optimisation shares:
+    opt_share, the share of decoding steps preceded by an optimisation iteration, and opt_time_share, the
+    share of the method's time spent in the optimiser."""
+    rows = summarise(records)
+    for row in rows:
+        mine = [r for r in records if r["method"] == row["method"] and row["task"] in ("all", r["task"])]
+        swift = row["method"].startswith("swift")
+        steps = sum(r["steps"] or 0 for r in mine)
+        row["opt_share"] = sum(r["opt_steps"] for r in mine) / steps if swift and steps else None
+        row["opt_time_share"] = sum(r["opt_seconds"] for r in mine) / row["seconds"] if swift else None
+    return sorted(rows, key=lambda row: SWIFT_METHODS.index(row["method"]))
