@@ -45,16 +45,15 @@ from transformers import GenerationConfig, LlamaConfig
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ssd  # noqa: E402
-from ssd.tools import bench  # noqa: E402
 from ssd.core.clock import median_seconds  # noqa: E402
+from ssd.core.draft import PRECISIONS  # noqa: E402
 from ssd.core.files import write_json_atomic  # noqa: E402
+from ssd.core.modeling_llama import LlamaForCausalLM  # noqa: E402
+from ssd.core.skip_layers import load_draft  # noqa: E402
 from ssd.fast.device import DeviceProfile, dtype_name  # noqa: E402
 from ssd.loading.model import free_memory, parse_device, stock_twin  # noqa: E402
-from ssd.fast.low_bit import PRECISIONS  # noqa: E402
-from ssd.core.modeling_llama import LlamaForCausalLM  # noqa: E402
+from ssd.tools import bench  # noqa: E402
 from ssd.tools.reports import format_table  # noqa: E402
-from ssd.core.searching import chain_speedup  # noqa: E402
-from ssd.core.skip_layers import load_draft  # noqa: E402
 from ssd.tools.timing import generate_method  # noqa: E402
 
 SHAPES = {  # Llama-2's shapes (7B and 13B have no grouped-query attention)
@@ -360,6 +359,19 @@ def measure_costs(name: str, shape: dict, device: torch.device, dtype: torch.dty
                 model, ids, method="base", max_new_tokens=tokens, eos_token_id=[]), device, 1) / tokens
             costs["step compiled ms"] = median_ms(lambda: model(step, cache, context), device, repeats)
     return costs
+
+
+def chain_speedup(acceptance: float, draft_cost: float, verify_cost: tuple[float, ...]) -> tuple[float, int]:
+    """`ssd.core.searching.predicted_speedup`'s expectation where every drafted token is accepted
+    independently with probability `acceptance` and each step drafts k tokens: (speedup over base, the
+    best k). Expected tokens per step (1 - a^(k+1)) / (1 - a), cost k * draft_cost + verify_cost[k], in
+    full-step units (`verify_cost[k]`: verifying k drafts, k + 1 rows). For a device whose acceptance is
+    not yet known."""
+    best = (0.0, 0)
+    for k in range(1, len(verify_cost)):
+        tokens = (1 - acceptance ** (k + 1)) / (1 - acceptance)
+        best = max(best, (tokens / (k * draft_cost + verify_cost[k]), k))
+    return best
 
 
 def speedups(costs: dict) -> dict:

@@ -9,22 +9,20 @@ from ssd.fast.cpu import use_fast_mkl_path
 
 use_fast_mkl_path()
 
-from ssd.core.decoding import (
-    DraftConfig,
-    GenerationResult,
-    base_generate,
-    exact_self_speculative_generate,
-    self_speculative_sample,
-)
-from ssd.fast.device import DeviceProfile
+import ssd.methods.clasp  # noqa: F401  a method module registers its name (`ssd.core.registry`)
+import ssd.methods.recycling  # noqa: F401
+from ssd.core.decoding import DraftConfig, GenerationResult, base_generate
 from ssd.core.draft import Draft
-from ssd.generation import GenerateOutput, generate, method_names, register_method
-from ssd.inference import infer
 from ssd.core.modeling_llama import KVCache, LlamaForCausalLM
-from ssd.loading.model import load_model
 from ssd.core.proposers import Outcome, Proposal, Proposer, Step
+from ssd.core.registry import register_method
 from ssd.core.sampling import Sampling
 from ssd.core.skip_layers import apply_skip_layers, load_draft, save_skip_layers
+from ssd.fast.device import DeviceProfile
+from ssd.generation import GenerateOutput, generate, method_names
+from ssd.inference import infer
+from ssd.loading.model import load_model
+from ssd.methods.hybrid import exact_self_speculative_generate, self_speculative_sample
 from ssd.methods.swift import SwiftConfig, SwiftOptimizer, swift_generate
 
 __all__ = [

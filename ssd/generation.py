@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
-from ssd.methods.clasp import clasp_proposers
 from ssd.core.clock import timed
 from ssd.core.decoding import (
     DraftConfig,
@@ -25,48 +23,16 @@ from ssd.core.decoding import (
     base_generate,
     check_input_ids,
     check_max_new_tokens,
-    default_proposers,
     eos_set,
     speculative_decode,
 )
 from ssd.core.draft import Draft
 from ssd.core.modeling_llama import LlamaForCausalLM
-from ssd.core.proposers import Proposer
-from ssd.methods.recycling import recycling_proposers
+from ssd.core.registry import DRAFTING_METHODS
 from ssd.core.sampling import Sampling
 from ssd.core.skip_layers import DEFAULT_PATH
+from ssd.methods.hybrid import gate_of
 from ssd.methods.swift import SwiftConfig, SwiftOptimizer, swift_generate
-
-# Builds one generation's proposers from the model, the draft settings and the `draft=` given (or None).
-ProposerFactory = Callable[[LlamaForCausalLM, DraftConfig, Draft | None], list[Proposer]]
-
-
-@dataclasses.dataclass(frozen=True)
-class DraftingMethod:
-    """A drafting method of `generate`: the proposers it decodes with, and whether it can sample
-    (greedy always works; a method that samples must give its proposals' probabilities)."""
-
-    proposers: ProposerFactory
-    samples: bool = True
-
-
-# Every drafting method by name; "base" (no drafting) and "swift" (a stream optimiser) are `generate`'s own.
-DRAFTING_METHODS: dict[str, DraftingMethod] = {
-    "essg": DraftingMethod(default_proposers, samples=False),
-    "sss": DraftingMethod(default_proposers),
-    "clasp": DraftingMethod(clasp_proposers),
-    "recycling": DraftingMethod(recycling_proposers),
-}
-
-
-def register_method(name: str, proposers: ProposerFactory, samples: bool = True) -> None:
-    """Make `generate(..., method=name)` decode with the proposers `proposers(model, config, draft)`
-    builds for each generation, chosen among by the gate (docs/design.md, "Adding a drafting method")."""
-    if not isinstance(name, str) or not name or name in ("base", "swift"):
-        raise ValueError(f"a method needs a new non-empty name other than 'base' and 'swift', got {name!r}")
-    if not callable(proposers):
-        raise ValueError(f"proposers must be a callable (model, config, draft) -> list of proposers, got {proposers!r}")
-    DRAFTING_METHODS[name] = DraftingMethod(proposers, samples)
 
 
 def method_names() -> tuple[str, ...]:
@@ -248,7 +214,7 @@ def generate(
         draft_config = DraftConfig(**draft_options)
         proposers = DRAFTING_METHODS[method].proposers(model, draft_config, draft)
         return speculative_decode(model, input_ids, max_new_tokens, eos, draft_config, sampling, generator,
-                                  proposers=proposers, on_tokens=on_tokens)
+                                  proposers=proposers, gate=gate_of(draft_config), on_tokens=on_tokens)
 
     result, elapsed = timed(decode, model.device)
     if streamer is not None:

@@ -8,8 +8,8 @@ import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from ssd.core.decoding import check_max_new_tokens
-from ssd.generation import generate, method_names, swift_optimizer
 from ssd.core.modeling_llama import LlamaForCausalLM
+from ssd.generation import generate, method_names, swift_optimizer
 from ssd.methods.swift import SwiftConfig, SwiftOptimizer
 
 

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from helpers import SAMPLED_PROMPT, SAMPLING, SHARED_MODELS, data_dir, exact_token_marginal, shared, threads_per_worker
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import ssd
-from helpers import SAMPLED_PROMPT, SAMPLING, SHARED_MODELS, data_dir, exact_token_marginal, shared, threads_per_worker
 from ssd.loading.checkpoints import embedded_checkpoint
 from ssd.tools.data import task_prompts
 

@@ -12,9 +12,9 @@ from scipy.stats import chisquare
 from transformers import GenerationConfig, LlamaConfig
 
 import ssd.core.sampling
-from ssd.tools.data import DATA_DIR_ENV
 from ssd.core.modeling_llama import LlamaForCausalLM
 from ssd.core.sampling import Sampling, logits_to_probs
+from ssd.tools.data import DATA_DIR_ENV
 
 # Models that several tests share (`shared`). Their default draft (a value, `model.default_draft`) is the
 # one piece of their state a test may change; conftest's autouse fixtures put it back after every test

@@ -5,13 +5,14 @@ import logging
 
 import pytest
 import torch
+from helpers import NEAR_TIE_FLOAT32, assert_same_tokens
 from transformers import GenerationConfig
 
-from helpers import NEAR_TIE_FLOAT32, assert_same_tokens
-from ssd.tools import bench
-from ssd.tools.bench import PROMPTS_FILE, encode, load_prompts, parse_args, read_prompts_file, skipped_line
-from ssd.tools.data import DATA_DIR_ENV
 from ssd.loading.model import stock_twin
+from ssd.tools import bench
+from ssd.tools.bench import load_prompts, parse_args, skipped_line
+from ssd.tools.data import DATA_DIR_ENV
+from ssd.tools.prompts import PROMPTS_FILE, encode, read_prompts_file
 
 
 @pytest.mark.parametrize(

@@ -16,16 +16,16 @@ test fails too (README, dtype). Both tests run where the claim is made.
 
 import pytest
 import torch
+from helpers import data_dir, random_skip_set, shared
+from test_tree import random_tree
 
 import ssd
-from helpers import data_dir, random_skip_set, shared
+from ssd.core.modeling_llama import RMSNorm
 from ssd.fast.cpu import cpu_has_native_bfloat16
-from ssd.tools.data import task_prompts
 from ssd.fast.device import DeviceProfile
 from ssd.loading.model import should_pack_weights
-from ssd.core.modeling_llama import RMSNorm
 from ssd.methods.tree import ancestor_mask, keep_path
-from test_tree import random_tree
+from ssd.tools.data import task_prompts
 
 native_bfloat16_only = pytest.mark.skipif(
     not cpu_has_native_bfloat16(), reason="bfloat16 is emulated on this CPU; load_model decodes in float32 here"

@@ -2,11 +2,11 @@
 and the full model never reads a key or value a draft wrote."""
 
 import torch
+from helpers import random_skip_set
 
 from ssd import Draft
 from ssd.core.decoding import prefill, verify_drafts
 from ssd.core.self_draft import draft_tokens
-from helpers import random_skip_set
 
 
 def poison_beyond(cache, committed: int) -> None:

@@ -9,13 +9,13 @@ import os
 
 import pytest
 import torch
+from helpers import NEAR_TIE_FLOAT32, assert_same_tokens, data_dir, shared, stock_greedy
 from transformers import AutoModelForCausalLM
 
 import ssd
-from helpers import NEAR_TIE_FLOAT32, assert_same_tokens, data_dir, shared, stock_greedy
+from ssd.core.modeling_llama import Qwen2ForCausalLM
 from ssd.loading.checkpoints import QWEN_CODER, QWEN_CODER_KEY, PartedGGUF, parted_gguf, qwen_coder_checkpoint
 from ssd.tools.data import task_prompts
-from ssd.core.modeling_llama import Qwen2ForCausalLM
 
 CHUNKS = [b"GGUF" + os.urandom(1000), os.urandom(1000), os.urandom(37)]
 

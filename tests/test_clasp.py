@@ -4,14 +4,21 @@ against real draft passes, and `clasp` decoding, greedy identical to base and sa
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import (
+    ALPHA,
+    NEAR_TIE_FLOAT32,
+    SAMPLING,
+    accept_everything,
+    assert_same_tokens,
+    chi_square_p_value,
+    sample_counts,
+)
 
 import ssd
 import ssd.core.decoding
-from helpers import (ALPHA, NEAR_TIE_FLOAT32, SAMPLING, accept_everything, assert_same_tokens, chi_square_p_value,
-                     sample_counts)
-from ssd.methods.clasp import ClaspConfig, ClaspDraft, SubLayerWeights, clasp_proposers, select_skip_set
 from ssd.core.decoding import DraftConfig, speculative_decode
 from ssd.core.skip_layers import hand_made_set
+from ssd.methods.clasp import ClaspConfig, ClaspDraft, SubLayerWeights, clasp_proposers, select_skip_set
 
 EVERY_STEP = ClaspConfig(interval=1, budget=None)  # a selection before every clasp step
 

@@ -4,10 +4,9 @@ what search.ipynb and swift.ipynb tabulate, checked here rather than only throug
 import pytest
 
 import ssd
-from ssd.loading.checkpoints import model_key
-from ssd.tools.comparisons import SWIFT_METHODS, compare_skip_sets, compare_swift, summarize_swift
-from ssd.core.skip_layers import hand_made_set, read_skip_layers
+from ssd.core.skip_layers import hand_made_set, model_key, read_skip_layers
 from ssd.methods.swift import cache_key
+from ssd.tools.comparisons import SWIFT_METHODS, compare_skip_sets, compare_swift, tabulate_swift
 
 MAX_NEW_TOKENS = 16
 
@@ -43,7 +42,7 @@ def test_swift_cold_and_cached_streams(embedded, humaneval, tmp_path):
     entry = read_skip_layers(path)[cache_key(model_key(model.name_or_path), "humaneval")]
     assert (entry["attention"], entry["mlp"]) == tuple(cold["humaneval"].best)
 
-    rows = summarize_swift(records)
+    rows = tabulate_swift(records)
     assert [row["method"] for row in rows if row["task"] == "all"] == list(SWIFT_METHODS)
     overall = {row["method"]: row for row in rows if row["task"] == "all"}
     cold_steps = sum(r["steps"] for r in records if r["method"] == "swift cold")

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from helpers import data_dir
+
 from ssd.tools.data import (
     DATA_DIR_ENV,
     DataUnavailable,

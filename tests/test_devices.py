@@ -7,19 +7,20 @@ import logging
 import accelerate
 import pytest
 import torch
+from helpers import NEAR_TIE_FLOAT32, assert_same_tokens
 from transformers import GenerationConfig, LlamaConfig
 
-from helpers import NEAR_TIE_FLOAT32, assert_same_tokens
 import ssd
-import ssd.loading.model
 import ssd.core.modeling_llama
-from ssd.tools import bench
-from ssd.tools.comparisons import compare_skip_sets
+import ssd.loading.model
+from ssd.core.searching import LayerSkippingSearching, SearchConfig
+from ssd.core.skip_layers import apply_skip_layers, hand_made_set, save_skip_layers
 from ssd.fast.cpu import cpu_has_native_bfloat16
 from ssd.fast.device import DeviceProfile, rows_made_invariant
 from ssd.loading.model import default_draft_precision, should_pack_weights, stock_twin, weight_bytes
-from ssd.core.searching import LayerSkippingSearching, SearchConfig
-from ssd.core.skip_layers import apply_skip_layers, hand_made_set, save_skip_layers
+from ssd.tools import bench
+from ssd.tools.comparisons import compare_skip_sets
+from ssd.tools.prompts import encode
 
 # LLaMA-2's generation_config.json (meta-llama/Llama-2-7b-hf and -13b-hf): sampling by default.
 LLAMA_2_GENERATION = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0, do_sample=True, temperature=0.6,
@@ -138,7 +139,7 @@ def test_the_bench_decodes_greedily_whatever_the_checkpoint_says(samples_by_defa
     model, tokenizer = samples_by_default
     args = bench.parse_args(["--methods", "hf", "base", "essg", "self-draft", "clasp", "recycling",
                              "--max-new-tokens", "12"])
-    input_ids = bench.encode(tokenizer, "chat", "Name three rivers in Europe.")
+    input_ids = encode(tokenizer, "chat", "Name three rivers in Europe.")
     expected = base_tokens(input_ids, 12)
     for name, method in bench.build_methods(args, model).items():
         tokens = method(input_ids, "chat").tokens

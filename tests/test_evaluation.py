@@ -10,12 +10,12 @@ import statistics
 import matplotlib
 import pytest
 
+from ssd.core.skip_layers import hand_made_set, read_skip_layers
+from ssd.loading.checkpoints import QWEN_CODER_KEY
+from ssd.loading.model import parse_dtype
 from ssd.tools import evaluation as ev
 from ssd.tools import reports, scoring
-from ssd.loading.checkpoints import QWEN_CODER_KEY
 from ssd.tools.data import Example, load_examples, task_examples
-from ssd.loading.model import parse_dtype
-from ssd.core.skip_layers import hand_made_set, read_skip_layers
 
 matplotlib.use("Agg")
 
@@ -97,7 +97,7 @@ def summaries(embedded, tmp_path_factory):
     records = ev.generate_all(model, tokenizer, examples, methods, ev.GenerationSettings(8, early_stop=False),
                               progress=False)
     scoring.score_rouge2(records, examples)
-    table = reports.summarize(records, methods, "embedded", {"rouge2": reports.mean_of("rouge2")})
+    table = reports.tabulate_evaluation(records, methods, "embedded", {"rouge2": reports.mean_of("rouge2")})
     return examples, methods, records, table
 
 
@@ -203,7 +203,7 @@ def test_bad_evaluation_input(embedded):
     with pytest.raises(ValueError, match="has no reference"):
         scoring.score_rouge2([{"example_id": "y", "completion": ""}], [example])
     with pytest.raises(ValueError, match=r"no records for method\(s\) \['base'\]"):
-        reports.summarize([], [ev.Method("base")], "m", {})
+        reports.tabulate_evaluation([], [ev.Method("base")], "m", {})
 
 
 def test_summary_and_code_extraction():

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from helpers import NEAR_TIE_FLOAT32, assert_same_tokens, random_skip_set, stock_greedy
 
 import ssd
-from helpers import NEAR_TIE_FLOAT32, assert_same_tokens, random_skip_set, stock_greedy
 from ssd.core.decoding import DraftConfig
 from ssd.core.skip_layers import hand_made_set
 

@@ -2,9 +2,9 @@
 
 import pytest
 
+from ssd.core.proposers import Outcome, Proposal
 from ssd.methods.gate import DraftGate
 from ssd.methods.lookup import NgramIndex, accepted_in_full, trie
-from ssd.core.proposers import Outcome, Proposal
 
 PLAIN_DRAFT = ["plain", "draft"]
 

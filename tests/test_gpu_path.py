@@ -15,7 +15,9 @@ from transformers import LlamaConfig
 
 import ssd.core.modeling_llama
 from ssd.core.attention import attend, attention_path
+from ssd.core.decoding import DraftConfig
 from ssd.core.modeling_llama import LlamaForCausalLM
+from ssd.core.searching import predicted_speedup
 from ssd.fast.device import DeviceProfile
 from ssd.loading.model import refuse_offload
 
@@ -147,6 +149,19 @@ def load_gpu_check():
     return gpu_check
 
 
+def test_chain_speedup_is_the_replay_in_expectation():
+    """The closed form gpu_check uses equals the loop `predicted_speedup` replays, over drafts accepted
+    independently with probability a (a long random sequence: within 1%)."""
+    acceptance, draft_cost, verify = 0.8, 0.05, (1.0, 1.0, 1.0, 1.0, 1.0)
+    speedup, k = load_gpu_check().chain_speedup(acceptance, draft_cost, verify)
+    assert k == 4 and speedup == pytest.approx((1 - 0.8**5) / 0.2 / (4 * 0.05 + 1.0))
+    generator = torch.Generator().manual_seed(0)
+    matches = [torch.rand(50_000, generator=generator) < acceptance]
+    replayed = predicted_speedup(matches, [torch.ones(50_000)], DraftConfig(max_step_draft=4, th_stop_draft=0.5,
+                                 auto_th_stop_draft=False), draft_cost, verify)
+    assert replayed == pytest.approx(speedup, rel=0.01)
+
+
 def test_gpu_check_skips_what_cannot_fit(monkeypatch):
     """On a device with 24 GiB free: Llama-2-13B's cost model (float32 weights, int8 and int4 copies) is
     refused with its estimate, and exactness runs on the small shape, saying why, before anything is built."""
@@ -180,8 +195,8 @@ def test_the_breakdown_waits_for_the_device_around_what_it_times(monkeypatch):
     which synchronises the device before and after (on a GPU, timing without it measures kernel launches)."""
     from helpers import tiny_llama
 
-    import ssd.tools.breakdown
     import ssd.core.clock
+    import ssd.tools.breakdown
 
     waits = []
     monkeypatch.setattr(ssd.core.clock, "synchronize", lambda device: waits.append(device))
@@ -199,8 +214,8 @@ def test_the_breakdown_waits_for_the_device_around_what_it_times(monkeypatch):
 def test_grouped_attention_on_every_cpu_path_computes_attention(monkeypatch, amx):
     """Both CPU paths of the values product (AMX's float32 columns, and plain bfloat16), a chain and a token
     tree, against attention written out in float64, in bfloat16: whichever CPU runs the tests."""
-    from ssd.fast import cpu
     from ssd.core.attention import grouped_attention, tree_layout
+    from ssd.fast import cpu
     from ssd.methods.tree import ancestor_mask
 
     monkeypatch.setattr(cpu, "AMX", amx)

@@ -64,3 +64,30 @@ def test_import_ssd_leaves_the_experiment_libraries_alone():
             "'matplotlib') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert loaded == []
+
+
+def layer_imports(layer: str) -> dict[str, set[str]]:
+    """Each module of subpackage `layer` (e.g. `core`): the ssd modules and packages it imports, full names."""
+    return {module_name(p): imports_of(p) for p in (PACKAGE / layer).glob("*.py") if p.name != "__init__.py"}
+
+
+def test_the_core_reads_alone():
+    """The paper's core imports nothing from the tools, and the fast kernels only through `ssd.fast`'s namespace
+    (its documented seam). Its one import from `ssd.methods` is the token trees' verification (`methods.tree`)."""
+    imports = layer_imports("core")
+    assert len(imports) >= 10  # the layer was found
+    for module, names in imports.items():
+        assert not {n for n in names if n.startswith("tools")}, module
+        assert not {n for n in names if n.startswith("fast.") and n.removeprefix("fast.") not in FAST_SEAM}, module
+    from_methods = {n.split(".")[1] for names in imports.values() for n in names if n.startswith("methods.")}
+    assert from_methods <= {"tree"}
+
+
+def test_the_kernels_know_nothing_of_decoding():
+    """`ssd.fast` runs a model's passes faster; it reads drafts (`core.draft`) but no loop, method or tool."""
+    for module, names in layer_imports("fast").items():
+        outside = {n for n in names if not n.startswith(("fast", "core.draft"))}
+        assert not outside, (module, outside)
+
+
+FAST_SEAM = set(__import__("ssd.fast", fromlist=["__all__"]).__all__)

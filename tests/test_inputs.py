@@ -4,12 +4,12 @@ import json
 
 import pytest
 import torch
+from helpers import tiny_llama
 
 import ssd
 import ssd.tools.notebook
-from helpers import tiny_llama
-from ssd.tools.data import DataUnavailable, get_task, load_examples
 from ssd.core.decoding import DraftConfig
+from ssd.tools.data import DataUnavailable, get_task, load_examples
 
 
 @pytest.mark.parametrize(

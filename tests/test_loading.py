@@ -16,8 +16,13 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 import ssd
 import ssd.loading.model
-from ssd.loading.checkpoints import PACKED_GGUF_ADVICE, PACKED_GGUF_ADVICE_LOGGER, embedded_checkpoint, embedded_model_path
 from ssd.core.modeling_llama import LlamaForCausalLM
+from ssd.loading.checkpoints import (
+    PACKED_GGUF_ADVICE,
+    PACKED_GGUF_ADVICE_LOGGER,
+    embedded_checkpoint,
+    embedded_model_path,
+)
 from ssd.loading.model import HUB_KWARGS
 
 SUBFOLDER = "sub"

@@ -7,9 +7,10 @@ import torch
 from helpers import NEAR_TIE_FLOAT32, assert_same_tokens, tiny_llama
 
 import ssd
-from ssd.fast.linear import Linear
-from ssd.fast.low_bit import INT4_GROUP_SIZE, Int8Weight, precision_bytes_share, quantise
+from ssd.core.draft import precision_bytes_share
 from ssd.core.skip_layers import hand_made_set
+from ssd.fast.linear import Linear
+from ssd.fast.low_bit import INT4_GROUP_SIZE, Int8Weight, quantise
 
 UPPER_HALF = hand_made_set(30)  # the embedded model has 30 layers
 MAX_NEW_TOKENS = 48

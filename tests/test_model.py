@@ -12,11 +12,12 @@ from transformers import LlamaForCausalLM as StockLlama
 from transformers import Qwen2ForCausalLM as StockQwen2
 
 import ssd
-from ssd.fast.cpu import AMD_PRODUCTS, INTEL_PRODUCTS, float32_products, mkl_code_path
 from ssd.core.decoding import prefill
-from ssd.fast.linear import Linear
-from ssd.core.modeling_llama import LlamaForCausalLM, Qwen2ForCausalLM, model_class
+from ssd.core.modeling_llama import LlamaForCausalLM, Qwen2ForCausalLM
+from ssd.fast.cpu import AMD_PRODUCTS, INTEL_PRODUCTS, float32_products, mkl_code_path
 from ssd.fast.device import DeviceProfile
+from ssd.fast.linear import Linear
+from ssd.loading.architectures import model_class
 
 TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
             max_position_embeddings=256)

@@ -1,8 +1,9 @@
 """The conda env and pyproject.toml ask for the same packages."""
 
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 

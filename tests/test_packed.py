@@ -9,11 +9,11 @@ import torch.nn.functional as F
 from transformers import LlamaConfig
 
 import ssd
-from ssd.fast.linear import Linear
 from ssd.core.modeling_llama import LlamaForCausalLM
 from ssd.fast.device import DeviceProfile
-from ssd.loading.model import should_pack_weights
+from ssd.fast.linear import Linear
 from ssd.fast.packed import _PACKED, can_pack
+from ssd.loading.model import should_pack_weights
 
 pytestmark = pytest.mark.skipif(
     not can_pack(torch.device("cpu"), torch.bfloat16), reason="oneDNN has no bfloat16 kernels on this CPU"

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import ssd
-from ssd.tools import evaluation as ev
-from ssd.fast.device import DeviceProfile
-from ssd.loading.model import parse_dtype
 from ssd.core.searching import SearchConfig, runnable_precisions
 from ssd.core.skip_layers import read_skip_layers
+from ssd.fast.device import DeviceProfile
+from ssd.loading.model import parse_dtype
+from ssd.tools import evaluation as ev
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 # The least a GPU offers: no low-bit kernel (ssd's int4 is CPU-only; int8 depends on the torch build).

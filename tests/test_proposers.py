@@ -3,10 +3,10 @@
 
 import pytest
 import torch
+from helpers import tiny_llama
 
 import ssd
 import ssd.generation
-from helpers import tiny_llama
 from ssd.tools.bench import parse_args
 
 

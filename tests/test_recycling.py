@@ -2,14 +2,23 @@
 
 import pytest
 import torch
+from helpers import (
+    ALPHA,
+    NEAR_TIE_FLOAT32,
+    SAMPLED_PROMPT,
+    SAMPLING,
+    accept_everything,
+    assert_same_tokens,
+    chi_square_p_value,
+    exact_token_marginal,
+    sample_counts,
+)
 
 import ssd
 import ssd.core.decoding
-from helpers import (ALPHA, NEAR_TIE_FLOAT32, SAMPLED_PROMPT, SAMPLING, accept_everything, assert_same_tokens,
-                     chi_square_p_value, exact_token_marginal, sample_counts)
 from ssd.core.decoding import DraftConfig, speculative_decode
-from ssd.methods.recycling import Recycler, SuccessorTable, recycling_proposers
 from ssd.core.sampling import logits_to_probs
+from ssd.methods.recycling import Recycler, SuccessorTable, recycling_proposers
 
 ALONE = DraftConfig(gate=False, ngram_size=0)  # with only a Recycler, each step recycles when the table has a chain
 
@@ -112,8 +121,8 @@ def test_recycled_sampling_broken_acceptance_rule_is_detected(sampling_setting, 
 def test_guessed_draft_passes_draft_the_drafts_own_chain(embedded, prompts):
     """`draft_with_guesses`: right guesses (the draft's own next tokens) draft the same chain as one-token
     passes in fewer passes; wrong ones cost a pass per token and change nothing."""
-    from ssd.methods.recycling import draft_with_guesses
     from ssd.core.self_draft import draft_tokens
+    from ssd.methods.recycling import draft_with_guesses
 
     model, tokenizer = embedded
     draft = ssd.Draft.skipping(*ssd.core.skip_layers.hand_made_set(model.num_layers))

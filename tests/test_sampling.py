@@ -2,13 +2,14 @@
 
 import pytest
 import torch
+from helpers import ALPHA, SAMPLING, accept_everything, chi_square_p_value, exact_token_marginal, sample_counts
 
 import ssd
 import ssd.core.decoding
-from helpers import ALPHA, SAMPLING, accept_everything, chi_square_p_value, exact_token_marginal, sample_counts
-from ssd.core.decoding import DraftConfig, self_speculative_sample, verify_drafts
+from ssd.core.decoding import DraftConfig, verify_drafts
 from ssd.core.sampling import Sampling, logits_to_probs, residual
 from ssd.core.skip_layers import hand_made_set
+from ssd.methods.hybrid import self_speculative_sample
 
 # The 2nd token is drafted: by the self-draft (upper-half sub-layers skipped, int4
 # copies of the weights, the trimmed head), or (hybrid) copied after an n-gram

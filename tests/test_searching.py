@@ -9,7 +9,6 @@ from ssd.core.files import read_jsonl
 from ssd.core.searching import (
     LayerSkippingSearching,
     SearchConfig,
-    chain_speedup,
     params_to_precision,
     params_to_skip_layers,
     predicted_speedup,
@@ -59,19 +58,6 @@ def test_predicted_speedup_replays_the_loop():
     # An unconfident draft stops after one token.
     unsure = [torch.zeros(n, dtype=torch.bool)], [torch.zeros(n)]
     assert predicted_speedup(*unsure, draft, 0.25, verify) == 20 / (20 * 1.25)
-
-
-def test_chain_speedup_is_the_replay_in_expectation():
-    """The closed form gpu_check uses equals the loop `predicted_speedup` replays, over drafts accepted
-    independently with probability a (a long random sequence: within 1%)."""
-    acceptance, draft_cost, verify = 0.8, 0.05, (1.0, 1.0, 1.0, 1.0, 1.0)
-    speedup, k = chain_speedup(acceptance, draft_cost, verify)
-    assert k == 4 and speedup == pytest.approx((1 - 0.8**5) / 0.2 / (4 * 0.05 + 1.0))
-    generator = torch.Generator().manual_seed(0)
-    matches = [torch.rand(50_000, generator=generator) < acceptance]
-    replayed = predicted_speedup(matches, [torch.ones(50_000)], DraftConfig(max_step_draft=4, th_stop_draft=0.5,
-                                 auto_th_stop_draft=False), draft_cost, verify)
-    assert replayed == pytest.approx(speedup, rel=0.01)
 
 
 def test_search_logs_and_resumes(tmp_path):

@@ -3,12 +3,18 @@
 import os
 
 import pytest
+from helpers import tiny_llama
 
 import ssd
-from helpers import tiny_llama
 from ssd.core.files import append_jsonl, read_jsonl
-from ssd.core.skip_layers import (DEFAULT_PATH, apply_skip_layers, hand_made_set, load_draft, read_skip_layers,
-                             save_skip_layers)
+from ssd.core.skip_layers import (
+    DEFAULT_PATH,
+    apply_skip_layers,
+    hand_made_set,
+    load_draft,
+    read_skip_layers,
+    save_skip_layers,
+)
 
 
 def test_repository_file_holds_the_published_sets():

@@ -5,11 +5,19 @@ import json
 
 import pytest
 import torch
+from helpers import (
+    ALPHA,
+    NEAR_TIE_FLOAT32,
+    SAMPLING,
+    accept_everything,
+    assert_same_tokens,
+    chi_square_p_value,
+    sample_counts,
+    stock_greedy,
+)
 
 import ssd
 import ssd.core.decoding
-from helpers import (ALPHA, NEAR_TIE_FLOAT32, SAMPLING, accept_everything, assert_same_tokens, chi_square_p_value,
-                     sample_counts, stock_greedy)
 from ssd.core.proposers import Step
 from ssd.core.sampling import Sampling
 from ssd.methods.swift import SwiftConfig, SwiftOptimizer, cache_key, swift_generate
@@ -178,20 +186,20 @@ def test_the_budget_holds_optimisation_until_drafting_has_saved_for_it(clean_mod
     plain_outcome_cost(optimizer, 0.02)
     step = step_at(model, None, 100, list(range(20)))
     optimizer.optimize(step)
-    assert optimizer.iterations == 1 and optimizer.spent > 0
+    assert optimizer.iterations == 1 and optimizer.budget.spent > 0
     optimizer.optimize(step)
     assert optimizer.iterations == 1 and optimizer.history[-1].held, "nothing saved yet: held"
     # A draft step committed 3 tokens for 0.03 s: it saved 3 x 0.02 - 0.03 = 0.03 s.
     draft = ssd.core.proposers.Outcome("draft", None, 2, [1, 2, 3], 0.03)
     optimizer.credit(draft, sampling=False)
-    assert optimizer.saved == pytest.approx(0.03)
-    optimizer.spent = 0.015  # pretend the first iteration took 15 ms: within 0.5 x 0.03
+    assert optimizer.budget.saved == pytest.approx(0.03)
+    optimizer.budget.spent = 0.015  # pretend the first iteration took 15 ms: within 0.5 x 0.03
     optimizer.optimize(step)
     assert optimizer.iterations == 2 and not optimizer.history[-1].held
     # A plain step saves nothing; a losing draft step takes back what it lost.
     optimizer.credit(ssd.core.proposers.Outcome("plain", None, 0, [4], 0.02), sampling=False)
     optimizer.credit(ssd.core.proposers.Outcome("swift", None, 0, [5], 0.05), sampling=False)
-    assert optimizer.saved == pytest.approx(0.03 - 0.03)
+    assert optimizer.budget.saved == pytest.approx(0.03 - 0.03)
     stats = optimizer.stats()
     assert (stats["opt_steps"], stats["budget_held"], stats["opt_passes"]) == (2, 1, 2)
     # Unbudgeted (the paper's), and with the gate off, nothing is held.
@@ -214,9 +222,9 @@ def test_the_budget_counts_passes_when_sampling(clean_model):
     sampled = dataclasses.replace(step_at(model, None, 100, list(range(20))), sampling=Sampling())
     optimizer.optimize(sampled)
     share = 1 - optimizer.num_skipped / (2 * model.num_layers)  # one scoring pass of the full-precision model
-    assert optimizer.spent == pytest.approx(share)
+    assert optimizer.budget.spent == pytest.approx(share)
     optimizer.credit(ssd.core.proposers.Outcome("draft", None, 3, [1, 2, 3, 4], 2.5), sampling=True)
-    assert optimizer.saved == pytest.approx(4 - 2.5)
+    assert optimizer.budget.saved == pytest.approx(4 - 2.5)
 
 
 def test_cold_swift_decodes_with_the_static_draft_until_it_has_a_set(clean_model, prompts, base_tokens):
@@ -367,6 +375,6 @@ def test_a_given_gate_needs_gating_on(clean_model):
     model, tokenizer = clean_model
     input_ids = tokenizer("Hello", return_tensors="pt").input_ids
     with pytest.raises(ValueError, match="gate is False"):
-        ssd.core.decoding.exact_self_speculative_generate(
-            model, input_ids, 4, None, ssd.DraftConfig(gate=False), gate=ssd.core.decoding.DraftGate()
+        ssd.methods.hybrid.exact_self_speculative_generate(
+            model, input_ids, 4, None, ssd.DraftConfig(gate=False), gate=ssd.methods.gate.DraftGate()
         )

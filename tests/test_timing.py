@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from ssd.tools.timing import WARM_UP_TASK, Run, run_side_by_side, summarise
+from ssd.tools.timing import WARM_UP_TASK, Run, run_side_by_side, tabulate_speed
 
 
 def record(prompt, task, method, seconds, identical=True, verifications=None, drafted=None, accepted=None):
@@ -18,7 +18,7 @@ def test_summary_ratios_are_of_summed_times_and_pooled_counts():
         record(0, "a", "hf", 4.0), record(0, "a", "base", 2.0), record(0, "a", "essg", 1.0, True, 4, 8, 6),
         record(1, "b", "hf", 6.0), record(1, "b", "base", 3.0), record(1, "b", "essg", 3.0, False, 10, 2, 0),
     ]
-    rows = {(r["task"], r["method"]): r for r in summarise(records, also_over="hf")}
+    rows = {(r["task"], r["method"]): r for r in tabulate_speed(records, also_over="hf")}
     assert rows["a", "essg"]["speedup"] == 2.0 and rows["a", "essg"]["speedup_vs_hf"] == 4.0
     assert rows["all", "essg"]["speedup"] == 5.0 / 4.0
     assert rows["all", "essg"]["tokens_per_verification"] == 20 / 14
@@ -30,7 +30,7 @@ def test_summary_ratios_are_of_summed_times_and_pooled_counts():
 
 def test_speedup_is_over_each_methods_own_baseline():
     records = [record(0, "a", "base", 2.0), record(0, "a", "base sample", 4.0), record(0, "a", "sss", 2.0, None, 5, 5, 1)]
-    rows = {r["method"]: r for r in summarise(records, baselines={"sss": "base sample"}) if r["task"] == "all"}
+    rows = {r["method"]: r for r in tabulate_speed(records, baselines={"sss": "base sample"}) if r["task"] == "all"}
     assert rows["sss"]["speedup"] == 2.0 and rows["base sample"]["speedup"] == 0.5
     assert rows["sss"]["identical"] is None
 

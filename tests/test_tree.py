@@ -5,16 +5,17 @@ import random
 
 import pytest
 import torch
+from helpers import NEAR_TIE_FLOAT32, assert_same_tokens, stock_greedy
+from test_cache import poison_beyond
 
 import ssd
-from helpers import NEAR_TIE_FLOAT32, assert_same_tokens, stock_greedy
-from ssd.core.decoding import DraftConfig, default_proposers, prefill, speculative_decode
+from ssd.core.decoding import DraftConfig, prefill, speculative_decode
 from ssd.core.proposers import Outcome, Proposal, Step
-from ssd.methods.recycling import Recycler
 from ssd.core.sampling import Sampling
 from ssd.core.self_draft import draft_tokens
+from ssd.methods.hybrid import hybrid_proposers
+from ssd.methods.recycling import Recycler
 from ssd.methods.tree import accept_path, ancestor_mask, keep_path
-from test_cache import poison_beyond
 
 
 def test_ancestor_mask_and_greedy_path():
@@ -133,7 +134,7 @@ def test_lookup_and_draft_trees_equal_base_and_stock_generate(embedded, stock, p
         for options, count in zip(settings, counts):
             config = DraftConfig(gate=False, **options)
             result = speculative_decode(model, input_ids, 48, None, config, None, None,
-                                        proposers=default_proposers(model, config) + [count])
+                                        proposers=hybrid_proposers(model, config) + [count])
             assert_same_tokens(base, result.tokens, model, input_ids, NEAR_TIE_FLOAT32, str(options))
             assert_same_tokens(stock_tokens, result.tokens, model, input_ids, NEAR_TIE_FLOAT32, f"{options} vs stock generate")
     assert all(count.trees > 0 for count in counts)

@@ -8,19 +8,17 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ssd.fast import cpu
-from ssd.fast.device import rows_made_invariant
+from ssd.fast import cpu, rows_made_invariant
 
 
 def attention_path(device_type: str, n_queries: int, prefill: bool, masked: bool, grouped: bool) -> str:
     """Which attention computes a pass, by device and kind of pass (prefill, one-token step,
     verification), in any dtype:
 
-    - `"grouped"`: two plain products (`grouped_attention`), on a CPU for up to 64 queries. PyTorch's
-      CPU flash kernel took ~7x longer for a few bfloat16 queries (438 vs 65 us, 1 query over 740
-      keys); in float32 a masked pass of a grouped-query model falls back to the math kernel, which
-      repeats the KV heads (SmolLM2, 4-5 rows over 400 keys on an Intel Xeon: 162-175 ms a pass,
-      118-140 ms grouped; one row 75-100 ms with the flash kernel, 74-75 ms grouped).
+    - `"grouped"`: two plain products (`grouped_attention`), on a CPU for up to 64 queries: PyTorch's
+      CPU flash kernel is several times slower for a few bfloat16 queries, and in float32 a masked pass
+      of a grouped-query model falls back to the math kernel, which repeats the KV heads
+      (design.md, "Measurements behind the code").
     - `"causal"`: `scaled_dot_product_attention(is_causal=True)`, a CUDA prefill: no mask tensor, so the
       flash kernel can run, grouped-query heads included.
     - `"expanded"`: on CUDA, a masked pass (a verification) of a grouped-query model, over its KV heads

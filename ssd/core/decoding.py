@@ -13,20 +13,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from ssd.core.checks import check_count
 from ssd.core.draft import Draft
-from ssd.fast.draft_head import DraftHead
-from ssd.methods.gate import DraftGate
-from ssd.methods.lookup import lookup_proposers
 from ssd.core.modeling_llama import KVCache, LlamaForCausalLM
-from ssd.core.proposers import Outcome, Proposer, Step
+from ssd.core.proposers import Gate, Outcome, Proposer, Step
 from ssd.core.sampling import Sampling, logits_to_probs, residual, sample
 from ssd.core.self_draft import AdaptiveThreshold, SelfDraft
+from ssd.fast import DraftHead
 from ssd.methods.tree import accept_path, ancestor_mask, keep_path
 
 
@@ -36,8 +34,13 @@ class GenerationResult:
     num_drafted_tokens: int = 0
     num_accepted_tokens: int = 0
     num_verifications: int = 0
-    num_looked_up_tokens: int = 0  # drafts that came from n-gram lookup (included in num_drafted_tokens)
+    drafted_by_kind: dict[str, int] = field(default_factory=dict)  # drafted tokens by the kind of step's name
     th_stop_draft: float | None = None  # the final draft-exit threshold
+
+    @property
+    def num_looked_up_tokens(self) -> int:
+        """Drafts that came from n-gram lookup (`ssd.methods.lookup`; included in num_drafted_tokens)."""
+        return self.drafted_by_kind.get("lookup", 0)
 
     @property
     def matchness(self) -> float:
@@ -233,10 +236,9 @@ class DraftConfig:
     threshold then stays fixed); None: by `th_stop_draft`.
     `short_lookup`: a lookup proposes at most this many tokens, unless the
     last two steps were lookups accepted in full (a copy running on): then
-    up to `max_step_draft`. Where verifying 4 rows costs twice as much as 3
-    (float32 MKL on a CPU: 70 vs 38 ms, 1 row 35 ms), a 2-token lookup costs
-    about a step, so a short match does not pay for 13 rows, while long
-    copies (QA, summaries) still go 12 at a time. None: always up to
+    up to `max_step_draft`. Where a few more rows can double a verification's
+    cost (float32 MKL on a CPU), a short match does not pay for 13 rows, while
+    long copies (QA, summaries) still go 12 at a time. None: always up to
     `max_step_draft`.
     """
 
@@ -277,58 +279,6 @@ class DraftConfig:
         return model.draft_head(torch.cat([frequent, input_ids.flatten()]))
 
 
-def exact_self_speculative_generate(
-    model: LlamaForCausalLM,
-    input_ids: torch.Tensor,
-    max_new_tokens: int,
-    eos_token_id: EosTokenIds = None,
-    config: DraftConfig = DraftConfig(),
-    *,
-    draft: Draft | None = None,
-    proposers: list[Proposer] | None = None,
-    gate: DraftGate | None = None,
-    on_tokens: OnTokens | None = None,
-) -> GenerationResult:
-    """Greedy self-speculative decoding: output equals `base_generate`'s token for token wherever a
-    verification's logits rank tokens as a one-token step's do (docs/numerics.md says where that holds).
-    Arguments as `speculative_decode`'s."""
-    return speculative_decode(model, input_ids, max_new_tokens, eos_token_id, config, None, None, draft=draft,
-                              proposers=proposers, gate=gate, on_tokens=on_tokens)
-
-
-def self_speculative_sample(
-    model: LlamaForCausalLM,
-    input_ids: torch.Tensor,
-    max_new_tokens: int,
-    eos_token_id: EosTokenIds = None,
-    config: DraftConfig = DraftConfig(),
-    sampling: Sampling | None = Sampling(),
-    generator: torch.Generator | None = None,
-    *,
-    draft: Draft | None = None,
-    proposers: list[Proposer] | None = None,
-    gate: DraftGate | None = None,
-    on_tokens: OnTokens | None = None,
-) -> GenerationResult:
-    """Self-speculative sampling: output distributed exactly as sampling the full model. The same
-    `generator` state gives the same tokens: the gate decides from counted passes, not wall time.
-    Arguments as `speculative_decode`'s."""
-    return speculative_decode(model, input_ids, max_new_tokens, eos_token_id, config, sampling, generator,
-                              draft=draft, proposers=proposers, gate=gate, on_tokens=on_tokens)
-
-
-def default_proposers(model: LlamaForCausalLM, config: DraftConfig, draft: Draft | None = None) -> list[Proposer]:
-    """Draft & Verify's self-draft (`draft`, None: the model's `default_draft`) and, unless
-    `config.ngram_size` is 0, prompt lookup: the proposers of `essg` and `sss`."""
-    draft = model.default_draft if draft is None else draft
-    if config.branches or config.lookup_ways > 1:
-        model.prepare_trees()
-    self_draft = SelfDraft(model.prepare_draft(draft), config.max_step_draft, config.th_stop_draft,
-                           AdaptiveThreshold.of(config), skip_full_model=config.gate, branches=config.branches,
-                           exit_margin=config.exit_margin)
-    return [self_draft, *lookup_proposers(config)]
-
-
 @torch.no_grad()
 def speculative_decode(
     model: LlamaForCausalLM,
@@ -341,31 +291,26 @@ def speculative_decode(
     *,
     draft: Draft | None = None,
     proposers: list[Proposer] | None = None,
-    gate: DraftGate | None = None,
+    gate: Gate | None = None,
     on_tokens: OnTokens | None = None,
 ) -> GenerationResult:
     """Each step, one of the `proposers` (or a plain step) proposes tokens, and one full forward
     verifies them: greedy when `sampling` is None, else sampled.
 
-    `proposers`: in the order their kinds are offered to the gate (None: `default_proposers` with
-    `draft`). `config`: the most tokens a step may propose (`max_step_draft`), the draft head, and
-    whether a gate chooses the step (off: the last kind offered runs, so a lookup when one matched).
-    `gate`: a `DraftGate` carried over a stream of generations (SWIFT's), so what it measured on
-    earlier inputs holds; None: a fresh one when `config.gate`. When sampling, the gate is charged
-    model passes (a verification, plus what proposing cost) instead of wall seconds: which kind runs
-    then never depends on timing, so neither do the random numbers drawn, and a seed reproduces its
-    sample.
+    `proposers`: in the order their kinds are offered (None: Draft & Verify's self-draft alone,
+    `SelfDraft.of(model, config, draft)`). `config`: the most tokens a step may propose
+    (`max_step_draft`) and the draft head. `gate`: chooses each step's kind among those offered
+    (`ssd.methods.gate.DraftGate`; it may carry over a stream of generations, as SWIFT's does); None:
+    the last kind offered runs. When sampling, the gate is charged model passes (a verification, plus
+    what proposing cost) instead of wall seconds: which kind runs then never depends on timing, so
+    neither do the random numbers drawn, and a seed reproduces its sample.
     """
     check_input_ids(model, input_ids, max_new_tokens)
     if proposers is None:
-        proposers = default_proposers(model, config, draft)
+        proposers = [SelfDraft.of(model, config, draft)]
     elif draft is not None:
-        raise ValueError("draft= is for the default proposers; a given proposer holds its own draft")
-    if gate is None:
-        gate = DraftGate() if config.gate else None
-    elif not config.gate:
-        raise ValueError("a DraftGate was given but the DraftConfig's gate is False")
-    else:
+        raise ValueError("draft= is for the default proposer; a given proposer holds its own draft")
+    if gate is not None:
         gate.new_sequence()
     head = config.draft_head(model, input_ids)
     cache = generation_cache(model, input_ids, max_new_tokens)
@@ -413,7 +358,7 @@ def speculative_decode(
         if drafts:
             result.num_drafted_tokens += len(drafts)
             result.num_accepted_tokens += accepted
-        if isinstance(kind, tuple) and kind[0] == "lookup":
-            result.num_looked_up_tokens += len(drafts)
+            name = kind[0] if isinstance(kind, tuple) else kind
+            result.drafted_by_kind[name] = result.drafted_by_kind.get(name, 0) + len(drafts)
     result.th_stop_draft = next((p.th_stop_draft for p in proposers if isinstance(p, SelfDraft)), None)
     return result

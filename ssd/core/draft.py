@@ -13,7 +13,17 @@ import operator
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ssd.fast.low_bit import PRECISIONS
+import torch
+
+# The low-bit weights a draft may read (`ssd.fast.low_bit` builds them), and their bits per weight.
+PRECISIONS = ("int8", "int4")
+BITS = {"int8": 8, "int4": 4}
+
+
+def precision_bytes_share(precision: str | None, dtype: torch.dtype) -> float:
+    """The share of a `dtype` weight's bytes its `precision` copy reads (1 for None): a nominal cost,
+    for what must not depend on timing (the sampling gate)."""
+    return 1.0 if precision is None else BITS[precision] / (8 * dtype.itemsize)
 
 
 @dataclass(frozen=True)
@@ -88,3 +98,40 @@ def _is_index(value) -> bool:
         return operator.index(value) >= 0  # ints and numpy integers
     except TypeError:
         return False
+
+
+class DefaultDraft:
+    """Mixin: the draft a generation uses when given none, read once when it starts (as
+    `generation_config` is). `set_skip_layers` and `set_draft_precision` set it. No pass reads it."""
+
+    default_draft: Draft = Draft()
+
+    def set_draft(self, draft: Draft) -> None:
+        """Set the default draft, prepared now (`prepare_draft`); a draft the model or the device cannot
+        run is an error, and the previous default stays."""
+        self.default_draft = self.prepare_draft(draft)
+
+    def set_skip_layers(self, attention: Iterable[int] = (), mlp: Iterable[int] = ()) -> None:
+        """Set the sub-layers the default draft skips (0-based layer indices); its precision stays."""
+        self.default_draft = Draft.skipping(attention, mlp, self.default_draft.precision).check(self.num_layers)
+
+    def get_skip_layers(self) -> tuple[list[int], list[int]]:
+        return self.default_draft.skip_layers
+
+    def set_draft_precision(self, precision: str | None) -> None:
+        """Set the default draft's weights: `"int8"`, `"int4"` (`ssd.fast.low_bit`), or None (the model's own).
+        Its skip set stays. Builds the copies (and warms their graphs) now, see `prepare_draft`; a
+        precision the device cannot run is an error, and the previous setting stays."""
+        self.set_draft(self.default_draft.replace(precision=precision))
+
+    def get_draft_precision(self) -> str | None:
+        return self.default_draft.precision
+
+    def prepare_draft(self, draft: Draft) -> Draft:
+        """Build what `draft` needs before it is timed (`prepare_precision`: low-bit copies, compiled
+        graphs). Returns `draft`, checked against the model's depth."""
+        if not isinstance(draft, Draft):
+            raise TypeError(f"a draft must be an ssd.Draft (e.g. ssd.Draft.skipping([3], [5], 'int4')), got {draft!r}")
+        draft.check(self.num_layers)
+        self.prepare_precision(draft.precision)
+        return draft

@@ -15,7 +15,6 @@ weights. The draft is an argument of the pass, never a mode of the model.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -25,14 +24,9 @@ from transformers import LlamaConfig, PretrainedConfig, PreTrainedModel, Qwen2Co
 from transformers.activations import ACT2FN
 
 from ssd.core.attention import TreeLayout, attend, tree_layout
-from ssd.fast.compiled import CompiledLayers, LayerGraphs, runs_compiled
-from ssd.fast.cpu import Float32Products
-from ssd.core.draft import Draft
-from ssd.fast.draft_head import DraftHead, draft_head
-from ssd.fast.linear import Linear, needs_row_invariance
-from ssd.fast.low_bit import LowBitCopies, LowBitLayer
-from ssd.fast.packed import PackedWeight, pack
+from ssd.core.draft import DefaultDraft, Draft
 from ssd.core.rope import rope_tables
+from ssd.fast import DraftHead, FastKernels, LayerGraphs, Linear, LowBitLayer, needs_row_invariance
 
 
 @dataclass
@@ -102,6 +96,15 @@ class LlamaAttention(nn.Module):
         `key_len` positions; query i sees those up to position start_pos+i (a causal mask, built inside
         the pass so that a compiled graph keeps its lengths symbolic), or with a `tree` the slots
         below start_pos and its ancestors' (`ssd.core.attention.attend`)."""
+        q, k, v = self.project(x, cos, sin, low_bit)
+        end = start_pos + x.shape[1]
+        k_cache[:, :, start_pos:end] = k
+        v_cache[:, :, start_pos:end] = v
+        y = attend(q, k_cache[:, :, :key_len], v_cache[:, :, :key_len], start_pos, tree)
+        return self.output(y, low_bit)
+
+    def project(self, x, cos, sin, low_bit: LowBitLayer | None = None):
+        """Queries, keys and values of `x` ([batch, T, hidden]), rotated: [batch, heads, T, head_dim] each."""
         batch, length, _ = x.shape
         if low_bit is None:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
@@ -111,11 +114,11 @@ class LlamaAttention(nn.Module):
         q = q.view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
         k = k.view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        end = start_pos + length
-        k_cache[:, :, start_pos:end] = k
-        v_cache[:, :, start_pos:end] = v
-        y = attend(q, k_cache[:, :, :key_len], v_cache[:, :, :key_len], start_pos, tree)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+    def output(self, y, low_bit: LowBitLayer | None = None):
+        """The output projection of attention's result `y` ([batch, heads, T, head_dim])."""
+        batch, _, length, _ = y.shape
         y = y.transpose(1, 2).reshape(batch, length, -1)
         return self.o_proj(y) if low_bit is None else low_bit.o(y)
 
@@ -193,12 +196,14 @@ class LlamaPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True  # our attention is SDPA (or plain products); lets a config that asks for it load
 
 
-class LlamaForCausalLM(LlamaPreTrainedModel):
+class LlamaForCausalLM(DefaultDraft, FastKernels, LlamaPreTrainedModel):
     """A causal LM whose forward takes a cache, a start position and, for a draft pass, a `Draft`.
 
-    `default_draft` is the draft a generation uses when given none (read once when it starts, as
-    `generation_config` is); `set_skip_layers` and `set_draft_precision` set it. No pass reads it.
+    `default_draft` is the draft a generation uses when given none (`DefaultDraft`); packed weights,
+    compiled graphs and low-bit copies are `FastKernels`' (the one place the network meets `ssd.fast`).
     """
+
+    layer_graphs = EAGER_GRAPHS
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
@@ -208,18 +213,12 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         self._rope: tuple[torch.Tensor, torch.Tensor] | None = None  # built on first use, see rope_tables
         self.default_draft = Draft()
-        self.low_bit = LowBitCopies()  # the drafts' low-bit weights, by precision, built on first use
-        self._compiled: CompiledLayers | None = None  # see compile_blocks
+        self.init_kernels()
         self.post_init()
 
     @property
     def num_layers(self) -> int:
         return self.config.num_hidden_layers
-
-    @property
-    def products(self) -> Float32Products:
-        """How every `Linear` runs float32 products on this CPU (`ssd.fast.cpu.float32_products`)."""
-        return self.lm_head.products
 
     def extra_repr(self) -> str:
         return f"default_draft=({self.default_draft}), float32 products on a CPU: {self.products}"
@@ -238,101 +237,6 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         if self._rope is None or self._rope[0].device != device:
             self._rope = rope_tables(self.config, self.max_context, device)
         return self._rope
-
-    # --- drafts -----------------------------------------------------------
-
-    def set_draft(self, draft: Draft) -> None:
-        """Set the default draft, prepared now (`prepare_draft`); a draft the model or the device cannot
-        run is an error, and the previous default stays."""
-        self.default_draft = self.prepare_draft(draft)
-
-    def set_skip_layers(self, attention: Iterable[int] = (), mlp: Iterable[int] = ()) -> None:
-        """Set the sub-layers the default draft skips (0-based layer indices); its precision stays."""
-        self.default_draft = Draft.skipping(attention, mlp, self.default_draft.precision).check(self.num_layers)
-
-    def get_skip_layers(self) -> tuple[list[int], list[int]]:
-        return self.default_draft.skip_layers
-
-    def set_draft_precision(self, precision: str | None) -> None:
-        """Set the default draft's weights: `"int8"`, `"int4"` (`ssd.fast.low_bit`), or None (the model's own).
-        Its skip set stays. Builds the copies (and warms their graphs) now, see `prepare_draft`; a
-        precision the device cannot run is an error, and the previous setting stays."""
-        self.set_draft(self.default_draft.replace(precision=precision))
-
-    def get_draft_precision(self) -> str | None:
-        return self.default_draft.precision
-
-    def prepare_draft(self, draft: Draft) -> Draft:
-        """Build what `draft` needs before it is timed: its low-bit copies (`low_bit`) and, on a
-        compiled model, its graphs. Returns `draft`, checked against the model's depth. Passes build
-        the copies on first use anyway; this moves the cost out of a timed generation."""
-        if not isinstance(draft, Draft):
-            raise TypeError(f"a draft must be an ssd.Draft (e.g. ssd.Draft.skipping([3], [5], 'int4')), got {draft!r}")
-        draft.check(self.num_layers)
-        if draft.precision is not None:
-            self.low_bit.at(self, draft.precision)
-        if self.compiled:
-            self._compiled.warm_up(self, draft.precision, blocks=True)  # once per precision
-        return draft
-
-    def prepare_trees(self) -> None:
-        """On a compiled model, compile the graph that verifies token trees (`ssd.methods.tree`) now, before a
-        generation is timed; a tree proposer's maker calls it. Eager, nothing to do."""
-        if self.compiled:
-            self._compiled.warm_up_trees(self)
-
-    def draft_head(self, token_ids: torch.Tensor) -> DraftHead:
-        """A head scoring only `token_ids` (unique ids, any order), see `ssd.fast.draft_head`."""
-        return draft_head(self.lm_head.weight, self.low_bit.lm_head_int8, token_ids)
-
-    # --- packed weights ---------------------------------------------------
-
-    def pack_weights(self, enabled: bool = True) -> None:
-        """Run the bfloat16 products of every `Linear` (the layers' and the LM head) on copies of their
-        weights packed once in oneDNN's layout (`ssd.fast.packed`): on a CPU about twice as fast as the plain
-        weights, for as much memory again as those weights (`packed_nbytes`). `enabled=False` drops
-        the copies. A compiled model compiles its graphs again (`compile_blocks`).
-        """
-        linears = self.linears()
-        copies: list[PackedWeight | None] = [None] * len(linears)
-        if enabled:  # every copy first: a weight that cannot be packed leaves the model as it was
-            copies = [pack(module.weight) for module in linears]
-        for module, copy in zip(linears, copies):
-            module.packed = copy
-        if self.compiled:
-            self.compile_blocks()
-
-    def linears(self) -> list[Linear]:
-        """Every `Linear`: the layers' projections and the LM head."""
-        return [module for module in self.modules() if isinstance(module, Linear)]
-
-    @property
-    def weights_packed(self) -> bool:
-        return self.lm_head.packed is not None
-
-    @property
-    def packed_nbytes(self) -> int:
-        """Memory the packed copies take."""
-        return sum(module.packed.nbytes for module in self.linears() if module.packed)
-
-    # --- compilation ------------------------------------------------------
-
-    def compile_blocks(self, enabled: bool = True) -> None:
-        """Run every pass after the prefill (steps, verifications, drafts) through `torch.compile`
-        graphs that every layer shares (`ssd.fast.compiled`), compiled here for the full model and the
-        default draft, and for another draft precision when a draft first asks for it
-        (`prepare_draft`), so that no timed generation pays for them. `enabled=False`: eager."""
-        self._compiled = None
-        if not enabled:
-            return
-        self.rope_tables()  # built now: the graphs would otherwise guard on the table not existing yet
-        self._compiled = CompiledLayers(EAGER_GRAPHS.compiled())
-        self._compiled.warm_up(self, None)
-        self._compiled.warm_up(self, self.default_draft.precision, blocks=True)
-
-    @property
-    def compiled(self) -> bool:
-        return self._compiled is not None
 
     # --- forward ----------------------------------------------------------
 
@@ -381,24 +285,18 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
             positions = start_pos - 1 + tree.sum(dim=-1)  # a row sees itself and each ancestor once
             cos, sin = cos[positions], sin[positions]
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-        # Query i sits at position start_pos+i and sees keys up to it. In bfloat16 on a
-        # CPU, where `Linear` makes products batch-invariant, every pass after the
-        # prefill (steps, verifications, drafts) attends over the whole cache, masked:
-        # the weighted sum of values over 1000 keys rounded differently from the same
-        # sum padded with zero weights, so a verified token's logits parted from a
-        # step's and flipped a tied token; over one fixed key length they agree. And
-        # oneDNN's bfloat16 batched product copies a cache cut short first (its heads
-        # then lie apart): a draft at 1084 positions took 22.2 ms so, 19.4 ms over the
-        # whole cache (SmolLM2, int4 draft, AMD EPYC with AVX512-BF16, one process).
+        # Query i sits at position start_pos+i and sees keys up to it. Where `Linear` makes products
+        # row-invariant (bfloat16 on a CPU), every pass after the prefill (steps, verifications,
+        # drafts) attends over the whole cache, masked: a sum over more keys, zero weights included,
+        # rounds differently, and a verified token's logits must equal a step's. oneDNN's bfloat16
+        # batched product is also faster over the whole cache than over one cut short, which it copies.
         row_invariant = needs_row_invariance(x)
         whole_cache = start_pos > 0 and row_invariant
         key_len = cache.max_len if whole_cache else end
         draft = draft or Draft()
         precision = draft.precision
-        low_bit = [None] * self.num_layers if precision is None else self.low_bit.at(self, precision)
-        compiled = self._compiled is not None and runs_compiled(
-            start_pos, length, cache.max_len, row_invariant, self.products.padded_rows)
-        graphs = self._compiled.graphs if compiled else None
+        low_bit = self.low_bit_layers(precision)
+        graphs = self.pass_graphs(start_pos, length, cache.max_len, row_invariant)
         layout = tree_layout(tree, start_pos) if tree is not None else None
         states = []
         for i, layer in enumerate(self.model.layers):
@@ -427,25 +325,3 @@ class Qwen2ForCausalLM(LlamaForCausalLM):
     """Qwen2 and Qwen2.5: LLaMA with biases on the q, k and v projections (`projection_biases`)."""
 
     config_class = Qwen2Config
-
-
-MODEL_CLASSES: dict[str, type[LlamaForCausalLM]] = {"llama": LlamaForCausalLM, "qwen2": Qwen2ForCausalLM}
-
-
-def model_class(config: PretrainedConfig) -> type[LlamaForCausalLM]:
-    """`ssd`'s class for a checkpoint's config. An architecture, or an option, that the model cannot
-    honour is an error: sliding-window attention (Qwen2.5's configs name a window even with it off,
-    so only `use_sliding_window` or sliding `layer_types` count)."""
-    if config.model_type not in MODEL_CLASSES:
-        raise ValueError(
-            f"a {config.model_type!r} checkpoint: ssd drafts with LLaMA-family models, model_type "
-            f"{' or '.join(map(repr, MODEL_CLASSES))} (LLaMA-2, CodeLlama, Llama-3, SmolLM, Qwen2, Qwen2.5...)"
-        )
-    sliding = sorted({kind for kind in getattr(config, "layer_types", None) or () if kind != "full_attention"})
-    if getattr(config, "use_sliding_window", False) or sliding:
-        raise ValueError(
-            f"this {config.model_type!r} checkpoint uses sliding-window attention "
-            f"(use_sliding_window={getattr(config, 'use_sliding_window', False)}, layer types {sliding}); "
-            f"ssd's attention is full attention only"
-        )
-    return MODEL_CLASSES[config.model_type]

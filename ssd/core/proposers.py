@@ -19,11 +19,13 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from ssd.fast.draft_head import DraftHead
-from ssd.methods.gate import StepKind
 from ssd.core.modeling_llama import KVCache, LlamaForCausalLM
 from ssd.core.sampling import Sampling
+from ssd.fast import DraftHead
 from ssd.methods.tree import check_parents
+
+# A kind of step, the key a gate chooses by: a name, or a (name, detail) pair such as ("lookup", n).
+StepKind = str | tuple[str, int]
 
 
 @dataclass
@@ -124,4 +126,23 @@ class Proposer(Protocol):
     def observe(self, outcome: Outcome, step: Step) -> None:
         """Every step's outcome, whichever proposer ran; `step` is the step as it was proposed, but its
         `sequence` already holds the committed tokens (the verified input began at `step.committed`)."""
+        ...
+
+
+@runtime_checkable
+class Gate(Protocol):
+    """Chooses each step's kind among those offered (`ssd.methods.gate.DraftGate`). It is charged each step's
+    cost in one unit per generation: wall seconds when greedy, model passes when sampling (so that which kind
+    runs, and the random numbers drawn, never depend on timing)."""
+
+    def new_sequence(self) -> None:
+        """A generation starts (a gate may serve a stream of them)."""
+        ...
+
+    def choose(self, kinds: list[StepKind]) -> StepKind:
+        """One of `kinds` ("plain" first, then those offered)."""
+        ...
+
+    def record(self, kind: StepKind, kinds: list[StepKind], tokens: int, cost: float) -> None:
+        """What the step of `kind` committed and cost, with the kinds that were on offer."""
         ...

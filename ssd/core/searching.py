@@ -32,13 +32,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ssd.core.clock import median_seconds, timed
-from ssd.core.decoding import DraftConfig, base_generate, exact_self_speculative_generate
-from ssd.fast.device import DeviceProfile
-from ssd.core.draft import Draft
-from ssd.fast.draft_head import DraftHead
+from ssd.core.decoding import DraftConfig, base_generate, speculative_decode
+from ssd.core.draft import PRECISIONS, Draft
 from ssd.core.files import append_jsonl, read_jsonl
-from ssd.fast.low_bit import PRECISIONS
 from ssd.core.modeling_llama import LlamaForCausalLM
+from ssd.fast import DeviceProfile, DraftHead
 
 logger = logging.getLogger(__name__)
 
@@ -184,28 +182,14 @@ def predicted_speedup(matches: list[torch.Tensor], confidences: list[torch.Tenso
     return tokens / cost
 
 
-def chain_speedup(acceptance: float, draft_cost: float, verify_cost: tuple[float, ...]) -> tuple[float, int]:
-    """`predicted_speedup`'s expectation where every drafted token is accepted independently with
-    probability `acceptance` and each step drafts k tokens: (speedup over base, the best k). Expected
-    tokens per step (1 - a^(k+1)) / (1 - a), cost k * draft_cost + verify_cost[k], in full-step units
-    (`verify_cost[k]`: verifying k drafts, k + 1 rows). For a device whose acceptance is not yet known
-    (`scripts/gpu_check.py`)."""
-    best = (0.0, 0)
-    for k in range(1, len(verify_cost)):
-        tokens = (1 - acceptance ** (k + 1)) / (1 - acceptance)
-        best = max(best, (tokens / (k * draft_cost + verify_cost[k]), k))
-    return best
-
-
 # --- the search ----------------------------------------------------------------
 
 
 def bayesian_optimizer(names: list[str], kappa: float, alpha: float, seed: int):
     """A `bayes_opt.BayesianOptimization` over [0, 1] for each name (`alpha`: the GP's noise term),
     suggesting by an upper confidence bound whose maximum is polished from one L-BFGS start instead of
-    ten: with 2L = 60 variables, bayes_opt's default took 8 s per suggestion on a 2-core CPU, three
-    times an evaluation; one start takes 0.3 s. bayes_opt is imported here, so that `import ssd` does
-    not pay for it (about 2 s)."""
+    ten: with 2L = 60 variables, bayes_opt's default costs more per suggestion than an evaluation on a
+    2-core CPU. bayes_opt is imported here, so that `import ssd` does not pay for it."""
     from bayes_opt import BayesianOptimization
     from bayes_opt.acquisition import UpperConfidenceBound
 
@@ -336,8 +320,8 @@ class LayerSkippingSearching:
         tokens, seconds = 0, 0.0
         draft = self.model.prepare_draft(Draft.skipping(attention, mlp, precision))
         for input_ids in self.prompts:
-            result, elapsed = timed(lambda: exact_self_speculative_generate(
-                self.model, input_ids, self.config.max_new_tokens, None, self.config.draft, draft=draft
+            result, elapsed = timed(lambda: speculative_decode(
+                self.model, input_ids, self.config.max_new_tokens, None, self.config.draft, None, None, draft=draft
             ), input_ids.device)
             seconds += elapsed
             tokens += len(result.tokens)

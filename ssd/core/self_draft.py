@@ -7,13 +7,11 @@ from dataclasses import dataclass, field
 import torch
 
 from ssd.core.checks import check_count
-from ssd.core.draft import Draft
-from ssd.fast.draft_head import DraftHead
-from ssd.methods.gate import StepKind
-from ssd.fast.low_bit import precision_bytes_share
+from ssd.core.draft import Draft, precision_bytes_share
 from ssd.core.modeling_llama import KVCache, LlamaForCausalLM
-from ssd.core.proposers import Outcome, Proposal, Step
+from ssd.core.proposers import Outcome, Proposal, Step, StepKind
 from ssd.core.sampling import Sampling, logits_to_probs, sample
+from ssd.fast import DraftHead
 
 
 @dataclass
@@ -140,6 +138,16 @@ class SelfDraft:
         self.adaptive, self.skip_full_model, self.branches = adaptive, skip_full_model, branches
         self.exit_margin = exit_margin
         self.chain_length = 0  # the drafted chain of the latest proposal (its tree's first nodes)
+
+    @classmethod
+    def of(cls, model: LlamaForCausalLM, config, draft: Draft | None = None) -> SelfDraft:
+        """The self-draft a `DraftConfig` describes, drafting with `draft` (None: the model's
+        `default_draft`), prepared (`prepare_draft`) so that no timed step builds its weights or graphs."""
+        draft = model.default_draft if draft is None else draft
+        if config.branches:
+            model.prepare_trees()
+        return cls(model.prepare_draft(draft), config.max_step_draft, config.th_stop_draft, AdaptiveThreshold.of(config),
+                   skip_full_model=config.gate, branches=config.branches, exit_margin=config.exit_margin)
 
     def offer(self, step: Step) -> list[StepKind]:
         if step.room < 1 or (self.skip_full_model and self.draft.is_full_model):

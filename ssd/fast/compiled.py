@@ -5,21 +5,17 @@ Every layer shares the graphs: one for a whole layer, and one per block
 (`LlamaForCausalLM.compile_blocks` builds them, `LlamaDecoderLayer.forward`
 picks one).
 
-On a 2-core CPU in float32, a one-token step spends a quarter of its time
-outside the matrix products, in ~600 small ops (norms, rotary, residual adds,
-attention glue) and the Python around them; compiled, they fuse. A graph per
-layer rather than per model: the weights are its inputs, so one graph serves
-all layers (PyTorch's "regional compilation"), compiles in seconds rather than
-minutes, and serves drafts as well, whatever their skip set (SWIFT changes it
-every few steps) and precision (a low-bit copy's kernels are a graph of their
-own). A layer runs as one graph rather than two where nothing is skipped: each
-call costs ~70 us of Dynamo's Python on a 2-core AMD EPYC, and SmolLM2's int4
-draft pass at 1084 positions took 21.5 ms so, 24.4 ms as 60 block calls (step
-41.3 vs 43.4 ms, one process). Shapes are dynamic: one graph for one-token
-passes, one for longer ones (in float32 up to `Linear.products.padded_rows`
-rows; in bfloat16 on a CPU every length, see `LlamaForCausalLM.forward`). A
-prefill, and in float32 longer passes, stay eager: they are bound by their
-products.
+Outside the matrix products, a one-token step runs hundreds of small ops (norms,
+rotary, residual adds, attention glue) and the Python around them; compiled, they
+fuse. A graph per layer rather than per model: the weights are its inputs, so one
+graph serves all layers (PyTorch's "regional compilation"), compiles in seconds
+rather than minutes, and serves drafts as well, whatever their skip set (SWIFT
+changes it every few steps) and precision (a low-bit copy's kernels are a graph of
+their own). A layer runs as one graph rather than two where nothing is skipped:
+each graph call costs Dynamo's Python. Shapes are dynamic: one graph for one-token
+passes, one for longer ones (in float32 up to `Linear.products.padded_rows` rows;
+in bfloat16 on a CPU every length, see `LlamaForCausalLM.forward`). A prefill, and
+in float32 longer passes, stay eager: they are bound by their products.
 """
 
 from __future__ import annotations
@@ -29,8 +25,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ssd.fast import cpu
 from ssd.core.draft import Draft
+from ssd.fast import cpu
 from ssd.fast.linear import INVARIANT_ROWS, needs_row_invariance
 
 
@@ -116,8 +112,8 @@ def runs_compiled(start_pos: int, length: int, cache_len: int, row_invariant: bo
     The graphs hold for passes that end before the cache does (a generation's never fill it), after
     position 1 in float32: a pass at position 1 would recompile (seconds) mid-generation. Passes of
     more than `padded_rows` rows (`Linear.products`: long lookups, SWIFT's windows) run eager in
-    float32: bound by their products, they took no longer so (5-11 rows over 600 positions: 124-161
-    ms eager, 139-160 ms compiled), and a third graph would add to every load's compile time. Where
+    float32: bound by their products, they are no slower so, and a third graph would add to every
+    load's compile time. Where
     passes are kept row-invariant (bfloat16 on a CPU) every pass after the prefill takes the graphs
     (one for one row, one for more; position 1 has its own, compiled at load), so that a verified
     token's logits equal a step's bit for bit: compiled and eager ops round differently.

@@ -71,12 +71,9 @@ def use_fast_mkl_path() -> None:
 def mkl_code_path(cpuinfo: str | None = None) -> str | None:
     """The `MKL_CBWR` code path that makes MKL fast on this CPU, or None to leave MKL's own choice.
 
-    MKL picks slow generic kernels on x86 CPUs not made by Intel. On a 2-core
-    AMD EPYC with AVX2 (float32), a product of 2-13 rows by the 49152-row LM
-    head took 23-34 ms instead of 12-18 ms with `MKL_CBWR=AVX2`, while one row
-    took 10 ms either way: verifying drafts in one pass costs far less. On a
-    2-core AMD EPYC with AVX512, SmolLM2-135M's products of 2-4 rows through
-    `F.linear` took 64-92 ms instead of 36-46 ms with `MKL_CBWR=AVX512`.
+    MKL picks slow generic kernels on x86 CPUs not made by Intel: there the few-row products of a
+    verification took about twice as long as with the code path named (design.md, "Measurements
+    behind the code"), while one row ran as fast either way.
     """
     cpuinfo = _cpuinfo() if cpuinfo is None else cpuinfo
     flags = _flags(cpuinfo)

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ssd.core.draft import PRECISIONS, Draft
 from ssd.fast.cpu import cpu_has_native_bfloat16, cpu_name
-from ssd.core.draft import Draft
-from ssd.fast.low_bit import PRECISIONS, check_kernel
+from ssd.fast.low_bit import check_kernel
 
 logger = logging.getLogger(__name__)
 

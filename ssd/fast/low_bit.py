@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-PRECISIONS = ("int8", "int4")
+from ssd.core.draft import PRECISIONS
+
 # Divides the hidden sizes of the LLaMA family (576, 1536, 2048, 4096, 5120, 8960, 11008, 13824...);
 # 128, the CUDA kernels' usual group, does not divide SmolLM2's 576.
 INT4_GROUP_SIZE = 32
@@ -131,15 +132,6 @@ class LowBitLayer:
 def _biases(projections) -> torch.Tensor | None:
     """The biases of projections fused into one product, or None where they have none."""
     return None if projections[0].bias is None else torch.cat([p.bias for p in projections])
-
-
-BITS = {"int8": 8, "int4": 4}
-
-
-def precision_bytes_share(precision: str | None, dtype: torch.dtype) -> float:
-    """The share of a `dtype` weight's bytes its `precision` copy reads (1 for None): a nominal cost,
-    for what must not depend on timing (the sampling gate)."""
-    return 1.0 if precision is None else BITS[precision] / (8 * dtype.itemsize)
 
 
 def quantise(weight: torch.Tensor, precision: str, bias: torch.Tensor | None = None) -> LowBitWeight:

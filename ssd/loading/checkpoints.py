@@ -32,8 +32,8 @@ import safetensors.torch
 import torch
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
+from ssd.loading.architectures import model_class
 from ssd.loading.logs import without_message
-from ssd.core.modeling_llama import model_class
 
 logger = logging.getLogger(__name__)
 
@@ -134,20 +134,7 @@ def resolve_checkpoint(name_or_path: str | Path | None) -> str | Path:
     return name_or_path
 
 
-def model_key(name_or_path: str | Path | None) -> str:
-    """A model's name in `skip_layers.json` and in result files: None (the embedded model) and a
-    checkpoint built here (a `NAMED_CHECKPOINTS` name, or its folder) by their key, else the hub id's or
-    folder's last part, lower-cased. A model's own: `model_key(model.name_or_path)`."""
-    if name_or_path is None:
-        return EMBEDDED_KEY
-    if not str(name_or_path):
-        raise ValueError("the model has no name_or_path: name its skip_layers.json key explicitly")
-    if str(name_or_path) in NAMED_CHECKPOINTS:
-        return str(name_or_path)
-    return _built_checkpoint_key(Path(name_or_path).resolve()) or Path(str(name_or_path)).name.lower()
-
-
-def _built_checkpoint_key(path: Path) -> str | None:
+def built_checkpoint_key(path: Path) -> str | None:
     """The key of a checkpoint folder built here (the embedded model's package folder counts too)."""
     if path.parent == cache_dir().resolve():
         return next((key for key in NAMED_CHECKPOINTS if path.name.startswith(f"{key}-")), None)

@@ -16,12 +16,13 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from ssd.loading.checkpoints import quiet_packed_gguf_advice, resolve_checkpoint
+from ssd.core.draft import Draft
+from ssd.core.modeling_llama import LlamaForCausalLM
 from ssd.fast.cpu import available_memory
 from ssd.fast.device import DeviceProfile, dtype_name
-from ssd.core.draft import Draft
-from ssd.core.modeling_llama import LlamaForCausalLM, model_class
 from ssd.fast.packed import can_pack
+from ssd.loading.architectures import model_class
+from ssd.loading.checkpoints import quiet_packed_gguf_advice, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 

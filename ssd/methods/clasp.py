@@ -30,13 +30,14 @@ import torch
 import torch.nn.functional as F
 
 from ssd.core.checks import check_count
-from ssd.core.decoding import DraftConfig, default_proposers
-from ssd.core.draft import Draft
-from ssd.methods.gate import StepKind
-from ssd.fast.low_bit import precision_bytes_share
-from ssd.core.modeling_llama import KVCache, LlamaDecoderLayer, LlamaForCausalLM, apply_rotary
-from ssd.core.proposers import Outcome, Proposal, Proposer, Step
+from ssd.core.decoding import DraftConfig
+from ssd.core.draft import Draft, precision_bytes_share
+from ssd.core.modeling_llama import KVCache, LlamaDecoderLayer, LlamaForCausalLM
+from ssd.core.proposers import Outcome, Proposal, Proposer, Step, StepKind
+from ssd.core.registry import register_method
 from ssd.core.self_draft import AdaptiveThreshold, SelfDraft
+from ssd.methods.budget import Budget, check_share
+from ssd.methods.hybrid import hybrid_proposers
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,7 @@ class ClaspConfig:
         if not 0 < self.skip_share < 1:
             raise ValueError(f"skip_share must be in (0, 1), got {self.skip_share!r}")
         check_count("interval", self.interval)
-        if self.budget is not None and (isinstance(self.budget, bool) or not isinstance(self.budget, (int, float))
-                                        or self.budget < 0):
-            raise ValueError(f"budget must be a number >= 0 or None, got {self.budget!r}")
+        check_share("budget", self.budget)
 
 
 @dataclass(frozen=True)
@@ -84,15 +83,11 @@ def candidate_attention(layer: LlamaDecoderLayer, x: torch.Tensor, cos: torch.Te
     the cache's keys and values below `position` (the full model's) and its own, and none is written."""
     attn = layer.self_attn
     n_heads, n_kv, head_dim = attn.n_heads, attn.n_kv_heads, attn.head_dim
-    h = layer.input_layernorm(x[None])
-    if low_bit is None:
-        q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
-    else:
-        q, k, v = low_bit.qkv(h).split([n_heads * head_dim, n_kv * head_dim, n_kv * head_dim], dim=-1)
     group, rows = n_heads // n_kv, x.shape[0]
-    q = apply_rotary(q[0].view(rows, n_kv, group, head_dim), cos, sin)  # [B, KV, G, D]
-    k = apply_rotary(k[0].view(rows, n_kv, 1, head_dim), cos, sin)
-    v = v[0].view(rows, n_kv, 1, head_dim)
+    # The B candidates as one pass's rows, all at one position (cos and sin broadcast over them).
+    q, k, v = attn.project(layer.input_layernorm(x[None]), cos, sin, low_bit)  # [1, heads, B, D]
+    q = q[0].view(n_kv, group, rows, head_dim).permute(2, 0, 1, 3)  # [B, KV, G, D]
+    k, v = k[0].permute(1, 0, 2)[:, :, None], v[0].permute(1, 0, 2)[:, :, None]  # [B, KV, 1, D]
     keys, values = cache.keys[index][0, :, :position], cache.values[index][0, :, :position]  # [KV, P, D]
     scale = head_dim**-0.5
     q_rows = q.permute(1, 0, 2, 3).reshape(n_kv, rows * group, head_dim)
@@ -101,8 +96,8 @@ def candidate_attention(layer: LlamaDecoderLayer, x: torch.Tensor, cos: torch.Te
     weights = torch.softmax(torch.cat([context, own], dim=-1), dim=-1).to(x.dtype)
     own_values = v.expand(rows, n_kv, group, head_dim).permute(1, 0, 2, 3).reshape(n_kv, rows * group, head_dim)
     y = weights[..., :-1] @ values + weights[..., -1:] * own_values  # [KV, B*G, D]
-    y = y.view(n_kv, rows, group, head_dim).permute(1, 0, 2, 3).reshape(1, rows, n_heads * head_dim)
-    return x + (attn.o_proj(y) if low_bit is None else low_bit.o(y))[0]
+    y = y.view(n_kv, rows, group, head_dim).permute(0, 2, 1, 3).reshape(1, n_heads, rows, head_dim)
+    return x + attn.output(y, low_bit)[0]
 
 
 @torch.no_grad()
@@ -174,13 +169,10 @@ class ClaspDraft(SelfDraft):
         self.cost = selection_passes(model, draft.precision)
         self.pending: tuple[list[torch.Tensor], int] | None = None  # (hidden states, position) to select from
         self.since = config.interval - 1  # clasp steps since the last selection: the first asks at once
-        self.spent = self.saved = 0.0  # in passes, on this input
+        self.budget = Budget(config.budget)  # in passes, on this input
         self.selections = 0
         self.similarity: float | None = None  # the last selected draft's, to the full model's state
         self._selecting = 0.0  # passes of the selection in the proposal being verified
-
-    def within_budget(self) -> bool:
-        return self.config.budget is None or self.spent <= self.config.budget * self.saved
 
     def propose(self, kind: StepKind, step: Step) -> Proposal:
         passes = 0.0
@@ -188,21 +180,21 @@ class ClaspDraft(SelfDraft):
             hidden, position = self.pending
             self.draft, self.similarity = select_skip_set(step.model, hidden, step.cache, position, self.precision, self.weights)
             self.pending, self.since = None, 0
-            self.spent += self.cost
+            self.budget.spend(self.cost)
             self.selections += 1
             passes = self.cost
         else:
             self.since += 1
         self._selecting = passes
         proposal = super().propose(kind, step)
-        keep = self.since + 1 >= self.config.interval and self.within_budget()
+        keep = self.since + 1 >= self.config.interval and self.budget.allows()
         return Proposal(proposal.tokens, proposal.probs, proposal.passes + passes, keep_hidden=keep, parents=proposal.parents)
 
     def observe(self, outcome: Outcome, step: Step) -> None:
         super().observe(outcome, step)
-        if outcome.kind != "plain":  # drafting's saving, the selection's cost aside (it is `spent`)
+        if outcome.kind != "plain":  # drafting's saving, the selection's cost aside (it is spent)
             selecting = self._selecting if outcome.kind == self.kind else 0.0
-            self.saved += outcome.accepted - (outcome.proposal.passes - selecting)
+            self.budget.credit(outcome.accepted, outcome.proposal.passes - selecting)
         if outcome.kind == self.kind and outcome.hidden is not None:
             row = outcome.accepted  # the last committed token: its position's keys are the full model's
             self.pending = [h[0, row] for h in outcome.hidden], step.committed + row
@@ -211,6 +203,9 @@ class ClaspDraft(SelfDraft):
 def clasp_proposers(model: LlamaForCausalLM, config: DraftConfig, draft: Draft | None = None) -> list[Proposer]:
     """`method="clasp"`: the static draft ("draft": `draft`, None the model's default), CLaSp's draft
     starting from it ("clasp"), then the lookups; the gate runs whichever pays."""
-    static, *lookups = default_proposers(model, config, draft)
+    static, *lookups = hybrid_proposers(model, config, draft)
     clasp = ClaspDraft(model, static.draft, config.max_step_draft, config.th_stop_draft, AdaptiveThreshold.of(config))
     return [static, clasp, *lookups]
+
+
+register_method("clasp", clasp_proposers)

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# A kind of step (module docstring): a name, or a (name, detail) pair such as ("lookup", n).
-StepKind = str | tuple[str, int]
+from ssd.core.proposers import StepKind
 
 
 @dataclass

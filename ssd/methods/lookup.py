@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from ssd.methods.gate import StepKind
-from ssd.core.proposers import Outcome, Proposal, Step
+from ssd.core.proposers import Outcome, Proposal, Step, StepKind
 
 
 class NgramIndex:

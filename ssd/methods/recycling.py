@@ -26,13 +26,12 @@ import torch
 
 from ssd.core.checks import check_count
 from ssd.core.decoding import DraftConfig
-from ssd.methods.lookup import lookup_proposers
-from ssd.core.self_draft import AdaptiveThreshold, SelfDraft, draft_passes
-from ssd.methods.tree import RowCosts
 from ssd.core.draft import Draft
-from ssd.methods.gate import StepKind
 from ssd.core.modeling_llama import LlamaForCausalLM
-from ssd.core.proposers import Outcome, Proposal, Proposer, Step
+from ssd.core.proposers import Outcome, Proposal, Proposer, Step, StepKind
+from ssd.core.registry import register_method
+from ssd.core.self_draft import AdaptiveThreshold, SelfDraft, draft_passes
+from ssd.methods.lookup import lookup_proposers
 
 
 @dataclass
@@ -101,6 +100,23 @@ class SuccessorTable:
             token = successors[0]
             tokens.append(token)
         return tokens
+
+
+@dataclass
+class RowCosts:
+    """What a verification of n rows costs on this machine, as measured: wall seconds per row count,
+    exponentially smoothed. On a 2-core AVX512-BF16 EPYC (SmolLM2, bfloat16) 2-4 rows cost a step,
+    16 rows 1.24 steps, 32 rows 1.7, 64 rows 2.6 (docs/benchmarks.md, "Token trees")."""
+
+    smoothing: float = 0.7
+    by_rows: dict[int, float] = field(default_factory=dict)
+
+    def record(self, rows: int, seconds: float) -> None:
+        old = self.by_rows.get(rows)
+        self.by_rows[rows] = seconds if old is None else self.smoothing * old + (1 - self.smoothing) * seconds
+
+    def seconds(self, rows: int) -> float | None:
+        return self.by_rows.get(rows)
 
 
 class Recycler:
@@ -233,3 +249,6 @@ def recycling_proposers(model: LlamaForCausalLM, config: DraftConfig, draft: Dra
     self_draft = RecyclingDraft(model.prepare_draft(draft), config.max_step_draft, config.th_stop_draft,
                                 AdaptiveThreshold.of(config), config.gate, recycler.table)
     return [recycler, self_draft, *lookup_proposers(config)]
+
+
+register_method("recycling", recycling_proposers)

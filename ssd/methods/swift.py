@@ -53,17 +53,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ssd.loading.checkpoints import model_key as key_of
 from ssd.core.checks import check_count
-from ssd.core.decoding import DraftConfig, EosTokenIds, GenerationResult, OnTokens, default_proposers, speculative_decode
+from ssd.core.decoding import DraftConfig, EosTokenIds, GenerationResult, OnTokens, speculative_decode
 from ssd.core.draft import Draft
-from ssd.methods.gate import DraftGate, StepKind
 from ssd.core.modeling_llama import KVCache, LlamaForCausalLM
-from ssd.core.proposers import Outcome, Proposer, Step
+from ssd.core.proposers import Outcome, Proposer, Step, StepKind
 from ssd.core.sampling import Sampling
 from ssd.core.searching import bayesian_optimizer, variable_names
 from ssd.core.self_draft import AdaptiveThreshold, SelfDraft, draft_passes
 from ssd.core.skip_layers import DEFAULT_PATH, read_skip_layers, save_skip_layers
+from ssd.core.skip_layers import model_key as key_of  # `model_key` is also an argument here
+from ssd.methods.budget import Budget, check_share
+from ssd.methods.gate import DraftGate
+from ssd.methods.hybrid import hybrid_proposers
 
 MIN_WINDOW = 1  # scored positions needed (two generated tokens) before a candidate is scored at all
 
@@ -111,9 +113,7 @@ class SwiftConfig:
             raise ValueError(f"draft must be a DraftConfig, got {type(self.draft).__name__}")
         if self.alpha <= 0 or self.kappa < 0:
             raise ValueError(f"need alpha > 0 and kappa >= 0, got {self.alpha!r}, {self.kappa!r}")
-        if self.opt_budget is not None and (
-                isinstance(self.opt_budget, bool) or not isinstance(self.opt_budget, (int, float)) or self.opt_budget < 0):
-            raise ValueError(f"opt_budget must be a number >= 0 or None, got {self.opt_budget!r}")
+        check_share("opt_budget", self.opt_budget)
 
     def num_skipped(self, num_layers: int) -> int:
         """Sub-layers every candidate skips: `int((L-2) * 2 * skip_ratio)`, at least one."""
@@ -188,10 +188,9 @@ class SwiftOptimizer:
         self.gate = DraftGate() if config.draft.gate else None
         self._gated_set: tuple[list[int], list[int]] | None = None  # the set the gate measured as "swift"
         self.precision: str | None = model.default_draft.precision  # the candidates' weights, read at each input
-        # The budget, in the gate's units (seconds greedy, passes sampling): what optimising spent,
-        # and what every non-plain step saved against the gate's measured plain step, on this input.
-        self.spent = 0.0
-        self.saved = 0.0
+        # In the gate's units (seconds greedy, passes sampling), against the gate's measured plain step:
+        # without the gate there is no plain step to compare with, so no budget.
+        self.budget = Budget(config.opt_budget if self.gate is not None else None)
         if cache_hit and self._read_cache():
             self.stop_reason, self.cache_hit = "cache hit", True
 
@@ -210,16 +209,6 @@ class SwiftOptimizer:
     def optimizing(self) -> bool:
         return self.stop_reason is None
 
-    @property
-    def budgeted(self) -> bool:
-        """Whether optimising is held to `opt_budget` (it needs the gate's measure of a plain step)."""
-        return self.gate is not None and self.config.opt_budget is not None
-
-    def within_budget(self) -> bool:
-        """Whether an iteration may run now: spent at most `opt_budget` x saved (so the first runs on
-        credit, and optimising overruns its budget by one iteration at most)."""
-        return not self.budgeted or self.spent <= self.config.opt_budget * self.saved
-
     def credit(self, outcome: Outcome, sampling: bool) -> None:
         """Count what a step saved (or lost) against a plain step: its committed tokens at the plain
         step's measured cost per token, less what it cost. Plain steps save nothing."""
@@ -231,7 +220,7 @@ class SwiftOptimizer:
             per_token = self.gate.seconds["plain"] / self.gate.tokens["plain"]
         else:
             return  # nothing to compare with yet
-        self.saved += (outcome.accepted + 1) * per_token - outcome.cost
+        self.budget.credit((outcome.accepted + 1) * per_token, outcome.cost)
 
     # -- one input ----------------------------------------------------------
 
@@ -241,7 +230,7 @@ class SwiftOptimizer:
         it is now."""
         self.inputs += 1
         self._input_step = 0
-        self.spent = self.saved = 0.0  # each input pays for its own optimising
+        self.budget = Budget(self.budget.share)  # each input pays for its own optimising
         self.precision = self.model.default_draft.precision
         if self.cache_hit:
             self._read_cache()
@@ -277,13 +266,13 @@ class SwiftOptimizer:
         window = min(self.config.context_window, len(tokens) - 1)
         candidate_score, passes = None, 0
         due = self.optimizing and index % self.config.opt_interval == 0 and window >= MIN_WINDOW
-        held = due and not self.within_budget()
+        held = due and not self.budget.allows()
         if due and not held:
             candidate_score, passes = self._iterate(cache, committed, tokens, window)
             self._gate_follows_best()
         seconds = time.perf_counter() - start
         if candidate_score is not None:
-            self.spent += passes * draft_passes(self.draft(), self.model) if step.sampling is not None else seconds
+            self.budget.spend(passes * draft_passes(self.draft(), self.model) if step.sampling is not None else seconds)
         self.history.append(SwiftStep(
             len(self.history), self.inputs - 1, candidate_score is not None, window if candidate_score is not None else 0,
             candidate_score, self.best_score, seconds, passes, held,
@@ -371,8 +360,8 @@ class SwiftOptimizer:
             "budget_held": sum(s.held for s in steps),
             "steps": len(steps),
             "opt_seconds": sum(s.seconds for s in steps),
-            "spent": self.spent,
-            "saved": self.saved,
+            "spent": self.budget.spent,
+            "saved": self.budget.saved,
             "iterations": self.iterations,
             "best_score": self.best_score,
             "skip_layers": self.best,
@@ -426,7 +415,7 @@ def swift_generate(
         raise ValueError("the SwiftOptimizer belongs to another model")
     optimizer.begin_input()
     config = optimizer.config.draft
-    static, *lookups = default_proposers(model, config)
+    static, *lookups = hybrid_proposers(model, config)
     proposers: list[Proposer] = [static, SwiftDraft(optimizer, config), *lookups]
     result = speculative_decode(model, input_ids, max_new_tokens, eos_token_id, config, sampling, generator,
                                 proposers=proposers, gate=optimizer.gate, on_tokens=on_tokens)

@@ -14,8 +14,6 @@ Trees are verified greedily only: sampling keeps to chains (docs/design.md, "Tok
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
 from ssd.core.modeling_llama import KVCache
@@ -28,10 +26,6 @@ def check_parents(parents: list[int], n_tokens: int) -> None:
     for i, parent in enumerate(parents):
         if not -1 <= parent < i:
             raise ValueError(f"node {i}'s parent must be -1 or an earlier node, got {parent}")
-
-
-def is_chain(parents: list[int]) -> bool:
-    return all(parent == i - 1 for i, parent in enumerate(parents))
 
 
 def ancestor_mask(parents: list[int], device: torch.device | str = "cpu") -> torch.Tensor:
@@ -75,20 +69,3 @@ def keep_path(cache: KVCache, committed: int, path: list[int]) -> None:
         source_on = source.to(keys.device)
         keys[:, :, target] = keys.index_select(2, source_on)
         values[:, :, target] = values.index_select(2, source_on)
-
-
-@dataclass
-class RowCosts:
-    """What a verification of n rows costs on this machine, as measured: wall seconds per row count,
-    exponentially smoothed. On a 2-core AVX512-BF16 EPYC (SmolLM2, bfloat16) 2-4 rows cost a step,
-    16 rows 1.24 steps, 32 rows 1.7, 64 rows 2.6 (docs/benchmarks.md, "Token trees")."""
-
-    smoothing: float = 0.7
-    by_rows: dict[int, float] = field(default_factory=dict)
-
-    def record(self, rows: int, seconds: float) -> None:
-        old = self.by_rows.get(rows)
-        self.by_rows[rows] = seconds if old is None else self.smoothing * old + (1 - self.smoothing) * seconds
-
-    def seconds(self, rows: int) -> float | None:
-        return self.by_rows.get(rows)

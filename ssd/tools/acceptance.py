@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ssd.tools.bench import CHAT_TASKS, PROMPTS_FILE, encode, read_prompts_file
 from ssd.core.decoding import DraftConfig, base_generate, generation_cache
 from ssd.core.draft import Draft
-from ssd.loading.model import load_model
 from ssd.core.modeling_llama import LlamaForCausalLM
+from ssd.loading.model import load_model
+from ssd.tools.prompts import CHAT_TASKS, PROMPTS_FILE, encode, read_prompts_file
 
 PROBABILITY_BINS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.8, 0.95, 1.0)
 MARGIN_BINS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, math.inf)
@@ -96,7 +96,7 @@ def main(argv=None) -> None:
     config = DraftConfig(draft_vocab_size=None) if args.full_head else DraftConfig()
     signals = []
     for task, text in read_prompts_file(PROMPTS_FILE, CHAT_TASKS)[: args.num_prompts]:
-        signals += draft_signals(model, encode(tokenizer, task, text).to(model.device), args.max_new_tokens, draft, config)
+        signals += draft_signals(model, encode(tokenizer, task, text, model.device), args.max_new_tokens, draft, config)
     if not signals:
         raise SystemExit("no drafted tokens to count: --max-new-tokens must be 2 or more")
     rejected = sum(not s.accepted for s in signals)

@@ -24,29 +24,28 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig
 
+from ssd.core.files import write_json_atomic
+from ssd.core.skip_layers import DEFAULT_PATH as SKIP_LAYERS_PATH
+from ssd.fast.device import dtype_name
+from ssd.generation import encode_inputs, method_names
 from ssd.loading.checkpoints import named_gguf
+from ssd.loading.logs import without_message
+from ssd.loading.model import check_load_arguments, load_model, parse_device, parse_dtype, stock_twin
+from ssd.methods.swift import SwiftConfig, SwiftOptimizer
 from ssd.tools.data import DATA_DIR_ENV, TASKS, DataUnavailable, task_prompts
 from ssd.tools.evaluation import apply_draft, check_draft_key
-from ssd.core.files import read_jsonl, write_json_atomic
-from ssd.generation import method_names
-from ssd.fast.device import dtype_name
-from ssd.loading.model import check_load_arguments, load_model, parse_device, parse_dtype, stock_twin
-from ssd.loading.logs import without_message
+from ssd.tools.prompts import PROMPTS_FILE, WARM_UP, encode, read_prompts_file
 from ssd.tools.reports import format_table
-from ssd.core.skip_layers import DEFAULT_PATH as SKIP_LAYERS_PATH
-from ssd.methods.swift import SwiftConfig, SwiftOptimizer
-from ssd.tools.timing import Method, Run, generate_method, run_side_by_side, summarise
+from ssd.tools.timing import Method, Run, generate_method, run_side_by_side, tabulate_speed
 
-PROMPTS_FILE = Path(__file__).with_name("bench_prompts.jsonl")  # QA, writing and chat prompts, by task
-EXTRA_TASKS = ("qa", "writing", "chat")
-CHAT_TASKS = ("chat",)  # sent through the tokenizer's chat template, as a user of a chat model does
+EXTRA_TASKS = ("qa", "writing", "chat")  # the tasks of the prompts that ship with ssd (`PROMPTS_FILE`)
 ALL_TASKS = (*TASKS, *EXTRA_TASKS)
 STOCK_METHODS = ("hf", "hf-pld", "hf-early-exit")  # stock generate and its two built-in speculative decoders
 # The peer a CPU user would pick instead: llama.cpp on the model's GGUF, from the optional `llama` extra
 # (pip install -e ".[llama]"). It computes with quantised activations, so its tokens may differ.
 PEER_METHODS = ("llama-cpp",)
 # Stock generate and prompt lookup, ours without and with drafts, and sampling. `--full` adds stock early exit
-# (slow on a model not trained for it: 0.2x generate on SmolLM2) and SWIFT's cold start (its optimisation
+# (slow on a model not trained for it) and SWIFT's cold start (its optimisation
 # passes outweigh what they save on a few short prompts).
 DEFAULT_METHODS = ("hf", "hf-pld", "base", "essg", "self-draft", "sss")
 
@@ -129,22 +128,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def read_prompts_file(path: Path, tasks: tuple[str, ...] | None = None) -> list[tuple[str, str]]:
-    """(task, prompt) pairs from a JSONL file; a line without a task is task "prompts"."""
-    if not path.is_file():
-        raise FileNotFoundError(f"no prompts file at {path}")
-    pairs = []
-    for number, record in enumerate(read_jsonl(path), 1):
-        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
-            raise ValueError(f'{path}, record {number} needs a non-empty string "prompt"')
-        task = str(record.get("task", "prompts"))
-        if tasks is None or task in tasks:
-            pairs.append((task, record["prompt"]))
-    if not pairs:
-        raise ValueError(f"{path} holds no prompts" + (f" for tasks {list(tasks)}" if tasks else ""))
-    return pairs
-
-
 def load_prompts(args) -> tuple[list[tuple[str, str]], list[DataUnavailable]]:
     """(task, prompt) pairs, the user's file or `--num-prompts` per task, and the default tasks skipped
     for want of data. A task named in `--tasks` whose data is missing raises."""
@@ -173,14 +156,6 @@ def skipped_line(skipped: list[DataUnavailable]) -> str:
     patterns = " and ".join(m.task.file_pattern for m in skipped)
     reasons = "; ".join(dict.fromkeys(m.reason for m in skipped))
     return f"skipped {names} ({reasons}). To add them, set ${DATA_DIR_ENV} or --data-dir to a folder holding {patterns}."
-
-
-def encode(tokenizer, task: str, prompt: str) -> torch.Tensor:
-    """Token ids `[1, T]`; a chat task's prompt is a user message in the chat template."""
-    if task in CHAT_TASKS:
-        messages = [{"role": "user", "content": prompt}]
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True).input_ids
-    return tokenizer(prompt, return_tensors="pt").input_ids
 
 
 # --- the methods -------------------------------------------------------------
@@ -359,13 +334,13 @@ def main(argv=None) -> list[dict]:
         also = load_with_draft(args, args.also_dtype)[0] if args.also_dtype not in (None, model.dtype) else None
     except (OSError, ValueError, MemoryError) as error:  # a checkpoint not there or not readable, or too large
         raise SystemExit(f"python -m ssd.tools.bench: error: {error}") from None
-    prompts = [(task, encode(tokenizer, task, p).to(model.device)) for task, p in texts]
+    prompts = [(task, encode(tokenizer, task, p, model.device)) for task, p in texts]
     methods = build_methods(args, model, also)
-    warm_up = tokenizer("Warm up.", return_tensors="pt").input_ids.to(model.device)
+    warm_up = encode_inputs(WARM_UP, tokenizer, model.device)
     # Methods on the --also-dtype model: over their own base, not compared with ours for identity.
     baselines = {name: "base" + name[name.index("@"):] for name in methods if "@" in name}
     records = run_side_by_side(prompts, methods, warm_up, compared=[m for m in methods if m != "sss" and m not in baselines])
-    rows = summarise(records, baselines, also_over="hf" if "hf" in methods else None)
+    rows = tabulate_speed(records, baselines, also_over="hf" if "hf" in methods else None)
     setting = (f"{args.model or 'embedded SmolLM2-135M-Instruct'}, {describe(model)}, {model.device}, "
                f"{torch.get_num_threads()} threads, {args.max_new_tokens} new tokens, draft: {draft}")
     if also is not None:

@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ssd.tools.bench import CHAT_TASKS, PROMPTS_FILE, encode, read_prompts_file
 from ssd.core.clock import timed
 from ssd.core.decoding import DraftConfig, prefill, speculative_decode
-from ssd.generation import DRAFTING_METHODS
-from ssd.loading.model import load_model
 from ssd.core.proposers import Outcome, Proposal, Step
+from ssd.core.registry import DRAFTING_METHODS
+from ssd.loading.model import load_model
+from ssd.methods.hybrid import exact_self_speculative_generate, gate_of
+from ssd.tools.prompts import CHAT_TASKS, PROMPTS_FILE, encode, read_prompts_file
 
 
 @dataclass
@@ -55,7 +56,8 @@ def breakdown(model, prompts: list[torch.Tensor], method: str, max_new_tokens: i
         prefills += timed(lambda: prefill(model, input_ids, model.new_cache(input_ids.shape[1])), model.device)[1]
         proposers = DRAFTING_METHODS[method].proposers(model, DraftConfig(), None)
         result, seconds = timed(lambda: speculative_decode(model, input_ids, max_new_tokens, None, DraftConfig(), None,
-                                                           None, proposers=[*proposers, log]), model.device)
+                                                           None, proposers=[*proposers, log], gate=gate_of(DraftConfig())),
+                                model.device)
         wall += seconds
         tokens += len(result.tokens)
     by_rows = defaultdict(list)
@@ -119,8 +121,8 @@ def main(argv=None) -> None:
     model, tokenizer = load_model(args.model)
     model.prepare_trees()
     texts = read_prompts_file(PROMPTS_FILE, CHAT_TASKS)[: args.num_prompts]
-    prompts = [encode(tokenizer, task, text).to(model.device) for task, text in texts]
-    speculative_decode(model, prompts[0], 8, None, DraftConfig(), None, None)  # warm
+    prompts = [encode(tokenizer, task, text, model.device) for task, text in texts]
+    exact_self_speculative_generate(model, prompts[0], 8)  # warm
     costs = row_costs(model, prompts[0])
     print("a pass of n rows, in one-token steps: " + ", ".join(f"{n}: {c / costs[1]:.2f}" for n, c in costs.items())
           + f" (a step: {1000 * costs[1]:.1f} ms)")

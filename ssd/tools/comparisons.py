@@ -11,14 +11,14 @@ import torch
 from ssd.core.draft import Draft
 from ssd.core.modeling_llama import LlamaForCausalLM
 from ssd.core.skip_layers import DEFAULT_PATH
+from ssd.generation import encode_inputs
 from ssd.methods.swift import SwiftConfig, SwiftOptimizer
-from ssd.tools.timing import Method, generate_method, run_side_by_side, summarise
-
-WARM_UP = "Warm up."
+from ssd.tools.prompts import WARM_UP
+from ssd.tools.timing import Method, generate_method, run_side_by_side, tabulate_speed
 
 
 def _prompts(tokenizer, prompts: dict[str, list[str]], device) -> list[tuple[str, torch.Tensor]]:
-    return [(task, tokenizer(p, return_tensors="pt").input_ids.to(device)) for task, texts in prompts.items() for p in texts]
+    return [(task, encode_inputs(p, tokenizer, device)) for task, texts in prompts.items() for p in texts]
 
 
 def compare_skip_sets(
@@ -47,9 +47,9 @@ def compare_skip_sets(
 
     methods = {"base": generate_method(model, "base", max_new_tokens)}
     methods.update({name: with_set(*skip_set) for name, skip_set in skip_sets.items()})
-    warm_up = tokenizer(WARM_UP, return_tensors="pt").input_ids.to(model.device)
+    warm_up = encode_inputs(WARM_UP, tokenizer, model.device)
     records = run_side_by_side(_prompts(tokenizer, prompts, model.device), methods, warm_up, progress=progress)
-    return [{"set": row.pop("method"), **row} for row in summarise(records) if row["method"] != "base"]
+    return [{"set": row.pop("method"), **row} for row in tabulate_speed(records) if row["method"] != "base"]
 
 
 SWIFT_METHODS = ("base", "draft & verify", "swift cold", "swift cached", "clasp")
@@ -96,7 +96,7 @@ def compare_swift(
         "clasp": generate_method(model, "clasp", max_new_tokens, **draft_kwargs),
     }
     # The warm-up must not touch SWIFT's cache: only the plain methods warm up.
-    warm_up = tokenizer(WARM_UP, return_tensors="pt").input_ids.to(model.device)
+    warm_up = encode_inputs(WARM_UP, tokenizer, model.device)
     for name in ("base", "draft & verify"):
         methods[name](warm_up, "warm-up")
     records = run_side_by_side(_prompts(tokenizer, prompts, model.device), methods, None, progress=progress)
@@ -108,11 +108,11 @@ def compare_swift(
     return records, cold
 
 
-def summarize_swift(records: list[dict]) -> list[dict]:
-    """`ssd.tools.timing.summarise`'s rows per (method, task) and over all tasks, plus SWIFT's optimisation shares:
+def tabulate_swift(records: list[dict]) -> list[dict]:
+    """`ssd.tools.timing.tabulate_speed`'s rows per (method, task) and over all tasks, plus SWIFT's optimisation shares:
     opt_share, the share of decoding steps preceded by an optimisation iteration, and opt_time_share, the
     share of the method's time spent in the optimiser."""
-    rows = summarise(records)
+    rows = tabulate_speed(records)
     for row in rows:
         mine = [r for r in records if r["method"] == row["method"] and row["task"] in ("all", r["task"])]
         swift = row["method"].startswith("swift")

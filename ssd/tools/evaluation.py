@@ -16,12 +16,14 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig
 
-from ssd.loading.checkpoints import EMBEDDED_KEY, NAMED_CHECKPOINTS, model_key
-from ssd.tools.data import Example
 from ssd.core.decoding import check_max_new_tokens
-from ssd.generation import generate, method_names
-from ssd.core.skip_layers import apply_skip_layers, hand_made_set, load_draft
+from ssd.core.skip_layers import apply_skip_layers, hand_made_set, load_draft, model_key
+from ssd.generation import encode_inputs, generate, method_names
+from ssd.loading.checkpoints import EMBEDDED_KEY, NAMED_CHECKPOINTS
+from ssd.tools.data import Example
+from ssd.tools.prompts import WARM_UP
 from ssd.tools.timing import WARM_UP_TASK, Run, run_side_by_side
+
 
 @dataclass(frozen=True)
 class Method:
@@ -177,8 +179,8 @@ def generate_all(model, tokenizer, examples: list[Example], methods: list[Method
                           completion=tokenizer.decode(out.tokens, skip_special_tokens=True))
         return run
 
-    prompts = [(e.task, tokenizer(e.prompt, return_tensors="pt").input_ids.to(model.device)) for e in examples]
-    warm_up = tokenizer("Warm up.", return_tensors="pt").input_ids.to(model.device)
+    prompts = [(e.task, encode_inputs(e.prompt, tokenizer, model.device)) for e in examples]
+    warm_up = encode_inputs(WARM_UP, tokenizer, model.device)
     greedy = [m.name for m in methods if not m.do_sample]
     records = run_side_by_side(prompts, {m.name: harness_method(m) for m in methods}, warm_up,
                                reference="base" if "base" in names else None, compared=greedy,

@@ -9,10 +9,10 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from ssd.loading.checkpoints import model_key
-from ssd.tools.evaluation import Method
 from ssd.core.files import write_csv_atomic, write_json_atomic
-from ssd.tools.timing import summarise
+from ssd.core.skip_layers import model_key
+from ssd.tools.evaluation import Method
+from ssd.tools.timing import tabulate_speed
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "results"  # gitignored
 
@@ -20,8 +20,8 @@ RESULTS_DIR = Path(__file__).resolve().parents[2] / "results"  # gitignored
 # --- tables -------------------------------------------------------------------------
 
 
-def summarize(records: list[dict], methods: list[Method], model: str, metrics: dict) -> list[dict]:
-    """One row per method: quality metrics, then the harness's statistics (`ssd.tools.timing.summarise`:
+def tabulate_evaluation(records: list[dict], methods: list[Method], model: str, metrics: dict) -> list[dict]:
+    """One row per method: quality metrics, then the harness's statistics (`ssd.tools.timing.tabulate_speed`:
     tokens/s, speedup over the method's baseline, pooled matchness, tokens per verification).
 
     `metrics` maps a column name to a function of the method's records (for
@@ -31,7 +31,7 @@ def summarize(records: list[dict], methods: list[Method], model: str, metrics: d
     empty = [name for name, rows in by_method.items() if not rows]
     if empty:
         raise ValueError(f"no records for method(s) {empty}")
-    timed = {row["method"]: row for row in summarise(records, {m.name: m.baseline for m in methods}) if row["task"] == "all"}
+    timed = {row["method"]: row for row in tabulate_speed(records, {m.name: m.baseline for m in methods}) if row["task"] == "all"}
     table = []
     for m in methods:
         rows, stats = by_method[m.name], timed[m.name]

@@ -9,7 +9,6 @@ import tempfile
 
 from ssd.tools.data import Example
 
-
 SUMMARY_STOP = "\nArticle:"  # the model goes on with a new article after its summary
 CODE_STOPS = ("\ndef ", "\nclass ", "\nif ", "\nprint(", "\n#", "\nassert ")  # Codex paper's stop sequences, top level
 

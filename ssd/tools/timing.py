@@ -5,7 +5,7 @@ drift of a shared machine falls on all of them alike. Each method runs once
 on a short prompt first, untimed, so first-call costs (allocations, kernel
 choice) stay out of the figures. A call is timed by the harness, with the
 device synchronised, so every method is timed the same way. The statistics
-have one definition each (`summarise`):
+have one definition each (`tabulate_speed`):
 
 - tokens/s: new tokens over wall seconds, summed over the prompts;
 - speedup: a method's tokens/s over its baseline's on the same prompts
@@ -140,7 +140,7 @@ def tokens_per_verification(records: list[dict]) -> float | None:
     return sum(r["new_tokens"] for r in records) / verifications if verifications else None
 
 
-def summarise(records: list[dict], baselines: dict[str, str] | None = None, default_baseline: str = "base",
+def tabulate_speed(records: list[dict], baselines: dict[str, str] | None = None, default_baseline: str = "base",
               also_over: str | None = None) -> list[dict]:
     """One row per (task, method), then per method over all tasks ("all").
 

@@ -1,0 +1,39 @@
+"""Drafting methods by name, as `ssd.generate(..., method=name)` takes them. Each method registers the
+proposers it decodes with where it is written (`ssd.methods`: `essg` and `sss` in `hybrid`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from ssd.core.decoding import DraftConfig
+from ssd.core.draft import Draft
+from ssd.core.modeling_llama import LlamaForCausalLM
+from ssd.core.proposers import Proposer
+
+# Builds one generation's proposers from the model, the draft settings and the `draft=` given (or None).
+ProposerFactory = Callable[[LlamaForCausalLM, DraftConfig, Draft | None], list[Proposer]]
+
+
+@dataclasses.dataclass(frozen=True)
+class DraftingMethod:
+    """A drafting method of `generate`: the proposers it decodes with, and whether it can sample
+    (greedy always works; a method that samples must give its proposals' probabilities)."""
+
+    proposers: ProposerFactory
+    samples: bool = True
+
+
+# Every drafting method by name; "base" (no drafting) and "swift" (a stream optimiser) are `generate`'s own.
+DRAFTING_METHODS: dict[str, DraftingMethod] = {}
+
+
+def register_method(name: str, proposers: ProposerFactory, samples: bool = True) -> None:
+    """Make `generate(..., method=name)` decode with the proposers `proposers(model, config, draft)`
+    builds for each generation, chosen among by the gate (docs/design.md, "Adding a drafting method")."""
+    if not isinstance(name, str) or not name or name in ("base", "swift"):
+        raise ValueError(f"a method needs a new non-empty name other than 'base' and 'swift', got {name!r}")
+    if not callable(proposers):
+        raise ValueError(f"proposers must be a callable (model, config, draft) -> list of proposers, got {proposers!r}")
+    DRAFTING_METHODS[name] = DraftingMethod(proposers, samples)
+
