@@ -292,7 +292,7 @@ def check_exactness(device: torch.device, dtype: torch.dtype, shape_name: str, p
                                                        pad_token_id=0)[0]}
         for name, (attention, mlp) in SKIP_SETS.items():
             draft = ssd.Draft.skipping(attention, mlp)
-            for lookups, ngram in (("lookups", ssd.DraftConfig.ngram_size), ("no lookups", 0)):
+            for lookups, ngram in (("lookups", ssd.DraftConfig().lookup.ngram_size), ("no lookups", 0)):
                 candidates[f"essg {name}, {lookups}"] = ssd.generate(
                     ours, ids, method="essg", max_new_tokens=new_tokens, eos_token_id=[], ngram_size=ngram, gate=False,
                     draft=draft)[0]

@@ -9,20 +9,21 @@ from ssd.fast.cpu import use_fast_mkl_path
 
 use_fast_mkl_path()
 
-import ssd.methods.clasp  # noqa: F401  a method module registers its name (`ssd.core.registry`)
+import ssd.methods.clasp  # noqa: F401  a method module registers its name (`ssd.methods.registry`)
 import ssd.methods.recycling  # noqa: F401
-from ssd.core.decoding import DraftConfig, GenerationResult, base_generate
+from ssd.core.decoding import GenerationResult, base_generate
 from ssd.core.draft import Draft
 from ssd.core.modeling_llama import KVCache, LlamaForCausalLM
 from ssd.core.proposers import Outcome, Proposal, Proposer, Step
-from ssd.core.registry import register_method
 from ssd.core.sampling import Sampling
+from ssd.core.self_draft import SelfDraftConfig
 from ssd.core.skip_layers import apply_skip_layers, load_draft, save_skip_layers
 from ssd.fast.device import DeviceProfile
 from ssd.generation import GenerateOutput, generate, method_names
 from ssd.inference import infer
 from ssd.loading.model import load_model
-from ssd.methods.hybrid import exact_self_speculative_generate, self_speculative_sample
+from ssd.methods.hybrid import DraftConfig, exact_self_speculative_generate, self_speculative_sample
+from ssd.methods.registry import register_method
 from ssd.methods.swift import SwiftConfig, SwiftOptimizer, swift_generate
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "Step",
     "apply_skip_layers",
     "Sampling",
+    "SelfDraftConfig",
     "SwiftConfig",
     "SwiftOptimizer",
     "base_generate",

@@ -18,7 +18,6 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from ssd.core.clock import timed
 from ssd.core.decoding import (
-    DraftConfig,
     GenerationResult,
     base_generate,
     check_input_ids,
@@ -28,10 +27,10 @@ from ssd.core.decoding import (
 )
 from ssd.core.draft import Draft
 from ssd.core.modeling_llama import LlamaForCausalLM
-from ssd.core.registry import DRAFTING_METHODS
 from ssd.core.sampling import Sampling
 from ssd.core.skip_layers import DEFAULT_PATH
-from ssd.methods.hybrid import gate_of
+from ssd.methods.hybrid import DraftConfig, gate_of
+from ssd.methods.registry import DRAFTING_METHODS
 from ssd.methods.swift import SwiftConfig, SwiftOptimizer, swift_generate
 
 
@@ -40,7 +39,7 @@ def method_names() -> tuple[str, ...]:
     return ("base", *DRAFTING_METHODS, "swift")
 
 
-DRAFT_OPTIONS = tuple(f.name for f in dataclasses.fields(DraftConfig))
+DRAFT_OPTIONS = DraftConfig.option_names()
 # GenerationConfig fields that `generate` reads, or that change nothing in a one-sequence decode.
 HONOURED = {"max_new_tokens", "max_length", "do_sample", "temperature", "top_k", "top_p", "eos_token_id",
             "return_dict_in_generate", "pad_token_id", "bos_token_id", "decoder_start_token_id", "use_cache",
@@ -141,7 +140,7 @@ def generate(
     keyword arguments override it (`max_new_tokens`, `do_sample`,
     `temperature`, `top_k`, `top_p`, `eos_token_id`, `return_dict_in_generate`).
     Decoding stops after any id in `eos_token_id` among the new tokens.
-    Other keyword arguments are `DraftConfig` fields (`max_step_draft`,
+    Other keyword arguments are `DraftConfig` settings (`max_step_draft`,
     `ngram_size`, `gate`, ...).
 
     `method`: "base" (autoregressive), "essg" (greedy self-speculative),
@@ -211,9 +210,9 @@ def generate(
             return base_generate(model, input_ids, max_new_tokens, eos, sampling, generator, on_tokens)
         if method == "swift":
             return swift_generate(model, input_ids, max_new_tokens, eos, optimizer, sampling, generator, on_tokens)
-        draft_config = DraftConfig(**draft_options)
+        draft_config = DraftConfig.of(**draft_options)
         proposers = DRAFTING_METHODS[method].proposers(model, draft_config, draft)
-        return speculative_decode(model, input_ids, max_new_tokens, eos, draft_config, sampling, generator,
+        return speculative_decode(model, input_ids, max_new_tokens, eos, draft_config.self_draft, sampling, generator,
                                   proposers=proposers, gate=gate_of(draft_config), on_tokens=on_tokens)
 
     result, elapsed = timed(decode, model.device)
@@ -245,7 +244,7 @@ def swift_optimizer(model: LlamaForCausalLM, swift: SwiftConfig | SwiftOptimizer
     if not isinstance(config, SwiftConfig):
         raise ValueError(f"swift must be a SwiftConfig, a SwiftOptimizer or None, got {type(swift).__name__}")
     if draft_options:
-        config = dataclasses.replace(config, draft=dataclasses.replace(config.draft, **draft_options))
+        config = dataclasses.replace(config, draft=config.draft.replace(**draft_options))
     path = DEFAULT_PATH if skip_layers_path is None else skip_layers_path
     return SwiftOptimizer(model, config, task, cache_hit, path)
 

@@ -16,9 +16,10 @@ from helpers import (
 
 import ssd
 import ssd.core.decoding
-from ssd.core.decoding import DraftConfig, speculative_decode
+from ssd.core.decoding import speculative_decode
 from ssd.core.skip_layers import hand_made_set
 from ssd.methods.clasp import ClaspConfig, ClaspDraft, SubLayerWeights, clasp_proposers, select_skip_set
+from ssd.methods.hybrid import DraftConfig
 
 EVERY_STEP = ClaspConfig(interval=1, budget=None)  # a selection before every clasp step
 
@@ -27,7 +28,7 @@ def clasp_only(model, config: DraftConfig, clasp: ClaspConfig = EVERY_STEP, star
     """CLaSp's draft alone, starting from `start` (None: the model's default draft); with the gate off
     it would run after the static draft anyway."""
     start = model.default_draft if start is None else start
-    return [ClaspDraft(model, start, config.max_step_draft, config.th_stop_draft, None, clasp)]
+    return [ClaspDraft(model, start, config.self_draft.max_step_draft, config.self_draft.th_stop_draft, None, clasp)]
 
 
 @torch.no_grad()
@@ -67,11 +68,11 @@ def test_selected_state_is_the_drafts_own(embedded, prompts, precision):
 def test_clasp_greedy_equals_base(embedded, prompts, base_tokens, precision):
     model, tokenizer = embedded
     model.set_draft_precision(precision)
-    config = DraftConfig(gate=False, ngram_size=0)
+    config = DraftConfig.of(gate=False, ngram_size=0)
     for prompt in prompts[::3]:
         input_ids = tokenizer(prompt, return_tensors="pt").input_ids
         proposers = clasp_only(model, config)
-        result = speculative_decode(model, input_ids, 48, None, config, None, None, proposers=proposers)
+        result = speculative_decode(model, input_ids, 48, None, config.self_draft, None, None, proposers=proposers)
         assert proposers[0].selections >= 3
         assert_same_tokens(base_tokens(input_ids, 48), result.tokens, model, input_ids, NEAR_TIE_FLOAT32, "clasp")
 
@@ -90,11 +91,11 @@ def test_the_budget_holds_selections(embedded, prompts):
     """With no budget a selection runs every step; with budget 0 only the first (on credit) runs."""
     model, tokenizer = embedded
     input_ids = tokenizer(prompts[2], return_tensors="pt").input_ids
-    config = DraftConfig(gate=False, ngram_size=0)
+    config = DraftConfig.of(gate=False, ngram_size=0)
     counts = {}
     for budget in (None, 0.0):
         proposers = clasp_only(model, config, ClaspConfig(interval=1, budget=budget))
-        speculative_decode(model, input_ids, 32, None, config, None, None, proposers=proposers)
+        speculative_decode(model, input_ids, 32, None, config.self_draft, None, None, proposers=proposers)
         counts[budget] = proposers[0].selections
     assert counts[0.0] == 1 < counts[None]
 
@@ -115,14 +116,14 @@ def third_token_p_value(model, input_ids, expected, trials: int) -> float:
     and keeps its verification's hidden states; when that draft is rejected, the second step drafts the
     3rd with the set selected from them."""
     generator = torch.Generator().manual_seed(1234)
-    config = DraftConfig(max_step_draft=1, th_stop_draft=0.0, auto_th_stop_draft=False, gate=False, ngram_size=0)
+    config = DraftConfig.of(max_step_draft=1, th_stop_draft=0.0, auto_th_stop_draft=False, gate=False, ngram_size=0)
     selections = 0
     often_rejected = ssd.Draft.skipping(*hand_made_set(model.num_layers))  # so that a second step drafts
 
     def draw() -> int:
         nonlocal selections
         proposers = clasp_only(model, config, start=often_rejected)
-        result = speculative_decode(model, input_ids, 4, None, config, SAMPLING, generator, proposers=proposers)
+        result = speculative_decode(model, input_ids, 4, None, config.self_draft, SAMPLING, generator, proposers=proposers)
         selections += proposers[0].selections
         return result.tokens[2]
 

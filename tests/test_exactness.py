@@ -5,8 +5,9 @@ import torch
 from helpers import NEAR_TIE_FLOAT32, assert_same_tokens, random_skip_set, stock_greedy
 
 import ssd
-from ssd.core.decoding import DraftConfig
+from ssd.core.self_draft import SelfDraftConfig
 from ssd.core.skip_layers import hand_made_set
+from ssd.methods.lookup import LookupConfig
 
 MAX_NEW_TOKENS = 64
 NUM_LAYERS = 30  # SmolLM2-135M; checked against the model below
@@ -64,7 +65,7 @@ def test_base_and_essg_equal_stock_generate(embedded, stock, prompts, skip_layer
     runs = zip(
         (True, False),
         (CONFIGS[2 * index], CONFIGS[2 * index + 1]),
-        ((DraftConfig.draft_vocab_size, DraftConfig.ngram_size), (None, 0)),
+        ((SelfDraftConfig.draft_vocab_size, LookupConfig.ngram_size), (None, 0)),
     )
     for early_stop, (skip_name, threshold), (vocab, ngram_size) in runs:
         skip_layers(*SKIP_SETS[skip_name])

@@ -5,6 +5,7 @@ import pytest
 from ssd.core.proposers import Outcome, Proposal
 from ssd.methods.gate import DraftGate
 from ssd.methods.lookup import NgramIndex, accepted_in_full, trie
+from ssd.methods.tree import TokenTree
 
 PLAIN_DRAFT = ["plain", "draft"]
 
@@ -142,7 +143,7 @@ def test_trie_shares_prefixes_and_puts_the_first_chain_first():
 
 def test_a_lookup_counts_as_copied_when_a_whole_continuation_is_accepted():
     """`short_lookup` lifts after lookups accepted in full: a chain's every token, or a tree's path to a leaf."""
-    tree = Proposal([3, 1, 4], parents=[-1, 0, -1])  # continuations 3 1 and 4
+    tree = Proposal([3, 1, 4], tree=TokenTree([-1, 0, -1]))  # continuations 3 1 and 4
     assert accepted_in_full(Outcome(("lookup", 2), tree, 1, [4, 9], 0.0, path=[2]))
     assert accepted_in_full(Outcome(("lookup", 2), tree, 2, [3, 1, 9], 0.0, path=[0, 1]))
     assert not accepted_in_full(Outcome(("lookup", 2), tree, 1, [3, 9], 0.0, path=[0]))

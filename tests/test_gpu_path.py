@@ -15,9 +15,9 @@ from transformers import LlamaConfig
 
 import ssd.core.modeling_llama
 from ssd.core.attention import attend, attention_path
-from ssd.core.decoding import DraftConfig
 from ssd.core.modeling_llama import LlamaForCausalLM
 from ssd.core.searching import predicted_speedup
+from ssd.core.self_draft import SelfDraftConfig
 from ssd.fast.device import DeviceProfile
 from ssd.loading.model import refuse_offload
 
@@ -157,7 +157,7 @@ def test_chain_speedup_is_the_replay_in_expectation():
     assert k == 4 and speedup == pytest.approx((1 - 0.8**5) / 0.2 / (4 * 0.05 + 1.0))
     generator = torch.Generator().manual_seed(0)
     matches = [torch.rand(50_000, generator=generator) < acceptance]
-    replayed = predicted_speedup(matches, [torch.ones(50_000)], DraftConfig(max_step_draft=4, th_stop_draft=0.5,
+    replayed = predicted_speedup(matches, [torch.ones(50_000)], SelfDraftConfig(max_step_draft=4, th_stop_draft=0.5,
                                  auto_th_stop_draft=False), draft_cost, verify)
     assert replayed == pytest.approx(speedup, rel=0.01)
 

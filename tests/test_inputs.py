@@ -8,7 +8,7 @@ from helpers import tiny_llama
 
 import ssd
 import ssd.tools.notebook
-from ssd.core.decoding import DraftConfig
+from ssd.methods.hybrid import DraftConfig
 from ssd.tools.data import DataUnavailable, get_task, load_examples
 
 
@@ -116,15 +116,15 @@ def test_missing_data_file_and_unknown_task(tmp_path):
 
 def test_draft_config_validation():
     with pytest.raises(ValueError, match="max_step_draft"):
-        DraftConfig(max_step_draft=0)
+        DraftConfig.of(max_step_draft=0)
     with pytest.raises(ValueError, match="th_stop_draft"):
-        DraftConfig(th_stop_draft=-0.1)
+        DraftConfig.of(th_stop_draft=-0.1)
     with pytest.raises(ValueError, match="short_lookup"):
-        DraftConfig(short_lookup=0)
+        DraftConfig.of(short_lookup=0)
     for options in (dict(branches=-1), dict(branches=1.5), dict(lookup_ways=0), dict(lookup_ways=True),
                     dict(exit_margin=-0.5), dict(exit_margin=float("nan"))):
         with pytest.raises(ValueError, match=next(iter(options))):
-            DraftConfig(**options)
+            DraftConfig.of(**options)
 
 
 # --- load_model: every argument checked before anything is read -------------------------------------

@@ -45,7 +45,7 @@ def test_the_paper_setting_is_complete_and_runs_on_a_gpu(notebook):
         assert paper["skip_layers_key"] in entries
         assert entries[paper["skip_layers_key"]].get("draft_precision") is None  # the model's own weights
     for option in paper.get("draft_options", {}):
-        assert option in ssd.DraftConfig.__dataclass_fields__
+        assert option in ssd.DraftConfig.option_names()
 
 
 def test_the_papers_search_runs_at_the_models_precision_on_any_gpu():

@@ -16,11 +16,12 @@ from helpers import (
 
 import ssd
 import ssd.core.decoding
-from ssd.core.decoding import DraftConfig, speculative_decode
+from ssd.core.decoding import speculative_decode
 from ssd.core.sampling import logits_to_probs
+from ssd.methods.hybrid import DraftConfig
 from ssd.methods.recycling import Recycler, SuccessorTable, recycling_proposers
 
-ALONE = DraftConfig(gate=False, ngram_size=0)  # with only a Recycler, each step recycles when the table has a chain
+ALONE = DraftConfig.of(gate=False, ngram_size=0)  # with only a Recycler, each step recycles when the table has a chain
 
 
 def test_table_keeps_each_inputs_latest_top_successors():
@@ -48,7 +49,7 @@ def test_recycled_chains_decode_exactly(embedded, prompts, base_tokens):
     for prompt in prompts[::3]:
         input_ids = tokenizer(prompt, return_tensors="pt").input_ids
         recycler = Recycler()
-        result = speculative_decode(model, input_ids, 48, None, ALONE, None, None, proposers=[recycler])
+        result = speculative_decode(model, input_ids, 48, None, ALONE.self_draft, None, None, proposers=[recycler])
         assert recycler.proposed == result.num_drafted_tokens
         accepted += recycler.accepted
         assert_same_tokens(base_tokens(input_ids, 48), result.tokens, model, input_ids, NEAR_TIE_FLOAT32, "recycling")
@@ -82,7 +83,7 @@ def second_token_p_value(model, input_ids, expected, table: SuccessorTable, tria
     def draw() -> int:
         nonlocal recycled
         recycler = Recycler(max_tokens=1, table=table)
-        result = speculative_decode(model, input_ids, 3, None, ALONE, SAMPLING, generator, proposers=[recycler])
+        result = speculative_decode(model, input_ids, 3, None, ALONE.self_draft, SAMPLING, generator, proposers=[recycler])
         recycled += recycler.proposed
         return result.tokens[1]
 

@@ -6,19 +6,19 @@ from helpers import ALPHA, SAMPLING, accept_everything, chi_square_p_value, exac
 
 import ssd
 import ssd.core.decoding
-from ssd.core.decoding import DraftConfig, verify_drafts
+from ssd.core.decoding import verify_drafts
 from ssd.core.sampling import Sampling, logits_to_probs, residual
 from ssd.core.skip_layers import hand_made_set
-from ssd.methods.hybrid import self_speculative_sample
+from ssd.methods.hybrid import DraftConfig, self_speculative_sample
 
 # The 2nd token is drafted: by the self-draft (upper-half sub-layers skipped, int4
 # copies of the weights, the trimmed head), or (hybrid) copied after an n-gram
 # match, with q one-hot. (The full-precision layer-skipping draft samples through
 # the same code; test_swift's chi-square tests run it.)
-ALONE = DraftConfig(max_step_draft=1, th_stop_draft=0.0, auto_th_stop_draft=False, gate=False, ngram_size=0)
+ALONE = DraftConfig.of(max_step_draft=1, th_stop_draft=0.0, auto_th_stop_draft=False, gate=False, ngram_size=0)
 DRAFTS = {
     "int4 layer-skip": ALONE,
-    "hybrid": DraftConfig(max_step_draft=1, th_stop_draft=0.0, auto_th_stop_draft=False, gate=False),
+    "hybrid": DraftConfig.of(max_step_draft=1, th_stop_draft=0.0, auto_th_stop_draft=False, gate=False),
 }
 PRECISIONS = {"int4 layer-skip": "int4"}
 PROMPTS = {
@@ -54,7 +54,7 @@ def second_token_p_value(model, input_ids, expected: torch.Tensor, draft: DraftC
         return result.tokens[1]
 
     counts = sample_counts(draw, expected, trials)
-    if draft.ngram_size and counts.sum() == trials:
+    if draft.lookup.ngram_size and counts.sum() == trials:
         assert looked_up > trials / 4, "the hybrid setting must exercise looked-up drafts"
     p_value = chi_square_p_value(counts, expected, trials)
     forbidden = "stopped at a token the full model forbids" if counts[expected == 0].any() else "no forbidden token"

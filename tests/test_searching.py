@@ -4,7 +4,6 @@ import pytest
 import torch
 from helpers import tiny_llama
 
-from ssd.core.decoding import DraftConfig
 from ssd.core.files import read_jsonl
 from ssd.core.searching import (
     LayerSkippingSearching,
@@ -15,6 +14,7 @@ from ssd.core.searching import (
     skip_layers_to_params,
     variable_names,
 )
+from ssd.core.self_draft import SelfDraftConfig
 
 
 def test_variable_mapping_for_any_depth():
@@ -45,7 +45,7 @@ def test_precision_variable():
 
 
 def test_predicted_speedup_replays_the_loop():
-    draft = DraftConfig(max_step_draft=4, th_stop_draft=0.5, auto_th_stop_draft=False)
+    draft = SelfDraftConfig(max_step_draft=4, th_stop_draft=0.5, auto_th_stop_draft=False)
     verify = (1.0, 1.0, 1.0, 1.0, 1.0)
     n = 20
     perfect = [torch.ones(n, dtype=torch.bool)], [torch.ones(n)]
@@ -63,7 +63,7 @@ def test_predicted_speedup_replays_the_loop():
 def test_search_logs_and_resumes(tmp_path):
     model = tiny_llama(max_position_embeddings=128)
     prompts = [torch.tensor([[1, 5, 9, 13, 2, 7]]), torch.tensor([[3, 4, 8]])]
-    config = SearchConfig(max_new_tokens=8, draft=DraftConfig(max_step_draft=3, auto_th_stop_draft=False))
+    config = SearchConfig(max_new_tokens=8, draft=SelfDraftConfig(max_step_draft=3, auto_th_stop_draft=False))
     log = tmp_path / "search.jsonl"
 
     first = LayerSkippingSearching(model, None, prompts, config, log_path=log)
@@ -95,7 +95,7 @@ def test_search_logs_and_resumes(tmp_path):
 def test_wall_clock_objective_and_bad_arguments(tmp_path):
     model = tiny_llama(max_position_embeddings=128)
     prompts = [torch.tensor([[1, 5, 9, 13]])]
-    config = SearchConfig(max_new_tokens=6, draft=DraftConfig(max_step_draft=3, auto_th_stop_draft=False))
+    config = SearchConfig(max_new_tokens=6, draft=SelfDraftConfig(max_step_draft=3, auto_th_stop_draft=False))
     search = LayerSkippingSearching(model, None, prompts, config, objective="tokens_per_second", log_path=tmp_path / "log.jsonl")
     score = search.probe([1], [2])
     (record,) = read_jsonl(tmp_path / "log.jsonl")

@@ -47,7 +47,8 @@ def test_defaults_are_the_papers():
     config = SwiftConfig()
     assert (config.opt_interval, config.bayes_interval, config.skip_ratio, config.context_window) == (1, 25, 0.45, 50)
     assert (config.max_score, config.max_tolerance_iter, config.max_opt_iter) == (0.93, 300, 1000)
-    assert (config.draft.th_stop_draft, config.draft.max_step_draft, config.draft.auto_th_stop_draft) == (0.8, 25, False)
+    draft = config.draft.self_draft
+    assert (draft.th_stop_draft, draft.max_step_draft, draft.auto_th_stop_draft) == (0.8, 25, False)
     assert config.num_skipped(30) == int(28 * 2 * 0.45)
 
 
@@ -253,7 +254,7 @@ def test_cold_swift_decodes_with_the_static_draft_until_it_has_a_set(clean_model
 
 
 # A HumanEval prompt with the trimmed draft head and, with the shared data, a CNN/DM one with the full head.
-@pytest.mark.parametrize("index, vocab", [(0, ssd.DraftConfig.draft_vocab_size), (3, None)])
+@pytest.mark.parametrize("index, vocab", [(0, ssd.SelfDraftConfig.draft_vocab_size), (3, None)])
 def test_swift_greedy_equals_stock_generate(clean_model, stock, prompts, index, vocab):
     model, tokenizer = clean_model
     input_ids = tokenizer(prompts[index], return_tensors="pt").input_ids
@@ -291,7 +292,7 @@ def third_token_p_value(model, input_ids, expected, trials: int) -> float:
     generator = torch.Generator().manual_seed(1234)
     optimizer = SwiftOptimizer(model, SwiftConfig(
         skip_ratio=0.2, context_window=4, bayes_interval=10_000, max_opt_iter=10_000, max_tolerance_iter=10_000,
-        draft=ssd.DraftConfig(max_step_draft=1, th_stop_draft=0.0, auto_th_stop_draft=False, gate=False),
+        draft=ssd.DraftConfig.of(max_step_draft=1, th_stop_draft=0.0, auto_th_stop_draft=False, gate=False),
     ))
     counts = sample_counts(lambda: swift_generate(model, input_ids, 4, None, optimizer, SAMPLING, generator).tokens[2],
                            expected, trials)
@@ -376,5 +377,5 @@ def test_a_given_gate_needs_gating_on(clean_model):
     input_ids = tokenizer("Hello", return_tensors="pt").input_ids
     with pytest.raises(ValueError, match="gate is False"):
         ssd.methods.hybrid.exact_self_speculative_generate(
-            model, input_ids, 4, None, ssd.DraftConfig(gate=False), gate=ssd.methods.gate.DraftGate()
+            model, input_ids, 4, None, ssd.DraftConfig.of(gate=False), gate=ssd.methods.gate.DraftGate()
         )

@@ -9,13 +9,13 @@ from helpers import NEAR_TIE_FLOAT32, assert_same_tokens, stock_greedy
 from test_cache import poison_beyond
 
 import ssd
-from ssd.core.decoding import DraftConfig, prefill, speculative_decode
+from ssd.core.decoding import prefill, speculative_decode
 from ssd.core.proposers import Outcome, Proposal, Step
 from ssd.core.sampling import Sampling
 from ssd.core.self_draft import draft_tokens
-from ssd.methods.hybrid import hybrid_proposers
+from ssd.methods.hybrid import DraftConfig, hybrid_proposers
 from ssd.methods.recycling import Recycler
-from ssd.methods.tree import accept_path, ancestor_mask, keep_path
+from ssd.methods.tree import TokenTree, accept_path, ancestor_mask, keep_path
 
 
 def test_ancestor_mask_and_greedy_path():
@@ -39,9 +39,9 @@ def test_ancestor_mask_and_greedy_path():
 @pytest.mark.parametrize("parents", [[0], [-1, 1], [-2], [-1, -1, 5]])
 def test_bad_trees_are_refused(parents):
     with pytest.raises(ValueError, match="parent"):
-        Proposal(list(range(len(parents))), parents=parents)
+        Proposal(list(range(len(parents))), tree=TokenTree(parents))
     with pytest.raises(ValueError, match="one parent per token"):
-        Proposal([1, 2], parents=[-1])
+        Proposal([1, 2], tree=TokenTree([-1]))
 
 
 def random_tree(path_tokens: list[int], seed: int, vocab: int) -> tuple[list[int], list[int], list[int]]:
@@ -99,7 +99,7 @@ def test_recycled_trees_equal_base_and_stock_generate(embedded, stock, prompts, 
     for prompt in prompts[:2]:
         input_ids = tokenizer(prompt, return_tensors="pt").input_ids
         recycler = Recycler(tree_sizes=(12,))
-        result = speculative_decode(model, input_ids, 48, None, DraftConfig(gate=False, ngram_size=0), None, None,
+        result = speculative_decode(model, input_ids, 48, None, DraftConfig.of(gate=False, ngram_size=0).self_draft, None, None,
                                     proposers=[recycler])
         accepted += recycler.accepted
         assert_same_tokens(base_tokens(input_ids, 48), result.tokens, model, input_ids, NEAR_TIE_FLOAT32, "recycled trees")
@@ -132,8 +132,8 @@ def test_lookup_and_draft_trees_equal_base_and_stock_generate(embedded, stock, p
         input_ids = tokenizer(prompt, return_tensors="pt").input_ids
         base, stock_tokens = base_tokens(input_ids, 48), stock_greedy(stock, input_ids, 48)
         for options, count in zip(settings, counts):
-            config = DraftConfig(gate=False, **options)
-            result = speculative_decode(model, input_ids, 48, None, config, None, None,
+            config = DraftConfig.of(gate=False, **options)
+            result = speculative_decode(model, input_ids, 48, None, config.self_draft, None, None,
                                         proposers=hybrid_proposers(model, config) + [count])
             assert_same_tokens(base, result.tokens, model, input_ids, NEAR_TIE_FLOAT32, str(options))
             assert_same_tokens(stock_tokens, result.tokens, model, input_ids, NEAR_TIE_FLOAT32, f"{options} vs stock generate")
@@ -187,7 +187,7 @@ class FixedTree:
         return [("tree", 2)] if step.room >= 1 else []
 
     def propose(self, kind, step: Step) -> Proposal:
-        return Proposal([1, 2], parents=[-1, -1])
+        return Proposal([1, 2], tree=TokenTree([-1, -1]))
 
     def observe(self, outcome: Outcome, step: Step) -> None:
         pass
@@ -197,9 +197,9 @@ def test_trees_are_verified_greedily_only(embedded, prompts):
     model, tokenizer = embedded
     input_ids = tokenizer(prompts[0], return_tensors="pt").input_ids
     with pytest.raises(ValueError, match="greedily only"):
-        speculative_decode(model, input_ids, 4, None, DraftConfig(gate=False, ngram_size=0), Sampling(), None,
+        speculative_decode(model, input_ids, 4, None, DraftConfig.of(gate=False, ngram_size=0).self_draft, Sampling(), None,
                            proposers=[FixedTree()])
-    greedy = speculative_decode(model, input_ids, 4, None, DraftConfig(gate=False, ngram_size=0), None, None,
+    greedy = speculative_decode(model, input_ids, 4, None, DraftConfig.of(gate=False, ngram_size=0).self_draft, None, None,
                                 proposers=[FixedTree()])
     assert greedy.num_verifications >= 1 and len(greedy.tokens) == 4
     assert ssd.generate(model, input_ids, method="base", max_new_tokens=4, eos_token_id=[])[0, input_ids.shape[1]:].tolist() == greedy.tokens

@@ -23,9 +23,7 @@ from ssd.core.draft import Draft
 from ssd.core.modeling_llama import KVCache, LlamaForCausalLM
 from ssd.core.proposers import Gate, Outcome, Proposer, Step
 from ssd.core.sampling import Sampling, logits_to_probs, residual, sample
-from ssd.core.self_draft import AdaptiveThreshold, SelfDraft
-from ssd.fast import DraftHead
-from ssd.methods.tree import accept_path, ancestor_mask, keep_path
+from ssd.core.self_draft import SelfDraft, SelfDraftConfig
 
 
 @dataclass
@@ -176,15 +174,15 @@ class _Output:
         return new
 
 
-# Slots a generation's cache holds beyond its last token: a token tree's nodes sit there until its verification
-# keeps the accepted path (`ssd.methods.tree`), so near the end of a generation a tree still fits.
-TREE_SLOTS = 64
+# Slots a generation's cache holds beyond its last token, for a proposal that writes past it (a token tree's nodes,
+# `ssd.methods.tree`). Every loop's cache has them: in bfloat16 on a CPU a pass attends over the whole cache.
+SPARE_SLOTS = 64
 
 
 def generation_cache(model: LlamaForCausalLM, input_ids: torch.Tensor, max_new_tokens: int) -> KVCache:
     """The cache of one generation, every decoding loop's alike: in bfloat16 on a CPU passes attend
     over the whole cache, and a sum over more keys (zero weights included) rounds differently."""
-    return model.new_cache(min(input_ids.shape[1] + max_new_tokens + TREE_SLOTS, model.max_context))
+    return model.new_cache(min(input_ids.shape[1] + max_new_tokens + SPARE_SLOTS, model.max_context))
 
 
 @torch.no_grad()
@@ -212,80 +210,13 @@ def base_generate(
     return GenerationResult(output.tokens)
 
 
-@dataclass(frozen=True)
-class DraftConfig:
-    """How the draft model runs: its length, its exit threshold, its head, and when it runs at all.
-
-    `draft_vocab_size`: the draft scores only token ids below this (BPE ids
-    roughly follow frequency) plus the prompt's tokens; None scores all.
-    `gate`: each step runs the kind (plain, layer-skipping draft, lookup per
-    match length) that measurably commits tokens fastest (`DraftGate`), with
-    no layer-skipping draft when the model skips nothing; off: a lookup when
-    one matches, else the layer-skipping draft.
-    `ngram_size`: hybrid drafting. When the last `ngram_min`..`ngram_size`
-    tokens occurred before in prompt or output, the draft is what followed
-    them then (free), else the layer-skipping draft; 0 turns lookup off.
-    `lookup_ways`: greedy, where the matched n-gram occurred before with
-    different next tokens, up to this many of its continuations (latest
-    first) are verified together, as a token tree; 1: the latest alone.
-    `branches`: greedy, where the self-draft stopped at a token under its
-    threshold, its next `branches` likeliest tokens there are verified beside
-    that token, as a token tree (`SelfDraft`); 0: chains only.
-    `exit_margin`: greedy, the self-draft stops after a token whose logit is
-    less than this above its runner-up's, instead of by top probability (the
-    threshold then stays fixed); None: by `th_stop_draft`.
-    `short_lookup`: a lookup proposes at most this many tokens, unless the
-    last two steps were lookups accepted in full (a copy running on): then
-    up to `max_step_draft`. Where a few more rows can double a verification's
-    cost (float32 MKL on a CPU), a short match does not pay for 13 rows, while
-    long copies (QA, summaries) still go 12 at a time. None: always up to
-    `max_step_draft`.
-    """
-
-    max_step_draft: int = 12
-    th_stop_draft: float = 0.6
-    auto_th_stop_draft: bool = True
-    auto_parameters: tuple = (1, 0.5, 0.9, 0.01, 0.9)  # [every, b1, b2, e, a], as in the reference code
-    draft_vocab_size: int | None = 16384
-    gate: bool = True
-    ngram_size: int = 3
-    ngram_min: int = 1
-    short_lookup: int | None = 2
-    lookup_ways: int = 1
-    branches: int = 0
-    exit_margin: float | None = None
-
-    def __post_init__(self):
-        if self.max_step_draft < 1:
-            raise ValueError(f"max_step_draft must be >= 1, got {self.max_step_draft}")
-        if not 0 <= self.th_stop_draft <= 1:
-            raise ValueError(f"th_stop_draft must be in [0, 1], got {self.th_stop_draft}")
-        if self.draft_vocab_size is not None and self.draft_vocab_size < 1:
-            raise ValueError(f"draft_vocab_size must be >= 1 or None, got {self.draft_vocab_size}")
-        if self.ngram_size < 0 or not 1 <= self.ngram_min <= max(self.ngram_size, 1):
-            raise ValueError(f"need ngram_size >= 0 and 1 <= ngram_min <= ngram_size, got {self.ngram_size}, {self.ngram_min}")
-        if self.short_lookup is not None and self.short_lookup < 1:
-            raise ValueError(f"short_lookup must be >= 1 or None, got {self.short_lookup}")
-        check_count("branches", self.branches, 0)
-        check_count("lookup_ways", self.lookup_ways)
-        if self.exit_margin is not None and not self.exit_margin >= 0:
-            raise ValueError(f"exit_margin must be >= 0 or None, got {self.exit_margin!r}")
-
-    def draft_head(self, model: LlamaForCausalLM, input_ids: torch.Tensor) -> DraftHead | None:
-        """The draft's head for this prompt: frequent tokens plus the prompt's own (names, code identifiers)."""
-        if self.draft_vocab_size is None or self.draft_vocab_size >= model.config.vocab_size:
-            return None
-        frequent = torch.arange(self.draft_vocab_size, device=input_ids.device)
-        return model.draft_head(torch.cat([frequent, input_ids.flatten()]))
-
-
 @torch.no_grad()
 def speculative_decode(
     model: LlamaForCausalLM,
     input_ids: torch.Tensor,
     max_new_tokens: int,
     eos_token_id: EosTokenIds,
-    config: DraftConfig,
+    config: SelfDraftConfig,
     sampling: Sampling | None,
     generator: torch.Generator | None,
     *,
@@ -329,13 +260,13 @@ def speculative_decode(
         kind = kinds[-1] if gate is None else gate.choose(kinds)
         proposal = offered[kind].propose(kind, step) if kind != "plain" else None
         drafts = proposal.tokens if proposal is not None else []
-        parents = proposal.parents if proposal is not None else None
-        if parents is not None and sampling is not None:
+        tree = proposal.tree if proposal is not None else None
+        if tree is not None and sampling is not None:
             raise ValueError(f"{kind!r} proposed a token tree; trees are verified greedily only")
         verify_input = torch.tensor([[sequence[-1], *drafts]], device=input_ids.device)
         keep_hidden = proposal is not None and proposal.keep_hidden
-        tree = ancestor_mask(parents, input_ids.device) if parents is not None else None
-        out = model(verify_input, cache, step.committed, hidden_states=keep_hidden, tree=tree)
+        mask = tree.mask(input_ids.device) if tree is not None else None
+        out = model(verify_input, cache, step.committed, hidden_states=keep_hidden, tree=mask)
         target_logits, hidden = out if keep_hidden else (out, None)
         target_logits = target_logits[0]
         if tree is None:
@@ -343,8 +274,8 @@ def speculative_decode(
             accepted, next_token = verify_drafts(target_logits, drafts, draft_probs, sampling, generator)
             path = None
         else:
-            path, next_token = accept_path(target_logits.argmax(dim=-1).tolist(), drafts, parents)
-            keep_path(cache, step.committed, path)
+            path, next_token = tree.accept(target_logits.argmax(dim=-1).tolist(), drafts)
+            tree.keep(cache, step.committed, path)
             accepted = len(path)
         new_tokens = output.commit((drafts[:accepted] if path is None else [drafts[i] for i in path]) + [next_token])
         sequence += new_tokens

@@ -8,8 +8,8 @@ any proposer's internals; a proposer knows nothing of the loop's but the
 `Step` it is shown. Output stays exact whatever is proposed: verification
 decides every committed token.
 
-A proposal is a chain of tokens, or a tree of them (`Proposal.parents`,
-`ssd.methods.tree`): candidates that share a prefix, verified in the same one pass.
+A proposal is a chain of tokens, or a tree of them (`Proposal.tree`, `ssd.methods.tree`): candidates
+that share a prefix, verified in the same one pass.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import torch
 from ssd.core.modeling_llama import KVCache, LlamaForCausalLM
 from ssd.core.sampling import Sampling
 from ssd.fast import DraftHead
-from ssd.methods.tree import check_parents
 
 # A kind of step, the key a gate chooses by: a name, or a (name, detail) pair such as ("lookup", n).
 StepKind = str | tuple[str, int]
@@ -55,12 +54,27 @@ class Step:
         """The tokens generated so far."""
         return self.sequence[self.prompt_length:]
 
-    @property
-    def tree_room(self) -> int:
-        """The most nodes a token tree may hold here: the cache's slots after the last token's, but one
-        (a pass that fills the cache runs eager, `ssd.fast.compiled.runs_compiled`). Its depth is bounded by
-        `room`."""
-        return self.cache.max_len - self.committed - 2
+
+class Tree(Protocol):
+    """A proposal's tokens as a tree, verified in one pass (`ssd.methods.tree.TokenTree`): the loop reads its
+    rows' mask, asks it which path the full model's argmaxes accept, and lets it leave the cache as a
+    step-by-step decode of that path would."""
+
+    def check(self, n_tokens: int) -> None:
+        """Raise a ValueError unless the tree has `n_tokens` nodes."""
+        ...
+
+    def mask(self, device: torch.device | str) -> torch.Tensor:
+        """[n+1, n+1] bool over the pass's rows `[last token, *tokens]`: which rows each row sees."""
+        ...
+
+    def accept(self, targets: list[int], tokens: list[int]) -> tuple[list[int], int]:
+        """The accepted nodes (a path from the root), and the full model's token after them."""
+        ...
+
+    def keep(self, cache: KVCache, committed: int, path: list[int]) -> None:
+        """Move the path's keys and values where a step-by-step decode would have written them."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -73,20 +87,19 @@ class Proposal:
     is charged these instead of wall seconds, so that which kind runs, and so
     the random numbers drawn, never depend on timing. `keep_hidden`: the loop
     keeps the verification's residual stream at every layer for `Outcome.hidden`
-    (CLaSp's selection reads it); otherwise none is kept. `parents`: the tokens
-    form a tree (`ssd.methods.tree`): token i follows token `parents[i]` (-1: the last
-    committed one); None is a chain. Trees are verified greedily only.
+    (CLaSp's selection reads it); otherwise none is kept. `tree`: the tokens form a tree
+    (`ssd.methods.tree.TokenTree`); None is a chain. Trees are verified greedily only.
     """
 
     tokens: list[int]
     probs: torch.Tensor | None = None
     passes: float = 0.0
     keep_hidden: bool = False
-    parents: list[int] | None = None
+    tree: Tree | None = None
 
     def __post_init__(self):
-        if self.parents is not None:
-            check_parents(self.parents, len(self.tokens))
+        if self.tree is not None:
+            self.tree.check(len(self.tokens))
 
 
 @dataclass(frozen=True)

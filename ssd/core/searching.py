@@ -32,10 +32,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ssd.core.clock import median_seconds, timed
-from ssd.core.decoding import DraftConfig, base_generate, speculative_decode
+from ssd.core.decoding import base_generate, speculative_decode
 from ssd.core.draft import PRECISIONS, Draft
 from ssd.core.files import append_jsonl, read_jsonl
 from ssd.core.modeling_llama import LlamaForCausalLM
+from ssd.core.self_draft import SelfDraftConfig
 from ssd.fast import DeviceProfile, DraftHead
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class SearchConfig:
 
     max_new_tokens: int = 32  # text generated per prompt (paper: 32)
     # The layer-skipping draft on its own (no gate, no n-gram lookup): the search scores skip sets.
-    draft: DraftConfig = field(default_factory=lambda: DraftConfig(auto_th_stop_draft=False, gate=False, ngram_size=0))
+    draft: SelfDraftConfig = field(default_factory=lambda: SelfDraftConfig(auto_th_stop_draft=False))
     alpha: float = 1e-2  # GP noise term (paper: 1e-2)
     kappa: float = 2.576  # UCB exploration
     seed: int = 0
@@ -152,7 +153,7 @@ def measure_step_costs(
     return costs
 
 
-def predicted_speedup(matches: list[torch.Tensor], confidences: list[torch.Tensor], draft: DraftConfig,
+def predicted_speedup(matches: list[torch.Tensor], confidences: list[torch.Tensor], draft: SelfDraftConfig,
                       draft_cost: float, verify_cost: tuple[float, ...]) -> float:
     """Replay the draft/verify loop over teacher-forced predictions; tokens per unit of full-step time.
 

@@ -6,12 +6,48 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ssd.core.checks import check_count
 from ssd.core.draft import Draft, precision_bytes_share
 from ssd.core.modeling_llama import KVCache, LlamaForCausalLM
 from ssd.core.proposers import Outcome, Proposal, Step, StepKind
 from ssd.core.sampling import Sampling, logits_to_probs, sample
 from ssd.fast import DraftHead
+
+
+@dataclass(frozen=True)
+class SelfDraftConfig:
+    """How Draft & Verify's self-draft runs: its length, its exit threshold and how that adapts, its head.
+
+    `max_step_draft`: the most tokens a step drafts. `th_stop_draft`: the draft stops after a token whose
+    top probability is under this; `auto_th_stop_draft`: the threshold adapts (`AdaptiveThreshold`, with
+    `auto_parameters` `[every, b1, b2, e, a]`, as in the reference code). `exit_margin` (greedy): stop
+    after a token whose logit is less than this above its runner-up's instead (the threshold then stays
+    fixed); None: by `th_stop_draft`. `draft_vocab_size`: the draft scores only token ids below this
+    (BPE ids roughly follow frequency) plus the prompt's tokens (`ssd.fast.draft_head`); None scores all.
+    """
+
+    max_step_draft: int = 12
+    th_stop_draft: float = 0.6
+    auto_th_stop_draft: bool = True
+    auto_parameters: tuple = (1, 0.5, 0.9, 0.01, 0.9)
+    exit_margin: float | None = None
+    draft_vocab_size: int | None = 16384
+
+    def __post_init__(self):
+        if self.max_step_draft < 1:
+            raise ValueError(f"max_step_draft must be >= 1, got {self.max_step_draft}")
+        if not 0 <= self.th_stop_draft <= 1:
+            raise ValueError(f"th_stop_draft must be in [0, 1], got {self.th_stop_draft}")
+        if self.draft_vocab_size is not None and self.draft_vocab_size < 1:
+            raise ValueError(f"draft_vocab_size must be >= 1 or None, got {self.draft_vocab_size}")
+        if self.exit_margin is not None and not self.exit_margin >= 0:
+            raise ValueError(f"exit_margin must be >= 0 or None, got {self.exit_margin!r}")
+
+    def draft_head(self, model: LlamaForCausalLM, input_ids: torch.Tensor) -> DraftHead | None:
+        """The draft's head for this prompt: frequent tokens plus the prompt's own (names, code identifiers)."""
+        if self.draft_vocab_size is None or self.draft_vocab_size >= model.config.vocab_size:
+            return None
+        frequent = torch.arange(self.draft_vocab_size, device=input_ids.device)
+        return model.draft_head(torch.cat([frequent, input_ids.flatten()]))
 
 
 @dataclass
@@ -32,8 +68,8 @@ class AdaptiveThreshold:
     steps: int = field(default=0, init=False)
 
     @classmethod
-    def of(cls, config) -> AdaptiveThreshold | None:
-        """The update a `DraftConfig` asks for (its `auto_parameters`), or None for a fixed threshold."""
+    def of(cls, config: SelfDraftConfig) -> AdaptiveThreshold | None:
+        """The update `config` asks for (its `auto_parameters`), or None for a fixed threshold."""
         return cls(*config.auto_parameters) if config.auto_th_stop_draft else None
 
     def update(self, threshold: float, accepted: int, drafted: int, max_step_draft: int) -> float:
@@ -117,37 +153,31 @@ class SelfDraft:
     first whose top probability is under the draft-exit threshold, which `adaptive` updates after
     each of its verifications (None: fixed). Offers the kind "draft".
 
-    `branches` (greedy): where the draft stopped at a token under the threshold, the one it is least
-    sure of, its next `branches` likeliest tokens there join the proposal as that token's siblings, a
-    token tree (`ssd.methods.tree`) verified in the same pass; 0, or sampling: a chain. The threshold learns
-    from the chain alone. `exit_margin` (greedy): stop after a token whose logit is less than this above
+    `exit_margin` (greedy): stop after a token whose logit is less than this above
     its runner-up's instead (a draft of the model's own weights is rejected where the two nearly tie,
     whatever its top probability); that threshold stays fixed. None, or sampling: the threshold above.
     `skip_full_model`: offer nothing when the draft is the full model (it saves at most the trimmed
-    head's share of a step, and its long drafts hold off lookups, which cost nothing); the gate sets it.
+    head's share of a step, and its long drafts hold off lookups, which cost nothing): the default
+    decoder sets it where a gate chooses among kinds (`ssd.methods.hybrid`).
     A subclass may change `draft` between steps (SWIFT's does): each step drafts with the value then held.
     """
 
     kind: StepKind = "draft"
 
     def __init__(self, draft: Draft, max_step_draft: int, th_stop_draft: float,
-                 adaptive: AdaptiveThreshold | None = None, skip_full_model: bool = True, branches: int = 0,
+                 adaptive: AdaptiveThreshold | None = None, skip_full_model: bool = True,
                  exit_margin: float | None = None):
-        check_count("branches", branches, 0)
         self.draft, self.max_step_draft, self.th_stop_draft = draft, max_step_draft, th_stop_draft
-        self.adaptive, self.skip_full_model, self.branches = adaptive, skip_full_model, branches
-        self.exit_margin = exit_margin
-        self.chain_length = 0  # the drafted chain of the latest proposal (its tree's first nodes)
+        self.adaptive, self.skip_full_model, self.exit_margin = adaptive, skip_full_model, exit_margin
 
     @classmethod
-    def of(cls, model: LlamaForCausalLM, config, draft: Draft | None = None) -> SelfDraft:
-        """The self-draft a `DraftConfig` describes, drafting with `draft` (None: the model's
-        `default_draft`), prepared (`prepare_draft`) so that no timed step builds its weights or graphs."""
+    def of(cls, model: LlamaForCausalLM, config: SelfDraftConfig, draft: Draft | None = None,
+           skip_full_model: bool = False) -> SelfDraft:
+        """The self-draft `config` describes, drafting with `draft` (None: the model's `default_draft`),
+        prepared (`prepare_draft`) so that no timed step builds its weights or graphs."""
         draft = model.default_draft if draft is None else draft
-        if config.branches:
-            model.prepare_trees()
         return cls(model.prepare_draft(draft), config.max_step_draft, config.th_stop_draft, AdaptiveThreshold.of(config),
-                   skip_full_model=config.gate, branches=config.branches, exit_margin=config.exit_margin)
+                   skip_full_model, config.exit_margin)
 
     def offer(self, step: Step) -> list[StepKind]:
         if step.room < 1 or (self.skip_full_model and self.draft.is_full_model):
@@ -157,26 +187,18 @@ class SelfDraft:
     def propose(self, kind: StepKind, step: Step) -> Proposal:
         draft, greedy = self.draft, step.sampling is None
         by_margin = greedy and self.exit_margin is not None
-        tokens, probs, others = draft_tokens(
+        tokens, probs, _ = draft_tokens(
             step.model, draft, step.cache, step.sequence[-1], step.committed, min(self.max_step_draft, step.room),
             self.exit_margin if by_margin else self.th_stop_draft, step.sampling, step.generator, step.head,
-            self.branches if greedy else 0, by_margin,
+            margin=by_margin,
         )
-        self.chain_length = len(tokens)
-        passes = len(tokens) * draft_passes(draft, step.model)
-        others = others[: max(step.tree_room - len(tokens), 0)]
-        if not others:
-            return Proposal(tokens, probs, passes=passes)
-        chain = list(range(-1, len(tokens) - 1))
-        return Proposal(tokens + others, passes=passes, parents=chain + [chain[-1]] * len(others))
+        return Proposal(tokens, probs, passes=len(tokens) * draft_passes(draft, step.model))
 
     def observe(self, outcome: Outcome, step: Step) -> None:
         by_margin = step.sampling is None and self.exit_margin is not None
         if outcome.kind == self.kind and self.adaptive is not None and not by_margin:
-            # A tree's chain is its first `chain_length` nodes, the rest its branches.
-            chain = len(outcome.proposal.tokens) if outcome.path is None else self.chain_length
-            accepted = outcome.accepted if outcome.path is None else sum(node < chain for node in outcome.path)
-            self.th_stop_draft = self.adaptive.update(self.th_stop_draft, accepted, chain, self.max_step_draft)
+            drafted = len(outcome.proposal.tokens)
+            self.th_stop_draft = self.adaptive.update(self.th_stop_draft, outcome.accepted, drafted, self.max_step_draft)
 
 
 def draft_passes(draft: Draft, model: LlamaForCausalLM) -> float:

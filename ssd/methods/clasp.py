@@ -30,14 +30,13 @@ import torch
 import torch.nn.functional as F
 
 from ssd.core.checks import check_count
-from ssd.core.decoding import DraftConfig
 from ssd.core.draft import Draft, precision_bytes_share
 from ssd.core.modeling_llama import KVCache, LlamaDecoderLayer, LlamaForCausalLM
 from ssd.core.proposers import Outcome, Proposal, Proposer, Step, StepKind
-from ssd.core.registry import register_method
 from ssd.core.self_draft import AdaptiveThreshold, SelfDraft
 from ssd.methods.budget import Budget, check_share
-from ssd.methods.hybrid import hybrid_proposers
+from ssd.methods.hybrid import DraftConfig, hybrid_proposers
+from ssd.methods.registry import register_method
 
 
 @dataclass(frozen=True)
@@ -188,7 +187,7 @@ class ClaspDraft(SelfDraft):
         self._selecting = passes
         proposal = super().propose(kind, step)
         keep = self.since + 1 >= self.config.interval and self.budget.allows()
-        return Proposal(proposal.tokens, proposal.probs, proposal.passes + passes, keep_hidden=keep, parents=proposal.parents)
+        return Proposal(proposal.tokens, proposal.probs, proposal.passes + passes, keep_hidden=keep, tree=proposal.tree)
 
     def observe(self, outcome: Outcome, step: Step) -> None:
         super().observe(outcome, step)
@@ -204,7 +203,9 @@ def clasp_proposers(model: LlamaForCausalLM, config: DraftConfig, draft: Draft |
     """`method="clasp"`: the static draft ("draft": `draft`, None the model's default), CLaSp's draft
     starting from it ("clasp"), then the lookups; the gate runs whichever pays."""
     static, *lookups = hybrid_proposers(model, config, draft)
-    clasp = ClaspDraft(model, static.draft, config.max_step_draft, config.th_stop_draft, AdaptiveThreshold.of(config))
+    settings = config.self_draft
+    clasp = ClaspDraft(model, static.draft, settings.max_step_draft, settings.th_stop_draft,
+                       AdaptiveThreshold.of(settings))
     return [static, clasp, *lookups]
 
 

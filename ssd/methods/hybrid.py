@@ -3,25 +3,67 @@ prompt lookups, with the gate running whichever kind of step commits tokens fast
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
+
 import torch
 
-from ssd.core.decoding import DraftConfig, EosTokenIds, GenerationResult, OnTokens, speculative_decode
+from ssd.core.decoding import EosTokenIds, GenerationResult, OnTokens, speculative_decode
 from ssd.core.draft import Draft
 from ssd.core.modeling_llama import LlamaForCausalLM
 from ssd.core.proposers import Proposer
-from ssd.core.registry import register_method
 from ssd.core.sampling import Sampling
-from ssd.core.self_draft import SelfDraft
+from ssd.core.self_draft import SelfDraftConfig
 from ssd.methods.gate import DraftGate
-from ssd.methods.lookup import lookup_proposers
+from ssd.methods.lookup import LookupConfig, lookup_proposers
+from ssd.methods.registry import register_method
+from ssd.methods.tree import BranchingDraft, TreeConfig
+
+
+@dataclass(frozen=True)
+class DraftConfig:
+    """The default decoder's settings, by owner: the self-draft's (`SelfDraftConfig`), the lookups'
+    (`LookupConfig`), the token trees' (`TreeConfig`), and `gate`: each step runs the kind (plain,
+    self-draft, lookup per match length) that measurably commits tokens fastest (`DraftGate`), with no
+    self-draft when the model skips nothing; off: a lookup when one matches, else the self-draft.
+
+    `DraftConfig.of(**options)` takes the settings by their own names (`max_step_draft=4, ngram_size=0`),
+    as `ssd.generate` takes them as keywords.
+    """
+
+    self_draft: SelfDraftConfig = field(default_factory=SelfDraftConfig)
+    lookup: LookupConfig = field(default_factory=LookupConfig)
+    trees: TreeConfig = field(default_factory=TreeConfig)
+    gate: bool = True
+
+    @staticmethod
+    def option_names() -> tuple[str, ...]:
+        """Every setting's own name, as `of` and `ssd.generate` take them."""
+        return ("gate", *(f.name for part in (SelfDraftConfig, LookupConfig, TreeConfig) for f in dataclasses.fields(part)))
+
+    @classmethod
+    def of(cls, **options) -> DraftConfig:
+        """The default settings, with `options` (each by its own name) given to their owners."""
+        return cls().replace(**options)
+
+    def replace(self, **options) -> DraftConfig:
+        """These settings with `options` (each by its own name) changed."""
+        if unknown := sorted(set(options) - set(self.option_names())):
+            raise ValueError(f"unknown draft settings {unknown}; the settings are {', '.join(self.option_names())}")
+        parts = {}
+        for name, part in (("self_draft", self.self_draft), ("lookup", self.lookup), ("trees", self.trees)):
+            mine = {f.name: options[f.name] for f in dataclasses.fields(part) if f.name in options}
+            parts[name] = dataclasses.replace(part, **mine) if mine else part
+        return DraftConfig(**parts, gate=options.get("gate", self.gate))
 
 
 def hybrid_proposers(model: LlamaForCausalLM, config: DraftConfig, draft: Draft | None = None) -> list[Proposer]:
-    """Draft & Verify's self-draft (`draft`, None: the model's `default_draft`) and, unless
-    `config.ngram_size` is 0, prompt lookup: the proposers of `essg` and `sss`."""
-    if config.lookup_ways > 1:
+    """Draft & Verify's self-draft (`draft`, None: the model's `default_draft`; ending in a tree with
+    `branches`) and, unless `ngram_size` is 0, prompt lookup: the proposers of `essg` and `sss`."""
+    if config.trees.lookup_ways > 1:
         model.prepare_trees()
-    return [SelfDraft.of(model, config, draft), *lookup_proposers(config)]
+    self_draft = BranchingDraft.of(model, config.self_draft, config.trees.branches, draft, skip_full_model=config.gate)
+    return [self_draft, *lookup_proposers(config.lookup, config.trees.lookup_ways)]
 
 
 def gate_of(config: DraftConfig) -> DraftGate | None:
@@ -71,7 +113,7 @@ def self_speculative_sample(
         raise ValueError("draft= is for the default proposers; a given proposer holds its own draft")
     if gate is not None and not config.gate:
         raise ValueError("a DraftGate was given but the DraftConfig's gate is False")
-    return speculative_decode(model, input_ids, max_new_tokens, eos_token_id, config, sampling, generator,
+    return speculative_decode(model, input_ids, max_new_tokens, eos_token_id, config.self_draft, sampling, generator,
                               proposers=proposers, gate=gate or gate_of(config), on_tokens=on_tokens)
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ssd.core.proposers import Outcome, Proposal, Step, StepKind
+from ssd.methods.tree import TokenTree, tree_room
 
 
 class NgramIndex:
@@ -70,7 +73,7 @@ class Lookup:
     """The n-gram lookup as a proposer: offers `("lookup", n)` when a suffix of n tokens matched.
 
     `short_lookup`: propose at most this many tokens unless the last two steps
-    were lookups accepted in full (a copy running on; `DraftConfig`); None: no cap.
+    were lookups accepted in full (a copy running on; `LookupConfig`); None: no cap.
     `ways` (greedy): where the suffix occurred before with different next tokens, up to this many of
     its continuations (latest first) are proposed together, as a token tree; 1: the latest alone.
     """
@@ -92,7 +95,8 @@ class Lookup:
         if step.sampling is not None or len(continuations) == 1:
             return Proposal(continuations[0])
         tokens, parents = trie(continuations)
-        return Proposal(tokens[: step.tree_room], parents=parents[: step.tree_room])
+        room = tree_room(step)
+        return Proposal(tokens[:room], tree=TokenTree(parents[:room]))
 
     def observe(self, outcome: Outcome, step: Step) -> None:
         mine = isinstance(outcome.kind, tuple) and outcome.kind[0] == "lookup"
@@ -102,14 +106,34 @@ class Lookup:
 def accepted_in_full(outcome: Outcome) -> bool:
     """Whether the verification accepted a whole continuation: the chain, or a tree's path to a leaf."""
     proposal = outcome.proposal
-    if proposal.parents is None:
+    if proposal.tree is None:
         return outcome.accepted == len(proposal.tokens)
-    return bool(outcome.path) and outcome.path[-1] not in proposal.parents
+    return bool(outcome.path) and outcome.path[-1] not in proposal.tree.parents
 
 
-def lookup_proposers(config) -> list[Lookup]:
-    """The lookup a `DraftConfig` asks for (`ngram_size`, `ngram_min`, `short_lookup`,
-    `lookup_ways`): none at ngram_size 0."""
+@dataclass(frozen=True)
+class LookupConfig:
+    """Prompt lookup's settings. When the last `ngram_min`..`ngram_size` tokens occurred before in prompt or
+    output, the draft is what followed them then (free); 0 turns lookup off. `short_lookup`: a lookup
+    proposes at most this many tokens, unless the last two steps were lookups accepted in full (a copy
+    running on): where a few more rows can double a verification's cost (float32 MKL on a CPU), a short
+    match does not pay for 13 rows, while long copies (QA, summaries) still go 12 at a time. None: no cap.
+    """
+
+    ngram_size: int = 3
+    ngram_min: int = 1
+    short_lookup: int | None = 2
+
+    def __post_init__(self):
+        if self.ngram_size < 0 or not 1 <= self.ngram_min <= max(self.ngram_size, 1):
+            raise ValueError(f"need ngram_size >= 0 and 1 <= ngram_min <= ngram_size, got {self.ngram_size}, {self.ngram_min}")
+        if self.short_lookup is not None and self.short_lookup < 1:
+            raise ValueError(f"short_lookup must be >= 1 or None, got {self.short_lookup}")
+
+
+def lookup_proposers(config: LookupConfig, ways: int = 1) -> list[Lookup]:
+    """The lookup `config` asks for, proposing up to `ways` continuations as a tree (`TreeConfig.lookup_ways`):
+    none at ngram_size 0."""
     if not config.ngram_size:
         return []
-    return [Lookup(config.ngram_size, config.ngram_min, config.short_lookup, config.lookup_ways)]
+    return [Lookup(config.ngram_size, config.ngram_min, config.short_lookup, ways)]

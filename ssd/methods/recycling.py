@@ -25,13 +25,14 @@ from dataclasses import dataclass, field
 import torch
 
 from ssd.core.checks import check_count
-from ssd.core.decoding import DraftConfig
 from ssd.core.draft import Draft
 from ssd.core.modeling_llama import LlamaForCausalLM
 from ssd.core.proposers import Outcome, Proposal, Proposer, Step, StepKind
-from ssd.core.registry import register_method
-from ssd.core.self_draft import AdaptiveThreshold, SelfDraft, draft_passes
+from ssd.core.self_draft import AdaptiveThreshold, draft_passes
+from ssd.methods.hybrid import DraftConfig
 from ssd.methods.lookup import lookup_proposers
+from ssd.methods.registry import register_method
+from ssd.methods.tree import BranchingDraft, TokenTree, tree_room
 
 
 @dataclass
@@ -147,7 +148,7 @@ class Recycler:
             return [("recycle", len(self.table.chain(step.sequence[-1], min(self.max_tokens, step.room))))]
         if not self.tree_sizes:
             return []
-        largest = min(self.tree_sizes[-1], step.tree_room)
+        largest = min(self.tree_sizes[-1], tree_room(step))
         self._tree = self.table.tree(step.sequence[-1], largest, min(self.max_depth, step.room))
         size = self.best_size(self._tree[2])
         return [("recycle-tree", size)] if size else []
@@ -167,7 +168,7 @@ class Recycler:
         if kind[0] == "recycle":
             return Proposal(self.table.chain(step.sequence[-1], kind[1]))
         tokens, parents, _ = self._tree
-        return Proposal(tokens[: kind[1]], parents=parents[: kind[1]])
+        return Proposal(tokens[: kind[1]], tree=TokenTree(parents[: kind[1]]))
 
     def observe(self, outcome: Outcome, step: Step) -> None:
         drafts = outcome.proposal.tokens if outcome.proposal is not None else []
@@ -182,7 +183,7 @@ class Recycler:
             self.accepted += outcome.accepted
 
 
-class RecyclingDraft(SelfDraft):
+class RecyclingDraft(BranchingDraft):
     """The self-draft, greedy, with the table's help: each draft pass also checks `guesses` recycled
     tokens after its input (`draft_with_guesses`: a pass may draft more than one token), and the
     chain ends in a tree of `tail` recycled successors of its last token (`SuccessorTable.tree`),
@@ -203,12 +204,12 @@ class RecyclingDraft(SelfDraft):
             self.chain_length = len(tokens)
         else:
             proposal = super().propose(kind, step)
-        size = min(self.tail, step.tree_room - len(proposal.tokens))
+        size = min(self.tail, tree_room(step) - len(proposal.tokens))
         deeper = step.room > len(proposal.tokens)
         if step.sampling is not None or size < 1 or not deeper or proposal.tokens[-1] not in self.table.rows:
             return proposal
         tokens, parents, _ = self.table.tree(step.sequence[-1], size, step.room, proposal.tokens)
-        return Proposal(tokens, passes=proposal.passes, parents=parents)
+        return Proposal(tokens, passes=proposal.passes, tree=TokenTree(parents))
 
 
 @torch.no_grad()
@@ -246,9 +247,10 @@ def recycling_proposers(model: LlamaForCausalLM, config: DraftConfig, draft: Dra
     model.prepare_trees()
     recycler = Recycler()
     draft = model.default_draft if draft is None else draft
-    self_draft = RecyclingDraft(model.prepare_draft(draft), config.max_step_draft, config.th_stop_draft,
-                                AdaptiveThreshold.of(config), config.gate, recycler.table)
-    return [recycler, self_draft, *lookup_proposers(config)]
+    settings = config.self_draft
+    self_draft = RecyclingDraft(model.prepare_draft(draft), settings.max_step_draft, settings.th_stop_draft,
+                                AdaptiveThreshold.of(settings), config.gate, recycler.table)
+    return [recycler, self_draft, *lookup_proposers(config.lookup, config.trees.lookup_ways)]
 
 
 register_method("recycling", recycling_proposers)

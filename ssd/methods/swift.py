@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 from ssd.core.checks import check_count
-from ssd.core.decoding import DraftConfig, EosTokenIds, GenerationResult, OnTokens, speculative_decode
+from ssd.core.decoding import EosTokenIds, GenerationResult, OnTokens, speculative_decode
 from ssd.core.draft import Draft
 from ssd.core.modeling_llama import KVCache, LlamaForCausalLM
 from ssd.core.proposers import Outcome, Proposer, Step, StepKind
@@ -65,14 +65,14 @@ from ssd.core.skip_layers import DEFAULT_PATH, read_skip_layers, save_skip_layer
 from ssd.core.skip_layers import model_key as key_of  # `model_key` is also an argument here
 from ssd.methods.budget import Budget, check_share
 from ssd.methods.gate import DraftGate
-from ssd.methods.hybrid import hybrid_proposers
+from ssd.methods.hybrid import DraftConfig, hybrid_proposers
 
 MIN_WINDOW = 1  # scored positions needed (two generated tokens) before a candidate is scored at all
 
 
 def swift_draft_config() -> DraftConfig:
     """SWIFT's acceleration phase: a fixed confidence threshold of 0.8, up to 25 draft tokens."""
-    return DraftConfig(max_step_draft=25, th_stop_draft=0.8, auto_th_stop_draft=False)
+    return DraftConfig.of(max_step_draft=25, th_stop_draft=0.8, auto_th_stop_draft=False)
 
 
 @dataclass(frozen=True)
@@ -378,8 +378,9 @@ class SwiftDraft(SelfDraft):
     kind: StepKind = "swift"
 
     def __init__(self, optimizer: SwiftOptimizer, config: DraftConfig):
-        super().__init__(optimizer.draft() or Draft(), config.max_step_draft, config.th_stop_draft,
-                         AdaptiveThreshold.of(config), skip_full_model=True)
+        settings = config.self_draft
+        super().__init__(optimizer.draft() or Draft(), settings.max_step_draft, settings.th_stop_draft,
+                         AdaptiveThreshold.of(settings), skip_full_model=True)
         self.optimizer = optimizer
 
     def offer(self, step: Step) -> list[StepKind]:
@@ -417,7 +418,7 @@ def swift_generate(
     config = optimizer.config.draft
     static, *lookups = hybrid_proposers(model, config)
     proposers: list[Proposer] = [static, SwiftDraft(optimizer, config), *lookups]
-    result = speculative_decode(model, input_ids, max_new_tokens, eos_token_id, config, sampling, generator,
+    result = speculative_decode(model, input_ids, max_new_tokens, eos_token_id, config.self_draft, sampling, generator,
                                 proposers=proposers, gate=optimizer.gate, on_tokens=on_tokens)
     optimizer.end_input()
     return result

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ssd.core.decoding import DraftConfig, base_generate, generation_cache
+from ssd.core.decoding import base_generate, generation_cache
 from ssd.core.draft import Draft
 from ssd.core.modeling_llama import LlamaForCausalLM
+from ssd.core.self_draft import SelfDraftConfig
 from ssd.loading.model import load_model
 from ssd.tools.prompts import CHAT_TASKS, PROMPTS_FILE, encode, read_prompts_file
 
@@ -38,7 +39,7 @@ class Signal:
 
 @torch.no_grad()
 def draft_signals(model: LlamaForCausalLM, input_ids: torch.Tensor, max_new_tokens: int, draft: Draft,
-                  config: DraftConfig = DraftConfig()) -> list[Signal]:
+                  config: SelfDraftConfig = SelfDraftConfig()) -> list[Signal]:
     """A `Signal` for each of base decoding's new tokens but the first, drafted by `draft` (with the
     trimmed head `config` gives it) after the text before it."""
     output = base_generate(model, input_ids, max_new_tokens).tokens
@@ -93,7 +94,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model)
     draft = model.prepare_draft(model.default_draft)
-    config = DraftConfig(draft_vocab_size=None) if args.full_head else DraftConfig()
+    config = SelfDraftConfig(draft_vocab_size=None) if args.full_head else SelfDraftConfig()
     signals = []
     for task, text in read_prompts_file(PROMPTS_FILE, CHAT_TASKS)[: args.num_prompts]:
         signals += draft_signals(model, encode(tokenizer, task, text, model.device), args.max_new_tokens, draft, config)

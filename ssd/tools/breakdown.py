@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 import torch
 
 from ssd.core.clock import timed
-from ssd.core.decoding import DraftConfig, prefill, speculative_decode
+from ssd.core.decoding import prefill, speculative_decode
 from ssd.core.proposers import Outcome, Proposal, Step
-from ssd.core.registry import DRAFTING_METHODS
 from ssd.loading.model import load_model
-from ssd.methods.hybrid import exact_self_speculative_generate, gate_of
+from ssd.methods.hybrid import DraftConfig, exact_self_speculative_generate, gate_of
+from ssd.methods.registry import DRAFTING_METHODS
 from ssd.tools.prompts import CHAT_TASKS, PROMPTS_FILE, encode, read_prompts_file
 
 
@@ -42,7 +42,7 @@ class StepLog:
     def observe(self, outcome: Outcome, step: Step) -> None:
         proposal = outcome.proposal
         name = outcome.kind[0] if isinstance(outcome.kind, tuple) else outcome.kind
-        if proposal is not None and proposal.parents is not None:
+        if proposal is not None and proposal.tree is not None:
             name += " (tree)"
         rows = 1 + (len(proposal.tokens) if proposal else 0)
         free = proposal is None or proposal.passes == 0
@@ -55,7 +55,7 @@ def breakdown(model, prompts: list[torch.Tensor], method: str, max_new_tokens: i
     for input_ids in prompts:
         prefills += timed(lambda: prefill(model, input_ids, model.new_cache(input_ids.shape[1])), model.device)[1]
         proposers = DRAFTING_METHODS[method].proposers(model, DraftConfig(), None)
-        result, seconds = timed(lambda: speculative_decode(model, input_ids, max_new_tokens, None, DraftConfig(), None,
+        result, seconds = timed(lambda: speculative_decode(model, input_ids, max_new_tokens, None, DraftConfig().self_draft, None,
                                                            None, proposers=[*proposers, log], gate=gate_of(DraftConfig())),
                                 model.device)
         wall += seconds

@@ -78,7 +78,7 @@ def compare_swift(
     `draft_kwargs` (`DraftConfig` fields) apply to Draft & Verify, clasp and SWIFT's draft.
     Returns one record per (prompt, method), with SWIFT's statistics, and each task's cold optimiser.
     """
-    config = dataclasses.replace(config, draft=dataclasses.replace(config.draft, **draft_kwargs))
+    config = dataclasses.replace(config, draft=config.draft.replace(**draft_kwargs))
     cold, cached = {}, {}
 
     def swift(streams: dict, cache_hit: bool) -> Method:

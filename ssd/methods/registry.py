@@ -1,18 +1,19 @@
 """Drafting methods by name, as `ssd.generate(..., method=name)` takes them. Each method registers the
-proposers it decodes with where it is written (`ssd.methods`: `essg` and `sss` in `hybrid`)."""
+proposers it decodes with where it is written (`essg` and `sss` in `hybrid`)."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
-from ssd.core.decoding import DraftConfig
 from ssd.core.draft import Draft
 from ssd.core.modeling_llama import LlamaForCausalLM
 from ssd.core.proposers import Proposer
 
-# Builds one generation's proposers from the model, the draft settings and the `draft=` given (or None).
-ProposerFactory = Callable[[LlamaForCausalLM, DraftConfig, Draft | None], list[Proposer]]
+# Builds one generation's proposers from the model, the draft settings (`ssd.methods.hybrid.DraftConfig`) and
+# the `draft=` given (or None).
+ProposerFactory = Callable[[LlamaForCausalLM, Any, Draft | None], list[Proposer]]
 
 
 @dataclasses.dataclass(frozen=True)
