@@ -50,6 +50,12 @@ class Step:
     head: DraftHead | None = None
 
     @property
+    def greedy(self) -> bool:
+        """Whether this generation decodes greedily (`sampling` None) or samples: what a proposer reads to
+        choose how it proposes (trees, lookups' continuations) and what it is charged in (`Gate`)."""
+        return self.sampling is None
+
+    @property
     def output(self) -> list[int]:
         """The tokens generated so far."""
         return self.sequence[self.prompt_length:]

@@ -185,7 +185,7 @@ class SelfDraft:
         return [self.kind]
 
     def propose(self, kind: StepKind, step: Step) -> Proposal:
-        draft, greedy = self.draft, step.sampling is None
+        draft, greedy = self.draft, step.greedy
         by_margin = greedy and self.exit_margin is not None
         tokens, probs, _ = draft_tokens(
             step.model, draft, step.cache, step.sequence[-1], step.committed, min(self.max_step_draft, step.room),
@@ -195,7 +195,7 @@ class SelfDraft:
         return Proposal(tokens, probs, passes=len(tokens) * draft_passes(draft, step.model))
 
     def observe(self, outcome: Outcome, step: Step) -> None:
-        by_margin = step.sampling is None and self.exit_margin is not None
+        by_margin = step.greedy and self.exit_margin is not None
         if outcome.kind == self.kind and self.adaptive is not None and not by_margin:
             drafted = len(outcome.proposal.tokens)
             self.th_stop_draft = self.adaptive.update(self.th_stop_draft, outcome.accepted, drafted, self.max_step_draft)

@@ -92,7 +92,7 @@ class Lookup:
     def propose(self, kind: StepKind, step: Step) -> Proposal:
         cap = self.short_lookup if self.copied < 2 and self.short_lookup is not None else None
         continuations = [tokens[:cap] for tokens in self._continuations]
-        if step.sampling is not None or len(continuations) == 1:
+        if not step.greedy or len(continuations) == 1:
             return Proposal(continuations[0])
         tokens, parents = trie(continuations)
         room = tree_room(step)

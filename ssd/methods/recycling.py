@@ -144,7 +144,7 @@ class Recycler:
     def offer(self, step: Step) -> list[StepKind]:
         if step.room < 1 or step.sequence[-1] not in self.table.rows:
             return []
-        if step.sampling is not None:
+        if not step.greedy:
             return [("recycle", len(self.table.chain(step.sequence[-1], min(self.max_tokens, step.room))))]
         if not self.tree_sizes:
             return []
@@ -172,7 +172,7 @@ class Recycler:
 
     def observe(self, outcome: Outcome, step: Step) -> None:
         drafts = outcome.proposal.tokens if outcome.proposal is not None else []
-        if step.sampling is None and (outcome.proposal is None or outcome.proposal.passes == 0):
+        if step.greedy and (outcome.proposal is None or outcome.proposal.passes == 0):
             self.costs.record(len(drafts) + 1, outcome.cost)  # wall seconds of a verification alone
         # The sequence has grown since: its token at `committed` was the verification's first input.
         self.table.count_ranks(step.sequence[step.committed:])
@@ -196,7 +196,7 @@ class RecyclingDraft(BranchingDraft):
         self.table, self.tail, self.guesses = table, tail, guesses
 
     def propose(self, kind: StepKind, step: Step) -> Proposal:
-        if step.sampling is None and self.guesses:
+        if step.greedy and self.guesses:
             tokens, passes = draft_with_guesses(step.model, self.draft, step.cache, step.sequence[-1], step.committed,
                                         min(self.max_step_draft, step.room), self.th_stop_draft, step.head,
                                         lambda token, n: self.table.chain(token, min(n, self.guesses)))
@@ -206,7 +206,7 @@ class RecyclingDraft(BranchingDraft):
             proposal = super().propose(kind, step)
         size = min(self.tail, tree_room(step) - len(proposal.tokens))
         deeper = step.room > len(proposal.tokens)
-        if step.sampling is not None or size < 1 or not deeper or proposal.tokens[-1] not in self.table.rows:
+        if not step.greedy or size < 1 or not deeper or proposal.tokens[-1] not in self.table.rows:
             return proposal
         tokens, parents, _ = self.table.tree(step.sequence[-1], size, step.room, proposal.tokens)
         return Proposal(tokens, passes=proposal.passes, tree=TokenTree(parents))

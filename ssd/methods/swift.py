@@ -272,7 +272,7 @@ class SwiftOptimizer:
             self._gate_follows_best()
         seconds = time.perf_counter() - start
         if candidate_score is not None:
-            self.budget.spend(passes * draft_passes(self.draft(), self.model) if step.sampling is not None else seconds)
+            self.budget.spend(passes * draft_passes(self.draft(), self.model) if not step.greedy else seconds)
         self.history.append(SwiftStep(
             len(self.history), self.inputs - 1, candidate_score is not None, window if candidate_score is not None else 0,
             candidate_score, self.best_score, seconds, passes, held,
@@ -393,7 +393,7 @@ class SwiftDraft(SelfDraft):
 
     def observe(self, outcome: Outcome, step: Step) -> None:
         super().observe(outcome, step)
-        self.optimizer.credit(outcome, step.sampling is not None)
+        self.optimizer.credit(outcome, not step.greedy)
 
 
 def swift_generate(

@@ -147,7 +147,7 @@ class BranchingDraft(SelfDraft):
                    branches, chain.exit_margin)
 
     def propose(self, kind: StepKind, step: Step) -> Proposal:
-        draft, greedy = self.draft, step.sampling is None
+        draft, greedy = self.draft, step.greedy
         by_margin = greedy and self.exit_margin is not None
         tokens, probs, others = draft_tokens(
             step.model, draft, step.cache, step.sequence[-1], step.committed, min(self.max_step_draft, step.room),
@@ -163,7 +163,7 @@ class BranchingDraft(SelfDraft):
         return Proposal(tokens + others, passes=passes, tree=TokenTree(chain + [chain[-1]] * len(others)))
 
     def observe(self, outcome: Outcome, step: Step) -> None:
-        by_margin = step.sampling is None and self.exit_margin is not None
+        by_margin = step.greedy and self.exit_margin is not None
         if outcome.kind == self.kind and self.adaptive is not None and not by_margin:
             # A tree's chain is its first `chain_length` nodes, the rest its branches.
             chain = len(outcome.proposal.tokens) if outcome.path is None else self.chain_length
