@@ -82,9 +82,8 @@ class DeviceProfile:
         """The dtype that decodes fastest here with the exactness `ssd` promises (docs/numerics.md).
 
         GPUs: bfloat16 where native, float16 elsewhere (V100, T4: emulated bfloat16 is slow). CPUs:
-        bfloat16 where native (on a 2-core AMD EPYC with AVX512-BF16, SmolLM2-135M decoded 1.34x faster
-        than in float32, Qwen2.5-Coder-1.5B 2.8x), float32 elsewhere, where bfloat16 is emulated and
-        its products are not row-invariant.
+        bfloat16 where native (faster than float32, docs/benchmarks.md), float32 elsewhere, where
+        bfloat16 is emulated and its products are not row-invariant.
         """
         if self.type == "cuda":
             return torch.bfloat16 if self.native_bfloat16 else torch.float16

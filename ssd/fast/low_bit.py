@@ -9,11 +9,8 @@ runs the model's own weights, so the output is the full model's whatever the
 copies round to.
 
 The products take bfloat16 activations whatever the model's dtype: the CPU
-kernels vectorise that path only. Measured on a 2-core AVX2-only AMD EPYC,
-one row: int8 with float32 activations took 4-6x the time of float32
-`F.linear` (0.28 vs 0.07 ms at 576x576), with bfloat16 activations 0.6x
-(0.045 ms); over the 16,384 rows of a trimmed LM head, 0.87 ms against
-6.3 ms for float32 `F.linear`.
+kernels vectorise that path only, and with float32 activations int8 is slower
+than float32 `F.linear` (design.md, "Measurements behind the code").
 """
 
 from __future__ import annotations
