@@ -1,5 +1,6 @@
 """Bad input gets a clear error and changes nothing."""
 
+import dataclasses
 import json
 
 import pytest
@@ -125,6 +126,16 @@ def test_draft_config_validation():
                     dict(exit_margin=-0.5), dict(exit_margin=float("nan"))):
         with pytest.raises(ValueError, match=next(iter(options))):
             DraftConfig.of(**options)
+
+
+def test_draft_settings_go_to_their_owners():
+    """`DraftConfig.of` gives each setting, by its own name, to the part that owns it, and refuses a name
+    no part has, naming the settings there are."""
+    config = DraftConfig.of(max_step_draft=4, ngram_size=0, branches=2, gate=False)
+    assert (config.self_draft.max_step_draft, config.lookup.ngram_size, config.trees.branches, config.gate) == (4, 0, 2, False)
+    assert config.replace(short_lookup=None).lookup == dataclasses.replace(config.lookup, short_lookup=None)
+    with pytest.raises(ValueError, match="unknown draft settings \\['ngram'\\].*ngram_size"):
+        DraftConfig.of(ngram=2)
 
 
 # --- load_model: every argument checked before anything is read -------------------------------------
