@@ -35,9 +35,8 @@ def infer(
     self-speculative), `sss` (self-speculative sampling) or `swift` (skip set
     optimised on the fly, `ssd.methods.swift`; greedy, or sampled with `do_sample=True`).
 
-    `draft_kwargs` are `DraftConfig`'s: max_step_draft, th_stop_draft,
-    auto_th_stop_draft, auto_parameters, draft_vocab_size, gate, ngram_size,
-    ngram_min, short_lookup. `do_sample` defaults to True for `sss` and False
+    `draft_kwargs` are `DraftConfig` settings by name (`DraftConfig.option_names()`: max_step_draft,
+    th_stop_draft, ..., gate, ngram_size, ..., branches). `do_sample` defaults to True for `sss` and False
     otherwise (base samples when asked). `seed=None` leaves the random state
     alone, so repeated sampled calls differ. `early_stop` stops at the
     tokenizer's EOS.

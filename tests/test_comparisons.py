@@ -4,7 +4,8 @@ what search.ipynb and swift.ipynb tabulate, checked here rather than only throug
 import pytest
 
 import ssd
-from ssd.core.skip_layers import hand_made_set, model_key, read_skip_layers
+from ssd.core.skip_layers import hand_made_set, read_skip_layers
+from ssd.loading.keys import model_key
 from ssd.methods.swift import cache_key
 from ssd.tools.comparisons import SWIFT_METHODS, compare_skip_sets, compare_swift, tabulate_swift
 

@@ -34,7 +34,7 @@ class Step:
     `sequence`: the prompt and every committed token; its last token sits at
     position `committed` and is not yet in the cache (positions below hold the
     full model's keys and values). `room`: the most tokens a proposal may hold.
-    `head`: the generation's trimmed draft head, if any (`DraftConfig.draft_head`).
+    `head`: the generation's trimmed draft head, if any (`SelfDraftConfig.draft_head`).
     A proposer may run passes of its own and write the cache at positions from
     `committed` on; positions below must be left as found.
     """

@@ -19,18 +19,18 @@ class SelfDraftConfig:
 
     `max_step_draft`: the most tokens a step drafts. `th_stop_draft`: the draft stops after a token whose
     top probability is under this; `auto_th_stop_draft`: the threshold adapts (`AdaptiveThreshold`, with
-    `auto_parameters` `[every, b1, b2, e, a]`, as in the reference code). `exit_margin` (greedy): stop
-    after a token whose logit is less than this above its runner-up's instead (the threshold then stays
-    fixed); None: by `th_stop_draft`. `draft_vocab_size`: the draft scores only token ids below this
-    (BPE ids roughly follow frequency) plus the prompt's tokens (`ssd.fast.draft_head`); None scores all.
+    `auto_parameters` `[every, b1, b2, e, a]`, as in the reference code). `draft_vocab_size`: the draft
+    scores only token ids below this (BPE ids roughly follow frequency) plus the prompt's tokens
+    (`ssd.fast.draft_head`); None scores all. `exit_margin` (greedy): stop after a token whose logit is
+    less than this above its runner-up's instead (the threshold then stays fixed); None: by `th_stop_draft`.
     """
 
     max_step_draft: int = 12
     th_stop_draft: float = 0.6
     auto_th_stop_draft: bool = True
     auto_parameters: tuple = (1, 0.5, 0.9, 0.01, 0.9)
-    exit_margin: float | None = None
     draft_vocab_size: int | None = 16384
+    exit_margin: float | None = None
 
     def __post_init__(self):
         if self.max_step_draft < 1:
@@ -160,6 +160,7 @@ class SelfDraft:
     head's share of a step, and its long drafts hold off lookups, which cost nothing): the default
     decoder sets it where a gate chooses among kinds (`ssd.methods.hybrid`).
     A subclass may change `draft` between steps (SWIFT's does): each step drafts with the value then held.
+    Its proposals are chains; a subclass that proposes trees learns its threshold as `BranchingDraft` does.
     """
 
     kind: StepKind = "draft"

@@ -50,7 +50,7 @@ def draft_head(lm_head: torch.Tensor, lm_head_int8: Int8Weight | None, token_ids
     token_ids = torch.unique(torch.as_tensor(token_ids, dtype=torch.long)).to(device)
     if token_ids.numel() == 0 or token_ids[0] < 0 or token_ids[-1] >= vocab_size:
         raise ValueError(f"draft head token ids must be non-empty and within 0..{vocab_size - 1}")
-    # The ids below n are 0..n-1 (the frequent tokens, DraftConfig.draft_head): their rows are the
+    # The ids below n are 0..n-1 (the frequent tokens, SelfDraftConfig.draft_head): their rows are the
     # head's first n, used in place; only the rest (the prompt's rarer tokens) are copied.
     n = int((token_ids == torch.arange(len(token_ids), device=device)).sum())
     blocks = ([slice(0, n)] if n else []) + ([token_ids[n:]] if n < len(token_ids) else [])

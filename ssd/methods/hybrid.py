@@ -62,7 +62,7 @@ def hybrid_proposers(model: LlamaForCausalLM, config: DraftConfig, draft: Draft 
     `branches`) and, unless `ngram_size` is 0, prompt lookup: the proposers of `essg` and `sss`."""
     if config.trees.lookup_ways > 1:
         model.prepare_trees()
-    self_draft = BranchingDraft.of(model, config.self_draft, config.trees.branches, draft, skip_full_model=config.gate)
+    self_draft = BranchingDraft.of(model, config.self_draft, draft, config.gate, branches=config.trees.branches)
     return [self_draft, *lookup_proposers(config.lookup, config.trees.lookup_ways)]
 
 
@@ -114,7 +114,8 @@ def self_speculative_sample(
     if gate is not None and not config.gate:
         raise ValueError("a DraftGate was given but the DraftConfig's gate is False")
     return speculative_decode(model, input_ids, max_new_tokens, eos_token_id, config.self_draft, sampling, generator,
-                              proposers=proposers, gate=gate or gate_of(config), on_tokens=on_tokens)
+                              proposers=proposers, gate=gate if gate is not None else gate_of(config),
+                              on_tokens=on_tokens)
 
 
 register_method("essg", hybrid_proposers, samples=False)

@@ -62,10 +62,10 @@ from ssd.core.sampling import Sampling
 from ssd.core.searching import bayesian_optimizer, variable_names
 from ssd.core.self_draft import AdaptiveThreshold, SelfDraft, draft_passes
 from ssd.core.skip_layers import DEFAULT_PATH, read_skip_layers, save_skip_layers
-from ssd.core.skip_layers import model_key as key_of  # `model_key` is also an argument here
+from ssd.loading.keys import model_key as key_of  # `model_key` is also an argument here
 from ssd.methods.budget import Budget, check_share
 from ssd.methods.gate import DraftGate
-from ssd.methods.hybrid import DraftConfig, hybrid_proposers
+from ssd.methods.hybrid import DraftConfig, gate_of, hybrid_proposers
 
 MIN_WINDOW = 1  # scored positions needed (two generated tokens) before a candidate is scored at all
 
@@ -185,7 +185,7 @@ class SwiftOptimizer:
         self._input_step = 0
         self._unsaved = False
         self._scratch: tuple[tuple, KVCache] | None = None  # (what it copied, cache) for `score`, see there
-        self.gate = DraftGate() if config.draft.gate else None
+        self.gate = gate_of(config.draft)
         self._gated_set: tuple[list[int], list[int]] | None = None  # the set the gate measured as "swift"
         self.precision: str | None = model.default_draft.precision  # the candidates' weights, read at each input
         # In the gate's units (seconds greedy, passes sampling), against the gate's measured plain step:

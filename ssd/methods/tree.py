@@ -136,14 +136,14 @@ class BranchingDraft(SelfDraft):
         self.chain_length = 0  # the drafted chain of the latest proposal (its tree's first nodes)
 
     @classmethod
-    def of(cls, model: LlamaForCausalLM, config: SelfDraftConfig, branches: int, draft: Draft | None = None,
-           skip_full_model: bool = False) -> SelfDraft:
+    def of(cls, model: LlamaForCausalLM, config: SelfDraftConfig, draft: Draft | None = None,
+           skip_full_model: bool = False, *, branches: int = 0) -> SelfDraft:
         """`SelfDraft.of`, with `branches`; a plain `SelfDraft` where it is 0."""
         chain = SelfDraft.of(model, config, draft, skip_full_model)
         if not branches:
             return chain
         model.prepare_trees()
-        return cls(chain.draft, chain.max_step_draft, chain.th_stop_draft, chain.adaptive, chain.skip_full_model,
+        return BranchingDraft(chain.draft, chain.max_step_draft, chain.th_stop_draft, chain.adaptive, chain.skip_full_model,
                    branches, chain.exit_margin)
 
     def propose(self, kind: StepKind, step: Step) -> Proposal:

@@ -75,7 +75,7 @@ def compare_swift(
     prompt; the cached method is another stream over the same prompts with
     `cache_hit=True`, started after the first cold prompt and reading the entry
     as it stands at each prompt (the set the cold stream found so far).
-    `draft_kwargs` (`DraftConfig` fields) apply to Draft & Verify, clasp and SWIFT's draft.
+    `draft_kwargs` (`DraftConfig` settings) apply to Draft & Verify, clasp and SWIFT's draft.
     Returns one record per (prompt, method), with SWIFT's statistics, and each task's cold optimiser.
     """
     config = dataclasses.replace(config, draft=config.draft.replace(**draft_kwargs))

@@ -17,9 +17,10 @@ import torch
 from transformers import GenerationConfig
 
 from ssd.core.decoding import check_max_new_tokens
-from ssd.core.skip_layers import apply_skip_layers, hand_made_set, load_draft, model_key
+from ssd.core.skip_layers import apply_skip_layers, hand_made_set, load_draft
 from ssd.generation import encode_inputs, generate, method_names
 from ssd.loading.checkpoints import EMBEDDED_KEY, NAMED_CHECKPOINTS
+from ssd.loading.keys import model_key
 from ssd.tools.data import Example
 from ssd.tools.prompts import WARM_UP
 from ssd.tools.timing import WARM_UP_TASK, Run, run_side_by_side
@@ -42,7 +43,7 @@ class Method:
     do_sample: bool = False
     samples: int = 1  # generations per example (pass@k needs several)
     baseline: str = "base"  # the method whose speed this one's is divided by
-    draft_options: dict = field(default_factory=dict)  # further `DraftConfig` fields, by name
+    draft_options: dict = field(default_factory=dict)  # further `DraftConfig` settings, by name
 
     def __post_init__(self):
         if self.generate_fn not in method_names():

@@ -10,7 +10,7 @@ import statistics
 from pathlib import Path
 
 from ssd.core.files import write_csv_atomic, write_json_atomic
-from ssd.core.skip_layers import model_key
+from ssd.loading.keys import model_key
 from ssd.tools.evaluation import Method
 from ssd.tools.timing import tabulate_speed
 
