@@ -1,5 +1,6 @@
 """The conda env and pyproject.toml ask for the same packages."""
 
+import json
 import re
 from pathlib import Path
 
@@ -49,7 +50,8 @@ def test_qwen_extra_pins_every_chunk_package():
 
 
 def test_a_built_wheel_holds_the_shipped_skip_sets_and_prompts(tmp_path):
-    """A non-editable install finds skip_layers.json and the bench's prompts: they are package data."""
+    """A non-editable install finds skip_layers.json and the bench's prompts: they are package data (the
+    package's skip_layers.json is a link to the top-level file, and the wheel carries its contents)."""
     import shutil
     import subprocess
     import sys
@@ -63,3 +65,13 @@ def test_a_built_wheel_holds_the_shipped_skip_sets_and_prompts(tmp_path):
     (wheel,) = (tmp_path / "wheel").glob("ssd-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"ssd/skip_layers.json", "ssd/tools/bench_prompts.jsonl", "ssd/core/draft.py"} <= names
+    with zipfile.ZipFile(wheel) as archive:
+        assert json.loads(archive.read("ssd/skip_layers.json")) == json.loads((ROOT / "skip_layers.json").read_text())
+
+
+def test_skip_layers_json_sits_at_the_top_level_of_a_checkout():
+    """The design card's layout: notebooks and the search read and write the top-level skip_layers.json."""
+    from ssd.core.skip_layers import DEFAULT_PATH
+
+    assert DEFAULT_PATH == (ROOT / "skip_layers.json").resolve()
+    assert (ROOT / "ssd" / "skip_layers.json").is_symlink()

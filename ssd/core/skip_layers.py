@@ -2,9 +2,10 @@
 
 An entry may carry `"draft_precision"` (`"int8"`, `"int4"` or null): the draft
 then also runs low-bit copies of the weights (`ssd.fast.low_bit`). An entry loads
-as a `Draft` value (`load_draft`). The shipped file is package data
-(`ssd/skip_layers.json`), found wherever ssd is installed; the search and SWIFT
-write their sets there, as the reference code writes its own.
+as a `Draft` value (`load_draft`). The file sits at the checkout's top level
+(`skip_layers.json`, beside notebooks/ and ssd/), where the search and SWIFT write their
+sets, as the reference code writes its own; `ssd/skip_layers.json` links to it, so that a
+built wheel carries it as package data and a non-editable install finds the shipped sets.
 
 Reading validates the whole file and names what is wrong; writing replaces one
 entry atomically and keeps all others.
@@ -20,7 +21,9 @@ from ssd.core.files import write_json_atomic
 from ssd.core.modeling_llama import LlamaForCausalLM
 from ssd.fast import DeviceProfile
 
-DEFAULT_PATH = Path(__file__).resolve().parents[1] / "skip_layers.json"
+# The package's link resolved: the top-level file in a checkout, the packaged copy in an installed wheel.
+# Writes replace that file, never the link.
+DEFAULT_PATH = (Path(__file__).resolve().parents[1] / "skip_layers.json").resolve()
 
 
 def hand_made_set(num_layers: int) -> tuple[list[int], list[int]]:
