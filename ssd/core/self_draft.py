@@ -186,20 +186,27 @@ class SelfDraft:
         return [self.kind]
 
     def propose(self, kind: StepKind, step: Step) -> Proposal:
-        draft, greedy = self.draft, step.greedy
-        by_margin = greedy and self.exit_margin is not None
-        tokens, probs, _ = draft_tokens(
-            step.model, draft, step.cache, step.sequence[-1], step.committed, min(self.max_step_draft, step.room),
-            self.exit_margin if by_margin else self.th_stop_draft, step.sampling, step.generator, step.head,
-            margin=by_margin,
-        )
-        return Proposal(tokens, probs, passes=len(tokens) * draft_passes(draft, step.model))
+        tokens, probs, _ = self.draft_chain(step)
+        return Proposal(tokens, probs, passes=len(tokens) * draft_passes(self.draft, step.model))
 
     def observe(self, outcome: Outcome, step: Step) -> None:
+        if outcome.kind == self.kind:
+            self.learn(step, outcome.accepted, len(outcome.proposal.tokens))
+
+    def draft_chain(self, step: Step, alternatives: int = 0) -> tuple[list[int], torch.Tensor | None, list[int]]:
+        """`draft_tokens` from this step's last token, stopping by the threshold (greedy with `exit_margin`: by
+        the margin); with `alternatives` (greedy), also the next likeliest tokens where it stopped."""
         by_margin = step.greedy and self.exit_margin is not None
-        if outcome.kind == self.kind and self.adaptive is not None and not by_margin:
-            drafted = len(outcome.proposal.tokens)
-            self.th_stop_draft = self.adaptive.update(self.th_stop_draft, outcome.accepted, drafted, self.max_step_draft)
+        return draft_tokens(
+            step.model, self.draft, step.cache, step.sequence[-1], step.committed, min(self.max_step_draft, step.room),
+            self.exit_margin if by_margin else self.th_stop_draft, step.sampling, step.generator, step.head,
+            alternatives if step.greedy else 0, by_margin,
+        )
+
+    def learn(self, step: Step, accepted: int, drafted: int) -> None:
+        """The adaptive threshold's update after `accepted` of `drafted` chain tokens (fixed by a margin)."""
+        if self.adaptive is not None and not (step.greedy and self.exit_margin is not None):
+            self.th_stop_draft = self.adaptive.update(self.th_stop_draft, accepted, drafted, self.max_step_draft)
 
 
 def draft_passes(draft: Draft, model: LlamaForCausalLM) -> float:

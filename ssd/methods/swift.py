@@ -64,7 +64,6 @@ from ssd.core.self_draft import AdaptiveThreshold, SelfDraft, draft_passes
 from ssd.core.skip_layers import DEFAULT_PATH, read_skip_layers, save_skip_layers
 from ssd.loading.keys import model_key as key_of  # `model_key` is also an argument here
 from ssd.methods.budget import Budget, check_share
-from ssd.methods.gate import DraftGate
 from ssd.methods.hybrid import DraftConfig, gate_of, hybrid_proposers
 
 MIN_WINDOW = 1  # scored positions needed (two generated tokens) before a candidate is scored at all

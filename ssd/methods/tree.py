@@ -24,7 +24,7 @@ from ssd.core.checks import check_count
 from ssd.core.draft import Draft
 from ssd.core.modeling_llama import KVCache, LlamaForCausalLM
 from ssd.core.proposers import Outcome, Proposal, Step, StepKind
-from ssd.core.self_draft import AdaptiveThreshold, SelfDraft, SelfDraftConfig, draft_passes, draft_tokens
+from ssd.core.self_draft import AdaptiveThreshold, SelfDraft, SelfDraftConfig, draft_passes
 
 
 def check_parents(parents: list[int], n_tokens: int) -> None:
@@ -147,15 +147,9 @@ class BranchingDraft(SelfDraft):
                    branches, chain.exit_margin)
 
     def propose(self, kind: StepKind, step: Step) -> Proposal:
-        draft, greedy = self.draft, step.greedy
-        by_margin = greedy and self.exit_margin is not None
-        tokens, probs, others = draft_tokens(
-            step.model, draft, step.cache, step.sequence[-1], step.committed, min(self.max_step_draft, step.room),
-            self.exit_margin if by_margin else self.th_stop_draft, step.sampling, step.generator, step.head,
-            self.branches if greedy else 0, by_margin,
-        )
+        tokens, probs, others = self.draft_chain(step, self.branches)
         self.chain_length = len(tokens)
-        passes = len(tokens) * draft_passes(draft, step.model)
+        passes = len(tokens) * draft_passes(self.draft, step.model)
         others = others[: max(tree_room(step) - len(tokens), 0)]
         if not others:
             return Proposal(tokens, probs, passes=passes)
@@ -163,9 +157,8 @@ class BranchingDraft(SelfDraft):
         return Proposal(tokens + others, passes=passes, tree=TokenTree(chain + [chain[-1]] * len(others)))
 
     def observe(self, outcome: Outcome, step: Step) -> None:
-        by_margin = step.greedy and self.exit_margin is not None
-        if outcome.kind == self.kind and self.adaptive is not None and not by_margin:
+        if outcome.kind == self.kind:
             # A tree's chain is its first `chain_length` nodes, the rest its branches.
             chain = len(outcome.proposal.tokens) if outcome.path is None else self.chain_length
             accepted = outcome.accepted if outcome.path is None else sum(node < chain for node in outcome.path)
-            self.th_stop_draft = self.adaptive.update(self.th_stop_draft, accepted, chain, self.max_step_draft)
+            self.learn(step, accepted, chain)
