@@ -75,6 +75,8 @@ def infer(
         "matchness": out.matchness,
         "num_drafted_tokens": out.num_drafted_tokens,
         "num_looked_up_tokens": out.num_looked_up_tokens,
+        "drafted_by_kind": dict(out.drafted_by_kind),
+        "accepted_by_kind": dict(out.accepted_by_kind),
         "num_verifications": out.num_verifications,
         "th_stop_draft": out.th_stop_draft,
     }

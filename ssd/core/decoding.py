@@ -33,6 +33,7 @@ class GenerationResult:
     num_accepted_tokens: int = 0
     num_verifications: int = 0
     drafted_by_kind: dict[str, int] = field(default_factory=dict)  # drafted tokens by the kind of step's name
+    accepted_by_kind: dict[str, int] = field(default_factory=dict)  # and of those, the accepted ones
     th_stop_draft: float | None = None  # the final draft-exit threshold
 
     @property
@@ -291,5 +292,6 @@ def speculative_decode(
             result.num_accepted_tokens += accepted
             name = kind[0] if isinstance(kind, tuple) else kind
             result.drafted_by_kind[name] = result.drafted_by_kind.get(name, 0) + len(drafts)
+            result.accepted_by_kind[name] = result.accepted_by_kind.get(name, 0) + accepted
     result.th_stop_draft = next((p.th_stop_draft for p in proposers if isinstance(p, SelfDraft)), None)
     return result

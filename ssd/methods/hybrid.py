@@ -1,10 +1,12 @@
-"""Hybrid drafting, the default decoder (`essg` greedy, `sss` sampled): Draft & Verify's self-draft and
-prompt lookups, with the gate running whichever kind of step commits tokens fastest on this machine."""
+"""Hybrid drafting, the default decoder (`essg` greedy, `sss` sampled): Draft & Verify's self-draft,
+llama.cpp's draft on the model's own GGUF where it is installed (a CPU), and prompt lookups, with the gate
+running whichever kind of step commits tokens fastest on this machine."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -15,6 +17,7 @@ from ssd.core.proposers import Proposer
 from ssd.core.sampling import Sampling
 from ssd.core.self_draft import SelfDraftConfig
 from ssd.methods.gate import DraftGate
+from ssd.methods.gguf_draft import gguf_draft_proposers
 from ssd.methods.lookup import LookupConfig, lookup_proposers
 from ssd.methods.registry import register_method
 from ssd.methods.tree import BranchingDraft, TreeConfig
@@ -23,9 +26,14 @@ from ssd.methods.tree import BranchingDraft, TreeConfig
 @dataclass(frozen=True)
 class DraftConfig:
     """The default decoder's settings, by owner: the self-draft's (`SelfDraftConfig`), the lookups'
-    (`LookupConfig`), the token trees' (`TreeConfig`), and `gate`: each step runs the kind (plain,
-    self-draft, lookup per match length) that measurably commits tokens fastest (`DraftGate`), with no
-    self-draft when the model skips nothing; off: a lookup when one matches, else the self-draft.
+    (`LookupConfig`), the token trees' (`TreeConfig`), `gguf_draft` and `gate`.
+
+    `gguf_draft`: llama.cpp drafts on a GGUF of the model (`ssd.methods.gguf_draft`): "auto", with the gate on,
+    the model's own GGUF where ssd knows it (the embedded SmolLM2, Qwen2.5-Coder) and llama.cpp is installed,
+    on a CPU (the gate then runs it where it pays); a path, that file; None, no such draft. `gate`: each step
+    runs the kind (plain, self-draft, GGUF draft, lookup per match length) that measurably commits tokens
+    fastest (`DraftGate`), with no self-draft when the model skips nothing; off: a lookup when one matches,
+    else a GGUF draft given by its path, else the self-draft.
 
     `DraftConfig.of(**options)` takes the settings by their own names (`max_step_draft=4, ngram_size=0`),
     as `ssd.generate` takes them as keywords.
@@ -34,12 +42,13 @@ class DraftConfig:
     self_draft: SelfDraftConfig = field(default_factory=SelfDraftConfig)
     lookup: LookupConfig = field(default_factory=LookupConfig)
     trees: TreeConfig = field(default_factory=TreeConfig)
+    gguf_draft: str | Path | None = "auto"
     gate: bool = True
 
     @staticmethod
     def option_names() -> tuple[str, ...]:
         """Every setting's own name, as `of` and `ssd.generate` take them."""
-        return ("gate", *(f.name for part in (SelfDraftConfig, LookupConfig, TreeConfig) for f in dataclasses.fields(part)))
+        return ("gate", "gguf_draft", *(f.name for part in (SelfDraftConfig, LookupConfig, TreeConfig) for f in dataclasses.fields(part)))
 
     @classmethod
     def of(cls, **options) -> DraftConfig:
@@ -54,16 +63,26 @@ class DraftConfig:
         for name, part in (("self_draft", self.self_draft), ("lookup", self.lookup), ("trees", self.trees)):
             mine = {f.name: options[f.name] for f in dataclasses.fields(part) if f.name in options}
             parts[name] = dataclasses.replace(part, **mine) if mine else part
-        return DraftConfig(**parts, gate=options.get("gate", self.gate))
+        return DraftConfig(**parts, gguf_draft=options.get("gguf_draft", self.gguf_draft),
+                           gate=options.get("gate", self.gate))
 
 
 def hybrid_proposers(model: LlamaForCausalLM, config: DraftConfig, draft: Draft | None = None) -> list[Proposer]:
     """Draft & Verify's self-draft (`draft`, None: the model's `default_draft`; ending in a tree with
-    `branches`) and, unless `ngram_size` is 0, prompt lookup: the proposers of `essg` and `sss`."""
+    `branches`) and, unless `ngram_size` is 0, prompt lookup (SWIFT and CLaSp draft on these)."""
     if config.trees.lookup_ways > 1:
         model.prepare_trees()
     self_draft = BranchingDraft.of(model, config.self_draft, draft, config.gate, branches=config.trees.branches)
     return [self_draft, *lookup_proposers(config.lookup, config.trees.lookup_ways)]
+
+
+def default_proposers(model: LlamaForCausalLM, config: DraftConfig, draft: Draft | None = None) -> list[Proposer]:
+    """The proposers of `essg` and `sss`: `hybrid_proposers`', with the GGUF draft `config.gguf_draft` asks for
+    before the lookups (so that, the gate off, a matching lookup runs first). "auto" needs the gate: nothing
+    else measures whether that draft pays."""
+    self_draft, *lookups = hybrid_proposers(model, config, draft)
+    gguf = None if config.gguf_draft == "auto" and not config.gate else config.gguf_draft
+    return [self_draft, *gguf_draft_proposers(model, config.self_draft, gguf), *lookups]
 
 
 def gate_of(config: DraftConfig) -> DraftGate | None:
@@ -85,7 +104,7 @@ def exact_self_speculative_generate(
 ) -> GenerationResult:
     """Greedy self-speculative decoding: output equals `base_generate`'s token for token wherever a
     verification's logits rank tokens as a one-token step's do (docs/numerics.md says where that holds).
-    `proposers` None: `hybrid_proposers(model, config, draft)`; `gate` None: `gate_of(config)`."""
+    `proposers` None: `default_proposers(model, config, draft)`; `gate` None: `gate_of(config)`."""
     return self_speculative_sample(model, input_ids, max_new_tokens, eos_token_id, config, None, None, draft=draft,
                                    proposers=proposers, gate=gate, on_tokens=on_tokens)
 
@@ -108,7 +127,7 @@ def self_speculative_sample(
     `generator` state gives the same tokens: the gate decides from counted passes, not wall time.
     Arguments as `exact_self_speculative_generate`'s, and `speculative_decode`'s."""
     if proposers is None:
-        proposers = hybrid_proposers(model, config, draft)
+        proposers = default_proposers(model, config, draft)
     elif draft is not None:
         raise ValueError("draft= is for the default proposers; a given proposer holds its own draft")
     if gate is not None and not config.gate:
@@ -118,5 +137,5 @@ def self_speculative_sample(
                               on_tokens=on_tokens)
 
 
-register_method("essg", hybrid_proposers, samples=False)
-register_method("sss", hybrid_proposers)
+register_method("essg", default_proposers, samples=False)
+register_method("sss", default_proposers)

@@ -14,7 +14,6 @@ provides them (else one line says they were skipped and how to add them).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import shutil
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig
 
+from ssd.core.draft import Draft
 from ssd.core.files import write_json_atomic
 from ssd.core.skip_layers import DEFAULT_PATH as SKIP_LAYERS_PATH
 from ssd.fast.device import dtype_name
@@ -31,6 +31,7 @@ from ssd.generation import encode_inputs, method_names
 from ssd.loading.checkpoints import named_gguf
 from ssd.loading.logs import without_message
 from ssd.loading.model import check_load_arguments, load_model, parse_device, parse_dtype, stock_twin
+from ssd.methods.gguf_draft import llama_cpp_installed, open_gguf
 from ssd.methods.swift import SwiftConfig, SwiftOptimizer
 from ssd.tools.data import DATA_DIR_ENV, TASKS, DataUnavailable, task_prompts
 from ssd.tools.evaluation import apply_draft, check_draft_key
@@ -52,12 +53,14 @@ DEFAULT_METHODS = ("hf", "hf-pld", "base", "essg", "self-draft", "sss")
 
 def bench_methods() -> tuple[str, ...]:
     """Stock generate's methods, then every method of `ssd.generate` (`ssd.method_names`: a method
-    registered with `ssd.register_method` is benched too), "self-draft" (essg with lookups off),
-    "essg-trees" (essg with token trees: up to 3 continuations of a lookup, the draft's 2 runners-up where
-    it stopped) and "swift-cached" (SWIFT from the set `skip_layers.json` stores for the model and task,
-    `swift_method`)."""
+    registered with `ssd.register_method` is benched too), "self-draft" (essg with lookups and the GGUF draft
+    off), "essg-no-gguf" (essg without llama.cpp's GGUF draft, as essg runs where llama.cpp is not installed),
+    "gguf-draft" (the GGUF draft alone, under the gate), "essg-trees" (essg with token trees: up to 3
+    continuations of a lookup, the draft's 2 runners-up where it stopped) and "swift-cached" (SWIFT from the
+    set `skip_layers.json` stores for the model and task, `swift_method`)."""
     ours = method_names()
-    return (*STOCK_METHODS, *PEER_METHODS, *ours[:2], "self-draft", "essg-trees", *ours[2:], "swift-cached")
+    return (*STOCK_METHODS, *PEER_METHODS, *ours[:2], "self-draft", "essg-no-gguf", "gguf-draft", "essg-trees",
+            *ours[2:], "swift-cached")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -191,17 +194,10 @@ def quiet_assistant_kwargs_notice():
     return without_message("transformers.generation.utils", ASSISTANT_KWARGS_NOTICE)
 
 
-def llama_cpp_installed() -> bool:
-    return importlib.util.find_spec("llama_cpp") is not None
-
-
 def llama_cpp_method(name: str | None, max_new_tokens: int, context: int) -> Method:
     """llama.cpp's greedy decoding (`llama-cpp-python`) of the model's GGUF, prefill included, on torch's
     thread count, from the same token ids, exactly `max_new_tokens` tokens (no stop at EOS)."""
-    from llama_cpp import Llama
-
-    threads = torch.get_num_threads()
-    llm = Llama(str(named_gguf(name)), n_ctx=context, n_threads=threads, n_threads_batch=threads, verbose=False)
+    llm = open_gguf(named_gguf(name), context)
 
     def run(input_ids, task):
         tokens = []
@@ -262,7 +258,11 @@ def ours(model, name: str, max_new_tokens: int) -> Method:
     if name in ("swift", "swift-cached"):
         return swift_method(model, max_new_tokens, cached=name == "swift-cached")
     if name == "self-draft":
-        return generate_method(model, "essg", max_new_tokens, ngram_size=0)
+        return generate_method(model, "essg", max_new_tokens, ngram_size=0, gguf_draft=None)
+    if name == "essg-no-gguf":
+        return generate_method(model, "essg", max_new_tokens, gguf_draft=None)
+    if name == "gguf-draft":  # the self-draft is the full model: the gate offers it not
+        return generate_method(model, "essg", max_new_tokens, ngram_size=0, draft=Draft())
     if name == "essg-trees":
         return generate_method(model, "essg", max_new_tokens, lookup_ways=3, branches=2)
     return generate_method(model, name, max_new_tokens)

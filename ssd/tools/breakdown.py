@@ -21,6 +21,7 @@ from ssd.core.clock import timed
 from ssd.core.decoding import prefill, speculative_decode
 from ssd.core.proposers import Outcome, Proposal, Step
 from ssd.loading.model import load_model
+from ssd.methods.gguf_draft import GGUFDraft
 from ssd.methods.hybrid import DraftConfig, exact_self_speculative_generate, gate_of
 from ssd.methods.registry import DRAFTING_METHODS
 from ssd.tools.prompts import CHAT_TASKS, PROMPTS_FILE, encode, read_prompts_file
@@ -51,7 +52,7 @@ class StepLog:
 
 def breakdown(model, prompts: list[torch.Tensor], method: str, max_new_tokens: int) -> tuple[list[dict], dict]:
     """Rows by kind of step, and verification seconds by rows verified, for `method` over `prompts`."""
-    log, wall, prefills, tokens = StepLog(), 0.0, 0.0, 0
+    log, wall, prefills, tokens, gguf_times = StepLog(), 0.0, 0.0, 0, []
     for input_ids in prompts:
         prefills += timed(lambda: prefill(model, input_ids, model.new_cache(input_ids.shape[1])), model.device)[1]
         proposers = DRAFTING_METHODS[method].proposers(model, DraftConfig(), None)
@@ -60,6 +61,7 @@ def breakdown(model, prompts: list[torch.Tensor], method: str, max_new_tokens: i
                                 model.device)
         wall += seconds
         tokens += len(result.tokens)
+        gguf_times += [proposer.spent for proposer in proposers if isinstance(proposer, GGUFDraft)]
     by_rows = defaultdict(list)
     for _, rows, _, seconds, free in log.steps:
         if free:
@@ -80,7 +82,14 @@ def breakdown(model, prompts: list[torch.Tensor], method: str, max_new_tokens: i
                   "ms_per_step": 1000 * (wall - stepped) / len(prompts)})
     summary = {"method": method, "tokens_per_second": tokens / wall, "prefill_share": prefills / wall,
                "tokens_per_verification": tokens / len(log.steps)}
-    return table, {"summary": summary, "verification_ms_by_rows": {r: 1000 * s for r, s in verification.items()}}
+    extra = {"summary": summary, "verification_ms_by_rows": {r: 1000 * s for r, s in verification.items()}}
+    if steps := sum(t.steps for t in gguf_times):
+        following, drafting = sum(t.following for t in gguf_times), sum(t.drafting for t in gguf_times)
+        drafted = sum(t.tokens for t in gguf_times)
+        extra["gguf_draft"] = {"following_ms_per_step": 1000 * following / steps,
+                               "ms_per_drafted_token": 1000 * (following + drafting) / drafted,
+                               "tokens_per_step": drafted / steps}
+    return table, extra
 
 
 @torch.no_grad()
@@ -138,8 +147,14 @@ def main(argv=None) -> None:
             cells += [f"{row['ms_per_step']:.1f}", f"{100 * row['share_of_time']:.0f}%",
                       f"{100 * row['of_which_proposing']:.0f}%" if "of_which_proposing" in row else ""]
             print("| " + " | ".join(map(str, cells)) + " |")
-        costs = extra["verification_ms_by_rows"]
-        print("verification alone, median ms by rows: " + ", ".join(f"{r}: {ms:.1f}" for r, ms in costs.items()))
+        costs_ms = extra["verification_ms_by_rows"]
+        print("verification alone, median ms by rows: " + ", ".join(f"{r}: {ms:.1f}" for r, ms in costs_ms.items()))
+        if "gguf_draft" in extra:
+            g = extra["gguf_draft"]
+            print(f"llama.cpp's draft: {g['ms_per_drafted_token']:.1f} ms a drafted token (c = "
+                  f"{g['ms_per_drafted_token'] / (1000 * costs[1]):.2f} of a step), {g['tokens_per_step']:.2f} tokens a step; "
+                  f"keeping its cache in step (dropping rejected positions, feeding what it lacks, the first logits "
+                  f"included) {g['following_ms_per_step']:.1f} ms a step")
 
 
 if __name__ == "__main__":

@@ -42,11 +42,13 @@ class Run:
 
     @classmethod
     def of(cls, out: GenerateOutput, drafts: bool = True, **extra) -> Run:
-        """From `ssd.generate`'s result; `drafts=False` (plain decoding) leaves the drafting figures out."""
+        """From `ssd.generate`'s result, with its drafted and accepted tokens by kind of step in `extra`;
+        `drafts=False` (plain decoding) leaves the drafting figures out."""
         if not drafts:
             return cls(list(out.tokens), extra=extra)
+        by_kind = {"drafted_by_kind": dict(out.drafted_by_kind), "accepted_by_kind": dict(out.accepted_by_kind)}
         return cls(list(out.tokens), out.num_drafted_tokens, out.num_accepted_tokens, out.num_looked_up_tokens,
-                   out.num_verifications, extra)
+                   out.num_verifications, {**by_kind, **extra})
 
 
 Method = Callable[[torch.Tensor, str], Run]  # (input_ids [1, T], task) -> Run
