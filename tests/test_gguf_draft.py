@@ -20,8 +20,8 @@ import ssd
 import ssd.methods.gguf_draft
 from ssd.core.decoding import speculative_decode
 from ssd.core.self_draft import SelfDraftConfig
-from ssd.methods.gguf_draft import GGUFDraft, gguf_draft_proposers, llama_cpp_installed, own_gguf
-from ssd.methods.hybrid import DraftConfig, self_speculative_sample
+from ssd.methods.gguf_draft import GGUFDraft, GGUFDraftConfig, gguf_draft_proposers, llama_cpp_installed, own_gguf
+from ssd.methods.hybrid import DraftConfig, default_proposers, self_speculative_sample
 
 needs_llama_cpp = pytest.mark.skipif(not llama_cpp_installed(), reason='needs the llama extra: pip install -e ".[llama]"')
 MAX_NEW_TOKENS = 64
@@ -50,22 +50,34 @@ def test_greedy_gguf_draft_equals_base(embedded, prompts, base_tokens, gguf):
 
 
 @needs_llama_cpp
-def test_the_default_decoder_offers_it_and_stays_exact(embedded, prompts, skip_layers, base_tokens):
-    """`essg` with its defaults: the gate runs the GGUF draft beside the self-draft and lookups; output is base's."""
+def test_the_default_decoder_drafts_with_it_and_stays_exact(embedded, prompts, base_tokens):
+    """`essg` with its defaults, the model's draft skipping nothing: llama.cpp's draft replaces the self-draft
+    beside the lookups, under the gate; output is base's, and the counts by kind add up."""
     model, tokenizer = embedded
-    skip_layers([], [20, 21, 22, 23, 24, 25])
     input_ids = tokenizer(prompts[0], return_tensors="pt").input_ids
     out = ssd.generate(model, input_ids, method="essg", max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
                        return_dict_in_generate=True)
     assert_same_tokens(base_tokens(input_ids, MAX_NEW_TOKENS), out.tokens, model, input_ids, NEAR_TIE_FLOAT32,
                        "essg with the GGUF draft")
-    assert out.drafted_by_kind.get("gguf", 0) > 0  # the gate runs each kind the first time it is offered
+    assert out.drafted_by_kind.get("gguf", 0) > 0 and "draft" not in out.drafted_by_kind
     assert sum(out.drafted_by_kind.values()) == out.num_drafted_tokens
     assert sum(out.accepted_by_kind.values()) == out.num_accepted_tokens
     assert all(out.accepted_by_kind[kind] <= drafted for kind, drafted in out.drafted_by_kind.items())
     off = ssd.generate(model, input_ids, method="essg", max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
                        return_dict_in_generate=True, gguf_draft=None)
     assert "gguf" not in off.drafted_by_kind and off.tokens == out.tokens
+
+
+@needs_llama_cpp
+def test_auto_leaves_a_layer_skipping_draft_alone_and_a_named_gguf_joins_it(embedded, skip_layers, gguf):
+    """Draft & Verify's setting (a skip set) keeps its self-draft, alone; a GGUF named by its path is offered beside it."""
+    model, _ = embedded
+    skip_layers([], [20, 21, 22])
+    kinds = [type(p).__name__ for p in default_proposers(model, DraftConfig())]
+    assert kinds == ["SelfDraft", "Lookup"]
+    kinds = [type(p).__name__ for p in default_proposers(model, DraftConfig.of(gguf_draft=gguf))]
+    assert kinds == ["SelfDraft", "GGUFDraft", "Lookup"]
+    assert [type(p).__name__ for p in default_proposers(model, DraftConfig.of(gate=False))] == ["SelfDraft", "Lookup"]
 
 
 @needs_llama_cpp
@@ -92,9 +104,9 @@ def test_llama_cpp_cache_follows_the_verifier(embedded, prompts, gguf):
     held = draft.llm.input_ids[: draft.llm.n_tokens].tolist()
     rejected = result.num_drafted_tokens - result.num_accepted_tokens
     assert held == sequence[: len(held)]  # the last step's drafts past the sequence were not fed, or were accepted
-    # First the prompt and the prefill's token, then one token at a time, or two (an accepted chain's last
-    # draft, not fed while drafting, and the token after it).
-    assert fed[0] == input_ids.shape[1] + 1 and all(n <= 2 for n in fed[1:])
+    # First the prompt, then one token at a time, or two (an accepted chain's last draft, not fed while
+    # drafting, and the token after it).
+    assert fed[0] == input_ids.shape[1] and all(n <= 2 for n in fed[1:])
     assert sum(fed) <= len(sequence) + result.num_drafted_tokens + 1 and rejected > 0
 
 
@@ -161,10 +173,10 @@ def test_other_token_strings_are_refused(embedded, gguf, monkeypatch):
 def test_without_llama_cpp_auto_drafts_nothing_and_a_path_says_why(embedded, monkeypatch, tmp_path):
     model, _ = embedded
     monkeypatch.setattr(ssd.methods.gguf_draft, "llama_cpp_installed", lambda: False)
-    assert gguf_draft_proposers(model, SelfDraftConfig(), "auto") == []
-    assert gguf_draft_proposers(model, SelfDraftConfig(), None) == []
+    assert gguf_draft_proposers(model, SelfDraftConfig(), GGUFDraftConfig()) == []
+    assert gguf_draft_proposers(model, SelfDraftConfig(), GGUFDraftConfig(None)) == []
     with pytest.raises(ValueError, match=r"the GGUF draft needs llama.cpp: pip install -e \".\[llama\]\""):
-        gguf_draft_proposers(model, SelfDraftConfig(), tmp_path / "model.gguf")
+        gguf_draft_proposers(model, SelfDraftConfig(), GGUFDraftConfig(tmp_path / "model.gguf"))
 
 
 def test_auto_finds_the_shipped_gguf_and_nothing_for_other_models(embedded):
@@ -172,4 +184,4 @@ def test_auto_finds_the_shipped_gguf_and_nothing_for_other_models(embedded):
     anonymous = tiny_llama()
     anonymous.name_or_path = "/somewhere/else"
     assert own_gguf(anonymous) is None
-    assert gguf_draft_proposers(anonymous, SelfDraftConfig(), "auto") == []
+    assert gguf_draft_proposers(anonymous, SelfDraftConfig(), GGUFDraftConfig()) == []

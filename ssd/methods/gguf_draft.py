@@ -66,6 +66,25 @@ class GGUFDraftTime:
         self.tokens += tokens
 
 
+@dataclass(frozen=True)
+class GGUFDraftConfig:
+    """llama.cpp's draft on a GGUF of the model. `gguf_draft`: "auto", the model's own GGUF where ssd knows it
+    (the embedded SmolLM2, Qwen2.5-Coder) and llama.cpp is installed, on a CPU (the default decoder offers it
+    to the gate, which runs it where it pays); a path, that file; None, no such draft. `gguf_th_stop_draft`:
+    the exit threshold it starts from; its length and the threshold's update are the self-draft's
+    (`SelfDraftConfig`). Its start is lower than the self-draft's: llama.cpp's tokens are the same weights'
+    (quantised), accepted about 0.97 of the time on the bench's chat prompts, so its chains pay when long."""
+
+    gguf_draft: str | Path | None = "auto"
+    gguf_th_stop_draft: float = 0.2
+
+    def __post_init__(self):
+        if not 0 <= self.gguf_th_stop_draft <= 1:
+            raise ValueError(f"gguf_th_stop_draft must be in [0, 1], got {self.gguf_th_stop_draft}")
+        if self.gguf_draft is not None and not isinstance(self.gguf_draft, (str, Path)):
+            raise ValueError(f'gguf_draft must be "auto", a GGUF file\'s path or None, got {self.gguf_draft!r}')
+
+
 class GGUFDraft:
     """llama.cpp's greedy or sampled chain on the model's GGUF, as a proposer: offers the kind "gguf".
 
@@ -85,16 +104,19 @@ class GGUFDraft:
         self.spent = GGUFDraftTime()
 
     @classmethod
-    def of(cls, model: LlamaForCausalLM, config: SelfDraftConfig, gguf: str | Path) -> GGUFDraft:
-        """The draft `config` describes (length, threshold and its update), on `gguf`'s llama.cpp model,
-        loaded once per model and file (`llama_model`)."""
+    def of(cls, model: LlamaForCausalLM, config: SelfDraftConfig, gguf: str | Path,
+           th_stop_draft: float | None = None) -> GGUFDraft:
+        """A draft of `config`'s length and threshold update, from `th_stop_draft` (None: `config`'s), on
+        `gguf`'s llama.cpp model, loaded once per model and file (`llama_model`)."""
         llm = llama_model(model, Path(gguf))
-        return cls(llm, config.max_step_draft, config.th_stop_draft, AdaptiveThreshold.of(config),
-                   Path(gguf).stat().st_size / weight_bytes(model))
+        return cls(llm, config.max_step_draft, config.th_stop_draft if th_stop_draft is None else th_stop_draft,
+                   AdaptiveThreshold.of(config), Path(gguf).stat().st_size / weight_bytes(model))
 
     def offer(self, step: Step) -> list[StepKind]:
         if step.room < 1 or len(step.sequence) + min(self.max_step_draft, step.room) > self.llm.n_ctx():
             return []
+        if self.synced == 0:  # llama.cpp's prefill, once a generation, as the model's own is: no step's cost
+            self.follow(step.sequence[:step.prompt_length])
         return [self.kind]
 
     def propose(self, kind: StepKind, step: Step) -> Proposal:
@@ -211,13 +233,10 @@ def weight_bytes(model: LlamaForCausalLM) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def gguf_draft_proposers(model: LlamaForCausalLM, config: SelfDraftConfig, gguf: str | Path | None) -> list[GGUFDraft]:
-    """The GGUF draft `gguf` asks for: "auto", the model's own GGUF where llama.cpp is installed and the model is on a
-    CPU (else none); a path, that file (llama.cpp missing or a GPU is an error); None, none."""
-    if gguf is None:
-        return []
-    if gguf == "auto":
-        gguf = own_gguf(model) if llama_cpp_installed() and model.device.type == "cpu" else None
-        if gguf is None:
-            return []
-    return [GGUFDraft.of(model, config, gguf)]
+def gguf_draft_proposers(model: LlamaForCausalLM, config: SelfDraftConfig, gguf: GGUFDraftConfig) -> list[GGUFDraft]:
+    """The GGUF draft `gguf.gguf_draft` asks for: "auto", the model's own GGUF where llama.cpp is installed and the
+    model is on a CPU (else none); a path, that file (llama.cpp missing or a GPU is an error); None, none."""
+    path = gguf.gguf_draft
+    if path == "auto":
+        path = own_gguf(model) if llama_cpp_installed() and model.device.type == "cpu" else None
+    return [] if path is None else [GGUFDraft.of(model, config, path, gguf.gguf_th_stop_draft)]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -17,7 +16,7 @@ from ssd.core.proposers import Proposer
 from ssd.core.sampling import Sampling
 from ssd.core.self_draft import SelfDraftConfig
 from ssd.methods.gate import DraftGate
-from ssd.methods.gguf_draft import gguf_draft_proposers
+from ssd.methods.gguf_draft import GGUFDraftConfig, gguf_draft_proposers
 from ssd.methods.lookup import LookupConfig, lookup_proposers
 from ssd.methods.registry import register_method
 from ssd.methods.tree import BranchingDraft, TreeConfig
@@ -26,14 +25,10 @@ from ssd.methods.tree import BranchingDraft, TreeConfig
 @dataclass(frozen=True)
 class DraftConfig:
     """The default decoder's settings, by owner: the self-draft's (`SelfDraftConfig`), the lookups'
-    (`LookupConfig`), the token trees' (`TreeConfig`), `gguf_draft` and `gate`.
-
-    `gguf_draft`: llama.cpp drafts on a GGUF of the model (`ssd.methods.gguf_draft`): "auto", with the gate on,
-    the model's own GGUF where ssd knows it (the embedded SmolLM2, Qwen2.5-Coder) and llama.cpp is installed,
-    on a CPU (the gate then runs it where it pays); a path, that file; None, no such draft. `gate`: each step
-    runs the kind (plain, self-draft, GGUF draft, lookup per match length) that measurably commits tokens
-    fastest (`DraftGate`), with no self-draft when the model skips nothing; off: a lookup when one matches,
-    else a GGUF draft given by its path, else the self-draft.
+    (`LookupConfig`), the token trees' (`TreeConfig`), llama.cpp's draft on the model's GGUF
+    (`GGUFDraftConfig`), and `gate`: each step runs the kind (plain, self-draft, GGUF draft, lookup per
+    match length) that measurably commits tokens fastest (`DraftGate`), with no self-draft when the model
+    skips nothing; off: a lookup when one matches, else a GGUF draft named by its path, else the self-draft.
 
     `DraftConfig.of(**options)` takes the settings by their own names (`max_step_draft=4, ngram_size=0`),
     as `ssd.generate` takes them as keywords.
@@ -42,13 +37,14 @@ class DraftConfig:
     self_draft: SelfDraftConfig = field(default_factory=SelfDraftConfig)
     lookup: LookupConfig = field(default_factory=LookupConfig)
     trees: TreeConfig = field(default_factory=TreeConfig)
-    gguf_draft: str | Path | None = "auto"
+    gguf: GGUFDraftConfig = field(default_factory=GGUFDraftConfig)
     gate: bool = True
 
     @staticmethod
     def option_names() -> tuple[str, ...]:
         """Every setting's own name, as `of` and `ssd.generate` take them."""
-        return ("gate", "gguf_draft", *(f.name for part in (SelfDraftConfig, LookupConfig, TreeConfig) for f in dataclasses.fields(part)))
+        parts = (SelfDraftConfig, LookupConfig, TreeConfig, GGUFDraftConfig)
+        return ("gate", *(f.name for part in parts for f in dataclasses.fields(part)))
 
     @classmethod
     def of(cls, **options) -> DraftConfig:
@@ -60,11 +56,11 @@ class DraftConfig:
         if unknown := sorted(set(options) - set(self.option_names())):
             raise ValueError(f"unknown draft settings {unknown}; the settings are {', '.join(self.option_names())}")
         parts = {}
-        for name, part in (("self_draft", self.self_draft), ("lookup", self.lookup), ("trees", self.trees)):
+        for name, part in (("self_draft", self.self_draft), ("lookup", self.lookup), ("trees", self.trees),
+                           ("gguf", self.gguf)):
             mine = {f.name: options[f.name] for f in dataclasses.fields(part) if f.name in options}
             parts[name] = dataclasses.replace(part, **mine) if mine else part
-        return DraftConfig(**parts, gguf_draft=options.get("gguf_draft", self.gguf_draft),
-                           gate=options.get("gate", self.gate))
+        return DraftConfig(**parts, gate=options.get("gate", self.gate))
 
 
 def hybrid_proposers(model: LlamaForCausalLM, config: DraftConfig, draft: Draft | None = None) -> list[Proposer]:
@@ -77,12 +73,22 @@ def hybrid_proposers(model: LlamaForCausalLM, config: DraftConfig, draft: Draft 
 
 
 def default_proposers(model: LlamaForCausalLM, config: DraftConfig, draft: Draft | None = None) -> list[Proposer]:
-    """The proposers of `essg` and `sss`: `hybrid_proposers`', with the GGUF draft `config.gguf_draft` asks for
-    before the lookups (so that, the gate off, a matching lookup runs first). "auto" needs the gate: nothing
-    else measures whether that draft pays."""
+    """The proposers of `essg` and `sss`: `hybrid_proposers`', with the GGUF draft `config.gguf` asks for before
+    the lookups (so that, the gate off, a matching lookup runs first).
+
+    "auto" (with the gate on: nothing else measures whether it pays) adds llama.cpp's draft of the model's own
+    GGUF where the self-draft skips no sub-layer, and it then replaces the self-draft: both are the whole
+    model at low precision, llama.cpp's at a third to half the cost per token, and mixed under the gate they
+    lose to it alone (each probe of the self-draft leaves llama.cpp's cache tokens to catch up on;
+    docs/benchmarks.md, "The GGUF draft"). A draft that skips sub-layers is left alone: that is Draft &
+    Verify's own setting. A GGUF named by its path is offered beside the self-draft."""
     self_draft, *lookups = hybrid_proposers(model, config, draft)
-    gguf = None if config.gguf_draft == "auto" and not config.gate else config.gguf_draft
-    return [self_draft, *gguf_draft_proposers(model, config.self_draft, gguf), *lookups]
+    if config.gguf.gguf_draft != "auto":
+        return [self_draft, *gguf_draft_proposers(model, config.self_draft, config.gguf), *lookups]
+    if not config.gate or self_draft.draft.attention or self_draft.draft.mlp:
+        return [self_draft, *lookups]
+    gguf = gguf_draft_proposers(model, config.self_draft, config.gguf)
+    return [*(gguf or [self_draft]), *lookups]
 
 
 def gate_of(config: DraftConfig) -> DraftGate | None:
