@@ -22,6 +22,7 @@ from ssd.fast.device import DeviceProfile
 from ssd.generation import GenerateOutput, generate, method_names
 from ssd.inference import infer
 from ssd.loading.model import load_model
+from ssd.methods.gguf_draft import GGUFDraftConfig
 from ssd.methods.hybrid import DraftConfig, exact_self_speculative_generate, self_speculative_sample
 from ssd.methods.registry import register_method
 from ssd.methods.swift import SwiftConfig, SwiftOptimizer, swift_generate
@@ -31,6 +32,7 @@ __all__ = [
     "Draft",
     "DraftConfig",
     "GenerateOutput",
+    "GGUFDraftConfig",
     "GenerationResult",
     "KVCache",
     "LlamaForCausalLM",

@@ -31,7 +31,7 @@ from ssd.generation import encode_inputs, method_names
 from ssd.loading.checkpoints import named_gguf
 from ssd.loading.logs import without_message
 from ssd.loading.model import check_load_arguments, load_model, parse_device, parse_dtype, stock_twin
-from ssd.methods.gguf_draft import llama_cpp_installed, open_gguf
+from ssd.methods.gguf_draft import llama_cpp_installed, open_gguf, own_gguf
 from ssd.methods.swift import SwiftConfig, SwiftOptimizer
 from ssd.tools.data import DATA_DIR_ENV, TASKS, DataUnavailable, task_prompts
 from ssd.tools.evaluation import apply_draft, check_draft_key
@@ -48,6 +48,8 @@ PEER_METHODS = ("llama-cpp",)
 # Stock generate and prompt lookup, ours without and with drafts, and sampling. `--full` adds stock early exit
 # (slow on a model not trained for it) and SWIFT's cold start (its optimisation
 # passes outweigh what they save on a few short prompts).
+GGUF_DRAFT_OFFER = ('llama.cpp\'s GGUF draft is off here: `.venv/bin/pip install -e ".[llama]"` (builds llama-cpp-python, '
+                    'about 5 minutes on 2 cores, once) lets essg draft with it (docs/usage.md, "The GGUF draft").')
 DEFAULT_METHODS = ("hf", "hf-pld", "base", "essg", "self-draft", "sss")
 
 
@@ -343,6 +345,8 @@ def main(argv=None) -> list[dict]:
     rows = tabulate_speed(records, baselines, also_over="hf" if "hf" in methods else None)
     setting = (f"{args.model or 'embedded SmolLM2-135M-Instruct'}, {describe(model)}, {model.device}, "
                f"{torch.get_num_threads()} threads, {args.max_new_tokens} new tokens, draft: {draft}")
+    gguf = own_gguf(model) if llama_cpp_installed() and model.device.type == "cpu" else None
+    setting += f", GGUF draft: llama.cpp on {gguf.name}" if gguf is not None else ", no GGUF draft"
     if also is not None:
         setting += f"; METHOD@{dtype_name(also.dtype)}: the model in {describe(also)}"
     print(f"\n{setting}\n")
@@ -355,6 +359,8 @@ def main(argv=None) -> list[dict]:
     plot(rows, args.output.with_suffix(".png"), setting)
     if skipped:
         print(f"\n{skipped_line(skipped)}")
+    if model.device.type == "cpu" and not llama_cpp_installed():
+        print(f"\n{GGUF_DRAFT_OFFER}")
     print(f"\nwrote {args.output.with_suffix('.json')} and {args.output.with_suffix('.png')}")
     return rows
 
