@@ -37,9 +37,9 @@ def compare_skip_sets(
     Row fields: set, task, prompts, speedup (over base), tokens_per_second,
     matchness, drafted (tokens), tokens_per_verification, identical (prompts
     whose output equals base's). Skip sets are compared on their own drafts:
-    n-gram lookup is off unless `draft_kwargs` turn it on.
+    n-gram lookup and llama.cpp's GGUF draft are off unless `draft_kwargs` turn them on.
     """
-    draft_kwargs = {"ngram_size": 0, **draft_kwargs}
+    draft_kwargs = {"ngram_size": 0, "gguf_draft": None, **draft_kwargs}
 
     def with_set(attention, mlp, precision=model.get_draft_precision()) -> Method:
         draft = model.prepare_draft(Draft.skipping(attention, mlp, precision))
@@ -75,7 +75,8 @@ def compare_swift(
     prompt; the cached method is another stream over the same prompts with
     `cache_hit=True`, started after the first cold prompt and reading the entry
     as it stands at each prompt (the set the cold stream found so far).
-    `draft_kwargs` (`DraftConfig` settings) apply to Draft & Verify, clasp and SWIFT's draft.
+    `draft_kwargs` (`DraftConfig` settings) apply to Draft & Verify (its self-draft: no GGUF draft unless they
+    name one), clasp and SWIFT's draft.
     Returns one record per (prompt, method), with SWIFT's statistics, and each task's cold optimiser.
     """
     config = dataclasses.replace(config, draft=config.draft.replace(**draft_kwargs))
@@ -90,7 +91,7 @@ def compare_swift(
 
     methods = {
         "base": generate_method(model, "base", max_new_tokens),
-        "draft & verify": generate_method(model, "essg", max_new_tokens, **draft_kwargs),
+        "draft & verify": generate_method(model, "essg", max_new_tokens, **{"gguf_draft": None, **draft_kwargs}),
         "swift cold": swift(cold, False),
         "swift cached": swift(cached, True),  # its stream starts after the cold one saved an entry
         "clasp": generate_method(model, "clasp", max_new_tokens, **draft_kwargs),

@@ -198,7 +198,9 @@ def _generate(model, input_ids, method: Method, threshold: float, settings: Gene
         config.update(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
     draft = {}
     if method.drafts:
-        draft = dict(method.draft_options, max_step_draft=method.max_step_draft, th_stop_draft=threshold,
-                     auto_th_stop_draft=method.adaptive)
+        # The paper's thresholds are the self-draft's: llama.cpp's GGUF draft (the `llama` extra) stays out
+        # unless `draft_options` name one.
+        draft = dict({"gguf_draft": None}, **method.draft_options, max_step_draft=method.max_step_draft,
+                     th_stop_draft=threshold, auto_th_stop_draft=method.adaptive)
     generator = torch.Generator(device=model.device).manual_seed(settings.seed + sample)
     return generate(model, input_ids, config, method=method.generate_fn, generator=generator, **draft)
