@@ -179,9 +179,12 @@ def test_without_llama_cpp_auto_drafts_nothing_and_a_path_says_why(embedded, mon
         gguf_draft_proposers(model, SelfDraftConfig(), GGUFDraftConfig(tmp_path / "model.gguf"))
 
 
-def test_auto_finds_the_shipped_gguf_and_nothing_for_other_models(embedded):
+def test_auto_finds_the_shipped_gguf_and_nothing_for_other_models(embedded, monkeypatch):
     assert own_gguf(embedded[0]).name == "SmolLM2-135M-Instruct.Q4_1.gguf"
     anonymous = tiny_llama()
     anonymous.name_or_path = "/somewhere/else"
     assert own_gguf(anonymous) is None
     assert gguf_draft_proposers(anonymous, SelfDraftConfig(), GGUFDraftConfig()) == []
+    # Found once per model: later generations do not look (or verify) again.
+    monkeypatch.setattr(ssd.methods.gguf_draft, "named_gguf", lambda name: pytest.fail("looked up again"))
+    assert own_gguf(embedded[0]).name == "SmolLM2-135M-Instruct.Q4_1.gguf" and own_gguf(anonymous) is None

@@ -41,11 +41,14 @@ def llama_cpp_installed() -> bool:
 
 
 def own_gguf(model: LlamaForCausalLM) -> Path | None:
-    """The GGUF the model was converted from, where ssd knows one (the embedded SmolLM2, Qwen2.5-Coder); else None."""
-    try:
-        return named_gguf(model_key(model.name_or_path))
-    except ValueError:
-        return None
+    """The GGUF the model was converted from, where ssd knows one (the embedded SmolLM2, Qwen2.5-Coder) and it is
+    there; else None. Found once per model and kept on it: Qwen's is verified (sha256 of 1 GB) when found."""
+    if "_own_gguf" not in model.__dict__:
+        try:
+            model.__dict__["_own_gguf"] = named_gguf(model_key(model.name_or_path))
+        except (ValueError, FileNotFoundError):  # no GGUF known for this model, or its package is gone
+            model.__dict__["_own_gguf"] = None
+    return model.__dict__["_own_gguf"]
 
 
 @dataclass
