@@ -248,10 +248,14 @@ def weight_bytes(model: LlamaForCausalLM) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
+def auto_gguf(model: LlamaForCausalLM) -> Path | None:
+    """The GGUF `gguf_draft="auto"` drafts with: the model's own where llama.cpp is installed and the model is on a
+    CPU; else None."""
+    return own_gguf(model) if llama_cpp_installed() and model.device.type == "cpu" else None
+
+
 def gguf_draft_proposers(model: LlamaForCausalLM, config: SelfDraftConfig, gguf: GGUFDraftConfig) -> list[GGUFDraft]:
-    """The GGUF draft `gguf.gguf_draft` asks for: "auto", the model's own GGUF where llama.cpp is installed and the
-    model is on a CPU (else none); a path, that file (llama.cpp missing or a GPU is an error); None, none."""
-    path = gguf.gguf_draft
-    if path == "auto":
-        path = own_gguf(model) if llama_cpp_installed() and model.device.type == "cpu" else None
+    """The GGUF draft `gguf.gguf_draft` asks for: "auto", `auto_gguf`'s (none where there is none); a path, that
+    file (llama.cpp missing or a GPU is an error); None, none."""
+    path = auto_gguf(model) if gguf.gguf_draft == "auto" else gguf.gguf_draft
     return [] if path is None else [GGUFDraft.of(model, config, path, gguf.gguf_th_stop_draft, gguf.gguf_prompt_window)]

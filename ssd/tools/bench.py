@@ -31,7 +31,7 @@ from ssd.generation import encode_inputs, method_names
 from ssd.loading.checkpoints import named_gguf
 from ssd.loading.logs import without_message
 from ssd.loading.model import check_load_arguments, load_model, parse_device, parse_dtype, stock_twin
-from ssd.methods.gguf_draft import llama_cpp_installed, open_gguf, own_gguf
+from ssd.methods.gguf_draft import auto_gguf, llama_cpp_installed, open_gguf
 from ssd.methods.swift import SwiftConfig, SwiftOptimizer
 from ssd.tools.data import DATA_DIR_ENV, TASKS, DataUnavailable, task_prompts
 from ssd.tools.evaluation import apply_draft, check_draft_key
@@ -345,7 +345,7 @@ def main(argv=None) -> list[dict]:
     rows = tabulate_speed(records, baselines, also_over="hf" if "hf" in methods else None)
     setting = (f"{args.model or 'embedded SmolLM2-135M-Instruct'}, {describe(model)}, {model.device}, "
                f"{torch.get_num_threads()} threads, {args.max_new_tokens} new tokens, draft: {draft}")
-    gguf = own_gguf(model) if llama_cpp_installed() and model.device.type == "cpu" else None
+    gguf = auto_gguf(model)
     setting += f", GGUF draft: llama.cpp on {gguf.name}" if gguf is not None else ", no GGUF draft"
     if also is not None:
         setting += f"; METHOD@{dtype_name(also.dtype)}: the model in {describe(also)}"
