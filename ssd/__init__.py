@@ -9,7 +9,9 @@ from ssd.fast.cpu import use_fast_mkl_path
 
 use_fast_mkl_path()
 
-import ssd.methods.clasp  # noqa: F401  a method module registers its name (`ssd.methods.registry`)
+# A method module registers its name (`ssd.methods.registry`): the paper's first, then ssd's.
+import ssd.methods.clasp  # noqa: F401
+import ssd.methods.paper  # noqa: F401
 import ssd.methods.recycling  # noqa: F401
 from ssd.core.decoding import GenerationResult, base_generate
 from ssd.core.draft import Draft
@@ -23,7 +25,8 @@ from ssd.generation import GenerateOutput, generate, method_names
 from ssd.inference import infer
 from ssd.loading.model import load_model
 from ssd.methods.gguf_draft import GGUFDraftConfig
-from ssd.methods.hybrid import DraftConfig, exact_self_speculative_generate, self_speculative_sample
+from ssd.methods.hybrid import DraftConfig, hybrid_generate
+from ssd.methods.paper import PAPER_CONFIG, exact_self_speculative_generate, paper_draft, self_speculative_sample
 from ssd.methods.registry import register_method
 from ssd.methods.swift import SwiftConfig, SwiftOptimizer, swift_generate
 
@@ -37,6 +40,7 @@ __all__ = [
     "KVCache",
     "LlamaForCausalLM",
     "Outcome",
+    "PAPER_CONFIG",
     "Proposal",
     "Proposer",
     "Step",
@@ -48,10 +52,12 @@ __all__ = [
     "base_generate",
     "exact_self_speculative_generate",
     "generate",
+    "hybrid_generate",
     "infer",
     "load_model",
     "load_draft",
     "method_names",
+    "paper_draft",
     "register_method",
     "save_skip_layers",
     "self_speculative_sample",

@@ -143,12 +143,14 @@ def generate(
     Other keyword arguments are `DraftConfig` settings (`max_step_draft`,
     `ngram_size`, `gate`, ...).
 
-    `method`: "base" (autoregressive), "essg" (greedy self-speculative),
-    "sss" (self-speculative sampling), "swift" (skip set optimised while
-    decoding; `swift` is its `SwiftConfig` or a `SwiftOptimizer` kept over a
-    stream of prompts), or one added by `register_method`. None: "essg" when
-    greedy, "sss" when sampling. `draft`: the `Draft` the self-draft runs
-    (None: the model's `default_draft`).
+    `method`: "hybrid" (the default: ssd's self-draft, lookups and llama.cpp's GGUF draft under
+    a gate, `ssd.methods.hybrid`), "essg" and "sss" (Draft & Verify's greedy and sampled algorithms
+    as the paper runs them, `ssd.methods.paper`; settings such as `ngram_size` or `gate` add
+    ssd's parts back one at a time), "base" (autoregressive), "swift" (skip set optimised while
+    decoding; `swift` is its `SwiftConfig` or a `SwiftOptimizer` kept over a stream of prompts),
+    or one added by `register_method`. Each starts from its own settings (`essg`: `PAPER_CONFIG`).
+    `draft`: the `Draft` the self-draft runs (None: `hybrid`'s is the model's `default_draft`,
+    `essg`'s the model's paper-kind entry, `ssd.methods.paper.paper_draft`).
     `streamer` (`TextStreamer`, `TextIteratorStreamer`) gets the prompt, then
     each run of committed tokens as soon as it is verified. `generator`:
     the random stream when sampling (None: torch's global one, as transformers).
@@ -171,11 +173,11 @@ def generate(
     if config.do_sample:  # None means off for a filter, as in transformers
         sampling = Sampling(1.0 if config.temperature is None else config.temperature, config.top_k or 0,
                             1.0 if config.top_p is None else config.top_p)
-    method = method or ("sss" if sampling else "essg")
+    method = method or "hybrid"
     if method not in method_names():
         raise ValueError(f"method must be one of {method_names()}, got {method!r}")
     if method in DRAFTING_METHODS and sampling and not DRAFTING_METHODS[method].samples:
-        raise ValueError(f"{method} is greedy; sample with method='sss' (or 'base', 'swift')")
+        raise ValueError(f"{method} is greedy; sample with method='sss' (or 'hybrid', 'base', 'swift')")
     if method == "base" and draft_options:
         raise ValueError(f"base does not draft; unexpected arguments {sorted(draft_options)}")
     if swift is not None and method != "swift":
@@ -210,8 +212,9 @@ def generate(
             return base_generate(model, input_ids, max_new_tokens, eos, sampling, generator, on_tokens)
         if method == "swift":
             return swift_generate(model, input_ids, max_new_tokens, eos, optimizer, sampling, generator, on_tokens)
-        draft_config = DraftConfig.of(**draft_options)
-        proposers = DRAFTING_METHODS[method].proposers(model, draft_config, draft)
+        registered = DRAFTING_METHODS[method]
+        draft_config = (registered.config or DraftConfig()).replace(**draft_options)
+        proposers = registered.proposers(model, draft_config, draft)
         return speculative_decode(model, input_ids, max_new_tokens, eos, draft_config.self_draft, sampling, generator,
                                   proposers=proposers, gate=gate_of(draft_config), on_tokens=on_tokens)
 

@@ -31,9 +31,10 @@ def infer(
     skip_layers_path: str | Path | None = None,
     **draft_kwargs,
 ) -> dict:
-    """Generate from a prompt with `base` (autoregressive), `essg` (exact greedy
-    self-speculative), `sss` (self-speculative sampling) or `swift` (skip set
-    optimised on the fly, `ssd.methods.swift`; greedy, or sampled with `do_sample=True`).
+    """Generate from a prompt with `base` (autoregressive), `essg` and `sss` (Draft & Verify's exact greedy
+    and sampled self-speculative decoding, as the reference code's functions of these names), `hybrid`
+    (ssd's default method; greedy, or sampled with `do_sample=True`) or `swift` (skip set optimised on the
+    fly, `ssd.methods.swift`; likewise), or another registered method.
 
     `draft_kwargs` are `DraftConfig` settings by name (`DraftConfig.option_names()`: max_step_draft,
     th_stop_draft, ..., gate, ngram_size, ..., branches). `do_sample` defaults to True for `sss` and False

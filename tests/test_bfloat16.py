@@ -114,7 +114,7 @@ def test_compiled_norm_of_one_row_equals_the_rows_norm_among_others():
 
 @native_bfloat16_only
 @pytest.mark.parametrize("skip, precision", [("hand-made", None), ("random30", None), ("none", "int8"), ("hand-made", "int4")])
-def test_bfloat16_essg_equals_base(bf16_model, prompts, skip, precision):
+def test_bfloat16_hybrid_equals_base(bf16_model, prompts, skip, precision):
     """Drafts with skipped sub-layers, low-bit copies of the weights, or both."""
     model, tokenizer = bf16_model
     sets = {"none": ([], []), "hand-made": ssd.core.skip_layers.hand_made_set(model.num_layers), "random30": random_skip_set(model.num_layers, 0.3, seed=2)}
@@ -125,9 +125,9 @@ def test_bfloat16_essg_equals_base(bf16_model, prompts, skip, precision):
         base = ssd.infer(model, tokenizer, input_ids, "base", MAX_NEW_TOKENS)["generate_ids"]
         # A low-bit draft runs alone (no lookups), so that every draft is its own.
         lookups = {"ngram_size": 0} if precision else {}
-        essg = ssd.infer(model, tokenizer, input_ids, "essg", MAX_NEW_TOKENS, gate=False, **lookups)
-        assert essg["num_drafted_tokens"] > 0
-        assert essg["generate_ids"] == base, f"bfloat16 essg ({skip}, {precision}) differs from base on {prompt[:60]!r}"
+        out = ssd.infer(model, tokenizer, input_ids, "hybrid", MAX_NEW_TOKENS, gate=False, **lookups)
+        assert out["num_drafted_tokens"] > 0
+        assert out["generate_ids"] == base, f"bfloat16 hybrid ({skip}, {precision}) differs from base on {prompt[:60]!r}"
 
 
 @native_bfloat16_only

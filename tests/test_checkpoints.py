@@ -106,7 +106,7 @@ def test_qwen_coder_runs_every_method_exactly(qwen_coder):
     for precision in (None, "int4"):
         model.set_draft_precision(precision)
         model.set_skip_layers([20, 22], [21, 23])
-        assert torch.equal(ssd.generate(model, chat, method="essg", max_new_tokens=40, eos_token_id=[]), base), precision
+        assert torch.equal(ssd.generate(model, chat, method="hybrid", max_new_tokens=40, eos_token_id=[]), base), precision
     model.set_skip_layers([], [])
     swift = ssd.generate(model, chat, method="swift", max_new_tokens=40, eos_token_id=[],
                          swift=ssd.SwiftConfig(context_window=8, max_opt_iter=6))
@@ -149,8 +149,8 @@ def test_qwen_coder_equals_stock_generate(qwen_coder, qwen_stock, task):
     model.set_skip_layers([20, 22], [21, 23])
     for precision, ngram_size in (("int4", 3), (None, 0)):
         model.set_draft_precision(precision)
-        out = ssd.generate(model, input_ids, method="essg", max_new_tokens=32, gate=False, ngram_size=ngram_size,
+        out = ssd.generate(model, input_ids, method="hybrid", max_new_tokens=32, gate=False, ngram_size=ngram_size,
                            return_dict_in_generate=True)
-        label = f"essg (draft {precision}, ngram_size {ngram_size}) vs stock"
+        label = f"hybrid (draft {precision}, ngram_size {ngram_size}) vs stock"
         assert_same_tokens(expected, out.tokens, model, input_ids, NEAR_TIE_FLOAT32, label)
         assert out.num_drafted_tokens > 0

@@ -137,7 +137,7 @@ def samples_by_default(embedded, monkeypatch):
 def test_the_bench_decodes_greedily_whatever_the_checkpoint_says(samples_by_default, base_tokens):
     """LLaMA-2's `do_sample: true` made `base` sample and `essg` refuse ("essg is greedy") in the bench."""
     model, tokenizer = samples_by_default
-    args = bench.parse_args(["--methods", "hf", "base", "essg", "self-draft", "clasp", "recycling",
+    args = bench.parse_args(["--methods", "hf", "base", "hybrid", "essg", "self-draft", "clasp", "recycling",
                              "--max-new-tokens", "12"])
     input_ids = encode(tokenizer, "chat", "Name three rivers in Europe.")
     expected = base_tokens(input_ids, 12)
@@ -176,7 +176,8 @@ def dispatched():
 
 
 GREEDY_SETTINGS = {
-    "essg": {}, "essg, no lookups": {"ngram_size": 0}, "essg, trees": {"lookup_ways": 3, "branches": 2},
+    "hybrid": {}, "hybrid, no lookups": {"ngram_size": 0}, "hybrid, trees": {"lookup_ways": 3, "branches": 2},
+    "essg": {"draft": ssd.Draft.skipping([18, 20, 22], [19, 21])},
     "clasp": {}, "recycling": {}, "swift": {},
 }
 
@@ -210,7 +211,7 @@ def test_sampling_and_the_search_under_accelerates_hooks(dispatched, prompts):
     columns back to token ids, with the model's logits coming back through its top-level hook."""
     model, tokenizer = dispatched
     input_ids = tokenizer(prompts[0], return_tensors="pt").input_ids
-    out = ssd.generate(model, input_ids, method="sss", do_sample=True, max_new_tokens=16, eos_token_id=[],
+    out = ssd.generate(model, input_ids, method="hybrid", do_sample=True, max_new_tokens=16, eos_token_id=[],
                        generator=torch.Generator().manual_seed(0), return_dict_in_generate=True)
     assert len(out.tokens) == 16 and out.num_drafted_tokens > 0
     search = LayerSkippingSearching(model, tokenizer, [prompts[0]], SearchConfig(max_new_tokens=8, precisions=(None,)))

@@ -65,7 +65,7 @@ def test_every_id_of_an_eos_list_stops(embedded):
     stop = free[5]
     first = free.index(stop)
     never = next(i for i in range(model.config.vocab_size - 1, 0, -1) if i not in free)  # an id the text never holds
-    for method in ("base", "essg"):
+    for method in ("base", "hybrid", "essg"):
         cut = ssd.generate(model, "def fib(n):", max_new_tokens=12, eos_token_id=[never, stop], method=method,
                            return_dict_in_generate=True).tokens
         assert cut == free[: first + 1], method
@@ -140,7 +140,7 @@ def test_every_decoding_loop_refuses_a_batch(embedded):
             loop()
 
 
-@pytest.mark.parametrize("method", ["base", "essg", "sss"])
+@pytest.mark.parametrize("method", ["base", "hybrid", "essg", "sss"])
 def test_streamer_gets_the_prompt_then_each_verified_chunk(embedded, method):
     model, _ = embedded
     streamer = RecordingStreamer()
@@ -154,7 +154,7 @@ def test_streamer_gets_the_prompt_then_each_verified_chunk(embedded, method):
         assert all(len(chunk) == 1 for chunk in chunks)
     else:  # the prefill's token, then one chunk per verification, accepted drafts included
         assert len(chunks) == out.num_verifications + 1
-    if method == "essg":  # the prompt repeats itself, so lookups are accepted several tokens at a time
+    if method == "hybrid":  # the prompt repeats itself, so lookups are accepted several tokens at a time
         assert max(map(len, chunks)) > 1
 
 

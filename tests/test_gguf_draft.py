@@ -51,19 +51,19 @@ def test_greedy_gguf_draft_equals_base(embedded, prompts, base_tokens, gguf):
 
 @needs_llama_cpp
 def test_the_default_decoder_drafts_with_it_and_stays_exact(embedded, prompts, base_tokens):
-    """`essg` with its defaults, the model's draft skipping nothing: llama.cpp's draft replaces the self-draft
+    """`hybrid` with its defaults, the model's draft skipping nothing: llama.cpp's draft replaces the self-draft
     beside the lookups, under the gate; output is base's, and the counts by kind add up."""
     model, tokenizer = embedded
     input_ids = tokenizer(prompts[0], return_tensors="pt").input_ids
-    out = ssd.generate(model, input_ids, method="essg", max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
+    out = ssd.generate(model, input_ids, method="hybrid", max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
                        return_dict_in_generate=True)
     assert_same_tokens(base_tokens(input_ids, MAX_NEW_TOKENS), out.tokens, model, input_ids, NEAR_TIE_FLOAT32,
-                       "essg with the GGUF draft")
+                       "hybrid with the GGUF draft")
     assert out.drafted_by_kind.get("gguf", 0) > 0 and "draft" not in out.drafted_by_kind
     assert sum(out.drafted_by_kind.values()) == out.num_drafted_tokens
     assert sum(out.accepted_by_kind.values()) == out.num_accepted_tokens
     assert all(out.accepted_by_kind[kind] <= drafted for kind, drafted in out.drafted_by_kind.items())
-    off = ssd.generate(model, input_ids, method="essg", max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
+    off = ssd.generate(model, input_ids, method="hybrid", max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
                        return_dict_in_generate=True, gguf_draft=None)
     assert "gguf" not in off.drafted_by_kind and off.tokens == out.tokens
 

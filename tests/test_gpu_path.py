@@ -205,7 +205,7 @@ def test_the_breakdown_waits_for_the_device_around_what_it_times(monkeypatch):
     costs = ssd.tools.breakdown.row_costs(model, input_ids, rows=(1, 2, 4), repeats=2)
     assert set(costs) == {1, 2, 4} and len(waits) == 2 * 3 * 3  # before and after each of 3 runs per row count
     waits.clear()
-    table, extra = ssd.tools.breakdown.breakdown(model, [input_ids], "essg", 8)
+    table, extra = ssd.tools.breakdown.breakdown(model, [input_ids], "hybrid", 8)
     assert len(waits) == 2 * 2  # the prefill and the generation
     assert extra["summary"]["tokens_per_second"] > 0
 

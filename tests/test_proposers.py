@@ -59,7 +59,7 @@ def test_a_registered_toy_proposer_decodes_as_base(embedded, prompts, echo_metho
 
 
 def test_methods_are_listed_and_checked(echo_method):
-    assert ssd.method_names()[:3] == ("base", "essg", "sss") and "echo" in ssd.method_names()
+    assert ssd.method_names()[:4] == ("base", "hybrid", "essg", "sss") and "echo" in ssd.method_names()
     assert parse_args(["--methods", "echo", "base"]).methods == ["echo", "base"], "the bench takes a registered method"
     with pytest.raises(ValueError, match="other than 'base' and 'swift'"):
         ssd.register_method("base", lambda model, config, draft: [])
@@ -67,7 +67,7 @@ def test_methods_are_listed_and_checked(echo_method):
         ssd.generate(tiny_llama(), torch.tensor([[1, 2]]), method="echo", do_sample=True, max_new_tokens=2)
 
 
-def test_essg_takes_a_draft_value_and_leaves_the_model_as_it_was(embedded, prompts):
+def test_a_method_takes_a_draft_value_and_leaves_the_model_as_it_was(embedded, prompts):
     model, tokenizer = embedded
     input_ids = tokenizer(prompts[1], return_tensors="pt").input_ids
     base = ssd.generate(model, input_ids, method="base", max_new_tokens=24, eos_token_id=[])

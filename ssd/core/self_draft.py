@@ -18,18 +18,20 @@ class SelfDraftConfig:
     """How Draft & Verify's self-draft runs: its length, its exit threshold and how that adapts, its head.
 
     `max_step_draft`: the most tokens a step drafts. `th_stop_draft`: the draft stops after a token whose
-    top probability is under this; `auto_th_stop_draft`: the threshold adapts (`AdaptiveThreshold`, with
-    `auto_parameters` `[every, b1, b2, e, a]`, as in the reference code). `draft_vocab_size`: the draft
-    scores only token ids below this (BPE ids roughly follow frequency) plus the prompt's tokens
-    (`ssd.fast.draft_head`); None scores all. `exit_margin` (greedy): stop after a token whose logit is
-    less than this above its runner-up's instead (the threshold then stays fixed); None: by `th_stop_draft`.
+    probability under the draft is under this (greedy: its top probability; sampled: the drawn token's, before
+    temperature and filters, as the reference code reads it); `auto_th_stop_draft`: the threshold adapts
+    (`AdaptiveThreshold`, with `auto_parameters` `[every, b1, a, e, b2]`, in the reference code's order).
+    The defaults are the paper's evaluation settings. `draft_vocab_size`: the draft scores only token ids
+    below this (BPE ids roughly follow frequency) plus the prompt's tokens (`ssd.fast.draft_head`); None
+    scores all, as the paper. `exit_margin` (greedy): stop after a token whose logit is less than this above
+    its runner-up's instead (the threshold then stays fixed); None: by `th_stop_draft`.
     """
 
     max_step_draft: int = 12
     th_stop_draft: float = 0.6
     auto_th_stop_draft: bool = True
     auto_parameters: tuple = (1, 0.5, 0.9, 0.01, 0.9)
-    draft_vocab_size: int | None = 16384
+    draft_vocab_size: int | None = None
     exit_margin: float | None = None
 
     def __post_init__(self):
@@ -52,18 +54,19 @@ class SelfDraftConfig:
 
 @dataclass
 class AdaptiveThreshold:
-    """Draft & Verify's draft-exit threshold update (paper defaults).
+    """Draft & Verify's draft-exit threshold update, as the reference code runs it (paper defaults; the
+    fields in the order of its `auto_parameters`).
 
-    `m = b1*m + (1-b1)*accepted/drafted`; raise the threshold by `e` while `m`
-    is under the target `a`, hold it when the draft ran its full length, lower
-    it otherwise; smooth with `b2`. `every`: update every this many steps.
+    Every `every`-th verification: `m = b1*m + (1-b1)*accepted/drafted`; raise the threshold by `e` while
+    `m` is under the target `a`, hold it when the draft ran its full length, lower it otherwise; smooth
+    with `b2`. Other verifications change nothing, `m` included.
     """
 
     every: int = 1
     b1: float = 0.5
-    b2: float = 0.9
-    e: float = 0.01
     a: float = 0.90
+    e: float = 0.01
+    b2: float = 0.9
     matchness: float = field(default=0.0, init=False)
     steps: int = field(default=0, init=False)
 
@@ -74,9 +77,9 @@ class AdaptiveThreshold:
 
     def update(self, threshold: float, accepted: int, drafted: int, max_step_draft: int) -> float:
         self.steps += 1
-        self.matchness = self.b1 * self.matchness + (1 - self.b1) * accepted / drafted
         if self.steps % self.every:
             return threshold
+        self.matchness = self.b1 * self.matchness + (1 - self.b1) * accepted / drafted
         if self.matchness < self.a:
             target = threshold + self.e
         elif drafted == max_step_draft:
@@ -102,8 +105,9 @@ def draft_tokens(
     alternatives: int = 0,
     margin: bool = False,
 ) -> tuple[list[int], torch.Tensor | None, list[int]]:
-    """Up to `max_tokens` tokens from `draft`, stopping after the first
-    whose top probability is under `th_stop_draft` (greedy with `margin`: whose logit is less than
+    """Up to `max_tokens` tokens from `draft`, stopping after the first whose probability is under
+    `th_stop_draft` (greedy: the top one; sampled: the drawn token's under the draft's logits before
+    temperature and filters, as the reference code's; greedy with `margin`: whose logit is less than
     `th_stop_draft` above the runner-up's, where the full model's argmax may differ). Writes the cache only at
     positions >= `committed`, only in the layers the draft runs. `head`: the
     draft scores only these tokens (the others get probability 0).
@@ -132,7 +136,8 @@ def draft_tokens(
             if head is not None:
                 logits = head.full_logits(logits, model.config.vocab_size)
             q = logits_to_probs(logits, sampling)
-            confidence, token = q.max(), sample(q, generator)
+            token = sample(q, generator)
+            confidence = torch.softmax(logits, dim=-1)[token]
             probs.append(q)
         token = token.to(model.device).view(1, 1)
         tokens.append(token)
@@ -156,9 +161,12 @@ class SelfDraft:
     `exit_margin` (greedy): stop after a token whose logit is less than this above
     its runner-up's instead (a draft of the model's own weights is rejected where the two nearly tie,
     whatever its top probability); that threshold stays fixed. None, or sampling: the threshold above.
-    `skip_full_model`: offer nothing when the draft is the full model (it saves at most the trimmed
-    head's share of a step, and its long drafts hold off lookups, which cost nothing): the default
-    decoder sets it where a gate chooses among kinds (`ssd.methods.hybrid`).
+    `gated`: a gate chooses among this and other kinds of step (`ssd.methods.hybrid`): it offers nothing
+    when the draft is the full model (it saves at most the trimmed head's share of a step, and its long
+    drafts hold off lookups, which cost nothing), nor when no drafted token could be committed (one token
+    left). Alone, as in the paper, it drafts at least one token every step, the last included, as the
+    reference code does (its drafted and accepted counts are the reference's; the output is cut at
+    `max_new_tokens` all the same), where the cache holds the row.
     A subclass may change `draft` between steps (SWIFT's does): each step drafts with the value then held.
     Its proposals are chains; a subclass that proposes trees learns its threshold as `BranchingDraft` does.
     """
@@ -166,24 +174,31 @@ class SelfDraft:
     kind: StepKind = "draft"
 
     def __init__(self, draft: Draft, max_step_draft: int, th_stop_draft: float,
-                 adaptive: AdaptiveThreshold | None = None, skip_full_model: bool = True,
+                 adaptive: AdaptiveThreshold | None = None, gated: bool = True,
                  exit_margin: float | None = None):
         self.draft, self.max_step_draft, self.th_stop_draft = draft, max_step_draft, th_stop_draft
-        self.adaptive, self.skip_full_model, self.exit_margin = adaptive, skip_full_model, exit_margin
+        self.adaptive, self.gated, self.exit_margin = adaptive, gated, exit_margin
 
     @classmethod
     def of(cls, model: LlamaForCausalLM, config: SelfDraftConfig, draft: Draft | None = None,
-           skip_full_model: bool = False) -> SelfDraft:
+           gated: bool = False) -> SelfDraft:
         """The self-draft `config` describes, drafting with `draft` (None: the model's `default_draft`),
         prepared (`prepare_draft`) so that no timed step builds its weights or graphs."""
         draft = model.default_draft if draft is None else draft
         return cls(model.prepare_draft(draft), config.max_step_draft, config.th_stop_draft, AdaptiveThreshold.of(config),
-                   skip_full_model, config.exit_margin)
+                   gated, config.exit_margin)
 
     def offer(self, step: Step) -> list[StepKind]:
-        if step.room < 1 or (self.skip_full_model and self.draft.is_full_model):
+        if self.gated and (step.room < 1 or self.draft.is_full_model):
+            return []
+        if step.room < 1 and step.committed + 2 > step.cache.max_len:  # no row for a draft past the end
             return []
         return [self.kind]
+
+    def chain_room(self, step: Step) -> int:
+        """The most tokens this step drafts: `max_step_draft`, within the step's room (alone: at least one)."""
+        room = min(self.max_step_draft, step.room)
+        return room if self.gated else max(room, 1)
 
     def propose(self, kind: StepKind, step: Step) -> Proposal:
         tokens, probs, _ = self.draft_chain(step)
@@ -198,7 +213,7 @@ class SelfDraft:
         the margin); with `alternatives` (greedy), also the next likeliest tokens where it stopped."""
         by_margin = step.greedy and self.exit_margin is not None
         return draft_tokens(
-            step.model, self.draft, step.cache, step.sequence[-1], step.committed, min(self.max_step_draft, step.room),
+            step.model, self.draft, step.cache, step.sequence[-1], step.committed, self.chain_room(step),
             self.exit_margin if by_margin else self.th_stop_draft, step.sampling, step.generator, step.head,
             alternatives if step.greedy else 0, by_margin,
         )

@@ -162,7 +162,7 @@ class ClaspDraft(SelfDraft):
 
     def __init__(self, model: LlamaForCausalLM, draft: Draft, max_step_draft: int, th_stop_draft: float,
                  adaptive: AdaptiveThreshold | None = None, config: ClaspConfig = ClaspConfig()):
-        super().__init__(draft, max_step_draft, th_stop_draft, adaptive, skip_full_model=False)
+        super().__init__(draft, max_step_draft, th_stop_draft, adaptive, gated=False)
         self.config, self.precision = config, draft.precision
         self.weights = SubLayerWeights.of(model, config.skip_share)
         self.cost = selection_passes(model, draft.precision)

@@ -1,6 +1,7 @@
-"""Hybrid drafting, the default decoder (`essg` greedy, `sss` sampled): Draft & Verify's self-draft,
-llama.cpp's draft on the model's own GGUF where it is installed (a CPU), and prompt lookups, with the gate
-running whichever kind of step commits tokens fastest on this machine."""
+"""Hybrid drafting, ssd's default method (`hybrid`, greedy or sampled): Draft & Verify's self-draft (with
+the model's default draft: on a CPU, its int4 copy) over a trimmed head, llama.cpp's draft on the model's own
+GGUF where it is installed (a CPU), and prompt lookups, with the gate running whichever kind of step commits
+tokens fastest on this machine. The paper's method alone is `essg`/`sss` (`ssd.methods.paper`)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ from ssd.methods.lookup import LookupConfig, lookup_proposers
 from ssd.methods.registry import register_method
 from ssd.methods.tree import BranchingDraft, TreeConfig
 
+# The default method's draft head: token ids below this, and the prompt's (`SelfDraftConfig.draft_vocab_size`).
+TRIMMED_DRAFT_VOCAB = 16384
+
 
 @dataclass(frozen=True)
 class DraftConfig:
@@ -34,7 +38,7 @@ class DraftConfig:
     as `ssd.generate` takes them as keywords.
     """
 
-    self_draft: SelfDraftConfig = field(default_factory=SelfDraftConfig)
+    self_draft: SelfDraftConfig = field(default_factory=lambda: SelfDraftConfig(draft_vocab_size=TRIMMED_DRAFT_VOCAB))
     lookup: LookupConfig = field(default_factory=LookupConfig)
     trees: TreeConfig = field(default_factory=TreeConfig)
     gguf: GGUFDraftConfig = field(default_factory=GGUFDraftConfig)
@@ -73,7 +77,7 @@ def hybrid_proposers(model: LlamaForCausalLM, config: DraftConfig, draft: Draft 
 
 
 def default_proposers(model: LlamaForCausalLM, config: DraftConfig, draft: Draft | None = None) -> list[Proposer]:
-    """The proposers of `essg` and `sss`: `hybrid_proposers`', with the GGUF draft `config.gguf` asks for before
+    """The proposers of `hybrid` (and, under `PAPER_CONFIG`, of `essg` and `sss`): `hybrid_proposers`', with the GGUF draft `config.gguf` asks for before
     the lookups (so that, the gate off, a matching lookup runs first).
 
     "auto" (with the gate on: nothing else measures whether it pays) adds llama.cpp's draft of the model's own
@@ -96,32 +100,13 @@ def gate_of(config: DraftConfig) -> DraftGate | None:
     return DraftGate() if config.gate else None
 
 
-def exact_self_speculative_generate(
+def hybrid_generate(
     model: LlamaForCausalLM,
     input_ids: torch.Tensor,
     max_new_tokens: int,
     eos_token_id: EosTokenIds = None,
     config: DraftConfig = DraftConfig(),
-    *,
-    draft: Draft | None = None,
-    proposers: list[Proposer] | None = None,
-    gate: DraftGate | None = None,
-    on_tokens: OnTokens | None = None,
-) -> GenerationResult:
-    """Greedy self-speculative decoding: output equals `base_generate`'s token for token wherever a
-    verification's logits rank tokens as a one-token step's do (docs/numerics.md says where that holds).
-    `proposers` None: `default_proposers(model, config, draft)`; `gate` None: `gate_of(config)`."""
-    return self_speculative_sample(model, input_ids, max_new_tokens, eos_token_id, config, None, None, draft=draft,
-                                   proposers=proposers, gate=gate, on_tokens=on_tokens)
-
-
-def self_speculative_sample(
-    model: LlamaForCausalLM,
-    input_ids: torch.Tensor,
-    max_new_tokens: int,
-    eos_token_id: EosTokenIds = None,
-    config: DraftConfig = DraftConfig(),
-    sampling: Sampling | None = Sampling(),
+    sampling: Sampling | None = None,
     generator: torch.Generator | None = None,
     *,
     draft: Draft | None = None,
@@ -129,9 +114,11 @@ def self_speculative_sample(
     gate: DraftGate | None = None,
     on_tokens: OnTokens | None = None,
 ) -> GenerationResult:
-    """Self-speculative sampling: output distributed exactly as sampling the full model. The same
-    `generator` state gives the same tokens: the gate decides from counted passes, not wall time.
-    Arguments as `exact_self_speculative_generate`'s, and `speculative_decode`'s."""
+    """The default method: greedy (`sampling` None; output equals `base_generate`'s token for token wherever a
+    verification's logits rank tokens as a one-token step's do, docs/numerics.md) or sampled (distributed
+    exactly as sampling the full model; the same `generator` state gives the same tokens: the gate then
+    decides from counted passes, not wall time). `proposers` None: `default_proposers(model, config, draft)`;
+    `gate` None: `gate_of(config)`. Arguments as `speculative_decode`'s."""
     if proposers is None:
         proposers = default_proposers(model, config, draft)
     elif draft is not None:
@@ -143,5 +130,4 @@ def self_speculative_sample(
                               on_tokens=on_tokens)
 
 
-register_method("essg", default_proposers, samples=False)
-register_method("sss", default_proposers)
+register_method("hybrid", default_proposers, config=DraftConfig())

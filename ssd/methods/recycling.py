@@ -191,8 +191,8 @@ class RecyclingDraft(BranchingDraft):
     chain's tokens only. Sampling, it drafts as `SelfDraft` does."""
 
     def __init__(self, draft: Draft, max_step_draft: int, th_stop_draft: float, adaptive: AdaptiveThreshold | None,
-                 skip_full_model: bool, table: SuccessorTable, tail: int = 8, guesses: int = 1):
-        super().__init__(draft, max_step_draft, th_stop_draft, adaptive, skip_full_model)
+                 gated: bool, table: SuccessorTable, tail: int = 8, guesses: int = 1):
+        super().__init__(draft, max_step_draft, th_stop_draft, adaptive, gated)
         self.table, self.tail, self.guesses = table, tail, guesses
 
     def propose(self, kind: StepKind, step: Step) -> Proposal:

@@ -379,7 +379,7 @@ class SwiftDraft(SelfDraft):
     def __init__(self, optimizer: SwiftOptimizer, config: DraftConfig):
         settings = config.self_draft
         super().__init__(optimizer.draft() or Draft(), settings.max_step_draft, settings.th_stop_draft,
-                         AdaptiveThreshold.of(settings), skip_full_model=True)
+                         AdaptiveThreshold.of(settings), gated=True)
         self.optimizer = optimizer
 
     def offer(self, step: Step) -> list[StepKind]:

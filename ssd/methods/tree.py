@@ -129,21 +129,21 @@ class BranchingDraft(SelfDraft):
     alone. Sampling, or with no token under the threshold: a chain, as `SelfDraft`'s."""
 
     def __init__(self, draft: Draft, max_step_draft: int, th_stop_draft: float,
-                 adaptive: AdaptiveThreshold | None = None, skip_full_model: bool = True, branches: int = 0,
+                 adaptive: AdaptiveThreshold | None = None, gated: bool = True, branches: int = 0,
                  exit_margin: float | None = None):
-        super().__init__(draft, max_step_draft, th_stop_draft, adaptive, skip_full_model, exit_margin)
+        super().__init__(draft, max_step_draft, th_stop_draft, adaptive, gated, exit_margin)
         self.branches = branches
         self.chain_length = 0  # the drafted chain of the latest proposal (its tree's first nodes)
 
     @classmethod
     def of(cls, model: LlamaForCausalLM, config: SelfDraftConfig, draft: Draft | None = None,
-           skip_full_model: bool = False, *, branches: int = 0) -> SelfDraft:
+           gated: bool = False, *, branches: int = 0) -> SelfDraft:
         """`SelfDraft.of`, with `branches`; a plain `SelfDraft` where it is 0."""
-        chain = SelfDraft.of(model, config, draft, skip_full_model)
+        chain = SelfDraft.of(model, config, draft, gated)
         if not branches:
             return chain
         model.prepare_trees()
-        return BranchingDraft(chain.draft, chain.max_step_draft, chain.th_stop_draft, chain.adaptive, chain.skip_full_model,
+        return BranchingDraft(chain.draft, chain.max_step_draft, chain.th_stop_draft, chain.adaptive, chain.gated,
                    branches, chain.exit_margin)
 
     def propose(self, kind: StepKind, step: Step) -> Proposal:

@@ -21,6 +21,7 @@ from ssd.core.draft import Draft
 from ssd.core.modeling_llama import LlamaForCausalLM
 from ssd.core.self_draft import SelfDraftConfig
 from ssd.loading.model import load_model
+from ssd.methods.hybrid import DraftConfig
 from ssd.tools.prompts import CHAT_TASKS, PROMPTS_FILE, encode, read_prompts_file
 
 PROBABILITY_BINS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.8, 0.95, 1.0)
@@ -39,7 +40,7 @@ class Signal:
 
 @torch.no_grad()
 def draft_signals(model: LlamaForCausalLM, input_ids: torch.Tensor, max_new_tokens: int, draft: Draft,
-                  config: SelfDraftConfig = SelfDraftConfig()) -> list[Signal]:
+                  config: SelfDraftConfig = DraftConfig().self_draft) -> list[Signal]:
     """A `Signal` for each of base decoding's new tokens but the first, drafted by `draft` (with the
     trimmed head `config` gives it) after the text before it."""
     output = base_generate(model, input_ids, max_new_tokens).tokens
@@ -88,13 +89,13 @@ def main(argv=None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--full-head", action="store_true",
-                        help="the draft scores the whole vocabulary (default: the trimmed head essg drafts with)")
+                        help="the draft scores the whole vocabulary, as essg's (default: the trimmed head the default method drafts with)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model)
     draft = model.prepare_draft(model.default_draft)
-    config = SelfDraftConfig(draft_vocab_size=None) if args.full_head else SelfDraftConfig()
+    config = SelfDraftConfig() if args.full_head else DraftConfig().self_draft
     signals = []
     for task, text in read_prompts_file(PROMPTS_FILE, CHAT_TASKS)[: args.num_prompts]:
         signals += draft_signals(model, encode(tokenizer, task, text, model.device), args.max_new_tokens, draft, config)

@@ -32,6 +32,7 @@ from ssd.loading.checkpoints import named_gguf
 from ssd.loading.logs import without_message
 from ssd.loading.model import check_load_arguments, load_model, parse_device, parse_dtype, stock_twin
 from ssd.methods.gguf_draft import auto_gguf, llama_cpp_installed, open_gguf
+from ssd.methods.paper import paper_draft
 from ssd.methods.swift import SwiftConfig, SwiftOptimizer
 from ssd.tools.data import DATA_DIR_ENV, TASKS, DataUnavailable, task_prompts
 from ssd.tools.evaluation import apply_draft, check_draft_key
@@ -49,20 +50,21 @@ PEER_METHODS = ("llama-cpp",)
 # (slow on a model not trained for it) and SWIFT's cold start (its optimisation
 # passes outweigh what they save on a few short prompts).
 GGUF_DRAFT_OFFER = ('llama.cpp\'s GGUF draft is off here: `.venv/bin/pip install -e ".[llama]"` (builds llama-cpp-python, '
-                    'about 5 minutes on 2 cores, once) lets essg draft with it (docs/usage.md, "The GGUF draft").')
-DEFAULT_METHODS = ("hf", "hf-pld", "base", "essg", "self-draft", "sss")
+                    'about 5 minutes on 2 cores, once) lets the default method draft with it (docs/usage.md, "The GGUF draft").')
+DEFAULT_METHODS = ("hf", "hf-pld", "base", "hybrid", "essg", "self-draft", "sss")
 
 
 def bench_methods() -> tuple[str, ...]:
     """Stock generate's methods, then every method of `ssd.generate` (`ssd.method_names`: a method
-    registered with `ssd.register_method` is benched too), "self-draft" (essg with lookups and the GGUF draft
-    off), "essg-no-gguf" (essg without llama.cpp's GGUF draft, as essg runs where llama.cpp is not installed),
-    "gguf-draft" (the GGUF draft alone, under the gate), "essg-trees" (essg with token trees: up to 3
-    continuations of a lookup, the draft's 2 runners-up where it stopped) and "swift-cached" (SWIFT from the
-    set `skip_layers.json` stores for the model and task, `swift_method`)."""
+    registered with `ssd.register_method` is benched too: `hybrid`, the default, and the paper's `essg` and
+    `sss` among them), "self-draft" (hybrid with lookups and the GGUF draft off), "hybrid-no-gguf" (hybrid
+    without llama.cpp's GGUF draft, as it runs where llama.cpp is not installed), "gguf-draft" (the GGUF draft
+    alone, under the gate), "hybrid-trees" (hybrid with token trees: up to 3 continuations of a lookup, the
+    draft's 2 runners-up where it stopped) and "swift-cached" (SWIFT from the set `skip_layers.json` stores
+    for the model and task, `swift_method`)."""
     ours = method_names()
-    return (*STOCK_METHODS, *PEER_METHODS, *ours[:2], "self-draft", "essg-no-gguf", "gguf-draft", "essg-trees",
-            *ours[2:], "swift-cached")
+    variants = ("self-draft", "hybrid-no-gguf", "gguf-draft", "hybrid-trees")
+    return (*STOCK_METHODS, *PEER_METHODS, *ours[:2], *variants, *ours[2:], "swift-cached")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -260,13 +262,13 @@ def ours(model, name: str, max_new_tokens: int) -> Method:
     if name in ("swift", "swift-cached"):
         return swift_method(model, max_new_tokens, cached=name == "swift-cached")
     if name == "self-draft":
-        return generate_method(model, "essg", max_new_tokens, ngram_size=0, gguf_draft=None)
-    if name == "essg-no-gguf":
-        return generate_method(model, "essg", max_new_tokens, gguf_draft=None)
+        return generate_method(model, "hybrid", max_new_tokens, ngram_size=0, gguf_draft=None)
+    if name == "hybrid-no-gguf":
+        return generate_method(model, "hybrid", max_new_tokens, gguf_draft=None)
     if name == "gguf-draft":  # the self-draft is the full model: the gate offers it not
-        return generate_method(model, "essg", max_new_tokens, ngram_size=0, draft=Draft())
-    if name == "essg-trees":
-        return generate_method(model, "essg", max_new_tokens, lookup_ways=3, branches=2)
+        return generate_method(model, "hybrid", max_new_tokens, ngram_size=0, draft=Draft())
+    if name == "hybrid-trees":
+        return generate_method(model, "hybrid", max_new_tokens, lookup_ways=3, branches=2)
     return generate_method(model, name, max_new_tokens)
 
 
@@ -337,6 +339,13 @@ def main(argv=None) -> list[dict]:
     except (OSError, ValueError, MemoryError) as error:  # a checkpoint not there or not readable, or too large
         raise SystemExit(f"python -m ssd.tools.bench: error: {error}") from None
     prompts = [(task, encode(tokenizer, task, p, model.device)) for task, p in texts]
+    paper, draft_of_paper = [m for m in ("essg", "sss") if m in args.methods], None
+    if paper:
+        try:
+            draft_of_paper = paper_draft(model)
+        except KeyError as error:  # a model with no paper-kind skip set: the rest still runs
+            print(f"skipped {', '.join(paper)}: {error.args[0]}")
+            args.methods = [m for m in args.methods if m not in paper]
     methods = build_methods(args, model, also)
     warm_up = encode_inputs(WARM_UP, tokenizer, model.device)
     # Methods on the --also-dtype model: over their own base, not compared with ours for identity.
@@ -345,6 +354,8 @@ def main(argv=None) -> list[dict]:
     rows = tabulate_speed(records, baselines, also_over="hf" if "hf" in methods else None)
     setting = (f"{args.model or 'embedded SmolLM2-135M-Instruct'}, {describe(model)}, {model.device}, "
                f"{torch.get_num_threads()} threads, {args.max_new_tokens} new tokens, draft: {draft}")
+    if draft_of_paper is not None:
+        setting += f", essg's draft: {draft_of_paper}"
     gguf = auto_gguf(model)
     setting += f", GGUF draft: llama.cpp on {gguf.name}" if gguf is not None else ", no GGUF draft"
     if also is not None:

@@ -22,7 +22,7 @@ from ssd.core.decoding import prefill, speculative_decode
 from ssd.core.proposers import Outcome, Proposal, Step
 from ssd.loading.model import load_model
 from ssd.methods.gguf_draft import GGUFDraft
-from ssd.methods.hybrid import DraftConfig, exact_self_speculative_generate, gate_of
+from ssd.methods.hybrid import DraftConfig, gate_of, hybrid_generate
 from ssd.methods.registry import DRAFTING_METHODS
 from ssd.tools.prompts import CHAT_TASKS, PROMPTS_FILE, encode, read_prompts_file
 
@@ -120,7 +120,7 @@ def nearest(costs: dict[int, float], rows: int) -> float:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ssd.tools.breakdown", description=__doc__)
     parser.add_argument("--model", default=None)
-    parser.add_argument("--methods", nargs="+", default=["essg", "recycling"], choices=sorted(DRAFTING_METHODS))
+    parser.add_argument("--methods", nargs="+", default=["hybrid", "recycling"], choices=sorted(DRAFTING_METHODS))
     parser.add_argument("--num-prompts", type=int, default=10)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None)
@@ -131,7 +131,7 @@ def main(argv=None) -> None:
     model.prepare_trees()
     texts = read_prompts_file(PROMPTS_FILE, CHAT_TASKS)[: args.num_prompts]
     prompts = [encode(tokenizer, task, text, model.device) for task, text in texts]
-    exact_self_speculative_generate(model, prompts[0], 8)  # warm
+    hybrid_generate(model, prompts[0], 8)  # warm
     costs = row_costs(model, prompts[0])
     print("a pass of n rows, in one-token steps: " + ", ".join(f"{n}: {c / costs[1]:.2f}" for n, c in costs.items())
           + f" (a step: {1000 * costs[1]:.1f} ms)")
