@@ -9,7 +9,7 @@ from ssd.fast.cpu import use_fast_mkl_path
 
 use_fast_mkl_path()
 
-# A method module registers its name (`ssd.methods.registry`): the paper's first, then ssd's.
+# A method module registers its name (`ssd.methods.registry`).
 import ssd.methods.clasp  # noqa: F401
 import ssd.methods.paper  # noqa: F401
 import ssd.methods.recycling  # noqa: F401

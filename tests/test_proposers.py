@@ -59,7 +59,7 @@ def test_a_registered_toy_proposer_decodes_as_base(embedded, prompts, echo_metho
 
 
 def test_methods_are_listed_and_checked(echo_method):
-    assert ssd.method_names()[:4] == ("base", "hybrid", "essg", "sss") and "echo" in ssd.method_names()
+    assert ssd.method_names()[:2] == ("base", "hybrid") and {"essg", "sss", "echo"} <= set(ssd.method_names())
     assert parse_args(["--methods", "echo", "base"]).methods == ["echo", "base"], "the bench takes a registered method"
     with pytest.raises(ValueError, match="other than 'base' and 'swift'"):
         ssd.register_method("base", lambda model, config, draft: [])
