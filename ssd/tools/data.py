@@ -12,7 +12,7 @@ no folder and no hub) raises `DataUnavailable`, which the bench turns into one
 line naming what it skipped. Offline with the hub's copy in the local cache,
 set `HF_HUB_OFFLINE=1`.
 
-Which rows a use reads is `task_rows`' rule (`_split`), as the reference code
+Which rows a use reads is one rule (`split_task`), as the reference code
 (dilab-zju/self-speculative-decoding) reads them: evaluations the test split in
 `datasets`' `shuffle(seed=42)` order, the first `n` of it; the search and the
 1-shot example the train split in its own such order, the shot first. Data
