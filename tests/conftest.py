@@ -2,12 +2,20 @@
 
 import pytest
 import torch
-from helpers import SAMPLED_PROMPT, SAMPLING, SHARED_MODELS, data_dir, exact_token_marginal, shared, threads_per_worker
+from helpers import (
+    SAMPLED_PROMPT,
+    SAMPLING,
+    SHARED_MODELS,
+    data_dir,
+    exact_token_marginal,
+    fixed_prompts,
+    shared,
+    threads_per_worker,
+)
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import ssd
 from ssd.loading.checkpoints import embedded_checkpoint
-from ssd.tools.data import task_prompts
 
 torch.set_num_threads(threads_per_worker())  # under pytest-xdist (scripts/test.sh) workers share the cores
 
@@ -64,14 +72,14 @@ def stock():
 
 @pytest.fixture(scope="session")
 def prompts() -> list[str]:
-    """Real prompts: HumanEval, and CNN/DM and XSum 1-shot when the shared data is there."""
+    """Real prompts (`helpers.fixed_prompts`): HumanEval, and CNN/DM and XSum 1-shot when the shared data is there."""
     folder = data_dir()
     if folder is None:
-        return task_prompts("humaneval", 9)
+        return fixed_prompts("humaneval", 9)
     return (
-        task_prompts("humaneval", 3)
-        + task_prompts("cnndm", 3, folder, max_words=200)
-        + task_prompts("xsum", 3, folder, max_words=200)
+        fixed_prompts("humaneval", 3)
+        + fixed_prompts("cnndm", 3, folder, max_words=200)
+        + fixed_prompts("xsum", 3, folder, max_words=200)
     )
 
 

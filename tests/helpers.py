@@ -14,7 +14,7 @@ from transformers import GenerationConfig, LlamaConfig
 import ssd.core.sampling
 from ssd.core.modeling_llama import LlamaForCausalLM
 from ssd.core.sampling import Sampling, logits_to_probs
-from ssd.tools.data import DATA_DIR_ENV
+from ssd.tools.data import DATA_DIR_ENV, load_task_data, summarization_prompt
 
 # Models that several tests share (`shared`). Their default draft (a value, `model.default_draft`) is the
 # one piece of their state a test may change; conftest's autouse fixtures put it back after every test
@@ -38,6 +38,16 @@ def data_dir() -> Path | None:
     """The offline CNN/DM and XSum folder ($SSD_DATA_DIR), or None: tests of those tasks then skip."""
     folder = os.environ.get(DATA_DIR_ENV)
     return Path(folder) if folder and Path(folder).is_dir() else None
+
+
+def fixed_prompts(task: str, n: int, folder: Path | None = None, max_words: int | None = None) -> list[str]:
+    """The suite's own inputs: prompts from the first rows of a task's file, in file order (HumanEval/0..;
+    for summarisation row 0 the shot, then rows 1..n). Fixed so that the tests' measured margins and
+    regression cases keep their texts; which rows an evaluation or the search reads is `task_rows`' rule."""
+    rows = load_task_data(task, folder).test
+    if task == "humaneval":
+        return [row["prompt"] for row in rows[:n]]
+    return [summarization_prompt(task, row, rows[0], max_words) for row in rows[1 : n + 1]]
 
 
 # In float32, batched verification, step-by-step decoding and stock transformers differ only in the

@@ -16,7 +16,7 @@ test fails too (README, dtype). Both tests run where the claim is made.
 
 import pytest
 import torch
-from helpers import data_dir, random_skip_set, shared
+from helpers import data_dir, fixed_prompts, random_skip_set, shared
 from test_tree import random_tree
 
 import ssd
@@ -25,7 +25,6 @@ from ssd.fast.cpu import cpu_has_native_bfloat16
 from ssd.fast.device import DeviceProfile
 from ssd.loading.model import should_pack_weights
 from ssd.methods.tree import ancestor_mask, keep_path
-from ssd.tools.data import task_prompts
 
 native_bfloat16_only = pytest.mark.skipif(
     not cpu_has_native_bfloat16(), reason="bfloat16 is emulated on this CPU; load_model decodes in float32 here"
@@ -45,8 +44,8 @@ def bf16_model():
 @pytest.mark.parametrize("index", [0, 4, 8, "cnndm-long", "one-token"])
 def test_one_pass_equals_token_by_token(bf16_model, prompts, index):
     """Logits and keys/values of 13 tokens (the default's longest verification) in one pass
-    equal, bit for bit, those of 13 one-token steps. "cnndm-long": the bench's first CNN/DM
-    prompt (961 tokens) after 53 generated ones, where attention's weighted sum over keys
+    equal, bit for bit, those of 13 one-token steps. "cnndm-long": the offline file's first
+    CNN/DM prompt (`fixed_prompts`, 961 tokens) after 53 generated ones, where attention's weighted sum over keys
     padded with zero weights rounded differently and flipped a tied token (before passes
     after the prefill attended over the whole cache). "one-token": passes from position 1,
     which compiled graphs specialise. Where load_model compiled the model, the graphs it
@@ -57,7 +56,7 @@ def test_one_pass_equals_token_by_token(bf16_model, prompts, index):
     if index == "cnndm-long":
         if data_dir() is None:
             pytest.skip("needs the CNN/DM data in $SSD_DATA_DIR")
-        text, before = task_prompts("cnndm", 1, data_dir(), max_words=400)[0], 53
+        text, before = fixed_prompts("cnndm", 1, data_dir(), max_words=400)[0], 53
     else:
         text, before = prompts[0 if index == "one-token" else index], 0
     input_ids = tokenizer(text, return_tensors="pt").input_ids

@@ -9,13 +9,12 @@ import os
 
 import pytest
 import torch
-from helpers import NEAR_TIE_FLOAT32, assert_same_tokens, data_dir, shared, stock_greedy
+from helpers import NEAR_TIE_FLOAT32, assert_same_tokens, data_dir, fixed_prompts, shared, stock_greedy
 from transformers import AutoModelForCausalLM
 
 import ssd
 from ssd.core.modeling_llama import Qwen2ForCausalLM
 from ssd.loading.checkpoints import QWEN_CODER, QWEN_CODER_KEY, PartedGGUF, parted_gguf, qwen_coder_checkpoint
-from ssd.tools.data import task_prompts
 
 CHUNKS = [b"GGUF" + os.urandom(1000), os.urandom(1000), os.urandom(37)]
 
@@ -137,9 +136,9 @@ def test_qwen_coder_equals_stock_generate(qwen_coder, qwen_stock, task):
     new tokens)."""
     model, tokenizer = qwen_coder
     if task == "humaneval":
-        prompt = task_prompts(task, 1)[0]
+        prompt = fixed_prompts(task, 1)[0]
     elif (folder := data_dir()) is not None:
-        prompt = task_prompts(task, 1, folder, max_words=200)[0]
+        prompt = fixed_prompts(task, 1, folder, max_words=200)[0]
     else:
         pytest.skip(f"the offline {task} data ($SSD_DATA_DIR) is not here")
     input_ids = tokenizer(prompt, return_tensors="pt").input_ids

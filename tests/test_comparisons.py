@@ -8,6 +8,7 @@ from ssd.core.skip_layers import hand_made_set, read_skip_layers
 from ssd.loading.keys import model_key
 from ssd.methods.swift import cache_key
 from ssd.tools.comparisons import SWIFT_METHODS, compare_skip_sets, compare_swift, tabulate_swift
+from ssd.tools.data import task_prompts
 
 MAX_NEW_TOKENS = 16
 
@@ -35,13 +36,22 @@ def test_swift_cold_and_cached_streams(embedded, humaneval, tmp_path):
     model, tokenizer = embedded
     path = tmp_path / "skip_layers.json"
     config = ssd.SwiftConfig(skip_ratio=0.2, context_window=8, max_opt_iter=6, max_score=1.0)
-    records, cold = compare_swift(model, tokenizer, humaneval, config, MAX_NEW_TOKENS, path, progress=False)
+    found_on = {"humaneval": task_prompts("humaneval", 2, use="search")}
+    with pytest.raises(ValueError, match=r"measured on prompts other than those they are found on.*'humaneval': 1"):
+        compare_swift(model, tokenizer, humaneval, {"humaneval": [found_on["humaneval"][0], humaneval["humaneval"][1]]},
+                      config, MAX_NEW_TOKENS, path, progress=False)
+    records, found = compare_swift(model, tokenizer, humaneval, found_on, config, MAX_NEW_TOKENS, path, progress=False)
     assert sorted(r["method"] for r in records) == sorted(SWIFT_METHODS * 2)
     assert all(r["identical"] for r in records if r["method"] != "base"), "every method's output equals base's"
-    cached = [r for r in records if r["method"] == "swift cached"]
-    assert all(r["cache_hit"] and r["opt_steps"] == 0 for r in cached), "the cached stream reads the cold one's set"
+    # The cached set was found on the search's prompts, before and apart from the measured ones, and the
+    # measured cold stream saved nothing over it: the cached stream read the found set at every prompt.
+    finder = found["humaneval"]
+    assert finder.inputs == 2 or (finder.inputs == 1 and not finder.optimizing), "found_on decodes until it stops"
     entry = read_skip_layers(path)[cache_key(model_key(model.name_or_path), "humaneval")]
-    assert (entry["attention"], entry["mlp"]) == tuple(cold["humaneval"].best)
+    assert (entry["attention"], entry["mlp"]) == tuple(finder.best)
+    cached = [r for r in records if r["method"] == "swift cached"]
+    assert all(r["cache_hit"] and r["opt_steps"] == 0 and r["best_score"] == entry["score"] for r in cached)
+    assert not any(r["cache_hit"] for r in records if r["method"] == "swift cold")
 
     rows = tabulate_swift(records)
     assert [row["method"] for row in rows if row["task"] == "all"] == list(SWIFT_METHODS)

@@ -15,14 +15,13 @@ from ssd.loading.checkpoints import QWEN_CODER_KEY
 from ssd.loading.model import parse_dtype
 from ssd.tools import evaluation as ev
 from ssd.tools import reports, scoring
-from ssd.tools.data import Example, load_examples, task_examples
+from ssd.tools.data import Example, load_task_data, task_examples
 
 matplotlib.use("Agg")
 
 SHOT = {"article": "The city council met on Monday and voted to build a new bridge over the river.",
         "highlights": "Council votes for a new bridge."}
 ROWS = [
-    SHOT,
     {"id": "a", "article": "Heavy rain flooded the main road on Tuesday, and the police closed it for six hours.",
      "highlights": "Rain floods the main road."},
     {"id": "b", "article": "The school opened a new library with ten thousand books and a reading garden.",
@@ -89,9 +88,10 @@ def test_apply_draft_falls_back_to_the_hand_picked_set_only_for_the_embedded_mod
 def summaries(embedded, tmp_path_factory):
     """Every standard method on two tiny 1-shot prompts, 8 new tokens, float32, hand-picked draft."""
     model, tokenizer = embedded
-    path = tmp_path_factory.mktemp("data") / "cnndm.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    examples = task_examples("cnndm", 2, tokenizer, 200, data_files=path)
+    folder = tmp_path_factory.mktemp("data")
+    (folder / "cnndm_train.jsonl").write_text(json.dumps(SHOT) + "\n")
+    (folder / "cnndm_test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    examples = task_examples("cnndm", 2, tokenizer, 200, data_dir=folder)
     methods = ev.standard_methods((0.4,), samples=2)
     model.set_skip_layers(*hand_made_set(model.num_layers))
     records = ev.generate_all(model, tokenizer, examples, methods, ev.GenerationSettings(8, early_stop=False),
@@ -221,7 +221,7 @@ def test_summary_and_code_extraction():
 
 @pytest.fixture(scope="module")
 def problem():
-    return load_examples("humaneval", 1)[0]  # has_close_elements
+    return load_task_data("humaneval").test[0]  # has_close_elements
 
 
 WRONG = "    return False\n"

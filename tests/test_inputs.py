@@ -10,7 +10,7 @@ from helpers import tiny_llama
 import ssd
 import ssd.tools.notebook
 from ssd.methods.hybrid import DraftConfig
-from ssd.tools.data import DataUnavailable, get_task, load_examples
+from ssd.tools.data import DataUnavailable, get_task, load_task_data
 
 
 @pytest.mark.parametrize(
@@ -110,7 +110,7 @@ def test_non_llama_checkpoint_is_refused(tmp_path):
 
 def test_missing_data_file_and_unknown_task(tmp_path):
     with pytest.raises(DataUnavailable, match=str(tmp_path)):
-        load_examples("cnndm", 3, data_dir=tmp_path)
+        load_task_data("cnndm", data_dir=tmp_path)
     with pytest.raises(ValueError, match="unknown task"):
         get_task("squad")
 

@@ -59,6 +59,7 @@ def compare_swift(
     model: LlamaForCausalLM,
     tokenizer,
     prompts: dict[str, list[str]],
+    found_on: dict[str, list[str]],
     config: SwiftConfig = SwiftConfig(),
     max_new_tokens: int = 128,
     skip_layers_path: str | Path = DEFAULT_PATH,
@@ -68,24 +69,40 @@ def compare_swift(
 ) -> tuple[list[dict], dict[str, SwiftOptimizer]]:
     """Greedy base, Draft & Verify (essg with the model's own skip set), SWIFT cold start, SWIFT
     cached and CLaSp-style selection (`ssd.methods.clasp`, cold: it keeps nothing between prompts), alternating
-    per prompt.
+    per prompt of `prompts`.
 
-    Per task, the cold start is one optimiser over the task's prompts, starting
-    from nothing and saving its best set under the task's cache key after each
-    prompt; the cached method is another stream over the same prompts with
-    `cache_hit=True`, started after the first cold prompt and reading the entry
-    as it stands at each prompt (the set the cold stream found so far).
+    SWIFT's cached set is found first, per task, on other prompts (`found_on`: the search's rows, never
+    measured): a cold optimiser decodes them in turn, until it stops optimising or they run out, saving its
+    best set under the task's cache key after each. The cached method then reads that entry (`cache_hit=True`)
+    at each prompt and optimises nothing. The cold start is one optimiser per task over the task's prompts,
+    starting from nothing, that saves nothing, so the entry stays the one found on `found_on`.
     `draft_kwargs` (`DraftConfig` settings) apply to Draft & Verify (its self-draft: no GGUF draft unless they
     name one), clasp and SWIFT's draft.
-    Returns one record per (prompt, method), with SWIFT's statistics, and each task's cold optimiser.
+    Returns one record per (prompt, method), with SWIFT's statistics, and each task's optimiser that found
+    the cached set.
     """
+    if set(found_on) != set(prompts):
+        raise ValueError(f"found_on must have the tasks of prompts, {sorted(prompts)}; it has {sorted(found_on)}")
+    shared = {task: n for task, texts in prompts.items() if (n := len(set(found_on[task]) & set(texts)))}
+    if shared:
+        raise ValueError(f"SWIFT's cached sets must be measured on prompts other than those they are found on; "
+                         f"shared prompts per task: {shared}")
     config = dataclasses.replace(config, draft=config.draft.replace(**draft_kwargs))
+    found = {}
+    for task, texts in found_on.items():
+        found[task] = SwiftOptimizer(model, config, task, False, skip_layers_path, model_key)
+        finding = generate_method(model, "swift", max_new_tokens, swift=found[task])
+        for text in texts:
+            finding(encode_inputs(text, tokenizer, model.device), task)
+            if not found[task].optimizing:
+                break
     cold, cached = {}, {}
 
     def swift(streams: dict, cache_hit: bool) -> Method:
         def run(input_ids, task):
             if task not in streams:
-                streams[task] = SwiftOptimizer(model, config, task, cache_hit, skip_layers_path, model_key)
+                streams[task] = SwiftOptimizer(model, config, task if cache_hit else None, cache_hit, skip_layers_path,
+                                               model_key)
             return generate_method(model, "swift", max_new_tokens, swift=streams[task])(input_ids, task)
         return run
 
@@ -93,7 +110,7 @@ def compare_swift(
         "base": generate_method(model, "base", max_new_tokens),
         "draft & verify": generate_method(model, "essg", max_new_tokens, **{"gguf_draft": None, **draft_kwargs}),
         "swift cold": swift(cold, False),
-        "swift cached": swift(cached, True),  # its stream starts after the cold one saved an entry
+        "swift cached": swift(cached, True),
         "clasp": generate_method(model, "clasp", max_new_tokens, **draft_kwargs),
     }
     # The warm-up must not touch SWIFT's cache: only the plain methods warm up.
@@ -106,7 +123,7 @@ def compare_swift(
         r.update(steps=stats.get("steps"), opt_steps=stats.get("opt_steps"), opt_seconds=stats.get("opt_seconds"),
                  opt_passes=stats.get("opt_passes"), budget_held=stats.get("budget_held"),
                  best_score=stats.get("best_score"), cache_hit=stats.get("cache_hit"))
-    return records, cold
+    return records, found
 
 
 def tabulate_swift(records: list[dict]) -> list[dict]:

