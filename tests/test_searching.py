@@ -150,23 +150,23 @@ def test_a_changed_setting_starts_a_new_log_and_the_same_resumes(setting, prompt
     first = searcher()
     assert first.log_status == f"search log {first.log_path}: new" and first.log_path.name.startswith(key)
     nothing_skipped = first.probe([], [])
-    first.search(2)
+    first.search(1)
     assert first.names == variable_names(model.num_layers), "one precision: skip sets only, no precision variable"
     before = evaluations(first.log_path)
-    assert len(before) == 3
+    assert len(before) == 2
     logged = first.log_path.read_bytes()
 
     same = searcher()
     assert same.log_path == first.log_path and same.key == first.key == f"{key}/search/{first.identity_hash}"
-    assert "resumed with 3 evaluations" in same.log_status and same.best_score == first.best_score
+    assert "resumed with 2 evaluations" in same.log_status and same.best_score == first.best_score
     assert same.probe([], []) == nothing_skipped, "a probe in the log is not evaluated again"
-    assert "nothing to search" in same.search_plan(2)
-    same.search(2)  # the same n_iter after completion: nothing
+    assert "nothing to search" in same.search_plan(1)
+    same.search(1)  # the same n_iter after completion: nothing
     assert first.log_path.read_bytes() == logged
-    assert same.search_plan(4).startswith("2 proposals to make")
-    same.search(4)  # a larger n_iter: two more proposals, appended to the same log
+    assert same.search_plan(2).startswith("1 proposals to make")
+    same.search(2)  # a larger n_iter: one more proposal, appended to the same log
     records = evaluations(first.log_path)
-    assert len(records) == 5 and records[:3] == before and same.proposals == 4
+    assert len(records) == 3 and records[:2] == before and same.proposals == 2
     logged = first.log_path.read_bytes()
 
     changed = {
@@ -203,7 +203,7 @@ def test_the_result_goes_under_its_own_key_and_a_shipped_one_needs_overwrite(set
     assert entry["draft_precision"] is None and entry["search"] == search.identity_hash
     assert entry["max_new_tokens"] == 6 and entry["iterations"] == 2 and entry["source"] == "test"
     assert {k: v for k, v in read_skip_layers(path).items() if k != search.key} == shipped, "others kept"
-    search.search(2)
+    search.probe([], [])
     search.save(path)  # its own key: a continued search replaces it
     assert read_skip_layers(path)[search.key]["iterations"] == 3
 

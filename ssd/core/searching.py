@@ -474,7 +474,7 @@ class LayerSkippingSearching:
         if self.proposals >= n_iter:
             return (f"{self.proposals} proposals in the log already (n_iter={n_iter}): nothing to search; "
                     f"raise n_iter to continue")
-        return f"{n_iter - self.proposals} proposals to make, {self.proposals} made (n_iter={n_iter})"
+        return f"{n_iter - self.proposals} proposals to make, {self.proposals} made before (n_iter={n_iter})"
 
     def search(self, n_iter: int) -> tuple[list[int], list[int]]:
         """Proposals of the Gaussian process until `n_iter` have been evaluated in all, the resumed log's
