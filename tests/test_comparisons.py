@@ -29,6 +29,9 @@ def test_skip_sets_against_base(embedded, humaneval):
         assert row["drafted"] > 0 and row["new_tokens"] == 2 * MAX_NEW_TOKENS
     # The full model as its own draft agrees almost always; skipping 14 of 60 sub-layers does far less often.
     assert by_set["none"]["matchness"] >= 0.9 > by_set["hand-made"]["matchness"]
+    # Each row names its draft's precision: the model's own weights (its dtype) unless the set names one.
+    assert {name: row["precision"] for name, row in by_set.items()} == {
+        "none": "float32", "hand-made": "float32", "int4": "int4"}
     assert model.default_draft == ssd.Draft(), "the comparison passes drafts as values, never setting the model's"
 
 

@@ -18,14 +18,19 @@ into equal parts, one per precision. A Gaussian-process optimiser
 - `"tokens_per_second"`: the paper's, wall-clock tokens per second of exact
   self-speculative decoding on the prompts. Noisy on a shared machine.
 
-Every evaluation is appended to a JSONL log as it finishes; a search given the
-same log starts from all of them, so an interruption loses nothing finished.
+Every evaluation is appended to a JSONL log as it finishes, one log per identity
+(everything a score depends on: model, prompts, lengths, dtype, device, objective,
+precisions, draft settings); a search with the same identity resumes from all of
+them, so an interruption loses nothing finished, and any change starts a new log.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from dataclasses import dataclass, field
+import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -34,9 +39,10 @@ from tqdm.auto import tqdm
 from ssd.core.clock import median_seconds, timed
 from ssd.core.decoding import base_generate, speculative_decode
 from ssd.core.draft import PRECISIONS, Draft
-from ssd.core.files import append_jsonl, read_jsonl
+from ssd.core.files import append_jsonl, read_jsonl, write_text_atomic
 from ssd.core.modeling_llama import LlamaForCausalLM
 from ssd.core.self_draft import SelfDraftConfig
+from ssd.core.skip_layers import save_skip_layers
 from ssd.fast import DeviceProfile, DraftHead
 
 logger = logging.getLogger(__name__)
@@ -223,11 +229,81 @@ def runnable_precisions(precisions: tuple[str | None, ...], profile: DeviceProfi
     return runnable
 
 
+# --- what a score depends on: the log's identity ------------------------------------
+
+
+def weights_fingerprint(model: LlamaForCausalLM) -> str:
+    """A short hash of the model's config and of every weight's name, shape, dtype and an evenly strided
+    sample of its values (at most 4096 a tensor): computed in milliseconds at any size, and it tells apart
+    two checkpoints of the same depth."""
+    digest = hashlib.sha256()
+    config = {k: v for k, v in model.config.to_dict().items()
+              if not k.startswith("_") and k not in ("transformers_version", "torch_dtype", "dtype")}
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, weight in model.named_parameters():
+        flat = weight.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 4096)][:4096].float().cpu()
+        digest.update(f"{name}{tuple(weight.shape)}{weight.dtype}".encode())
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def prompts_fingerprint(prompts: list[torch.Tensor]) -> str:
+    """A short hash of the prompts' token ids: their text, its clipping (`max_words`) and the tokenizer."""
+    digest = hashlib.sha256()
+    for ids in prompts:
+        digest.update(json.dumps(ids[0].tolist()).encode())
+    return digest.hexdigest()[:16]
+
+
+def identity_hash(identity: dict) -> str:
+    """The short hash that names a search's log and its skip_layers.json entry."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def identity_differences(identity: dict, other: dict) -> list[str]:
+    """What differs between two identities, readable: `max_new_tokens 12, not 32`; hashed ones by name."""
+    differences = []
+    for name in sorted(set(identity) | set(other)):
+        mine, theirs = identity.get(name), other.get(name)
+        if mine == theirs:
+            continue
+        if name in ("weights", "prompts"):
+            differences.append(name)
+        elif isinstance(mine, dict) and isinstance(theirs, dict):  # the draft settings, field by field
+            differences += [f"{name}.{part}" for part in identity_differences(mine, theirs)]
+        else:
+            differences.append(f"{name} {mine!r}, not {theirs!r}")
+    return differences
+
+
+def logged_identity(path: Path) -> dict | None:
+    """The identity on a search log's first line; None for any other file."""
+    with open(path, encoding="utf-8") as f:
+        first = f.readline()
+    try:
+        return json.loads(first).get("identity")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+
+
+def safe_file_name(text: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", text).strip("_") or "model"
+
+
 class LayerSkippingSearching:
     """Finds the draft (skip set and precision) that maximises an objective over a few prompts.
 
-    `prompts`: token id tensors `[1, T]` or strings. `log_path`: a JSONL file
-    of evaluations; given an existing one, the search resumes from it.
+    `prompts`: token id tensors `[1, T]` or strings. `model_key`: the model's name in skip_layers.json
+    (`ssd.loading.keys.model_key`; None: its config's `model_type`), which names its log and its entry.
+
+    `identity` holds everything a score depends on: the model (its key and `weights_fingerprint`), the
+    prompts (`prompts_fingerprint`), `max_new_tokens`, the dtype, the device (and a CPU's threads), whether
+    the model is compiled and its weights packed, the objective, the precisions searched and the draft
+    settings the objective reads. `log_dir`: where each evaluation is appended to `<model key>-<hash of
+    the identity>.jsonl` as it finishes, after a first line holding the identity; a search with the same
+    identity resumes from that log, any other change starts a new log and leaves the old one as it was.
+    `log_status` says which, in one line. None: evaluations are kept in memory only.
     """
 
     def __init__(
@@ -237,7 +313,8 @@ class LayerSkippingSearching:
         prompts,
         evaluate_config: SearchConfig = SearchConfig(),
         objective: str = "predicted",
-        log_path: str | Path | None = None,
+        log_dir: str | Path | None = None,
+        model_key: str | None = None,
     ):
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -245,26 +322,28 @@ class LayerSkippingSearching:
             raise ValueError("the search needs at least one prompt")
         self.model, self.config, self.objective = model, evaluate_config, objective
         self.num_layers = model.num_layers
-        self.precisions = runnable_precisions(evaluate_config.precisions, DeviceProfile.of(model.device))
+        profile = DeviceProfile.of(model.device)
+        self.precisions = runnable_precisions(evaluate_config.precisions, profile)
         self.names = variable_names(self.num_layers, self.precisions)
-        self.log_path = Path(log_path) if log_path is not None else None
         self.prompts = [
             tokenizer(p, return_tensors="pt").input_ids.to(model.device) if isinstance(p, str) else p.to(model.device)
             for p in prompts
         ]
+        self.model_key = model_key or model.config.model_type
+        self.identity = json.loads(json.dumps({
+            "model": self.model_key, "weights": weights_fingerprint(model), "layers": self.num_layers,
+            "prompts": prompts_fingerprint(self.prompts), "n_prompts": len(self.prompts),
+            "max_new_tokens": evaluate_config.max_new_tokens, "dtype": str(model.dtype).removeprefix("torch."),
+            "device": f"{profile.type}: {profile.name}",
+            "threads": torch.get_num_threads() if profile.type == "cpu" else None,
+            "compiled": model.compiled, "packed": model.weights_packed,
+            "objective": objective, "precisions": list(self.precisions), "draft": asdict(evaluate_config.draft),
+        }))
+        self.identity_hash = identity_hash(self.identity)
         config = evaluate_config
         self.optimizer = bayesian_optimizer(self.names, config.kappa, config.alpha, config.seed)
         self.history: list[dict] = []
-        logged = read_jsonl(self.log_path, log=True) if self.log_path else []
-        for record in logged:  # refuse a foreign log before any costly preparation
-            # The precision variable's ranges depend on which precisions are searched.
-            if (record["objective"] != objective or record.get("variables") != self.names
-                    or record.get("precisions") != list(self.precisions)):
-                raise ValueError(
-                    f"{self.log_path} logs a {record['objective']!r} search over other variables; this is a "
-                    f"{objective!r} search over {self.num_layers} layers and precisions {self.precisions}: "
-                    f"use another log file"
-                )
+        self.log_path, self.log_status, logged = self._open_log(log_dir)
         # Copies for every searched precision, before the draft heads are built: a head gathers its
         # low-bit rows from the model's copy of the LM head. The model's own precision is kept.
         for precision in self.precisions:
@@ -274,7 +353,37 @@ class LayerSkippingSearching:
             self._prepare_predicted()
         for record in logged:
             params = dict(zip(self.names, record["params"]))
-            self._register(record["attention"], record["mlp"], record["draft_precision"], record["score"], params, log=False)
+            self._register(record["attention"], record["mlp"], record["draft_precision"], record["score"], params,
+                           record["kind"], log=False)
+
+    @property
+    def key(self) -> str:
+        """The skip_layers.json entry this search writes by default: `<model key>/search/<hash>`."""
+        return f"{self.model_key}/search/{self.identity_hash}"
+
+    def _open_log(self, log_dir: str | Path | None) -> tuple[Path | None, str, list[dict]]:
+        """The log of this identity, its one-line status and its evaluations (read before any costly
+        preparation). A new log is compared with the closest other log in the folder, to say what differs."""
+        if log_dir is None:
+            return None, "no search log: evaluations are kept in memory only", []
+        folder = Path(log_dir)
+        path = folder / f"{safe_file_name(self.model_key)}-{self.identity_hash}.jsonl"
+        if path.exists():
+            header, *logged = read_jsonl(path, log=True) or [{}]
+            if header.get("identity") != self.identity:
+                raise ValueError(f"{path} was written by another search (its first line holds another identity "
+                                 f"than {self.identity}); move it away")
+            probes = sum(record["kind"] == "probe" for record in logged)
+            return path, (f"search log {path}: resumed with {len(logged)} evaluations ({len(logged) - probes} "
+                          f"proposed, {probes} probed)"), logged
+        others = []
+        for other in sorted(folder.glob("*.jsonl"), key=lambda p: p.stat().st_mtime, reverse=True):
+            if isinstance(identity := logged_identity(other), dict):
+                others.append((identity_differences(self.identity, identity), other))
+        if not others:
+            return path, f"search log {path}: new", []
+        differences, closest = min(others, key=lambda pair: len(pair[0]))  # the newest among the closest
+        return path, f"search log {path}: new; {closest} (kept as it is) differs in {'; '.join(differences)}", []
 
     # -- objectives --
 
@@ -330,32 +439,54 @@ class LayerSkippingSearching:
 
     # -- search --
 
-    def _register(self, attention, mlp, precision, score: float, params: dict | None = None, log: bool = True) -> None:
+    def _register(self, attention, mlp, precision, score: float, params: dict | None, kind: str,
+                  log: bool = True) -> None:
         """Tell the optimiser the raw variables it proposed (0/1 for a probed set), and log it."""
         params = params or skip_layers_to_params(attention, mlp, self.num_layers, precision, self.precisions)
         self.optimizer.register(params=params, target=score)
-        record = {"attention": list(attention), "mlp": list(mlp), "draft_precision": precision, "score": score,
-                  "objective": self.objective, "variables": self.names, "precisions": list(self.precisions),
-                  "params": [float(params[name]) for name in self.names]}
+        record = {"kind": kind, "attention": list(attention), "mlp": list(mlp), "draft_precision": precision,
+                  "score": score, "params": [float(params[name]) for name in self.names]}
         self.history.append(record)
         if log and self.log_path is not None:
+            if not self.log_path.exists():
+                write_text_atomic(self.log_path, json.dumps({"identity": self.identity}) + "\n")
             append_jsonl(self.log_path, record)
 
     def probe(self, attention, mlp, precision: str | None = None) -> float:
-        """Evaluate a known draft now and tell the optimiser (the paper seeds good sets this way)."""
-        score = self.evaluate(list(attention), list(mlp), precision)  # bad input raises before anything is logged
-        self._register(sorted(attention), sorted(mlp), precision, score)
+        """Evaluate a known draft now and tell the optimiser (the paper seeds good sets this way). A draft
+        probed before, in this search or the log it resumed, is not evaluated again: its score is returned."""
+        attention, mlp = sorted(attention), sorted(mlp)
+        for record in self.history:
+            if record["kind"] == "probe" and (record["attention"], record["mlp"], record["draft_precision"]) == (
+                    attention, mlp, precision):
+                return record["score"]
+        score = self.evaluate(attention, mlp, precision)  # bad input raises before anything is logged
+        self._register(attention, mlp, precision, score, None, "probe")
         return score
 
+    @property
+    def proposals(self) -> int:
+        """Evaluations the Gaussian process proposed (probes not counted), the log's included."""
+        return sum(record["kind"] == "proposal" for record in self.history)
+
+    def search_plan(self, n_iter: int) -> str:
+        """What `search(n_iter)` will do, in one line."""
+        if self.proposals >= n_iter:
+            return (f"{self.proposals} proposals in the log already (n_iter={n_iter}): nothing to search; "
+                    f"raise n_iter to continue")
+        return f"{n_iter - self.proposals} proposals to make, {self.proposals} made before (n_iter={n_iter})"
+
     def search(self, n_iter: int) -> tuple[list[int], list[int]]:
-        """`n_iter` more evaluations proposed by the Gaussian process; returns the best skip set so far
-        (its precision: `best_draft_precision`)."""
-        progress = tqdm(range(n_iter), desc="search")
+        """Proposals of the Gaussian process until `n_iter` have been evaluated in all, the resumed log's
+        included (probes not counted): a rerun continues an interrupted search, a larger `n_iter` continues
+        a finished one, and the same `n_iter` does nothing. Returns the best skip set so far (its
+        precision: `best_draft_precision`)."""
+        progress = tqdm(range(max(0, n_iter - self.proposals)), desc="search")
         for _ in progress:
             params = self.optimizer.suggest()
             attention, mlp = params_to_skip_layers(params, self.num_layers)
             precision = params_to_precision(params, self.precisions)
-            self._register(attention, mlp, precision, self.evaluate(attention, mlp, precision), params)
+            self._register(attention, mlp, precision, self.evaluate(attention, mlp, precision), params, "proposal")
             progress.set_postfix(best=f"{self.best_score:.4g}", skipped=len(attention) + len(mlp), precision=precision)
         return self.get_solution()
 
@@ -375,3 +506,16 @@ class LayerSkippingSearching:
     @property
     def best_draft_precision(self) -> str | None:
         return self._best()["draft_precision"]
+
+    def save(self, path: str | Path, key: str | None = None, overwrite: bool = False, **metadata) -> str:
+        """Store the best draft in skip_layers.json at `path`, with the identity it was scored under, and
+        return its key: `key`, or None for the search's own (`key`), which a continued search replaces.
+        Any other existing entry (a shipped one such as the model's own key) is replaced only with
+        `overwrite=True`; `metadata`: more JSON fields."""
+        key = key or self.key
+        identity = {name: value for name, value in self.identity.items() if name not in ("model", "weights", "prompts")}
+        save_skip_layers(key, *self.get_solution(), path=path, overwrite=overwrite or key == self.key,
+                         draft_precision=self.best_draft_precision, score=round(self.best_score, 4),
+                         iterations=len(self.history), search=self.identity_hash,
+                         log=self.log_path.name if self.log_path else None, **identity, **metadata)
+        return key

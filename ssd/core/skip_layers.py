@@ -89,10 +89,12 @@ def apply_skip_layers(model: LlamaForCausalLM, key: str, path: str | Path = DEFA
     return draft
 
 
-def save_skip_layers(key: str, attention, mlp, path: str | Path = DEFAULT_PATH, **metadata) -> None:
+def save_skip_layers(key: str, attention, mlp, path: str | Path = DEFAULT_PATH, overwrite: bool = True,
+                     **metadata) -> None:
     """Store one entry, keeping every other. The entry is checked as reading checks a file (layer indices,
     `draft_precision`; metadata must be JSON values) before anything is written; an unreadable existing
-    file is an error, never overwritten."""
+    file is an error, never overwritten. `overwrite=False`: an existing entry under `key` is an error
+    (the search's results replace no entry by accident)."""
     if not isinstance(key, str) or not key:
         raise ValueError(f"a skip_layers.json key must be a non-empty string, got {key!r}")
     attention, mlp = Draft.skipping(attention, mlp, metadata.get("draft_precision")).skip_layers
@@ -103,5 +105,7 @@ def save_skip_layers(key: str, attention, mlp, path: str | Path = DEFAULT_PATH, 
         raise ValueError(f"entry {key!r}: metadata must be JSON values ({error})") from None
     path = Path(path)
     entries = read_skip_layers(path) if path.exists() else {}
+    if key in entries and not overwrite:
+        raise ValueError(f"{path} already has an entry {key!r}; pass overwrite=True to replace it")
     entries[key] = entry
     write_json_atomic(path, entries)

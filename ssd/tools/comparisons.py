@@ -34,22 +34,30 @@ def compare_skip_sets(
     draft over all tasks ("all"). A draft is `(attention, mlp)`, at the model's draft precision, or
     `(attention, mlp, precision)`.
 
-    Row fields: set, task, prompts, speedup (over base), tokens_per_second,
+    Row fields: set, precision (the draft's: int8, int4, or the model's dtype for its own weights), task,
+    prompts, speedup (over base), tokens_per_second,
     matchness, drafted (tokens), tokens_per_verification, identical (prompts
     whose output equals base's). Skip sets are compared on their own drafts:
     n-gram lookup and llama.cpp's GGUF draft are off unless `draft_kwargs` turn them on.
     """
     draft_kwargs = {"ngram_size": 0, "gguf_draft": None, **draft_kwargs}
 
-    def with_set(attention, mlp, precision=model.get_draft_precision()) -> Method:
-        draft = model.prepare_draft(Draft.skipping(attention, mlp, precision))
-        return generate_method(model, "essg", max_new_tokens, draft=draft, **draft_kwargs)
+    def draft_of(attention, mlp, precision=model.get_draft_precision()) -> Draft:
+        return model.prepare_draft(Draft.skipping(attention, mlp, precision))
 
+    drafts = {name: draft_of(*skip_set) for name, skip_set in skip_sets.items()}
     methods = {"base": generate_method(model, "base", max_new_tokens)}
-    methods.update({name: with_set(*skip_set) for name, skip_set in skip_sets.items()})
+    methods.update({name: generate_method(model, "essg", max_new_tokens, draft=draft, **draft_kwargs)
+                    for name, draft in drafts.items()})
     warm_up = encode_inputs(WARM_UP, tokenizer, model.device)
     records = run_side_by_side(_prompts(tokenizer, prompts, model.device), methods, warm_up, progress=progress)
-    return [{"set": row.pop("method"), **row} for row in tabulate_speed(records) if row["method"] != "base"]
+    weights = str(model.dtype).removeprefix("torch.")  # a draft at precision None runs the model's own weights
+    rows = []
+    for row in tabulate_speed(records):
+        name = row.pop("method")
+        if name != "base":
+            rows.append({"set": name, "precision": drafts[name].precision or weights, **row})
+    return rows
 
 
 SWIFT_METHODS = ("base", "draft & verify", "swift cold", "swift cached", "clasp")
