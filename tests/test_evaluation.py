@@ -1,9 +1,8 @@
-"""ssd.tools.evaluation: methods, generation over examples, ROUGE-2, HumanEval execution, pass@k, tables, files.
+"""ssd.tools.evaluation: methods, generation over examples, ROUGE-2, HumanEval execution, pass@k, tables (files: test_results.py).
 
 Real embedded model where a model is needed; no timing asserts.
 """
 
-import csv
 import json
 import statistics
 
@@ -145,17 +144,6 @@ def test_table_rows_and_speedups(summaries):
     text = reports.format_table(table, ["method", "rouge2", "matchness"])
     lines = text.splitlines()
     assert lines[0].startswith("| method") and len(lines) == len(table) + 2 and "| -" in text
-
-
-def test_results_files_are_written(summaries, tmp_path):
-    _, _, records, table = summaries
-    paths = reports.write_results(tmp_path / "out", "evaluate_sum_cnndm_smollm2-135m_n2", table, records, {"n": 2})
-    with open(paths[0]) as f:
-        rows = list(csv.DictReader(f))
-    assert [r["method"] for r in rows] == [row["method"] for row in table]
-    data = json.loads(paths[1].read_text())
-    assert data["parameters"] == {"n": 2} and len(data["records"]) == len(records)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in paths)  # no temporary left
 
 
 def test_plots(summaries):

@@ -110,6 +110,13 @@ def test_jsonl_log_survives_a_torn_last_line(tmp_path):
     assert read_jsonl(path, log=True) == [{"i": 0}, {"i": 1}]
     with pytest.raises(ValueError, match="line 3: not valid JSON"):
         read_jsonl(path)  # not a log: a torn line is an error
+    append_jsonl(path, {"i": 3})  # the torn line is cut off, never left inside the file
+    assert read_jsonl(path, log=True) == read_jsonl(path) == [{"i": 0}, {"i": 1}, {"i": 3}]
+    with open(path, "a") as f:
+        f.write('{"i": 4}')  # whole, but its newline never written: torn all the same
+    assert read_jsonl(path, log=True) == [{"i": 0}, {"i": 1}, {"i": 3}]
+    append_jsonl(path, {"i": 5})
+    assert path.read_text() == '{"i": 0}\n{"i": 1}\n{"i": 3}\n{"i": 5}\n'
     path.write_text('{"i": 0}\n{bad\n{"i": 2}\n')
     with pytest.raises(ValueError, match="line 2"):
         read_jsonl(path, log=True)

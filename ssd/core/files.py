@@ -36,24 +36,45 @@ def write_json_atomic(path: str | Path, data) -> None:
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:
-    """Append one record as a line, flushed to disk, so an interruption loses no finished record."""
+    """Append one record as a line, flushed to disk, so an interruption loses no finished record. A last
+    line cut short by an earlier crash (no newline: `read_jsonl` ignores it) is cut off first, so that it
+    never ends up inside the file."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    with open(path, "ab+") as f:
+        f.truncate(_complete_size(f))
+        f.write((json.dumps(record) + "\n").encode("utf-8"))
         f.flush()
         os.fsync(f.fileno())
+
+
+def _complete_size(f) -> int:
+    """Bytes of an open file up to its last newline (all of it when it ends with one)."""
+    size = f.seek(0, os.SEEK_END)
+    position = size
+    while position > 0:
+        step = min(position, 1 << 16)
+        f.seek(position - step)
+        newline = f.read(step).rfind(b"\n")
+        if newline >= 0:
+            return position - step + newline + 1
+        position -= step
+    return 0
 
 
 def read_jsonl(path: str | Path, log: bool = False) -> list[dict]:
     """Records of a JSONL file, one per non-empty line; a line that is not JSON is an error naming the
     file and line, and so is a missing file. `log=True` reads an append-only log (`append_jsonl`): a
-    missing log holds nothing yet, and a last line cut short by a crash is ignored."""
+    missing log holds nothing yet, and a last line cut short by a crash (without its newline, which
+    `append_jsonl` writes with every record) is ignored."""
     path = Path(path)
     if not path.is_file():
         if log and not path.exists():
             return []
         raise FileNotFoundError(f"no file {path}")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    if log:
+        lines.pop()  # after the last newline: empty, or a torn final write
     records = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -61,8 +82,6 @@ def read_jsonl(path: str | Path, log: bool = False) -> list[dict]:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as error:
-            if log and number == len(lines):
-                break  # torn final write
             raise ValueError(f"{path}, line {number}: not valid JSON ({error})") from None
     return records
 

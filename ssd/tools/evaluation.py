@@ -2,15 +2,17 @@
 
 The notebooks `evaluate_sum.ipynb` and `evaluate_code.ipynb` are thin calls
 into this module, `ssd.tools.scoring` (ROUGE-2, HumanEval) and `ssd.tools.reports`
-(tables, plots, result files). Methods run alternately per example (not one method over
-all examples, then the next) so that drift of a shared machine falls on all
+(tables, plots) and `ssd.tools.results` (the result files). Methods run alternately per
+example (not one method over all examples, then the next) so that drift of a shared machine falls on all
 methods alike. Speedup is a method's tokens per second over its baseline's
 (greedy methods against greedy `base`, sampled ones against sampled `base`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,6 +25,7 @@ from ssd.loading.checkpoints import EMBEDDED_KEY, NAMED_CHECKPOINTS
 from ssd.loading.keys import model_key
 from ssd.tools.data import Example
 from ssd.tools.prompts import WARM_UP
+from ssd.tools.results import ResultsFile, as_loaded, draft_setup, provenance
 from ssd.tools.timing import WARM_UP_TASK, Run, run_side_by_side
 
 
@@ -149,10 +152,29 @@ def model_label(name_or_path: str | None) -> str:
 # --- generating ---------------------------------------------------------------------
 
 
+def results_file(folder: str | Path | None, notebook: str, parameters: dict, model, examples: list[Example],
+                 methods: list[Method], settings: GenerationSettings) -> ResultsFile:
+    """The result file of this setup (`ssd.tools.results`), new or to resume: named by the notebook, task,
+    model and number of examples, and a hash of the notebook's `parameters` (dtype, device and compile as
+    loaded), the methods, the settings, the examples and the model's draft. `folder` None: `results/`."""
+    digest = hashlib.sha256(json.dumps([[e.task, e.id, e.prompt] for e in examples]).encode()).hexdigest()
+    setup = dict(parameters=as_loaded(parameters, model), methods=[asdict(m) for m in methods],
+                 settings=asdict(settings), examples=dict(n=len(examples), sha256=digest), draft=draft_setup(model))
+    tasks = "-".join(dict.fromkeys(e.task for e in examples))
+    prefix = f"{notebook}_{tasks}_{model_key(model.name_or_path)}_n{len(examples)}"
+    return ResultsFile.open(folder, prefix, setup, provenance(model))
+
+
 def generate_all(model, tokenizer, examples: list[Example], methods: list[Method], settings: GenerationSettings,
-                 progress: bool = True) -> list[dict]:
+                 progress: bool = True, results: ResultsFile | None = None) -> list[dict]:
     """Every method on every example, on the timing harness (`ssd.tools.timing`: methods alternate per example,
-    one untimed warm-up each); one record per generation, with the example's id and the decoded completion."""
+    one untimed warm-up each); one record per generation, with the example's id and the decoded completion.
+
+    `results` (`results_file`): each example's records are appended to it once all its methods have run; the
+    examples it already holds are read back, not generated again, and an adaptive threshold resumes from its
+    last record, so an interrupted run continues as if it had not stopped. The records returned are then the
+    file's.
+    """
     if not examples:
         raise ValueError("no examples to evaluate")
     if not methods:
@@ -161,8 +183,12 @@ def generate_all(model, tokenizer, examples: list[Example], methods: list[Method
     missing = sorted({m.baseline for m in methods} - names)
     if missing:
         raise ValueError(f"baseline method(s) {missing} are not among the methods {sorted(names)}")
+    done = _done(results, examples, methods)
     # An adaptive threshold carries over from one example to the next (the warm-up keeps its own).
     thresholds = {(m.name, task): m.th_stop_draft for m in methods for task in ({e.task for e in examples} | {WARM_UP_TASK})}
+    adaptive = {m.name for m in methods if m.adaptive}
+    for r in (r for records in done.values() for r in records if r["method"] in adaptive):
+        thresholds[r["method"], r["task"]] = r["th_stop_draft"]
     samples = {m.name: 0 for m in methods}  # calls so far, for each call's seed (settings.seed + sample)
     eos = tokenizer.eos_token_id if settings.early_stop else []
 
@@ -180,15 +206,41 @@ def generate_all(model, tokenizer, examples: list[Example], methods: list[Method
                           completion=tokenizer.decode(out.tokens, skip_special_tokens=True))
         return run
 
-    prompts = [(e.task, encode_inputs(e.prompt, tokenizer, model.device)) for e in examples]
-    warm_up = encode_inputs(WARM_UP, tokenizer, model.device)
-    greedy = [m.name for m in methods if not m.do_sample]
-    records = run_side_by_side(prompts, {m.name: harness_method(m) for m in methods}, warm_up,
-                               reference="base" if "base" in names else None, compared=greedy,
-                               repeats={m.name: m.samples for m in methods}, progress=progress)
-    for r in records:
-        r["example_id"] = examples[r["prompt"]].id
-    return records
+    todo = [i for i, e in enumerate(examples) if e.id not in done]
+
+    def finished(records: list[dict]) -> None:
+        for r in records:
+            r["prompt"] = todo[r["prompt"]]  # its index among all the examples
+            r["example_id"] = examples[r["prompt"]].id
+        if results is not None:
+            results.append(records[0]["example_id"], records)
+
+    records = []
+    if todo:
+        prompts = [(examples[i].task, encode_inputs(examples[i].prompt, tokenizer, model.device)) for i in todo]
+        warm_up = encode_inputs(WARM_UP, tokenizer, model.device)
+        greedy = [m.name for m in methods if not m.do_sample]
+        records = run_side_by_side(prompts, {m.name: harness_method(m) for m in methods}, warm_up,
+                                   reference="base" if "base" in names else None, compared=greedy,
+                                   repeats={m.name: m.samples for m in methods}, progress=progress, on_prompt=finished)
+    return records if results is None else results.read().records
+
+
+def _done(results: ResultsFile | None, examples: list[Example], methods: list[Method]) -> dict[str, list[dict]]:
+    """The examples `results` already holds, by id, each checked to have every method's every sample."""
+    if results is None:
+        return {}
+    ids = [e.id for e in examples]
+    if len(set(ids)) != len(ids):
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        raise ValueError(f"example ids repeat, so a result file cannot tell them apart: {repeated}")
+    done = results.read().examples
+    expected = sorted((m.name, s) for m in methods for s in range(m.samples))
+    for example_id, records in done.items():
+        if example_id not in ids or sorted((r["method"], r["sample"]) for r in records) != expected:
+            raise ValueError(f"{results.path}: example {example_id!r} is not one of this run's, or lacks some of its "
+                             f"methods' samples: the file belongs to another setup")
+    return done
 
 
 def _generate(model, input_ids, method: Method, threshold: float, settings: GenerationSettings, sample: int, eos):

@@ -1,4 +1,4 @@
-"""Tables, plots and result files of the evaluation notebooks.
+"""Tables and plots of the evaluation notebooks (their result files: `ssd.tools.results`).
 
 Speedup is a method's tokens per second over its baseline's (greedy methods
 against greedy `base`, sampled ones against sampled `base`).
@@ -7,15 +7,9 @@ against greedy `base`, sampled ones against sampled `base`).
 from __future__ import annotations
 
 import statistics
-from pathlib import Path
 
-from ssd.core.files import write_csv_atomic, write_json_atomic
-from ssd.loading.keys import model_key
 from ssd.tools.evaluation import Method
 from ssd.tools.timing import tabulate_speed
-
-RESULTS_DIR = Path(__file__).resolve().parents[2] / "results"  # gitignored
-
 
 # --- tables -------------------------------------------------------------------------
 
@@ -106,22 +100,6 @@ def assert_greedy_identical(records: list[dict], methods: list[Method], table: l
             assert r[metric] == per_record[("base", r["example_id"])][metric]
     return (f"{len(divergences)} of {len(greedy) * len({r['example_id'] for r in records})} essg generations left base's "
             f"path in reduced precision (near-ties; use float32 for token identity): {divergences}")
-
-
-def write_results(folder: str | Path | None, stem: str, table: list[dict], records: list[dict], params: dict) -> list[Path]:
-    """`<stem>.csv` (the table), `<stem>.json` (parameters, table and every record), written atomically
-    under `folder` (None: the repository's `results/`)."""
-    folder = RESULTS_DIR if folder is None else Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    csv_path, json_path = folder / f"{stem}.csv", folder / f"{stem}.json"
-    write_csv_atomic(csv_path, table)
-    write_json_atomic(json_path, dict(parameters=params, table=table, records=records))
-    return [csv_path, json_path]
-
-
-def results_stem(notebook: str, task: str, model: str | None, n: int) -> str:
-    """A short file name: notebook, task, model, number of examples."""
-    return f"{notebook}_{task}_{model_key(model)}_n{n}"
 
 
 # --- plots --------------------------------------------------------------------------

@@ -83,6 +83,7 @@ def run_side_by_side(
     compared: Collection[str] | None = None,
     repeats: dict[str, int] | None = None,
     progress: bool = True,
+    on_prompt: Callable[[list[dict]], None] | None = None,
 ) -> list[dict]:
     """Every method on every (task, input_ids) prompt, alternating per prompt; one record per call.
 
@@ -90,7 +91,8 @@ def run_side_by_side(
     `WARM_UP_TASK` (None: no warm-up). `reference`: the method whose tokens
     others are compared with (`identical`; None: no comparison); `compared`:
     the methods compared with it (None: all; leave out sampled ones). `repeats`:
-    calls per prompt for a method (samples for pass@k), default 1.
+    calls per prompt for a method (samples for pass@k), default 1. `on_prompt`:
+    called with each prompt's records once all its methods have run (to save them as they come).
     Record fields: prompt (index), task, method, sample, new_tokens, seconds,
     identical, tokens, the `Run`'s figures and its `extra`.
     """
@@ -120,6 +122,8 @@ def run_side_by_side(
         for record in mine:
             checked = reference is not None and (compared is None or record["method"] in compared)
             record["identical"] = record["tokens"] == expected if checked else None
+        if on_prompt is not None:
+            on_prompt(mine)
         records += mine
         bar.set_postfix({r["method"]: f"{r['new_tokens'] / r['seconds']:.1f} tok/s" for r in mine if r["sample"] == 0})
     return records
