@@ -41,6 +41,24 @@ def test_standard_methods_are_the_papers_set():
         ev.standard_methods((0.6, 0.60))
 
 
+def test_ablation_puts_each_addition_on_the_papers_essg(embedded):
+    """Each ablation row is the paper's essg plus one of ssd's parts (its drafts show which), then the
+    default; every one keeps base's tokens (float32)."""
+    model, tokenizer = embedded
+    methods = {m.name: m for m in ev.ablation_methods()}
+    assert list(methods) == ["essg + int4", "essg + lookups", "essg + gate", "essg + trimmed head", "hybrid"]
+    input_ids = tokenizer("one two three four five six one two three four five six one two", return_tensors="pt").input_ids
+    settings = ev.GenerationSettings(max_new_tokens=24)
+    base = ev._generate(model, input_ids, ev.Method("base"), 0.6, settings, 0, []).tokens
+    out = {name: ev._generate(model, input_ids, m, m.th_stop_draft, settings, 0, []) for name, m in methods.items()}
+    assert all(o.tokens == base for o in out.values()), {name: o.tokens for name, o in out.items()}
+    assert set(out["essg + int4"].drafted_by_kind) == {"draft"}
+    assert out["essg + lookups"].drafted_by_kind.get("lookup", 0) > 0
+    assert out["essg + trimmed head"].drafted_by_kind.get("lookup", 0) == 0
+    with pytest.raises(ValueError, match="draft_precision is for essg and sss"):
+        ev.Method("m", "hybrid", draft_precision="int4")
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(generate_fn="beam"), "generate_fn must be one of"),
     (dict(generate_fn="essg", do_sample=True), "essg is greedy"),

@@ -15,7 +15,9 @@ from helpers import random_skip_set
 
 import ssd
 from ssd.core.decoding import base_generate, generation_cache
-from ssd.methods.paper import PAPER_CONFIG, exact_self_speculative_generate
+from ssd.core.skip_layers import read_skip_layers
+from ssd.loading.keys import model_key
+from ssd.methods.paper import PAPER_CONFIG, exact_self_speculative_generate, paper_draft
 
 MAX_NEW_TOKENS = 64
 
@@ -95,3 +97,17 @@ def test_essg_through_generate_is_the_paper_setting(embedded, prompts):
                        return_dict_in_generate=True)
     tokens, matched, drafted, _ = reference_essg(model, draft, input_ids, MAX_NEW_TOKENS, **SETTINGS[0])
     assert (out.tokens, out.num_accepted_tokens, out.num_drafted_tokens) == (tokens, matched, drafted)
+
+
+def test_the_paper_draft_is_the_models_paper_kind_entry(embedded, tmp_path):
+    """`essg` drafts with `<key>/paper`, or a `<key>` entry that names no draft precision (the published
+    LLaMA-2 sets, whose hub ids end in -hf), on the model's own weights; with neither, ssd's error says how
+    to make one."""
+    model, _ = embedded
+    path = tmp_path / "skip_layers.json"
+    ssd.save_skip_layers("smollm2-135m-instruct", [], [], path, draft_precision="int4")  # a joint entry: not the paper's
+    with pytest.raises(KeyError, match="no paper-kind skip set for 'smollm2-135m-instruct'.*precisions=\\[None\\]"):
+        paper_draft(model, path)
+    ssd.save_skip_layers("smollm2-135m-instruct/paper", [3, 5], [4], path)
+    assert paper_draft(model, path) == ssd.Draft.skipping([3, 5], [4])
+    assert model_key("meta-llama/Llama-2-13b-hf") == "llama-2-13b" and "llama-2-13b" in read_skip_layers()

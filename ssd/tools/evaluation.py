@@ -23,6 +23,8 @@ from ssd.core.skip_layers import apply_skip_layers, hand_made_set, load_draft
 from ssd.generation import encode_inputs, generate, method_names
 from ssd.loading.checkpoints import EMBEDDED_KEY, NAMED_CHECKPOINTS
 from ssd.loading.keys import model_key
+from ssd.methods.hybrid import TRIMMED_DRAFT_VOCAB
+from ssd.methods.paper import paper_draft
 from ssd.tools.data import Example
 from ssd.tools.prompts import WARM_UP
 from ssd.tools.results import ResultsFile, as_loaded, draft_setup, provenance
@@ -47,6 +49,7 @@ class Method:
     samples: int = 1  # generations per example (pass@k needs several)
     baseline: str = "base"  # the method whose speed this one's is divided by
     draft_options: dict = field(default_factory=dict)  # further `DraftConfig` settings, by name
+    draft_precision: str | None = None  # essg/sss: the paper's draft on these low-bit weights (None: the model's)
 
     def __post_init__(self):
         if self.generate_fn not in method_names():
@@ -55,6 +58,9 @@ class Method:
             raise ValueError(f"method {self.name!r}: essg is greedy; sample with sss")
         if self.generate_fn == "sss" and not self.do_sample:
             raise ValueError(f"method {self.name!r}: sss samples; use essg for greedy")
+        if self.draft_precision is not None and self.generate_fn not in ("essg", "sss"):
+            raise ValueError(f"method {self.name!r}: draft_precision is for essg and sss (the paper's draft at a "
+                             f"low precision); {self.generate_fn} drafts with the model's default draft")
         if self.samples < 1:
             raise ValueError(f"method {self.name!r}: samples must be >= 1, got {self.samples}")
 
@@ -106,6 +112,26 @@ def standard_methods(
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate method names {names}: are two thresholds equal?")
     return methods
+
+
+def ablation_methods(start_threshold: float = 0.6, max_step_draft: int = 12, low_bit: str = "int4") -> list[Method]:
+    """ssd's additions, each alone on top of the paper's adaptive `essg`, then all of them: the default method.
+
+    `essg + <low_bit>`: the paper's skip set on low-bit copies of the weights; `essg + lookups`: prompt lookup
+    beside the self-draft (`ngram_size=3`); `essg + gate`: a step drafts only while drafting measurably pays;
+    `essg + trimmed head`: the draft scores 16,384 frequent ids and the prompt's; `hybrid`: the default method
+    (the model's default draft, lookups, the gate, the trimmed head, and llama.cpp's GGUF draft where installed).
+    """
+    def essg(name: str, **changes) -> Method:
+        return Method(f"essg + {name}", "essg", start_threshold, True, max_step_draft, **changes)
+
+    return [
+        essg(low_bit, draft_precision=low_bit),
+        essg("lookups", draft_options={"ngram_size": 3}),
+        essg("gate", draft_options={"gate": True}),
+        essg("trimmed head", draft_options={"draft_vocab_size": TRIMMED_DRAFT_VOCAB}),
+        Method("hybrid", "hybrid", start_threshold, True, max_step_draft, draft_options={"gguf_draft": "auto"}),
+    ]
 
 
 # --- setting up ----------------------------------------------------------------------
@@ -254,5 +280,7 @@ def _generate(model, input_ids, method: Method, threshold: float, settings: Gene
         # unless `draft_options` name one.
         draft = dict({"gguf_draft": None}, **method.draft_options, max_step_draft=method.max_step_draft,
                      th_stop_draft=threshold, auto_th_stop_draft=method.adaptive)
+        if method.draft_precision is not None:
+            draft["draft"] = paper_draft(model).replace(precision=method.draft_precision)
     generator = torch.Generator(device=model.device).manual_seed(settings.seed + sample)
     return generate(model, input_ids, config, method=method.generate_fn, generator=generator, **draft)

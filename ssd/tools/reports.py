@@ -16,7 +16,8 @@ from ssd.tools.timing import tabulate_speed
 
 def tabulate_evaluation(records: list[dict], methods: list[Method], model: str, metrics: dict) -> list[dict]:
     """One row per method: quality metrics, then the harness's statistics (`ssd.tools.timing.tabulate_speed`:
-    tokens/s, speedup over the method's baseline, pooled matchness, tokens per verification).
+    tokens/s and ms per token, speedup over the method's baseline, pooled matchness, drafted and new tokens per
+    verification).
 
     `metrics` maps a column name to a function of the method's records (for
     example mean ROUGE-2, or pass@k).
@@ -33,12 +34,19 @@ def tabulate_evaluation(records: list[dict], methods: list[Method], model: str, 
             model=model, task=rows[0]["task"], method=m.name, n=len({r["example_id"] for r in rows}),
             **{name: fn(rows) for name, fn in metrics.items()},
             matchness=stats["matchness"],
-            drafted_per_sample=stats["drafted"] / len(rows) if m.drafts else None,
+            drafted_per_step=_drafted_per_step(rows) if m.drafts else None,
             tokens_per_verification=stats["tokens_per_verification"],
             tokens_per_s=stats["tokens_per_second"],
+            ms_per_token=1000 / stats["tokens_per_second"],
             speedup=stats["speedup"],
         ))
     return table
+
+
+def _drafted_per_step(records: list[dict]) -> float:
+    """Drafted tokens per verification, as the paper's "tokens drafted per step" (a step that drafted none counts)."""
+    verifications = sum(r["verifications"] or 0 for r in records)
+    return sum(r["drafted"] or 0 for r in records) / verifications if verifications else 0.0
 
 
 def mean_of(field: str):
@@ -68,7 +76,7 @@ def format_table(rows: list[dict], columns: list[str] | None = None, digits: int
 def greedy_divergences(records: list[dict], methods: list[Method]) -> list[dict]:
     """Greedy drafting methods whose tokens differ from greedy `base` on an example, with the first differing position."""
     base = {r["example_id"]: r["tokens"] for r in records if r["method"] == "base"}
-    greedy = {m.name for m in methods if m.generate_fn == "essg"}
+    greedy = {m.name for m in methods if m.drafts and not m.do_sample}
     found = []
     for r in records:
         if r["method"] in greedy and r["tokens"] != base[r["example_id"]]:
@@ -88,17 +96,17 @@ def assert_greedy_identical(records: list[dict], methods: list[Method], table: l
     """
     divergences = greedy_divergences(records, methods)
     scores = {row["method"]: row[metric] for row in table}
-    greedy = [m.name for m in methods if m.generate_fn == "essg"]
+    greedy = [m.name for m in methods if m.drafts and not m.do_sample]
     if exact:
         assert not divergences, f"greedy self-speculative output differs from base: {divergences}"
         unequal = {name: scores[name] for name in greedy if scores[name] != scores["base"]}
         assert not unequal, f"{metric} of base is {scores['base']} but {unequal}"
-        return f"identical: {len(greedy)} essg methods x {len({r['example_id'] for r in records})} examples, {metric} = {scores['base']}"
+        return f"identical: {len(greedy)} greedy drafting methods x {len({r['example_id'] for r in records})} examples, {metric} = {scores['base']}"
     per_record = {(r["method"], r["example_id"]): r for r in records}
     for r in records:
         if r["method"] in greedy and r["tokens"] == per_record[("base", r["example_id"])]["tokens"] and metric in r:
             assert r[metric] == per_record[("base", r["example_id"])][metric]
-    return (f"{len(divergences)} of {len(greedy) * len({r['example_id'] for r in records})} essg generations left base's "
+    return (f"{len(divergences)} of {len(greedy) * len({r['example_id'] for r in records})} greedy drafting generations left base's "
             f"path in reduced precision (near-ties; use float32 for token identity): {divergences}")
 
 
