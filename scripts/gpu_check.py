@@ -10,12 +10,12 @@ check that fails says why in its row and the others still run. The exit status i
    (`torch.cuda.is_bf16_supported(including_emulation=False)`), and what `ssd` picks there
    (`ssd.fast.device.DeviceProfile`: dtype, low-bit draft kernels).
 2. The demo: `python -m ssd.tools.bench` on the embedded model, as `scripts/demo.sh` runs it, with one chat
-   prompt, 16 tokens, `base`, `essg` and `sss`, and the package's defaults for the device.
+   prompt, 16 tokens, `base`, `hybrid`, `essg` and `sss`, and the package's defaults for the device.
 3. A checkpoint that samples by default: LLaMA-2's `generation_config` on a random model; the bench's
    runners must decode greedily, `essg` equal to `base`.
 4. Several devices: a small random grouped-query model under accelerate's hooks, each block an entry of
    the device map (over every GPU when there are several), through every method: the greedy ones and
-   stock `generate` on the same weights equal `base`; `sss` runs.
+   stock `generate` on the same weights equal `base`; sampled `hybrid` runs.
 5. Exactness rates: `base`, `essg` (two skip sets, lookups on and off) and stock greedy `generate` on
    random prompts, in float32 and in the device's half precision (bfloat16, or float16 before Ampere), at
    Llama-2-7B's shape where its float32 weights fit (else, and with `--tiny`, a small one). A random model
@@ -189,12 +189,13 @@ def describe_device(facts: dict) -> str:
 def check_demo(device: torch.device, tiny: bool, folder: Path) -> dict:
     """`python -m ssd.tools.bench` as the demo runs it, small: its rows over all tasks."""
     argv = ["--device", str(device), "--tasks", "chat", "--num-prompts", "1", "--max-new-tokens", "16",
-            "--methods", "base", "essg", "sss", "--output", str(folder / "gpu_check_demo")]
+            "--methods", "base", "hybrid", "essg", "sss", "--output", str(folder / "gpu_check_demo")]
     rows = bench.main(argv + (["--no-compile"] if tiny else []))
     by_method = {row["method"]: row for row in rows if row["task"] == "all"}
-    essg = by_method["essg"]
-    return {"rows": rows, "ok": essg["new_tokens"] == 16 and by_method["sss"]["new_tokens"] == 16,
-            "summary": f"essg {essg['speedup']:.2f}x base, identical on {essg['identical']}/{essg['prompts']}; "
+    essg, hybrid = by_method["essg"], by_method["hybrid"]
+    return {"rows": rows, "ok": all(by_method[m]["new_tokens"] == 16 for m in ("hybrid", "essg", "sss")),
+            "summary": f"hybrid {hybrid['speedup']:.2f}x base, identical on {hybrid['identical']}/{hybrid['prompts']}; "
+                       f"essg {essg['speedup']:.2f}x, identical on {essg['identical']}/{essg['prompts']}; "
                        f"sss {by_method['sss']['speedup']:.2f}x"}
 
 
@@ -236,8 +237,9 @@ def check_hooks(device: torch.device, new_tokens: int) -> dict:
     ids = torch.randint(0, model.config.vocab_size, (1, 24), generator=torch.Generator().manual_seed(2)).to(model.device)
     base = generate_method(model, "base", new_tokens)(ids, "t").tokens
     runs = {
-        "essg": generate_method(model, "essg", new_tokens, gate=False),
-        "essg trees": generate_method(model, "essg", new_tokens, lookup_ways=3, branches=2),
+        "hybrid": generate_method(model, "hybrid", new_tokens, gate=False),
+        "hybrid trees": generate_method(model, "hybrid", new_tokens, lookup_ways=3, branches=2),
+        "essg": generate_method(model, "essg", new_tokens, draft=ssd.Draft.skipping(*SKIP_SETS["mixed"])),
         "clasp": generate_method(model, "clasp", new_tokens, gate=False),
         "recycling": generate_method(model, "recycling", new_tokens),
         "swift": generate_method(model, "swift", new_tokens, swift=ssd.SwiftConfig(context_window=8, max_opt_iter=4)),
@@ -248,14 +250,14 @@ def check_hooks(device: torch.device, new_tokens: int) -> dict:
         tokens = run(ids, "t").tokens
         if tokens != base:
             parted[name] = first_divergence(base, tokens)
-    sampled = generate_method(model, "sss", new_tokens, do_sample=True,
+    sampled = generate_method(model, "hybrid", new_tokens, do_sample=True,
                               generator=torch.Generator(model.device).manual_seed(0))(ids, "t").tokens
     devices = sorted(set(device_map.values()))
     identical = [name for name in runs if name not in parted]
     ours_parted = set(parted) - {"stock generate"}  # stock kernels may part at a near-tie even on a CPU
     return {"devices": devices, "parted": parted, "ok": len(sampled) == new_tokens and (device.type != "cpu" or not ours_parted),
             "summary": f"over {len(devices)} device(s) {devices}: equal to base: {', '.join(identical) or 'none'}"
-                       + (f"; parted (at new token): {parted}" if parted else "") + "; sss ran"}
+                       + (f"; parted (at new token): {parted}" if parted else "") + "; sampled hybrid ran"}
 
 
 # --- 5. exactness --------------------------------------------------------------------------
