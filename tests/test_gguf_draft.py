@@ -21,7 +21,7 @@ import ssd.methods.gguf_draft
 from ssd.core.decoding import speculative_decode
 from ssd.core.self_draft import SelfDraftConfig
 from ssd.methods.gguf_draft import GGUFDraft, GGUFDraftConfig, gguf_draft_proposers, llama_cpp_installed, own_gguf
-from ssd.methods.hybrid import DraftConfig, default_proposers, self_speculative_sample
+from ssd.methods.hybrid import DraftConfig, default_proposers, hybrid_generate
 
 needs_llama_cpp = pytest.mark.skipif(not llama_cpp_installed(), reason='needs the llama extra: pip install -e ".[llama]"')
 MAX_NEW_TOKENS = 64
@@ -140,7 +140,7 @@ def second_token_p_value(model, input_ids, gguf, trials: int) -> float:
     def draw() -> int:
         nonlocal drafted
         draft = GGUFDraft.of(model, config.self_draft, gguf)
-        result = self_speculative_sample(model, input_ids, 3, None, config, SAMPLING, generator, proposers=[draft])
+        result = hybrid_generate(model, input_ids, 3, None, config, SAMPLING, generator, proposers=[draft])
         drafted += result.drafted_by_kind.get("gguf", 0)
         return result.tokens[1]
 

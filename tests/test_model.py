@@ -192,6 +192,6 @@ def test_compiled_passes_agree_with_eager_ones(embedded, prompts, skip_layers):
         skip_layers([1, 4, 7], [2, 5])  # drafts run the same two graphs, fewer times
         for prompt in ("def", prompts[1]):  # a one-token prompt's first step is at position 1
             ids = tokenizer(prompt, return_tensors="pt").input_ids
-            result = ssd.exact_self_speculative_generate(model, ids, 24)
+            result = ssd.exact_self_speculative_generate(model, ids, 24, draft=model.default_draft)
             assert result.num_drafted_tokens > result.num_looked_up_tokens
             assert result.tokens == ssd.base_generate(model, ids, 24).tokens

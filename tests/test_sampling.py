@@ -9,7 +9,7 @@ import ssd.core.decoding
 from ssd.core.decoding import verify_drafts
 from ssd.core.sampling import Sampling, logits_to_probs, residual
 from ssd.core.skip_layers import hand_made_set
-from ssd.methods.hybrid import DraftConfig, self_speculative_sample
+from ssd.methods.hybrid import DraftConfig, hybrid_generate
 
 # The 2nd token is drafted: by the self-draft (upper-half sub-layers skipped, int4
 # copies of the weights, the trimmed head), or (hybrid) copied after an n-gram
@@ -49,7 +49,7 @@ def second_token_p_value(model, input_ids, expected: torch.Tensor, draft: DraftC
 
     def draw() -> int:
         nonlocal looked_up
-        result = self_speculative_sample(model, input_ids, 3, None, draft, SAMPLING, generator)
+        result = hybrid_generate(model, input_ids, 3, None, draft, SAMPLING, generator)
         looked_up += result.num_looked_up_tokens
         return result.tokens[1]
 

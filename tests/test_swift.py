@@ -376,6 +376,6 @@ def test_a_given_gate_needs_gating_on(clean_model):
     model, tokenizer = clean_model
     input_ids = tokenizer("Hello", return_tensors="pt").input_ids
     with pytest.raises(ValueError, match="gate is False"):
-        ssd.methods.hybrid.exact_self_speculative_generate(
+        ssd.methods.hybrid.hybrid_generate(
             model, input_ids, 4, None, ssd.DraftConfig.of(gate=False), gate=ssd.methods.gate.DraftGate()
         )
