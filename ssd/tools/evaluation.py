@@ -214,7 +214,8 @@ def generate_all(model, tokenizer, examples: list[Example], methods: list[Method
     thresholds = {(m.name, task): m.th_stop_draft for m in methods for task in ({e.task for e in examples} | {WARM_UP_TASK})}
     adaptive = {m.name for m in methods if m.adaptive}
     for r in (r for records in done.values() for r in records if r["method"] in adaptive):
-        thresholds[r["method"], r["task"]] = r["th_stop_draft"]
+        if r["th_stop_draft"] is not None:
+            thresholds[r["method"], r["task"]] = r["th_stop_draft"]
     samples = {m.name: 0 for m in methods}  # calls so far, for each call's seed (settings.seed + sample)
     eos = tokenizer.eos_token_id if settings.early_stop else []
 
@@ -225,7 +226,7 @@ def generate_all(model, tokenizer, examples: list[Example], methods: list[Method
                 sample = samples[method.name] % method.samples
                 samples[method.name] += 1
             out = _generate(model, input_ids, method, thresholds[method.name, task], settings, sample, eos)
-            if method.adaptive:
+            if method.adaptive and out.th_stop_draft is not None:  # None: no self-draft ran (llama.cpp's drafted)
                 thresholds[method.name, task] = out.th_stop_draft
             return Run.of(out, drafts=method.drafts, th_stop_draft=out.th_stop_draft if method.drafts else None,
                           matchness=out.matchness if method.drafts else None,
