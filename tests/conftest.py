@@ -22,7 +22,7 @@ torch.set_num_threads(threads_per_worker())  # under pytest-xdist (scripts/test.
 # The files that take minutes, longest first. pytest-xdist gives each worker whole files, in collection
 # order (scripts/test.sh: `--dist loadfile --no-loadscope-reorder`), so these start at once and the short
 # files even out the end, instead of one long file running alone while the other worker idles.
-LONGEST_FILES = ("test_exactness.py", "test_swift.py", "test_sampling.py", "test_low_bit.py")
+LONGEST_FILES = ("test_reference.py", "test_exactness.py", "test_swift.py", "test_sampling.py", "test_low_bit.py")
 
 
 @pytest.fixture(autouse=True, scope="module")
